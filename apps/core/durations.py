@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_SHORT = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_ISO = re.compile(
+    r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
+)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse ``30s``, ``10m``, ``1h``, ``2d``, ``1w`` or an ISO 8601 duration (``PT10M``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a duration must be a non-empty string such as '10m' or 'PT10M'")
+    match = _SHORT.match(value)
+    if match:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    iso = _ISO.match(value.strip().upper())
+    if iso and any(iso.groupdict().values()):
+        return timedelta(**{k: int(v) for k, v in iso.groupdict().items() if v})
+    raise ValueError(f"'{value}' is not a duration; use forms like 30s, 10m, 1h, 2d or PT10M")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from django.db import models
+
+from apps.subscribers.models import Subscriber
+from apps.tenancy.models import Environment
+
+
+class InboxMessage(models.Model):
+    """One in-app notification in a subscriber's inbox."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="inbox_messages")
+    message = models.OneToOneField(
+        "delivery.Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="inbox_message"
+    )
+    workflow_key = models.CharField(max_length=100, blank=True)
+    category_key = models.CharField(max_length=100, blank=True)
+    title = models.CharField(max_length=1000, blank=True)
+    body = models.TextField(blank=True)
+    action_url = models.CharField(max_length=2000, blank=True)
+    avatar = models.URLField(max_length=1000, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    seen_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["subscriber", "-id"], name="inbox_subscriber_cursor_idx")]
+
+    def __str__(self) -> str:
+        return self.title or f"inbox message {self.pk}"

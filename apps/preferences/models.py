@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from apps.subscribers.models import Subscriber
+from apps.tenancy.models import Environment
+
+CHANNELS = ["in_app", "email", "sms", "push", "chat"]
+CHANNEL_CHOICES = [(c, c.replace("_", "-")) for c in CHANNELS]
+
+
+class Category(models.Model):
+    """A kind of message (comments, billing…) that subscribers can opt out of per channel."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="categories")
+    key = models.SlugField(max_length=100)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    critical = models.BooleanField(default=False, help_text="Critical messages ignore opt-outs.")
+    # channel -> enabled by default; a channel missing here is on by default.
+    default_channels = models.JSONField(default=dict, blank=True)
+    order = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "categories"
+        ordering = ["order", "key"]
+        constraints = [models.UniqueConstraint(fields=["environment", "key"], name="uniq_category_per_env")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def default_for(self, channel: str) -> bool:
+        return bool(self.default_channels.get(channel, True))
+
+
+class Preference(models.Model):
+    """One subscriber choice: a channel within a category, or (category empty) a channel globally."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="preferences")
+    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=20, choices=CHANNEL_CHOICES)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscriber", "category", "channel"],
+                condition=Q(category__isnull=False),
+                name="uniq_category_preference",
+            ),
+            models.UniqueConstraint(
+                fields=["subscriber", "channel"],
+                condition=Q(category__isnull=True),
+                name="uniq_global_channel_preference",
+            ),
+        ]

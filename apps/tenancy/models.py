@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+
+
+def _new_inbox_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Environment(models.Model):
+    """The isolation boundary: every domain row belongs to exactly one environment."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environments")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    # Customers' backends sign subscriber ids with this secret (HMAC-SHA256) so the inbox
+    # widget can prove who it is showing messages for. It must be readable to verify.
+    inbox_hmac_secret = models.CharField(max_length=100, default=_new_inbox_secret)
+    allowed_origins = models.JSONField(default=list, blank=True)
+    branding = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.project.name} / {self.name}"
+
+
+class ApiKey(models.Model):
+    class Kind(models.TextChoices):
+        SECRET = "secret", "Secret (server API)"
+        PUBLISHABLE = "publishable", "Publishable (inbox)"
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="api_keys")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=12, help_text="The visible start of the key, e.g. sk_live_ab")
+    last_four = models.CharField(max_length=4)
+    key_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the full key")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}…{self.last_four}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

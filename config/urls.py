@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+api_v1 = [
+    path("", include("apps.events.urls")),
+    path("", include("apps.subscribers.urls")),
+    path("", include("apps.workflows.urls")),
+    path("", include("apps.templates.urls")),
+    path("", include("apps.preferences.urls")),
+    path("", include("apps.delivery.urls")),
+    path("inbox/", include("apps.inbox.urls")),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+        name="api-docs",
+    ),
+    path("", include("apps.inbox.pages")),
+    path("", include("apps.core.urls")),
+]
+
+handler404 = "apps.core.errors.handler404"
+handler500 = "apps.core.errors.handler500"

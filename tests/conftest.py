@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.tenancy.models import Environment
+from apps.tenancy.services import environment_create
+
+
+@pytest.fixture(autouse=True)
+def _eager_tasks(settings: Any, tmp_path: Any) -> None:
+    """Run enqueued tasks inline (still only after commit) and keep mail out of var/."""
+    settings.CLARION_TASKS_EAGER = True
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@dataclass
+class Tenant:
+    environment: Environment
+    secret_key: str
+    publishable_key: str
+    client: APIClient
+
+    def subscriber_hash(self, subscriber_id: str) -> str:
+        return hmac.new(self.environment.inbox_hmac_secret.encode(), subscriber_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _tenant(name: str) -> Tenant:
+    created = environment_create(name=name, project_name=f"{name} project")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {created.secret_key.raw}")
+    return Tenant(
+        environment=created.environment,
+        secret_key=created.secret_key.raw,
+        publishable_key=created.publishable_key.raw,
+        client=client,
+    )
+
+
+@pytest.fixture
+def tenant(db: Any) -> Tenant:
+    """An environment with keys and an API client authenticated with its secret key."""
+    return _tenant("acme")
+
+
+@pytest.fixture
+def other_tenant(db: Any) -> Tenant:
+    """A second, unrelated environment: used to prove isolation."""
+    return _tenant("globex")
+
+
+@pytest.fixture
+def api(tenant: Tenant) -> APIClient:
+    return tenant.client
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()
