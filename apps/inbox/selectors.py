@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 
 from apps.inbox.models import InboxMessage
 
@@ -45,3 +45,18 @@ def inbox_counts(*, subscriber_ids: Iterable[int]) -> dict[int, dict[str, int]]:
     for row in rows:
         counts[row["subscriber_id"]] = {"unread": row["unread"], "unseen": row["unseen"], "total": row["total"]}
     return counts
+
+
+def inbox_messages_for(
+    *, subscriber: Any, read: bool | None = None, archived: bool = False, category: str | None = None
+) -> QuerySet[InboxMessage]:
+    """One subscriber's messages (``subscriber``: a Subscriber or an InboxPrincipal), unordered:
+    the cursor paginator orders by ``-id``, which the (subscriber, -id) index serves."""
+    qs = InboxMessage.objects.filter(
+        subscriber_id=subscriber.pk, environment_id=subscriber.environment_id, archived_at__isnull=not archived
+    )
+    if read is not None:
+        qs = qs.filter(read_at__isnull=not read)
+    if category:
+        qs = qs.filter(category_key=category)
+    return qs
