@@ -1,3 +1,9 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from apps.events import api
+
+urlpatterns = [
+    path("events/trigger", api.TriggerView.as_view(), name="event-trigger"),
+    path("events/bulk", api.BulkTriggerView.as_view(), name="event-bulk"),
+    path("events/<str:transaction_id>", api.EventDetailView.as_view(), name="event-detail"),
+]

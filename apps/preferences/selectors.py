@@ -20,7 +20,7 @@ class Resolution:
 
 def resolve_preferences(
     *,
-    environment: Environment,
+    environment: Environment | int,
     subscriber_ids: Iterable[int],
     category: Category | None,
     channels: Iterable[str],

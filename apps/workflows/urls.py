@@ -1,3 +1,10 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from apps.workflows import api
+
+urlpatterns = [
+    path("workflows", api.WorkflowListView.as_view(), name="workflow-list"),
+    path("workflows/<str:key>", api.WorkflowDetailView.as_view(), name="workflow-detail"),
+    path("workflows/<str:key>/publish", api.WorkflowPublishView.as_view(), name="workflow-publish"),
+    path("workflows/<str:key>/versions", api.WorkflowVersionListView.as_view(), name="workflow-versions"),
+]

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.core.errors import Unprocessable
+from apps.events import selectors, services
+from apps.events.idempotency import idempotent
+from apps.subscribers.api import SubscriberInputSerializer
+from apps.tenancy.auth import request_environment
+
+MAX_RECIPIENTS = 1000
+MAX_BULK_EVENTS = 1000
+
+
+class RecipientField(serializers.JSONField):
+    """A subscriber id, an inline subscriber object, or ``{"topic": key}``."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str):
+            if not data or len(data) > 200:
+                raise serializers.ValidationError("a subscriber id must be 1 to 200 characters")
+            return data
+        if isinstance(data, dict):
+            if "topic" in data:
+                if set(data) != {"topic"} or not isinstance(data["topic"], str) or not data["topic"]:
+                    raise serializers.ValidationError('a topic recipient is exactly {"topic": "<key>"}')
+                return {"topic": data["topic"]}
+            inline = SubscriberInputSerializer(data=data)
+            if not inline.is_valid():
+                raise serializers.ValidationError(inline.errors)
+            return {k: v for k, v in inline.validated_data.items() if v is not None}
+        raise serializers.ValidationError("expected a subscriber id, a subscriber object or {'topic': key}")
+
+
+class TriggerSerializer(serializers.Serializer):
+    workflow = serializers.SlugField(max_length=100)
+    to = serializers.ListField(child=RecipientField(), min_length=1, max_length=MAX_RECIPIENTS)
+    payload = serializers.DictField(required=False, default=dict)
+    actor = RecipientField(required=False, allow_null=True)
+    transaction_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
+
+    def validate_payload(self, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+        limit = settings.CLARION["MAX_PAYLOAD_BYTES"]
+        if size > limit:
+            raise Unprocessable(
+                f"The payload is {size} bytes; the limit is {limit} bytes (512 KB).",
+                code="payload_too_large",
+                details={"size": size, "limit": limit},
+            )
+        return value
+
+    def validate_actor(self, value: Any) -> Any:
+        if isinstance(value, dict) and "topic" in value:
+            raise serializers.ValidationError("the actor is a subscriber, not a topic")
+        return value
+
+    def to_request(self) -> services.TriggerRequest:
+        data = self.validated_data
+        return services.TriggerRequest(
+            workflow=data["workflow"],
+            to=data["to"],
+            payload=data.get("payload") or {},
+            actor=data.get("actor"),
+            transaction_id=data.get("transaction_id"),
+        )
+
+
+class TriggerResponseSerializer(serializers.Serializer):
+    transaction_id = serializers.CharField()
+    status = serializers.CharField()
+
+
+class BulkTriggerSerializer(serializers.Serializer):
+    events = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=MAX_BULK_EVENTS)
+
+    def validate_events(self, value: list[dict[str, Any]]) -> list[services.TriggerRequest]:
+        requests: list[services.TriggerRequest] = []
+        errors: dict[str, Any] = {}
+        for index, item in enumerate(value):
+            serializer = TriggerSerializer(data=item)
+            try:
+                valid = serializer.is_valid()
+            except Unprocessable as exc:
+                errors[str(index)] = {"payload": [str(exc.detail)]}
+                continue
+            if not valid:
+                errors[str(index)] = serializer.errors
+                continue
+            requests.append(serializer.to_request())
+        if errors:
+            raise serializers.ValidationError(errors)
+        return requests
+
+
+class BulkItemSerializer(serializers.Serializer):
+    transaction_id = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(choices=["accepted", "duplicate", "error"])
+    error = serializers.DictField(allow_null=True)
+
+
+class TriggerView(APIView):
+    @extend_schema(
+        request=TriggerSerializer,
+        responses={202: TriggerResponseSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        summary="Trigger a workflow for recipients",
+    )
+    @idempotent
+    def post(self, request: Request) -> Response:
+        serializer = TriggerSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        event = services.event_trigger(environment=request_environment(request), request=serializer.to_request())
+        return Response({"transaction_id": event.transaction_id, "status": "accepted"}, status=status.HTTP_202_ACCEPTED)
+
+
+class BulkTriggerView(APIView):
+    @extend_schema(
+        request=BulkTriggerSerializer,
+        responses={202: BulkItemSerializer(many=True)},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        summary="Trigger up to 1,000 events at once",
+    )
+    @idempotent
+    def post(self, request: Request) -> Response:
+        serializer = BulkTriggerSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        results = services.event_trigger_bulk(
+            environment=request_environment(request), requests=serializer.validated_data["events"]
+        )
+        data = [{"transaction_id": r.transaction_id, "status": r.status, "error": r.error} for r in results]
+        return Response({"data": data}, status=status.HTTP_202_ACCEPTED)
+
+
+class EventDetailView(APIView):
+    @extend_schema(
+        responses={200: dict},
+        parameters=[OpenApiParameter("subscriber_id", str, description="Only this recipient's run")],
+        summary="The trace of an event: runs, step decisions with reasons, messages",
+    )
+    def get(self, request: Request, transaction_id: str) -> Response:
+        event = selectors.event_get(environment=request_environment(request), transaction_id=transaction_id)
+        return Response(selectors.event_trace(event=event, subscriber_id=request.query_params.get("subscriber_id")))
+
+    @extend_schema(request=None, responses={200: dict}, summary="Cancel runs of the event that are still waiting")
+    def delete(self, request: Request, transaction_id: str) -> Response:
+        event = selectors.event_get(environment=request_environment(request), transaction_id=transaction_id)
+        cancelled = services.event_cancel(event=event)
+        return Response({"transaction_id": transaction_id, "cancelled_runs": cancelled})

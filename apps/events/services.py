@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from apps.core.errors import Conflict, NotFound, Unprocessable
+from apps.core.tasks import enqueue_on_commit
+from apps.events.models import Event
+from apps.subscribers.models import Subscriber, Topic
+from apps.subscribers.services import subscriber_bulk_upsert, subscribers_ensure
+from apps.tenancy.models import Environment
+from apps.workflows.engine import event_cancel_runs
+from apps.workflows.models import Workflow
+
+PROCESS_TASK = "apps.workflows.tasks.process_event"
+
+
+@dataclass(frozen=True)
+class TriggerRequest:
+    workflow: str
+    to: list[Any]  # "id" | {"subscriber_id": ..., fields...} | {"topic": key}
+    payload: dict[str, Any]
+    actor: Any = None  # "id" | {"subscriber_id": ..., fields...} | None
+    transaction_id: str | None = None
+
+
+def _normalize_recipients(to: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """→ (recipients as stored, inline subscriber objects to upsert, topic keys); deduplicated."""
+    recipients: list[dict[str, Any]] = []
+    inline: dict[str, dict[str, Any]] = {}
+    topics: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for entry in to:
+        if isinstance(entry, str):
+            key = ("subscriber_id", entry)
+        elif "topic" in entry:
+            key = ("topic", entry["topic"])
+        else:
+            key = ("subscriber_id", entry["subscriber_id"])
+            fields = {k: v for k, v in entry.items() if k != "subscriber_id"}
+            if fields:
+                inline[entry["subscriber_id"]] = {**inline.get(entry["subscriber_id"], {}), **entry}
+        if key in seen:
+            continue
+        seen.add(key)
+        recipients.append({key[0]: key[1]})
+        if key[0] == "topic":
+            topics.append(key[1])
+    return recipients, list(inline.values()), topics
+
+
+def _resolve_workflow(environment: Environment, key: str) -> Workflow:
+    workflow = Workflow.objects.filter(environment=environment, key=key).first()
+    if workflow is None or not workflow.active:
+        raise NotFound(f"No active workflow with key '{key}' in this environment.", code="workflow_not_found")
+    if workflow.published_version_id is None:
+        raise Unprocessable(
+            f"Workflow '{key}' has no published version; publish it first.", code="workflow_not_published"
+        )
+    return workflow
+
+
+def _actor_data(actor: Any) -> dict[str, Any] | None:
+    if actor is None:
+        return None
+    if isinstance(actor, str):
+        return {"subscriber_id": actor}
+    return dict(actor)
+
+
+def _create_event(*, environment: Environment, request: TriggerRequest, workflow: Workflow) -> Event:
+    recipients, inline, topics = _normalize_recipients(request.to)
+    if topics:
+        known = set(Topic.objects.filter(environment=environment, key__in=topics).values_list("key", flat=True))
+        missing = [t for t in topics if t not in known]
+        if missing:
+            raise Unprocessable(
+                "Some recipients are topics that do not exist.", code="unknown_topic", details={"topics": missing}
+            )
+    actor = _actor_data(request.actor)
+    if inline:
+        subscriber_bulk_upsert(environment=environment, items=inline)
+    if actor and len(actor) > 1:
+        subscriber_bulk_upsert(environment=environment, items=[actor])
+    direct_ids = [r["subscriber_id"] for r in recipients if "subscriber_id" in r]
+    if direct_ids:
+        subscribers_ensure(environment=environment, subscriber_ids=direct_ids)
+    if actor and not isinstance(request.actor, dict):
+        existing = Subscriber.objects.filter(environment=environment, subscriber_id=actor["subscriber_id"]).first()
+        if existing is not None:
+            actor = existing.as_context()
+    transaction_id = request.transaction_id or uuid.uuid4().hex
+    try:
+        with transaction.atomic():
+            event = Event.objects.create(
+                environment=environment,
+                transaction_id=transaction_id,
+                workflow=workflow,
+                workflow_version_id=workflow.published_version_id,
+                payload=request.payload,
+                actor=actor,
+                recipients=recipients,
+            )
+    except IntegrityError as exc:
+        raise Conflict(
+            f"An event with transaction_id '{transaction_id}' was already accepted; it will not run twice.",
+            code="duplicate_transaction",
+            details={"transaction_id": transaction_id},
+        ) from exc
+    enqueue_on_commit(PROCESS_TASK, event.pk)
+    return event
+
+
+@transaction.atomic
+def event_trigger(*, environment: Environment, request: TriggerRequest) -> Event:
+    """Accept one trigger: write the event and wake the fan-out after commit. No per-recipient work
+    beyond upserting inline subscriber objects."""
+    workflow = _resolve_workflow(environment, request.workflow)
+    return _create_event(environment=environment, request=request, workflow=workflow)
+
+
+@dataclass(frozen=True)
+class BulkItemResult:
+    transaction_id: str | None
+    status: str  # accepted | duplicate | error
+    error: dict[str, Any] | None = None
+
+
+@transaction.atomic
+def event_trigger_bulk(*, environment: Environment, requests: list[TriggerRequest]) -> list[BulkItemResult]:
+    """Accept many triggers in one transaction. Items that cannot be accepted (unknown workflow,
+    duplicate transaction id…) are reported per item; the others are accepted."""
+    from apps.core.errors import ApiError
+
+    results: list[BulkItemResult] = []
+    workflows: dict[str, Workflow | ApiError] = {}
+    for request in requests:
+        if request.workflow not in workflows:
+            try:
+                workflows[request.workflow] = _resolve_workflow(environment, request.workflow)
+            except ApiError as exc:
+                workflows[request.workflow] = exc
+        workflow = workflows[request.workflow]
+        if isinstance(workflow, ApiError):
+            results.append(BulkItemResult(request.transaction_id, "error", _error_dict(workflow)))
+            continue
+        try:
+            with transaction.atomic():
+                event = _create_event(environment=environment, request=request, workflow=workflow)
+        except Conflict as exc:
+            results.append(BulkItemResult(request.transaction_id, "duplicate", _error_dict(exc)))
+            continue
+        except ApiError as exc:
+            results.append(BulkItemResult(request.transaction_id, "error", _error_dict(exc)))
+            continue
+        results.append(BulkItemResult(event.transaction_id, "accepted"))
+    return results
+
+
+def _error_dict(exc: Any) -> dict[str, Any]:
+    return {"code": exc.error_code, "message": str(exc.detail), "details": exc.details}
+
+
+def event_cancel(*, event: Event) -> int:
+    if event.status == Event.Status.FAILED:
+        raise Conflict("This event failed and has nothing left to cancel.", code="event_not_cancellable")
+    return event_cancel_runs(event=event)

@@ -1,0 +1,17 @@
+"""Thin django-q2 entry points. Each is idempotent: the database says what still needs doing."""
+
+from __future__ import annotations
+
+from apps.workflows import engine
+
+
+def process_event(event_id: int) -> None:
+    engine.process_event(event_id)
+
+
+def advance_runs(run_ids: list[int]) -> None:
+    engine.advance_runs(run_ids)
+
+
+def sweep() -> dict[str, int]:
+    return engine.sweep()
