@@ -41,6 +41,36 @@ class RenderedContent:
     fallbacks: dict[str, str] = field(default_factory=dict)
 
 
+def build_render_context(
+    *,
+    payload: dict[str, Any] | None,
+    subscriber: dict[str, Any] | None,
+    actor: Any,
+    step: dict[str, Any] | None = None,
+    steps: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one context shape every template sees (engine, preview, admin).
+
+    ``subscriber`` is plain data (``Subscriber.as_context()`` or a dict). ``actor`` may be a
+    dict, a subscriber id string (becomes ``{"subscriber_id": ...}``) or None (``{}``).
+    ``step`` describes the step being rendered (``{"id": ...}``, plus e.g. digest results);
+    ``steps`` holds earlier steps' results by step id.
+    """
+    if actor is None:
+        actor_context: Any = {}
+    elif isinstance(actor, str | int):
+        actor_context = {"subscriber_id": str(actor)}
+    else:
+        actor_context = actor
+    return {
+        "payload": payload if payload is not None else {},
+        "subscriber": subscriber if subscriber is not None else {},
+        "actor": actor_context,
+        "step": step if step is not None else {},
+        "steps": steps if steps is not None else {},
+    }
+
+
 def translated_source(version: TemplateVersion, field_name: str, language: str) -> tuple[str, str]:
     """The source text of a translated field in ``language``, falling back to the default."""
     value = getattr(version, f"{field_name}_{language}", None) or ""
