@@ -6,6 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import QuerySet
+
+from apps.core.errors import NotFound
 from apps.preferences.models import CHANNELS, Category, Preference
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
@@ -76,7 +79,6 @@ def _resolve_one(category: Category | None, channel: str, choices: dict[tuple[in
 
 def subscriber_preferences(*, subscriber: Subscriber) -> dict[str, Any]:
     """The full picture for one subscriber: global channels and every category × channel."""
-    environment = subscriber.environment
     rows = list(Preference.objects.filter(subscriber=subscriber).values_list("category_id", "channel", "enabled"))
     global_choices = {channel: enabled for category_pk, channel, enabled in rows if category_pk is None}
     by_category: dict[int, dict[str, bool]] = {}
@@ -84,7 +86,7 @@ def subscriber_preferences(*, subscriber: Subscriber) -> dict[str, Any]:
         if category_pk is not None:
             by_category.setdefault(category_pk, {})[channel] = enabled
     categories = []
-    for category in Category.objects.filter(environment=environment).order_by("order", "key"):
+    for category in Category.objects.filter(environment_id=subscriber.environment_id).order_by("order", "key"):
         channels = {}
         for channel in CHANNELS:
             choice = by_category.get(category.pk, {})
@@ -107,3 +109,15 @@ def subscriber_preferences(*, subscriber: Subscriber) -> dict[str, Any]:
         "channels": {channel: global_choices.get(channel, True) for channel in CHANNELS},
         "categories": categories,
     }
+
+
+def category_get(*, environment: Environment, key: str) -> Category:
+    """The category with this key in this environment, or ``NotFound`` (404)."""
+    category = Category.objects.filter(environment=environment, key=key).first()
+    if category is None:
+        raise NotFound(f"Category '{key}' was not found.", details={"category": key})
+    return category
+
+
+def category_list(*, environment: Environment) -> QuerySet[Category]:
+    return Category.objects.filter(environment=environment)

@@ -1,3 +1,19 @@
-from django.urls import path  # noqa: F401
+"""Category and preference routes, mounted under /api/v1/.
 
-urlpatterns: list = []
+``subscribers/<id>/preferences`` is not shadowed by apps.subscribers.urls: its ``<str:...>``
+segments never match a '/'.
+"""
+
+from django.urls import path
+
+from apps.preferences import api
+
+urlpatterns = [
+    path("categories", api.CategoryListView.as_view(), name="category-list"),
+    path("categories/<str:key>", api.CategoryDetailView.as_view(), name="category-detail"),
+    path(
+        "subscribers/<str:subscriber_id>/preferences",
+        api.SubscriberPreferencesView.as_view(),
+        name="subscriber-preferences",
+    ),
+]

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from apps.preferences.models import CHANNELS, Category, Preference
+
+
+class CategoryAdminForm(forms.ModelForm):
+    class Meta:
+        model = Category
+        fields = ["environment", "key", "name", "description", "critical", "default_channels", "order"]
+        help_texts = {
+            "default_channels": 'Channel → on by default, e.g. {"email": true, "sms": false}. '
+            f"A channel left out is on. Channels: {', '.join(CHANNELS)}.",
+        }
+
+    def clean_default_channels(self) -> dict[str, bool]:
+        value = self.cleaned_data.get("default_channels") or {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Enter a JSON object of channel → true/false.")
+        unknown = sorted(set(value) - set(CHANNELS))
+        if unknown:
+            raise forms.ValidationError(f"Unknown channel(s): {', '.join(unknown)}.")
+        if any(not isinstance(v, bool) for v in value.values()):
+            raise forms.ValidationError("Each value must be true or false.")
+        return value
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    form = CategoryAdminForm
+    list_display = ["key", "name", "critical", "order", "environment"]
+    list_filter = ["environment", "critical"]
+    list_editable = ["order"]
+    search_fields = ["key", "name"]
+    list_select_related = ["environment"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Preference)
+class PreferenceAdmin(admin.ModelAdmin):
+    """Subscribers own their preferences: the admin shows them and may delete one, not forge new ones."""
+
+    list_display = ["subscriber", "category", "channel", "enabled", "updated_at"]
+    list_filter = ["environment", "channel", "enabled"]
+    search_fields = ["subscriber__subscriber_id", "subscriber__email", "category__key"]
+    list_select_related = ["subscriber", "category"]
+    readonly_fields = ["environment", "subscriber", "category", "channel", "enabled", "updated_at"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Viewing is allowed through has_view_permission; every field is read-only.
+        return False

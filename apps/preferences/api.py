@@ -1,0 +1,173 @@
+"""Categories and subscriber preferences over the server API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.core.pagination import AscendingIdCursorPagination
+from apps.preferences import selectors, services
+from apps.preferences.models import CHANNELS, Category
+from apps.subscribers.selectors import subscriber_get
+from apps.tenancy.auth import request_environment
+
+CHANNELS_HELP = f"Channel -> enabled. Channels: {', '.join(CHANNELS)}."
+
+
+def _check_channel_keys(value: dict[str, bool]) -> dict[str, bool]:
+    unknown = sorted(set(value) - set(CHANNELS))
+    if unknown:
+        raise serializers.ValidationError(
+            f"Unknown channel(s): {', '.join(unknown)}. Channels are: {', '.join(CHANNELS)}."
+        )
+    return value
+
+
+class ChannelsField(serializers.DictField):
+    """``{"email": false, "sms": true}``: keys must be known channels, values strict booleans."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", CHANNELS_HELP)
+        super().__init__(child=serializers.BooleanField(), **kwargs)
+
+    def to_internal_value(self, data: Any) -> dict[str, bool]:
+        if isinstance(data, dict):
+            not_bool = sorted(str(k) for k, v in data.items() if not isinstance(v, bool))
+            if not_bool:
+                raise serializers.ValidationError(f"Use true or false for: {', '.join(not_bool)}.")
+        return _check_channel_keys(super().to_internal_value(data))
+
+
+class CategoryKeySerializer(serializers.Serializer):
+    key = serializers.SlugField(max_length=100)
+
+
+class CategoryInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    critical = serializers.BooleanField(required=False, default=False, help_text="Critical messages ignore opt-outs.")
+    default_channels = ChannelsField(required=False, default=dict)
+    order = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2_147_483_647)
+
+
+class CategorySerializer(serializers.ModelSerializer):
+    default_channels = serializers.DictField(child=serializers.BooleanField(), help_text=CHANNELS_HELP)
+
+    class Meta:
+        model = Category
+        fields = ["key", "name", "description", "critical", "default_channels", "order", "created_at"]
+        read_only_fields = fields
+
+
+class PreferenceCategoryStateSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    critical = serializers.BooleanField()
+    channels = serializers.DictField(child=serializers.BooleanField(), help_text="Effective: may it be sent?")
+
+
+class PreferencesStateSerializer(serializers.Serializer):
+    """``apps.preferences.selectors.subscriber_preferences`` output."""
+
+    channels = serializers.DictField(child=serializers.BooleanField(), help_text="Global per-channel switches.")
+    categories = PreferenceCategoryStateSerializer(many=True)
+
+
+class PreferencesUpdateSerializer(serializers.Serializer):
+    channels = ChannelsField(required=False, help_text="Global switches: false turns a channel off everywhere.")
+    categories = serializers.DictField(
+        child=ChannelsField(), required=False, help_text='Category key -> channels, e.g. {"billing": {"email": false}}.'
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("channels") and not attrs.get("categories"):
+            raise serializers.ValidationError("Send 'channels' and/or 'categories'.")
+        return attrs
+
+
+def _check_key(key: str) -> None:
+    serializer = CategoryKeySerializer(data={"key": key})
+    serializer.is_valid(raise_exception=True)
+
+
+class CategoryListView(generics.ListAPIView):
+    serializer_class = CategorySerializer
+    pagination_class = AscendingIdCursorPagination
+
+    def get_queryset(self) -> QuerySet[Category]:
+        return selectors.category_list(environment=request_environment(self.request))
+
+    @extend_schema(operation_id="categories_list", summary="List categories (oldest first)")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class CategoryDetailView(APIView):
+    @extend_schema(operation_id="categories_retrieve", responses={200: CategorySerializer})
+    def get(self, request: Request, key: str) -> Response:
+        category = selectors.category_get(environment=request_environment(request), key=key)
+        return Response(CategorySerializer(category).data)
+
+    @extend_schema(
+        operation_id="categories_upsert",
+        summary="Create or replace a category",
+        description="Fields left out take their defaults (PUT replaces). `default_channels` maps channel -> "
+        "on by default; a channel left out is on.",
+        request=CategoryInputSerializer,
+        responses={200: CategorySerializer, 201: CategorySerializer},
+    )
+    def put(self, request: Request, key: str) -> Response:
+        _check_key(key)
+        serializer = CategoryInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        category, created = services.category_upsert(
+            environment=request_environment(request), key=key, **serializer.validated_data
+        )
+        return Response(
+            CategorySerializer(category).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    @extend_schema(operation_id="categories_destroy", responses={204: None})
+    def delete(self, request: Request, key: str) -> Response:
+        category = selectors.category_get(environment=request_environment(request), key=key)
+        services.category_delete(category=category)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SubscriberPreferencesView(APIView):
+    @extend_schema(
+        operation_id="subscribers_preferences_retrieve",
+        summary="A subscriber's preferences",
+        description="Global channel switches and, per category, whether each channel may be sent "
+        "(critical categories always may).",
+        responses={200: PreferencesStateSerializer},
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        return Response(selectors.subscriber_preferences(subscriber=subscriber))
+
+    @extend_schema(
+        operation_id="subscribers_preferences_update",
+        summary="Change a subscriber's preferences",
+        description="Only the channels sent change. Errors: 400 `unknown_channel` / `validation_error`, "
+        "422 `unknown_category`, 422 `critical_category` (a critical category cannot be turned off).",
+        request=PreferencesUpdateSerializer,
+        responses={200: PreferencesStateSerializer},
+    )
+    def patch(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        serializer = PreferencesUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.preferences_update(
+            subscriber=subscriber,
+            channels=serializer.validated_data.get("channels"),
+            categories=serializer.validated_data.get("categories"),
+        )
+        return Response(selectors.subscriber_preferences(subscriber=subscriber))

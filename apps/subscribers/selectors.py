@@ -1,0 +1,61 @@
+"""Reads for subscribers and topics, always scoped to one environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.db.models import QuerySet
+
+from apps.core.errors import NotFound
+from apps.subscribers.models import Subscriber, Topic, TopicSubscription
+from apps.tenancy.models import Environment
+
+
+def subscriber_get(*, environment: Environment, subscriber_id: str) -> Subscriber:
+    """The subscriber with this id in this environment, or ``NotFound`` (404)."""
+    subscriber = Subscriber.objects.filter(environment=environment, subscriber_id=subscriber_id).first()
+    if subscriber is None:
+        raise NotFound(f"Subscriber '{subscriber_id}' was not found.", details={"subscriber_id": subscriber_id})
+    return subscriber
+
+
+def subscriber_list(*, environment: Environment, filters: Mapping[str, Any] | None = None) -> QuerySet[Subscriber]:
+    """Subscribers of the environment. Filters: ``email`` (case-insensitive exact match)."""
+    filters = filters or {}
+    queryset = Subscriber.objects.filter(environment=environment)
+    email = filters.get("email")
+    if email:
+        queryset = queryset.filter(email__iexact=email)
+    return queryset
+
+
+def topic_get(*, environment: Environment, key: str) -> Topic:
+    """The topic with this key in this environment, or ``NotFound`` (404)."""
+    topic = Topic.objects.filter(environment=environment, key=key).first()
+    if topic is None:
+        raise NotFound(f"Topic '{key}' was not found.", details={"topic": key})
+    return topic
+
+
+def topic_list(*, environment: Environment) -> QuerySet[Topic]:
+    return Topic.objects.filter(environment=environment)
+
+
+def topic_subscribers(*, topic: Topic) -> QuerySet[Subscriber]:
+    """The members of a topic, as a queryset (paginate it; never evaluate it whole)."""
+    return Subscriber.objects.filter(environment_id=topic.environment_id, topic_subscriptions__topic=topic)
+
+
+def topic_subscriber_ids_page(*, topic: Topic, after_pk: int, limit: int) -> list[int]:
+    """Keyset page of member subscriber pks, ascending: the next ``limit`` pks greater than ``after_pk``.
+
+    Start with ``after_pk=0`` and pass the last pk of each page to get the next; an empty or
+    short page means the end. Walks the (topic, subscriber) unique index, so each page costs the
+    same however large the topic is.
+    """
+    return list(
+        TopicSubscription.objects.filter(topic=topic, subscriber_id__gt=after_pk)
+        .order_by("subscriber_id")
+        .values_list("subscriber_id", flat=True)[:limit]
+    )
