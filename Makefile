@@ -1,0 +1,73 @@
+# Clarion developer commands. `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+# Extra arguments for pytest, e.g. `make test PYTEST_ARGS="tests/inbox -x"`.
+PYTEST_ARGS ?=
+# The services run (make test-services): PostgreSQL + Redis on this machine.
+SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/clarion
+SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: help venv run migrate seed test test-services test-e2e lint fmt bench clean
+
+help: ## List the targets
+	@echo "Clarion — make targets:"
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: HOST=$(HOST) PORT=$(PORT) CLARION_VAR_DIR, DATABASE_URL, REDIS_URL, PYTEST_ARGS"
+
+venv: $(STAMP) ## Create .venv and install Clarion with the dev extra (again only when pyproject.toml changes)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+migrate: venv ## Apply migrations (and the channels-lite database on the embedded default)
+	$(PY) manage.py migrate --noinput
+	@if [ -z "$$REDIS_URL" ]; then $(PY) manage.py migrate --database channels --noinput; fi
+
+seed: migrate ## Create the demo environment, templates, workflow and admin user (var/demo.json)
+	$(PY) manage.py seed_demo
+
+run: venv migrate ## Migrate, seed the demo, then run web (uvicorn) + worker (qcluster); Ctrl-C stops both
+	$(PY) manage.py collectstatic --noinput -v0
+	$(PY) manage.py seed_demo
+	@$(PY) scripts/banner.py
+	@PY=$(PY) scripts/run.sh
+
+test: venv ## Run the test suite on the embedded default (SQLite), system tests included, e2e excluded
+	env -u DATABASE_URL -u REDIS_URL $(VENV)/bin/pytest -q -m "not e2e and not services" $(PYTEST_ARGS)
+
+test-services: venv ## Run the test suite on PostgreSQL + Redis (started if down), services tests included
+	scripts/ensure-services.sh
+	DATABASE_URL=$(SERVICES_DATABASE_URL) REDIS_URL=$(SERVICES_REDIS_URL) \
+		$(VENV)/bin/pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: venv ## Run the browser tests (system Chromium at /usr/bin/chromium)
+	@if [ ! -d tests/e2e ]; then echo "test-e2e: no tests/e2e folder yet; nothing to run"; exit 0; fi; \
+	status=0; env -u DATABASE_URL -u REDIS_URL $(VENV)/bin/pytest -q -m e2e tests/e2e $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "test-e2e: no e2e tests collected"; status=0; fi; \
+	exit $$status
+
+lint: venv ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv ## Fix what ruff can fix and format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: venv ## Run the benchmark suite (python -m bench)
+	$(PY) -m bench
+
+clean: ## Remove var/ (local databases, mail, static files, demo keys)
+	rm -rf var/

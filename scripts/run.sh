@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Run the web process (uvicorn: HTTP + websockets) and the worker (django-q2 qcluster) together
+# in the foreground. Ctrl-C stops both; if either exits, the other is stopped and this script
+# exits non-zero. Used by `make run`.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8000}
+STOP_TIMEOUT=${STOP_TIMEOUT:-10}
+
+# Job control: each background job gets its own process group, so we can signal a process
+# together with everything it forked (qcluster starts a sentinel, workers, a monitor, a pusher).
+set -m
+
+"$PY" -m uvicorn config.asgi:application --host "$HOST" --port "$PORT" &
+web=$!
+"$PY" manage.py qcluster &
+worker=$!
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+stop_all() {
+  local pid i
+  # SIGTERM to the leaders only: qcluster stops its own children (a SIGTERM to its whole
+  # group at once leaves it hanging); whatever is left after the timeout gets SIGKILL.
+  for pid in "$web" "$worker"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for i in $(seq 1 $((STOP_TIMEOUT * 10))); do
+    if ! alive "$web" && ! alive "$worker"; then break; fi
+    sleep 0.1
+  done
+  for pid in "$web" "$worker"; do
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+
+on_signal() {
+  trap - INT TERM
+  echo
+  echo "run: stopping web and worker..."
+  stop_all
+  exit 130
+}
+trap on_signal INT TERM
+
+# Wait for the first of the two to exit.
+wait -n "$web" "$worker"
+status=$?
+trap - INT TERM
+if alive "$web"; then which=worker; else which=web; fi
+echo "run: the $which process exited (status $status); stopping the other one" >&2
+stop_all
+[ "$status" -eq 0 ] && status=1
+exit "$status"
