@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apps.preferences.models import Category
+from tests.factories import CategoryFactory
+from tests.preferences.factories import PreferenceFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _form(tenant: Any, default_channels: str) -> dict[str, Any]:
+    return {
+        "environment": tenant.environment.pk,
+        "key": "billing",
+        "name": "Billing",
+        "description": "",
+        "default_channels": default_channels,
+        "order": 0,
+    }
+
+
+def test_category_admin_validates_default_channels(admin_client: Any, tenant: Any) -> None:
+    response = admin_client.post("/admin/preferences/category/add/", _form(tenant, '{"fax": true}'))
+    assert response.status_code == 200
+    assert b"Unknown channel(s): fax" in response.content
+    assert not Category.objects.exists()
+
+    response = admin_client.post("/admin/preferences/category/add/", _form(tenant, '{"sms": false}'))
+    assert response.status_code == 302
+    assert Category.objects.get().default_channels == {"sms": False}
+
+
+def test_preference_admin_is_read_only(admin_client: Any, tenant: Any) -> None:
+    category = CategoryFactory(environment=tenant.environment)
+    preference = PreferenceFactory(subscriber__environment=tenant.environment, category=category)
+    assert admin_client.get("/admin/preferences/preference/").status_code == 200
+    assert admin_client.get(f"/admin/preferences/preference/{preference.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/preferences/preference/add/").status_code == 403
+    response = admin_client.post(
+        f"/admin/preferences/preference/{preference.pk}/change/", {"enabled": "on", "channel": "sms"}
+    )
+    assert response.status_code == 403
+    preference.refresh_from_db()
+    assert (preference.channel, preference.enabled) == ("email", False)
