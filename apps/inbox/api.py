@@ -32,7 +32,9 @@ from apps.inbox.services import (
 class InboxSessionOpenSerializer(serializers.Serializer):
     publishable_key = serializers.CharField(max_length=200, trim_whitespace=True)
     subscriber_id = serializers.CharField(max_length=200, trim_whitespace=False)
-    subscriber_hash = serializers.CharField(max_length=128, help_text="hex HMAC-SHA256(inbox_hmac_secret, subscriber_id)")
+    subscriber_hash = serializers.CharField(
+        max_length=128, help_text="hex HMAC-SHA256(inbox_hmac_secret, subscriber_id)"
+    )
 
 
 class InboxSessionSerializer(serializers.Serializer):
@@ -67,7 +69,9 @@ class InboxMessageSerializer(serializers.Serializer):
 
 class InboxMessageFilterSerializer(serializers.Serializer):
     read = serializers.BooleanField(required=False, allow_null=True, default=None, help_text="Only read / unread.")
-    archived = serializers.BooleanField(required=False, default=False, help_text="Archived messages instead of the inbox.")
+    archived = serializers.BooleanField(
+        required=False, default=False, help_text="Archived messages instead of the inbox."
+    )
     category = serializers.CharField(required=False, max_length=100, help_text="Only this category key.")
 
 
@@ -144,7 +148,9 @@ class InboxMessageListView(generics.ListAPIView):
 
 class InboxCountsView(InboxView):
     @extend_schema(
-        tags=["inbox"], summary="Unread, unseen and total counts", responses={200: InboxCountsSerializer, 401: _UNAUTHORIZED}
+        tags=["inbox"],
+        summary="Unread, unseen and total counts",
+        responses={200: InboxCountsSerializer, 401: _UNAUTHORIZED},
     )
     def get(self, request: Request) -> Response:
         principal = request_inbox_principal(request)
@@ -186,4 +192,3 @@ class InboxReadAllView(InboxMarkAllView):
 
 class InboxSeenAllView(InboxMarkAllView):
     mark_all = staticmethod(inbox_mark_all_seen)
-

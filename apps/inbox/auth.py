@@ -12,6 +12,8 @@ other surface.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -48,6 +50,11 @@ class InboxPrincipal:
     @property
     def pk(self) -> int:
         return self.subscriber_pk
+
+
+def subscriber_hash_compute(*, secret: str, subscriber_id: str) -> str:
+    """The subscriber proof: hex HMAC-SHA256(environment.inbox_hmac_secret, subscriber_id)."""
+    return hmac.new(secret.encode(), subscriber_id.encode(), hashlib.sha256).hexdigest()
 
 
 def inbox_token_max_age() -> int:

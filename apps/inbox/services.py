@@ -6,7 +6,6 @@ client never sees a frame for a change that was rolled back.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,9 +19,16 @@ from django.utils import timezone
 
 from apps.core.errors import ApiError, NotFound
 from apps.inbox import realtime
-from apps.inbox.auth import SubscriberRef, inbox_token_expires_at, inbox_token_issue, inbox_token_read
+from apps.inbox.auth import (
+    SubscriberRef,
+    inbox_token_expires_at,
+    inbox_token_issue,
+    inbox_token_read,
+    subscriber_hash_compute,
+)
 from apps.inbox.models import InboxMessage
 from apps.subscribers.models import Subscriber
+from apps.subscribers.services import subscriber_upsert
 from apps.tenancy.models import ApiKey, Environment
 from apps.tenancy.selectors import api_key_for_raw
 
@@ -64,7 +70,7 @@ class InboxSession:
 
 def inbox_subscriber_hash(*, environment: Environment, subscriber_id: str) -> str:
     """The proof a customer's backend computes: hex HMAC-SHA256(inbox_hmac_secret, subscriber_id)."""
-    return hmac.new(environment.inbox_hmac_secret.encode(), subscriber_id.encode(), hashlib.sha256).hexdigest()
+    return subscriber_hash_compute(secret=environment.inbox_hmac_secret, subscriber_id=subscriber_id)
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -88,7 +94,7 @@ def inbox_session_open(*, publishable_key: str, subscriber_id: str, subscriber_h
         raise _unauthorized("The subscriber hash does not match this subscriber id.")
 
     # TODO(origin check, later issue): compare the request Origin with environment.allowed_origins.
-    subscriber, _ = Subscriber.objects.get_or_create(environment=environment, subscriber_id=subscriber_id)
+    subscriber, _ = subscriber_upsert(environment=environment, subscriber_id=subscriber_id)
     return InboxSession(
         environment=environment,
         subscriber=subscriber,

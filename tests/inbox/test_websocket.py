@@ -1,0 +1,253 @@
+"""The live inbox websocket against ``config.asgi.application``.
+
+Most tests run on the configured channel layer (channels-lite on the embedded default, its own
+"channels" database alias); a few unit tests use the in-memory layer for speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import time_machine
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apps.inbox.realtime import publish_messages_created, subscriber_group
+from apps.inbox.services import inbox_mark_all_read, inbox_message_mark
+from config.asgi import application
+from tests.factories import InboxMessageFactory, SubscriberFactory
+from tests.inbox.conftest import token_for
+
+LIVE_DB = pytest.mark.django_db(
+    transaction=True, databases=["default", "channels"] if "channels" in django_settings.DATABASES else ["default"]
+)
+IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+FRAME_TIMEOUT = 5
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_channel_layer() -> AsyncIterator[None]:
+    """Each test (and its event loop) gets its own layer instance; background pollers are closed."""
+    channel_layers.backends = {}
+    yield
+    for layer in list(channel_layers.backends.values()):
+        close = getattr(layer, "close", None)
+        if close is not None:
+            await close()
+    channel_layers.backends = {}
+
+
+@asynccontextmanager
+async def socket(path: str) -> AsyncIterator[WebsocketCommunicator]:
+    communicator = WebsocketCommunicator(application, path)
+    try:
+        yield communicator
+    finally:
+        await communicator.disconnect()
+
+
+async def assert_closed_with(communicator: WebsocketCommunicator, code: int) -> None:
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+    assert connected  # accepted so the browser sees the application close code, not a bare 1006
+    output = await communicator.receive_output(timeout=FRAME_TIMEOUT)
+    assert output == {"type": "websocket.close", "code": code}
+
+
+@sync_to_async
+def make_subscriber(**kwargs: Any) -> Any:
+    return SubscriberFactory(**kwargs)
+
+
+@sync_to_async
+def make_message(subscriber: Any, **kwargs: Any) -> Any:
+    return InboxMessageFactory(subscriber=subscriber, **kwargs)
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+@LIVE_DB
+async def test_rejected_without_token():
+    async with socket("/ws/inbox/") as ws:
+        await assert_closed_with(ws, 4401)
+
+
+@LIVE_DB
+@pytest.mark.parametrize("token", ["garbage", "sk_live_abc", "pk_live_abc", "a" * 800])
+async def test_rejected_with_bad_token(token):
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        await assert_closed_with(ws, 4401)
+
+
+@LIVE_DB
+async def test_rejected_with_expired_token(settings):
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    with time_machine.travel(timezone.now() + timedelta(seconds=settings.CLARION["INBOX_TOKEN_MAX_AGE"] + 5)):
+        async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+            await assert_closed_with(ws, 4401)
+
+
+@LIVE_DB
+async def test_connect_needs_no_default_database_query():
+    """Database work in a consumer runs on the shared sync thread: capture that thread's queries."""
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    capture = await sync_to_async(lambda: CaptureQueriesContext(connections["default"]))()
+    await sync_to_async(capture.__enter__)()
+    try:
+        async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+            connected, _ = await ws.connect(timeout=FRAME_TIMEOUT)
+            assert connected
+            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+            await ws.send_json_to({"type": "ping"})
+            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "pong"}
+    finally:
+        await sync_to_async(capture.__exit__)(None, None, None)
+    assert capture.captured_queries == []
+
+
+# --- live frames on the configured layer ---------------------------------------------------------
+
+
+@LIVE_DB
+async def test_publish_messages_created_reaches_the_socket_with_counts():
+    subscriber = await make_subscriber()
+    await make_message(subscriber, read_at=timezone.now(), seen_at=timezone.now())
+    token = await sync_to_async(token_for)(subscriber)
+
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        connected, _ = await ws.connect(timeout=FRAME_TIMEOUT)
+        assert connected
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+
+        message = await make_message(subscriber, title="New comment", body="First!")
+        await sync_to_async(publish_messages_created)([message])
+
+        frame = await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        assert frame["event"] == "message.created"
+        assert frame["message"]["id"] == message.pk
+        assert frame["message"]["title"] == "New comment"
+        assert frame["counts"] == {"unread": 1, "unseen": 1, "total": 2}
+
+
+@LIVE_DB
+async def test_frames_go_only_to_their_subscriber():
+    alice = await make_subscriber()
+    bob = await make_subscriber(environment=alice.environment)
+    alice_token = await sync_to_async(token_for)(alice)
+    bob_token = await sync_to_async(token_for)(bob)
+
+    async with (
+        socket(f"/ws/inbox/?token={quote(alice_token)}") as a,
+        socket(f"/ws/inbox/?token={quote(bob_token)}") as b,
+    ):
+        for ws in (a, b):
+            assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+
+        for_bob = await make_message(bob, title="for bob")
+        await sync_to_async(publish_messages_created)([for_bob])
+
+        assert (await b.receive_json_from(timeout=FRAME_TIMEOUT))["message"]["id"] == for_bob.pk
+        assert await a.receive_nothing(timeout=0.5)
+
+
+@LIVE_DB
+async def test_marking_pushes_updated_and_counts_frames():
+    subscriber = await make_subscriber()
+    first = await make_message(subscriber)
+    await make_message(subscriber)
+    token = await sync_to_async(token_for)(subscriber)
+
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+
+        await sync_to_async(inbox_message_mark)(subscriber=subscriber, message_id=first.pk, action="read")
+        updated = await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        assert updated["event"] == "message.updated"
+        assert updated["message"]["id"] == first.pk and updated["message"]["is_read"] is True
+        assert updated["counts"] == {"unread": 1, "unseen": 1, "total": 2}
+
+        await sync_to_async(inbox_mark_all_read)(subscriber=subscriber)
+        changed = await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        assert changed == {"event": "counts.changed", "counts": {"unread": 0, "unseen": 0, "total": 2}}
+
+
+@LIVE_DB
+async def test_disconnect_leaves_the_group():
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+    layer = get_channel_layer()
+    group = subscriber_group(environment_id=subscriber.environment_id, subscriber_pk=subscriber.pk)
+    if hasattr(layer, "groups"):  # in-memory layer
+        assert group not in layer.groups or not layer.groups[group]
+    else:
+        from channels_lite.models import GroupMembership
+
+        assert not await GroupMembership.objects.filter(group_name=group).aexists()
+
+
+# --- client frames (in-memory layer) -----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_ping_pong_and_bad_client_frames(settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+
+        await ws.send_json_to({"type": "ping"})
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "pong"}
+
+        await ws.send_to(text_data="{not json")
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "error", "code": "malformed_json"}
+
+        await ws.send_json_to({"type": "subscribe", "group": "inbox.1.1"})
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "error", "code": "unknown_type"}
+
+        await ws.send_to(bytes_data=b"\x00")
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "error", "code": "unsupported_frame"}
+
+        # still alive after all that
+        await ws.send_json_to({"type": "ping"})
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "pong"}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_group_event_is_forwarded_verbatim(settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        frame = {"event": "counts.changed", "counts": {"unread": 3, "unseen": 2, "total": 9}}
+        group = subscriber_group(environment_id=subscriber.environment_id, subscriber_pk=subscriber.pk)
+        await get_channel_layer().group_send(group, {"type": "inbox.event", "frame": frame})
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == frame
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_unknown_path_is_not_routed(settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    with pytest.raises(ValueError):
+        async with socket("/ws/elsewhere/") as ws:
+            await ws.connect(timeout=FRAME_TIMEOUT)
