@@ -131,6 +131,12 @@ class SubscriberInputSerializer(serializers.Serializer):
         return value
 
 
+class SubscriberUpsertSerializer(SubscriberInputSerializer):
+    """The body of ``PUT /subscribers/{subscriber_id}``: the id comes from the path."""
+
+    subscriber_id = identifier_field(required=False, help_text="Optional; must equal the id in the path.")
+
+
 class SubscriberSerializer(serializers.ModelSerializer):
     """A subscriber as the API returns it."""
 
@@ -214,7 +220,7 @@ class SubscriberDetailView(APIView):
         summary="Create or update a subscriber",
         description="Creates the subscriber (201) or changes only the fields sent (200). `data` is replaced "
         "whole; `null` clears a field.",
-        request=SubscriberInputSerializer,
+        request=SubscriberUpsertSerializer,
         responses={200: SubscriberSerializer, 201: SubscriberSerializer},
     )
     def put(self, request: Request, subscriber_id: str) -> Response:

@@ -11,6 +11,8 @@ from apps.core.errors import ApiError
 from apps.subscribers.models import Subscriber, Topic, TopicSubscription
 from apps.tenancy.models import Environment
 
+MAX_ID_LENGTH = Subscriber._meta.get_field("subscriber_id").max_length or 200
+
 # The profile fields a caller may set; ``subscriber_id`` and ``environment`` identify the row.
 SUBSCRIBER_FIELDS: tuple[str, ...] = (
     "email",
@@ -41,8 +43,13 @@ def _clean_values(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _dedupe_ids(subscriber_ids: Iterable[str]) -> list[str]:
     ids = list(dict.fromkeys(subscriber_ids))
-    if any(not isinstance(sid, str) or not sid for sid in ids):
-        raise ApiError("Subscriber ids must be non-empty strings.", code="validation_error")
+    bad = [sid for sid in ids if not isinstance(sid, str) or not sid or len(sid) > MAX_ID_LENGTH]
+    if bad:
+        raise ApiError(
+            f"Subscriber ids must be non-empty strings of at most {MAX_ID_LENGTH} characters.",
+            code="validation_error",
+            details={"subscriber_ids": [str(sid)[:50] for sid in bad[:10]]},
+        )
     return ids
 
 
@@ -83,8 +90,10 @@ def subscriber_bulk_upsert(*, environment: Environment, items: list[dict[str, An
     for item in items:
         item = dict(item)
         subscriber_id = item.pop("subscriber_id", None)
-        if not isinstance(subscriber_id, str) or not subscriber_id:
-            raise ApiError("Every item needs a non-empty subscriber_id.", code="validation_error")
+        if not isinstance(subscriber_id, str) or not subscriber_id or len(subscriber_id) > MAX_ID_LENGTH:
+            raise ApiError(
+                f"Every item needs a subscriber_id of 1-{MAX_ID_LENGTH} characters.", code="validation_error"
+            )
         _check_fields(item)
         merged.setdefault(subscriber_id, {}).update(_clean_values(item))
     if not merged:

@@ -325,3 +325,9 @@ def test_other_environment_cannot_touch_a_topic(api: Any, tenant: Any, other_ten
     assert Topic.objects.filter(key="t").count() == 2
     assert [m["subscriber_id"] for m in api.get("/api/v1/topics/t/subscribers").json()["data"]] == ["member"]
     assert not Subscriber.objects.filter(environment=other_tenant.environment, subscriber_id="x").exists()
+
+
+@pytest.mark.parametrize("subscriber_id", ["x" * 201, "has space"])
+def test_put_refuses_bad_ids_in_the_path(api: Any, subscriber_id: str) -> None:
+    error = assert_error(api.put(f"{URL}/{subscriber_id}", {}, format="json"), 400, "validation_error")
+    assert "subscriber_id" in error["details"]

@@ -173,3 +173,12 @@ def test_selectors_raise_not_found_with_clear_message(tenant: Any, other_tenant:
     TopicFactory(environment=other_tenant.environment, key="t")
     with pytest.raises(NotFound):
         selectors.topic_get(environment=tenant.environment, key="t")
+
+
+def test_ids_too_long_for_the_column_are_refused_not_crashed(tenant: Any) -> None:
+    with pytest.raises(ApiError) as info:
+        services.subscribers_ensure(environment=tenant.environment, subscriber_ids=["ok", "x" * 201])
+    assert info.value.error_code == "validation_error"
+    with pytest.raises(ApiError):
+        services.subscriber_bulk_upsert(environment=tenant.environment, items=[{"subscriber_id": "x" * 201}])
+    assert not Subscriber.objects.exists()
