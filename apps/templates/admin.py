@@ -119,7 +119,7 @@ class TemplateVersionAdmin(TabbedTranslationAdmin):
         return obj is None and super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: TemplateVersion | None = None) -> bool:
-        return False
+        return False  # history is kept; a version goes only with its whole template
 
     def has_publish_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("notification_templates.change_template")
@@ -249,6 +249,9 @@ class TemplateVersionInline(admin.TabularInline):
     show_change_link = True
     ordering = ["-number"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TemplateVersion]:
+        return super().get_queryset(request).select_related("template", "created_by")
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -298,11 +301,13 @@ class TemplateAdmin(admin.ModelAdmin):
         obj.created_at = template.created_at
         obj.updated_at = template.updated_at
 
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        """The version inline is read-only: nothing to save."""
+    def get_inlines(self, request: HttpRequest, obj: Template | None = None) -> list[Any]:
+        return list(self.inlines) if obj is not None else []
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Versions cannot be deleted one by one, but they do go with their template.
+        perms_needed = set(perms_needed) - {str(TemplateVersion._meta.verbose_name)}
         protected = list(protected)
         for template in objs:
             for workflow in template_references(template=template):

@@ -53,7 +53,7 @@ def template_version_get(*, template: Template, number: int | None = None) -> Te
     return version
 
 
-def published_versions_for_keys(*, environment: Environment, keys: Iterable[str]) -> dict[str, TemplateVersion]:
+def published_versions_for_keys(*, environment: Environment | int, keys: Iterable[str]) -> dict[str, TemplateVersion]:
     """``{key: published TemplateVersion}`` for each key that has one, in one query.
 
     ``version.template`` is loaded too (``render_version`` reads its channel), so rendering a
