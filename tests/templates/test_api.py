@@ -184,6 +184,18 @@ def test_get_returns_template_with_published_content_and_latest_number(api, tena
     assert "version" not in body
 
 
+def test_get_is_one_template_query(api, tenant, admin_user):
+    template, _ = make_template(tenant.environment, "welcome", publish=False)
+    template_version_create(template=template, content={"en": {"body": "b"}}, created_by=admin_user, publish=True)
+
+    with CaptureQueriesContext(connection) as captured:
+        body = api.get("/api/v1/templates/welcome").json()
+
+    assert body["published"]["created_by"] == admin_user.username
+    assert body["published"]["is_published"] is True
+    assert len(_template_queries(captured)) == 1
+
+
 def test_get_unpublished_template_has_null_published(api, tenant):
     make_template(tenant.environment, "welcome", publish=False)
 
