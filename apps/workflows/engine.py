@@ -248,7 +248,9 @@ def _walk(run: Run, data: _ChunkData, writes: _ChunkWrites, now: Any) -> None:
             try:
                 passed = bool(evaluate_expression(condition, {**context, "steps": run.step_results}))
             except SandboxError as exc:
-                _trace(writes, run, step, StepRun.Decision.FAILED, "condition_error", condition=condition, error=str(exc))
+                _trace(
+                    writes, run, step, StepRun.Decision.FAILED, "condition_error", condition=condition, error=str(exc)
+                )
                 run.status = Run.Status.FAILED
                 run.completed_at = now
                 return
@@ -314,7 +316,9 @@ def _channel_step(
         _trace(writes, run, step, StepRun.Decision.FAILED, "template_not_published", template=step["template"])
         return
     try:
-        rendered = render_version(version=version, locale=subscriber.locale, context={**context, "step": {"id": step_id}})
+        rendered = render_version(
+            version=version, locale=subscriber.locale, context={**context, "step": {"id": step_id}}
+        )
     except SandboxError as exc:
         run.step_results[step_id] = {"status": "failed", "reason": "render_error"}
         _trace(writes, run, step, StepRun.Decision.FAILED, "render_error", template=step["template"], error=str(exc))
@@ -407,9 +411,9 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
     with transaction.atomic():
         # Only write for runs this worker still holds (a lease may have expired meanwhile).
         still_held = set(
-            Run.objects.select_for_update().filter(pk__in=[r.pk for r in runs], claim_token=token).values_list(
-                "pk", flat=True
-            )
+            Run.objects.select_for_update()
+            .filter(pk__in=[r.pk for r in runs], claim_token=token)
+            .values_list("pk", flat=True)
         )
         if len(still_held) != len(runs):
             logger.warning("lost the claim on %d run(s); skipping their writes", len(runs) - len(still_held))
@@ -437,7 +441,16 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
                 run.status = Run.Status.PENDING
         Run.objects.bulk_update(
             held_runs,
-            ["status", "step_index", "resume_at", "step_results", "claim_token", "lease_until", "completed_at", "updated_at"],
+            [
+                "status",
+                "step_index",
+                "resume_at",
+                "step_results",
+                "claim_token",
+                "lease_until",
+                "completed_at",
+                "updated_at",
+            ],
             batch_size=500,
         )
         email_ids = [m.pk for m in messages if m.channel != "in_app"]

@@ -9,7 +9,9 @@ from apps.workflows.models import Run, Workflow
 
 def workflow_get(*, environment: Environment, key: str) -> Workflow:
     workflow = (
-        Workflow.objects.select_related("published_version", "category").filter(environment=environment, key=key).first()
+        Workflow.objects.select_related("published_version", "category")
+        .filter(environment=environment, key=key)
+        .first()
     )
     if workflow is None:
         raise NotFound(f"No workflow with key '{key}' in this environment.", code="workflow_not_found")

@@ -65,9 +65,7 @@ def test_trigger_answers_before_any_per_recipient_work(api, tenant, comment_work
     assert Run.objects.count() == 0
 
 
-def test_trigger_query_count_is_independent_of_recipient_count(
-    api, comment_workflow, django_assert_max_num_queries
-):
+def test_trigger_query_count_is_independent_of_recipient_count(api, comment_workflow, django_assert_max_num_queries):
     to = [f"user-{i}" for i in range(300)]
     with django_assert_max_num_queries(12):
         response = api.post(TRIGGER, {"workflow": "comment-created", "to": to, "payload": {}}, format="json")
@@ -256,9 +254,15 @@ def test_bulk_limit(api, comment_workflow):
     assert_error(api.post("/api/v1/events/bulk", {"events": events}, format="json"), 400, "validation_error")
 
 
-def test_trace_query_count_is_fixed(api, comment_workflow, django_capture_on_commit_callbacks, django_assert_num_queries):
+def test_trace_query_count_is_fixed(
+    api, comment_workflow, django_capture_on_commit_callbacks, django_assert_num_queries
+):
     with django_capture_on_commit_callbacks(execute=True):
-        api.post(TRIGGER, {"workflow": "comment-created", "to": [f"u{i}" for i in range(20)], "transaction_id": "q"}, format="json")
+        api.post(
+            TRIGGER,
+            {"workflow": "comment-created", "to": [f"u{i}" for i in range(20)], "transaction_id": "q"},
+            format="json",
+        )
     with django_assert_num_queries(6):
         response = api.get("/api/v1/events/q")
     assert len(response.json()["runs"]) == 20

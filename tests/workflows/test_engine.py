@@ -250,7 +250,10 @@ def test_chunk_queries_do_not_grow_with_recipients(
         recipients=[{"subscriber_id": s.subscriber_id} for s in subscribers],
     )
     Run.objects.bulk_create(
-        [Run(environment=env, event=event, workflow_version_id=event.workflow_version_id, subscriber=s) for s in subscribers]
+        [
+            Run(environment=env, event=event, workflow_version_id=event.workflow_version_id, subscriber=s)
+            for s in subscribers
+        ]
     )
     run_ids = list(Run.objects.values_list("pk", flat=True))
     with django_assert_max_num_queries(13):

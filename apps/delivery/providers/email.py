@@ -11,6 +11,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
+import html
+import re
+
 from django.utils.html import strip_tags
 
 from apps.delivery.models import Integration, Message
@@ -27,6 +30,18 @@ EMAIL_BACKENDS: dict[str, str] = {
     "sparkpost": "anymail.backends.sparkpost.EmailBackend",
     "mailersend": "anymail.backends.mailersend.EmailBackend",
 }
+
+
+_BLOCK_END = re.compile(r"(?i)<br\s*/?>|</(p|div|h[1-6]|li|tr|table|blockquote)>")
+_LINK = re.compile(r'(?is)<a\s[^>]*href="([^"]+)"[^>]*>(.*?)</a>')
+
+
+def html_to_text(body: str) -> str:
+    """A readable plain-text alternative: block ends become line breaks, links keep their URL."""
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", body)
+    text = _BLOCK_END.sub("\n\n", text)
+    text = html.unescape(strip_tags(text))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(line.strip() for line in text.splitlines())).strip()
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ def build_email(message: Message, integration: Integration | None) -> EmailMulti
     sender = (integration.settings.get("from_email") if integration else None) or settings.DEFAULT_FROM_EMAIL
     email = EmailMultiAlternatives(
         subject=message.subject,
-        body=strip_tags(message.body),
+        body=html_to_text(message.body),
         from_email=sender,
         to=[message.recipient],
         headers={"X-Clarion-Message-Id": str(message.pk)},
