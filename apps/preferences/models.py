@@ -58,3 +58,7 @@ class Preference(models.Model):
                 name="uniq_global_channel_preference",
             ),
         ]
+
+    def __str__(self) -> str:
+        scope = self.category.key if self.category_id else "all categories"
+        return f"{self.channel} for {scope}: {'on' if self.enabled else 'off'}"

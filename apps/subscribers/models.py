@@ -64,3 +64,6 @@ class TopicSubscription(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["topic", "subscriber"], name="uniq_topic_subscription")]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber_id} in {self.topic_id}"
