@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 
 migrate: venv ## Apply migrations (and the channels-lite database on the embedded default)
 	$(PY) manage.py migrate --noinput
-	@if [ -z "$$REDIS_URL" ]; then $(PY) manage.py migrate --database channels --noinput; fi
+	@if [ -z "$$REDIS_URL" ]; then $(PY) manage.py migrate --database channels --noinput -v0; fi
 
 seed: migrate ## Create the demo environment, templates, workflow and admin user (var/demo.json)
 	$(PY) manage.py seed_demo
@@ -41,8 +41,7 @@ seed: migrate ## Create the demo environment, templates, workflow and admin user
 run: venv migrate ## Migrate, seed the demo, then run web (uvicorn) + worker (qcluster); Ctrl-C stops both
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py seed_demo
-	@$(PY) scripts/banner.py
-	@PY=$(PY) scripts/run.sh
+	@PY=$(PY) scripts/run.sh  # prints the banner (scripts/banner.py) once the web process is up
 
 test: venv ## Run the test suite on the embedded default (SQLite), system tests included, e2e excluded
 	env -u DATABASE_URL -u REDIS_URL $(VENV)/bin/pytest -q -m "not e2e and not services" $(PYTEST_ARGS)

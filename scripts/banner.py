@@ -51,7 +51,7 @@ def render(demo: dict[str, str], url: str) -> str:
     lines = [
         "",
         rule,
-        "  Clarion is starting (web + worker). Ctrl-C stops both.",
+        "  Clarion is running (web + worker). Ctrl-C stops both.",
         rule,
         f"  App              {url}/",
         f"  Admin            {admin}",

@@ -10,29 +10,23 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 
-# Job control: each background job gets its own process group, so we can signal a process
-# together with everything it forked (qcluster starts a sentinel, workers, a monitor, a pusher).
-set -m
+web=""
+worker=""
 
-"$PY" -m uvicorn config.asgi:application --host "$HOST" --port "$PORT" &
-web=$!
-"$PY" manage.py qcluster &
-worker=$!
-
-alive() { kill -0 "$1" 2>/dev/null; }
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 stop_all() {
   local pid i
   # SIGTERM to the leaders only: qcluster stops its own children (a SIGTERM to its whole
   # group at once leaves it hanging); whatever is left after the timeout gets SIGKILL.
-  for pid in "$web" "$worker"; do
+  for pid in $web $worker; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   for i in $(seq 1 $((STOP_TIMEOUT * 10))); do
     if ! alive "$web" && ! alive "$worker"; then break; fi
     sleep 0.1
   done
-  for pid in "$web" "$worker"; do
+  for pid in $web $worker; do
     kill -KILL -- "-$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -46,6 +40,32 @@ on_signal() {
   exit 130
 }
 trap on_signal INT TERM
+
+# Job control: each background job gets its own process group, so we can signal a process
+# together with everything it forked (qcluster starts a sentinel, workers, a monitor, a pusher).
+set -m
+
+"$PY" -m uvicorn config.asgi:application --host "$HOST" --port "$PORT" &
+web=$!
+"$PY" manage.py qcluster &
+worker=$!
+# The process groups are set; no job-status chatter ("[1]- Terminated ...") from here on.
+set +m
+
+# Print the banner once the web process accepts connections, so it is not scrolled away by
+# start-up logs (BANNER=0 turns it off).
+if [ "${BANNER:-1}" != 0 ]; then
+  probe_host=$HOST
+  case "$probe_host" in 0.0.0.0 | :: | "[::]") probe_host=127.0.0.1 ;; esac
+  for _ in $(seq 1 300); do
+    alive "$web" && alive "$worker" || break
+    if (exec 3<>"/dev/tcp/$probe_host/$PORT") 2>/dev/null; then
+      "$PY" scripts/banner.py || true
+      break
+    fi
+    sleep 0.1
+  done
+fi
 
 # Wait for the first of the two to exit.
 wait -n "$web" "$worker"
