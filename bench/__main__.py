@@ -1,0 +1,83 @@
+"""``python -m bench [ingest] [fanout] [--quick] [--json] [--profile] [...]``; see docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from typing import Any
+
+from bench import fanout, ingest
+from bench.common import Installation, log, machine_info
+from bench.report import render
+
+BENCHMARKS = ("ingest", "fanout")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Clarion benchmarks: each result is a ratio against a baseline measured in the same run.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="ingest, fanout (default: both)")
+    parser.add_argument("--quick", action="store_true", help="small smoke variant (seconds, not meaningful numbers)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile of the measured Clarion path")
+    parser.add_argument("--requests", type=int, help="ingest: timed requests per endpoint (default 3000)")
+    parser.add_argument("--concurrency", type=int, help="ingest: concurrent connections (default 16)")
+    parser.add_argument("--subscribers", type=int, help="fanout: topic size (default 10000)")
+    parser.add_argument("--repeats", type=int, help="fanout: alternating repetitions (default 3)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    args.names = [n for n in BENCHMARKS if n in args.names] or list(BENCHMARKS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    installation = Installation.create()
+    results: dict[str, Any] = {
+        "command": "python -m bench " + shlex.join(argv),
+        "quick": args.quick,
+        "installation": installation.describe_database(),
+        "machine": machine_info(installation),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "benchmarks": {},
+    }
+    log(f"{results['installation']}; broker {installation.broker}; var dir {installation.var_dir}")
+    try:
+        if "ingest" in args.names:
+            config = ingest.IngestConfig.quick() if args.quick else ingest.IngestConfig()
+            overrides = {k: v for k, v in (("requests", args.requests), ("concurrency", args.concurrency)) if v}
+            config = ingest.IngestConfig(**{**config.__dict__, **overrides})
+            started = time.monotonic()
+            results["benchmarks"]["ingest"] = ingest.run(installation, config, profile=args.profile)
+            results["benchmarks"]["ingest"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        if "fanout" in args.names:
+            config_f = fanout.FanoutConfig.quick() if args.quick else fanout.FanoutConfig()
+            overrides = {k: v for k, v in (("subscribers", args.subscribers), ("repeats", args.repeats)) if v}
+            config_f = fanout.FanoutConfig(**{**config_f.__dict__, **overrides})
+            started = time.monotonic()
+            results["benchmarks"]["fanout"] = fanout.run(installation, config_f, profile=args.profile)
+            results["benchmarks"]["fanout"]["wall_seconds"] = round(time.monotonic() - started, 1)
+    finally:
+        installation.cleanup()
+
+    if args.profile:
+        for name, result in results["benchmarks"].items():
+            if "profile" in result:
+                print(f"\n===== cProfile: {name} =====\n{result['profile']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

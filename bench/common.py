@@ -1,0 +1,179 @@
+"""What both benchmarks share: the installation they run against, the machine, small statistics."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import secrets
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_MODULE = "bench.settings"
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that ``--json`` output on stdout stays clean."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Installation:
+    """The database / broker the benchmarks run against.
+
+    Embedded default (no ``DATABASE_URL``): a fresh temporary ``CLARION_VAR_DIR`` with a new
+    SQLite database and the django-q2 ORM broker, removed at the end. Services: the database
+    of ``DATABASE_URL`` (migrated; point it at a throwaway database, the bench leaves its rows
+    there) and, with ``REDIS_URL``, the django-q2 Redis broker.
+    """
+
+    var_dir: Path
+    database_url: str = ""
+    redis_url: str = ""
+    secret_key: str = field(default_factory=lambda: "bench-" + secrets.token_urlsafe(32))
+    _django_ready: bool = False
+
+    @classmethod
+    def create(cls) -> Installation:
+        var_dir = Path(tempfile.mkdtemp(prefix="clarion-bench-"))
+        return cls(
+            var_dir=var_dir,
+            database_url=os.environ.get("DATABASE_URL", ""),
+            redis_url=os.environ.get("REDIS_URL", ""),
+        )
+
+    @property
+    def database(self) -> str:
+        return "postgresql" if self.database_url.startswith(("postgres://", "postgresql://")) else "sqlite"
+
+    @property
+    def broker(self) -> str:
+        return "redis" if self.redis_url else "orm"
+
+    def describe_database(self) -> str:
+        if self.database == "sqlite":
+            return f"SQLite (embedded default) in {self.var_dir}"
+        parts = urlsplit(self.database_url)
+        return f"PostgreSQL {parts.hostname}:{parts.port or 5432}{parts.path}"
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """Environment for the processes the benchmarks start (server, manage.py)."""
+        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CLARION_TASKS_EAGER"}}
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+                "CLARION_VAR_DIR": str(self.var_dir),
+                "DEBUG": "0",
+                "SECRET_KEY": self.secret_key,
+                "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        env.update(extra)
+        return env
+
+    def manage(self, *args: str, timeout: float = 300) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.process_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"manage.py {' '.join(args)} exited {result.returncode}\n"
+                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
+        return result.stdout
+
+    def setup_django(self) -> None:
+        """Configure Django in this process against the same installation, and migrate it."""
+        if self._django_ready:
+            return
+        os.environ.update(self.process_env())
+        os.environ.pop("CLARION_TASKS_EAGER", None)
+        if not self.database_url:
+            os.environ.pop("DATABASE_URL", None)
+        if not self.redis_url:
+            os.environ.pop("REDIS_URL", None)
+        import django
+
+        if os.environ["DJANGO_SETTINGS_MODULE"] != SETTINGS_MODULE:
+            raise RuntimeError("DJANGO_SETTINGS_MODULE must be bench.settings")
+        django.setup()
+        from django.conf import settings
+        from django.core.management import call_command
+
+        if settings.ROOT_URLCONF != "bench.urls":
+            raise RuntimeError("Django was already configured with other settings; run `python -m bench`")
+        call_command("migrate", verbosity=0, interactive=False)
+        self._django_ready = True
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.var_dir, ignore_errors=True)
+
+
+def machine_info(installation: Installation | None = None) -> dict[str, Any]:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.SubprocessError):
+        pass
+    memory_gb = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor() or "unknown",
+        "memory_gb": memory_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    try:
+        import django
+
+        info["django"] = django.get_version()
+    except ImportError:
+        pass
+    if installation is not None:
+        info["database"] = installation.database
+        info["broker"] = installation.broker
+    return info
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (``q`` in 0..100)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

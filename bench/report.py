@@ -1,0 +1,61 @@
+"""The human-readable table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _slower(ratio: float) -> str:
+    return f"{1 / ratio:.1f}x slower" if ratio and ratio < 1 else ("faster" if ratio > 1 else "")
+
+
+def render(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    lines = [
+        f"Clarion benchmarks: {results['installation']}, broker {machine['broker']}",
+        f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB, {machine['os']}, "
+        f"Python {machine['python']}, Django {machine.get('django', '?')}, SQLite {machine['sqlite']}"
+        + (" [quick]" if results.get("quick") else ""),
+        "",
+    ]
+    benchmarks = results["benchmarks"]
+    if "ingest" in benchmarks:
+        ing = benchmarks["ingest"]
+        cfg = ing["config"]
+        lines += [
+            f"ingest: {cfg['requests_per_endpoint']:,} requests per endpoint in {cfg['rounds']} alternating round(s), "
+            f"{cfg['concurrency']} connections, after {cfg['warmup_per_endpoint']} warm-up; one uvicorn worker",
+            f"  {'endpoint':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18} {'SQL/req':>8}",
+        ]
+        for name, label in (("bare", "bare DRF (/bench/bare)"), ("trigger", "trigger (/api/v1/events/trigger)")):
+            row = ing[name]
+            lines.append(
+                f"  {label:<30} {_fmt(row['requests_per_s']):>9} "
+                f"{_fmt(row['p50_ms'], 2):>8} {_fmt(row['p99_ms'], 2):>8} "
+                f"{_fmt(row['server_cpu_ms_per_request'], 2):>18} {ing['queries_per_request'][name]:>8}"
+            )
+        ratio = ing["ratio_trigger_over_bare"]
+        lines += [f"  ratio trigger/bare (req/s): {ratio:.3f}  ({_slower(ratio)})", ""]
+    if "fanout" in benchmarks:
+        fan = benchmarks["fanout"]
+        cfg = fan["config"]
+        lines += [
+            f"fanout: {cfg['subscribers']:,} topic subscribers, one in_app step, chunk {cfg['fanout_chunk_size']}, "
+            f"median of {cfg['repeats']} alternating run(s); push: no-op",
+            f"  {'path':<46} {'seconds':>9} {'notifications/s':>16}",
+        ]
+        rows = [
+            ("baseline (bulk_create Message + InboxMessage)", fan["baseline"]),
+            ("clarion (process_event + advance_runs)", fan["clarion"]),
+        ]
+        if "clarion_with_inmemory_push" in fan:
+            rows.append(("clarion + push to in-memory layer (1 run, info)", fan["clarion_with_inmemory_push"]))
+        for label, row in rows:
+            lines.append(f"  {label:<46} {_fmt(row['seconds'], 2):>9} {_fmt(row['notifications_per_s']):>16}")
+        ratio = fan["ratio_clarion_over_baseline"]
+        lines += [f"  ratio clarion/baseline (notifications/s): {ratio:.3f}  ({_slower(ratio)})", ""]
+    return "\n".join(lines)
