@@ -142,7 +142,7 @@ def inbox_message_mark(*, subscriber: SubscriberRef, message_id: int, action: In
             else None
         )
         if message is None:
-            raise NotFound("No such inbox message.", code="not_found")
+            raise NotFound("No such inbox message.")
         changed = _apply(message, action, timezone.now())
         if changed:
             message.save(update_fields=changed)

@@ -133,15 +133,19 @@
       var socket = new WebSocket(scheme + location.host + state.wsUrl);
       state.socket = socket;
       socket.onmessage = function (e) { onFrame(JSON.parse(e.data)); };
-      socket.onclose = function (e) {
-        clearInterval(state.pingTimer);
-        if (state.socket !== socket) return;
-        state.socket = null;
-        if (e.code === 4403) { setStatus("offline", "origin not allowed"); return; }
-        if (e.code === 4401) state.token = null; // expired or invalid token: the next attempt opens a new session
-        scheduleReconnect(e.code === 4401);
-      };
+      socket.onclose = function (e) { lost(socket, e.code); };
+      socket.onerror = function () { lost(socket, 1006); }; // some runtimes fire no close after a failed connect
     }).catch(function (err) { showError(err); scheduleReconnect(false); });
+  }
+
+  function lost(socket, code) {
+    if (state.socket !== socket) return; // already handled (error then close) or superseded
+    state.socket = null;
+    clearInterval(state.pingTimer);
+    if (socket.readyState !== WebSocket.CLOSED) socket.close();
+    if (code === 4403) { setStatus("offline", "origin not allowed"); return; }
+    if (code === 4401) state.token = null; // expired or invalid token: the next attempt opens a new session
+    scheduleReconnect(code === 4401);
   }
 
   function scheduleReconnect(immediately) {
