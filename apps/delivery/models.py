@@ -94,3 +94,6 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.status} for message {self.message_id}"

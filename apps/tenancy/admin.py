@@ -37,7 +37,16 @@ class EnvironmentAdmin(admin.ModelAdmin):
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["__str__", "kind", "environment", "created_at", "revoked_at"]
     list_filter = ["kind", "environment"]
-    readonly_fields = ["environment", "kind", "prefix", "last_four", "key_hash", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = [
+        "environment",
+        "kind",
+        "prefix",
+        "last_four",
+        "key_hash",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     actions = ["revoke"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

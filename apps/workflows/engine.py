@@ -421,7 +421,7 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
         messages = [m for m in writes.messages if m.run_id in still_held]
         Message.objects.bulk_create(messages, batch_size=500)
         inbox_rows: list[InboxMessage] = []
-        for inbox, message_index, run, step_id in writes.inbox:
+        for inbox, message_index, run, _step_id in writes.inbox:
             if run.pk not in still_held:
                 continue
             inbox.message = writes.messages[message_index]

@@ -119,3 +119,6 @@ class StepRun(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["run", "id"], name="steprun_run_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.step_id}: {self.decision} ({self.reason})"

@@ -31,7 +31,7 @@ class FakePostmark:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(
                     {"path": self.path, "body": body, "token": self.headers.get("X-Postmark-Server-Token")}

@@ -6,14 +6,13 @@ backend as keyword arguments (Anymail backends accept their settings as kwargs, 
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
-import html
-import re
-
 from django.utils.html import strip_tags
 
 from apps.delivery.models import Integration, Message
