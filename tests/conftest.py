@@ -62,3 +62,15 @@ def api(tenant: Tenant) -> APIClient:
 @pytest.fixture
 def anon_api() -> APIClient:
     return APIClient()
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Tests marked ``services`` need PostgreSQL + Redis: they run under ``make test-services``."""
+    from django.conf import settings
+
+    if settings.USING_POSTGRES and settings.REDIS_URL:
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL and Redis (make test-services)")
+    for item in items:
+        if "services" in item.keywords:
+            item.add_marker(skip)
