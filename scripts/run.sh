@@ -6,6 +6,8 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+# The demo inbox page shows the demo environment's keys: fine on a developer's machine only.
+export CLARION_DEMO_PAGE=${CLARION_DEMO_PAGE:-1}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_GET
@@ -54,6 +54,8 @@ def trigger_curl(*, trigger_url: str, secret_key: str, subscriber_id: str) -> st
 
 @require_GET
 def demo_inbox(request: HttpRequest) -> HttpResponse:
+    if not settings.CLARION_DEMO_PAGE:
+        raise Http404("The demo page is off (set CLARION_DEMO_PAGE=1 to turn it on).")
     demo, problem = demo_config()
     if demo is None:
         return render(request, "inbox/demo_missing.html", {"problem": problem}, status=404)

@@ -15,7 +15,13 @@ URL = "/demo/inbox/"
 @pytest.fixture
 def var_dir(settings, tmp_path):
     settings.VAR_DIR = tmp_path
+    settings.CLARION_DEMO_PAGE = True
     return tmp_path
+
+
+def test_demo_page_is_off_unless_enabled(demo, settings):
+    settings.CLARION_DEMO_PAGE = False
+    assert Client().get(URL).status_code == 404
 
 
 @pytest.fixture
