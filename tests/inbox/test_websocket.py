@@ -196,6 +196,9 @@ async def test_disconnect_leaves_the_group():
     group = subscriber_group(environment_id=subscriber.environment_id, subscriber_pk=subscriber.pk)
     if hasattr(layer, "groups"):  # in-memory layer
         assert group not in layer.groups or not layer.groups[group]
+    elif hasattr(layer, "_group_key"):  # channels-redis: a sorted set of channel names per group
+        connection = layer.connection(layer.consistent_hash(group))
+        assert await connection.zcard(layer._group_key(group)) == 0
     else:
         from channels_lite.models import GroupMembership
 
