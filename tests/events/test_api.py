@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.core import mail
 
@@ -9,21 +7,12 @@ from apps.events.models import Event
 from apps.inbox.models import InboxMessage
 from apps.subscribers.models import Subscriber
 from apps.workflows.models import Run
+from tests.assertions import assert_error
 from tests.factories import SubscriberFactory, TopicFactory
 
 pytestmark = pytest.mark.django_db
 
 TRIGGER = "/api/v1/events/trigger"
-
-
-def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body["error"]
 
 
 def test_trigger_accepts_and_runs(api, comment_workflow, django_capture_on_commit_callbacks):

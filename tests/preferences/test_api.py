@@ -7,22 +7,13 @@ import pytest
 from apps.core.errors import ApiError, Unprocessable
 from apps.preferences.models import Category, Preference
 from apps.preferences.services import category_upsert, preferences_update
+from tests.assertions import assert_error
 from tests.factories import CategoryFactory, SubscriberFactory
 from tests.preferences.factories import PreferenceFactory
 
 pytestmark = pytest.mark.django_db
 
 CATEGORIES = "/api/v1/categories"
-
-
-def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body["error"]
 
 
 def prefs_url(subscriber_id: str) -> str:

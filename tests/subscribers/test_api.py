@@ -6,21 +6,12 @@ import pytest
 
 from apps.subscribers.api import SubscriberInputSerializer
 from apps.subscribers.models import Subscriber, Topic, TopicSubscription
+from tests.assertions import assert_error
 from tests.factories import SubscriberFactory, TopicFactory, TopicSubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/subscribers"
-
-
-def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body["error"]
 
 
 # --- subscribers ---------------------------------------------------------------------------

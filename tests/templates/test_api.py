@@ -9,6 +9,7 @@ from drf_spectacular.generators import SchemaGenerator
 from apps.templates.models import Template, TemplateVersion
 from apps.templates.services import template_version_create
 from apps.workflows.models import Workflow
+from tests.assertions import assert_error
 from tests.factories import SubscriberFactory
 from tests.templates.conftest import make_template
 
@@ -22,15 +23,6 @@ EMAIL = {
     },
     "action_url": "https://app.test/{{ payload.plan }}",
 }
-
-
-def assert_error(response, status, code):
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    return body["error"]
 
 
 # --- PUT ----------------------------------------------------------------------------------------

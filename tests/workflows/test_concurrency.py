@@ -30,7 +30,7 @@ def run_in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
         try:
             barrier.wait()
             results[index] = target(index)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:
             results[index] = exc
         finally:
             connections.close_all()
