@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             results["benchmarks"]["fanout"]["wall_seconds"] = round(time.monotonic() - started, 1)
     finally:
         installation.cleanup()
+    results["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
 
     if args.profile:
         for name, result in results["benchmarks"].items():

@@ -154,6 +154,8 @@ def machine_info(installation: Installation | None = None) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
+        # Other processes share the machine: the 1-minute load average before the run says how much.
+        "load_average_at_start": round(os.getloadavg()[0], 2),
     }
     try:
         import django

@@ -20,6 +20,8 @@ def render(results: dict[str, Any]) -> str:
         f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB, {machine['os']}, "
         f"Python {machine['python']}, Django {machine.get('django', '?')}, SQLite {machine['sqlite']}"
         + (" [quick]" if results.get("quick") else ""),
+        f"load average (1 min) at start {machine['load_average_at_start']}, "
+        f"at end {machine.get('load_average_at_end', '?')}",
         "",
     ]
     benchmarks = results["benchmarks"]
@@ -39,7 +41,12 @@ def render(results: dict[str, Any]) -> str:
                 f"{_fmt(row['server_cpu_ms_per_request'], 2):>18} {ing['queries_per_request'][name]:>8}"
             )
         ratio = ing["ratio_trigger_over_bare"]
-        lines += [f"  ratio trigger/bare (req/s): {ratio:.3f}  ({_slower(ratio)})", ""]
+        cpu_ratio = ing["cpu_ratio_trigger_over_bare"]
+        lines += [
+            f"  ratio trigger/bare (req/s): {ratio:.3f}  ({_slower(ratio)})",
+            f"  ratio trigger/bare (inverse server CPU per request): {cpu_ratio:.3f}  ({_slower(cpu_ratio)})",
+            "",
+        ]
     if "fanout" in benchmarks:
         fan = benchmarks["fanout"]
         cfg = fan["config"]
