@@ -166,7 +166,33 @@ def machine_info(installation: Installation | None = None) -> dict[str, Any]:
     if installation is not None:
         info["database"] = installation.database
         info["broker"] = installation.broker
+        info.update(_service_versions(installation))
     return info
+
+
+def _service_versions(installation: Installation) -> dict[str, str]:
+    versions: dict[str, str] = {}
+    if installation.database == "postgresql":
+        try:
+            import psycopg
+
+            with psycopg.connect(installation.database_url, connect_timeout=5) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+                versions["postgresql"] = str(row[0]) if row else "?"
+        except Exception as exc:  # informational only
+            versions["postgresql"] = f"unknown ({type(exc).__name__})"
+    if installation.redis_url:
+        try:
+            import redis
+
+            client = redis.Redis.from_url(installation.redis_url, socket_timeout=5)
+            try:
+                versions["redis"] = str(client.info("server").get("redis_version", "?"))
+            finally:
+                client.close()
+        except Exception as exc:  # informational only
+            versions["redis"] = f"unknown ({type(exc).__name__})"
+    return versions
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -16,7 +16,10 @@ def _slower(ratio: float) -> str:
 def render(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
-        f"Clarion benchmarks: {results['installation']}, broker {machine['broker']}",
+        f"Clarion benchmarks: {results['installation']}"
+        + (f" (server {machine['postgresql']})" if "postgresql" in machine else "")
+        + f", broker {machine['broker']}"
+        + (f" (Redis {machine['redis']})" if "redis" in machine else ""),
         f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB, {machine['os']}, "
         f"Python {machine['python']}, Django {machine.get('django', '?')}, SQLite {machine['sqlite']}"
         + (" [quick]" if results.get("quick") else ""),
