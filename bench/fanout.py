@@ -11,7 +11,8 @@ environment holds a topic with ``subscribers`` members and a published workflow 
   Jinja sandbox, bulk-create Message + InboxMessage + StepRun rows, bulk-update the Runs. The
   websocket push after commit (``apps.inbox.realtime.publish_messages_created``) is replaced
   by a no-op: its cost belongs to the websocket benchmark. One extra, informational run with
-  the real push into Channels' in-memory layer shows what it adds.
+  the real push into Channels' in-memory layer times the push calls themselves (counts query,
+  frame building, ``group_send``) and reports their share of that run.
 * **baseline**: build and ``bulk_create`` (batches of 500, one transaction) the same number of
   Message rows (channel in_app, status sent, fixed title/body) and InboxMessage rows (each
   linked to its Message) for the same subscribers. The Messages point at Runs created once
@@ -148,15 +149,28 @@ def _setup(config: FanoutConfig, tag: str) -> _Fixture:
 
 
 @contextmanager
-def _push(real: bool) -> Iterator[None]:
-    """No push (default) or the real push into Channels' in-memory layer."""
-    if real:
-        from django.test import override_settings
-
-        with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}):
+def _push(real: bool, timings: list[float] | None = None) -> Iterator[None]:
+    """No push (default), or the real push into Channels' in-memory layer, timed per call."""
+    if not real:
+        with mock.patch("apps.inbox.realtime.publish_messages_created", lambda messages: None):
             yield
         return
-    with mock.patch("apps.inbox.realtime.publish_messages_created", lambda messages: None):
+    from django.test import override_settings
+
+    from apps.inbox import realtime
+
+    original = realtime.publish_messages_created
+
+    def timed(messages: Any) -> None:
+        started = time.perf_counter()
+        try:
+            original(messages)
+        finally:
+            if timings is not None:
+                timings.append(time.perf_counter() - started)
+
+    layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=layers), mock.patch.object(realtime, "publish_messages_created", timed):
         yield
 
 
@@ -165,6 +179,7 @@ def _clarion_once(
     label: str,
     *,
     push: bool = False,
+    push_timings: list[float] | None = None,
     profiler: cProfile.Profile | None = None,
     direct: int | None = None,
 ) -> float:
@@ -189,7 +204,7 @@ def _clarion_once(
         else [{"subscriber_id": sid} for _, sid, _ in fixture.subscribers[:direct]],
     )
     gc.collect()
-    with override_settings(CLARION_TASKS_EAGER=True), _push(push):
+    with override_settings(CLARION_TASKS_EAGER=True), _push(push, push_timings):
         if profiler is not None:
             profiler.enable()
         started = time.perf_counter()
@@ -327,9 +342,16 @@ def run(installation: Installation, config: FanoutConfig, *, profile: bool = Fal
         else 0.0
     )
     if config.with_push:
-        seconds = _clarion_once(fixture, f"{tag}-push", push=True)
-        log(f"fanout: informational clarion with in-memory push {seconds:7.2f} s")
-        result["clarion_with_inmemory_push"] = {"seconds": round(seconds, 3), "notifications_per_s": _rate(n, seconds)}
+        push_timings: list[float] = []
+        seconds = _clarion_once(fixture, f"{tag}-push", push=True, push_timings=push_timings)
+        push_seconds = sum(push_timings)
+        log(f"fanout: clarion with the push to an in-memory layer {seconds:7.2f} s, of which push {push_seconds:.2f} s")
+        result["clarion_with_inmemory_push"] = {
+            "seconds": round(seconds, 3),
+            "notifications_per_s": _rate(n, seconds),
+            "push_seconds": round(push_seconds, 3),
+            "push_share": round(push_seconds / seconds, 3) if seconds else 0.0,
+        }
     if profile:
         log("fanout: profiling one clarion run (cProfile)")
         profiler = cProfile.Profile()
