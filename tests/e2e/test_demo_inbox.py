@@ -158,26 +158,12 @@ def test_screenshot_demo_inbox(demo_inbox: DemoSystem, page: Page, tmp_path: Pat
 # --- Layout defects found while taking the screenshot (templates/inbox/; outside tests/e2e) -------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="templates/inbox/demo.html: `.more { display: block }` overrides the [hidden] attribute, so "
-    "'Load older' shows with nothing older to load; needs `.more[hidden] { display: none; }` "
-    "(drop this marker once fixed)",
-)
 def test_load_older_hidden_without_older_messages(demo_inbox: DemoSystem, page: Page) -> None:
     open_demo(page, demo_inbox)
     assert page.evaluate("document.getElementById('clarion-more').hidden") is True  # the script did hide it
     expect(page.locator("#clarion-more")).to_be_hidden(timeout=1_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="templates/inbox/_demo_style.html: the ≤860px media query sets `grid-template-columns: 1fr`, "
-    "whose min-content floor is the curl <pre>'s longest line, so a phone-width page is ~1200px wide; "
-    "needs `minmax(0, 1fr)` (drop this marker once fixed)",
-)
 def test_narrow_viewport_has_no_horizontal_overflow(demo_inbox: DemoSystem, page: Page) -> None:
     page.set_viewport_size({"width": 420, "height": 860})
     open_demo(page, demo_inbox)
