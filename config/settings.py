@@ -151,6 +151,10 @@ CLARION_TASKS_EAGER = env.bool("CLARION_TASKS_EAGER", default=False)
 # --- Email -----------------------------------------------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.filebased.EmailBackend")
 EMAIL_FILE_PATH = str(VAR_DIR / "mail")
+if env.str("EMAIL_URL", default=""):
+    # e.g. smtp+tls://user:password@smtp.example.com:587 — Django's own backend for every
+    # environment without an email integration of its own.
+    vars().update(env.email_url("EMAIL_URL"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Clarion <notifications@localhost>")
 ANYMAIL: dict = {}
 
