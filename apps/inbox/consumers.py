@@ -77,6 +77,10 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "ping":
+            # Group memberships expire in the channel layer (a day by default); the client's
+            # periodic ping renews ours so a long-open tab keeps receiving frames.
+            if self.group_name is not None:
+                await self.channel_layer.group_add(self.group_name, self.channel_name)
             await self.send_json({"event": "pong"})
             return
         await self.send_json({"event": "error", "code": "unknown_type"})
