@@ -56,6 +56,13 @@ class Installation:
         return "postgresql" if self.database_url.startswith(("postgres://", "postgresql://")) else "sqlite"
 
     @property
+    def conn_max_age(self) -> str | None:
+        """CONN_MAX_AGE the bench's PostgreSQL processes use (None on SQLite: not configurable)."""
+        if self.database != "postgresql":
+            return None
+        return os.environ.get("CONN_MAX_AGE", "0")
+
+    @property
     def broker(self) -> str:
         return "redis" if self.redis_url else "orm"
 
@@ -81,6 +88,11 @@ class Installation:
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
+            # Under ASGI each request runs in its own thread, so persistent connections (the
+            # shipped CONN_MAX_AGE=60) pile up until PostgreSQL refuses clients ("too many
+            # clients already", seen at 16 connections); Django's docs say to disable them under
+            # ASGI. Unless the caller chose a value, the bench runs with CONN_MAX_AGE=0.
+            env.setdefault("CONN_MAX_AGE", "0")
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
         env.update(extra)
@@ -166,6 +178,8 @@ def machine_info(installation: Installation | None = None) -> dict[str, Any]:
     if installation is not None:
         info["database"] = installation.database
         info["broker"] = installation.broker
+        if installation.conn_max_age is not None:
+            info["conn_max_age"] = installation.conn_max_age
         info.update(_service_versions(installation))
     return info
 

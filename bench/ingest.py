@@ -356,6 +356,9 @@ def run(installation: Installation, config: IngestConfig, *, profile: bool = Fal
         client_cpu_before = time.process_time()
         totals = asyncio.run(_load(server.base_url, secret_key, config, server.pid))
         client_cpu = time.process_time() - client_cpu_before
+    except Exception:
+        log(f"ingest failed; the server's log ({server.log_path}) ends with:\n{server.output()}")
+        raise
     finally:
         server.stop()
 
