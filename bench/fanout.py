@@ -26,6 +26,7 @@ from __future__ import annotations
 import cProfile
 import gc
 import io
+import json
 import pstats
 import time
 from collections.abc import Iterator
@@ -171,6 +172,42 @@ def _push(real: bool, timings: list[float] | None = None) -> Iterator[None]:
 
     layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     with override_settings(CHANNEL_LAYERS=layers), mock.patch.object(realtime, "publish_messages_created", timed):
+        yield
+
+
+@contextmanager
+def _phase_timer(phases: dict[str, float]) -> Iterator[None]:
+    """Accumulate wall time per engine phase by wrapping the engine's functions (no profiler
+    overhead): claim, chunk data, the walk (rendering included), the chunk commit and, inside
+    it and in the fan-out, every bulk_create / bulk_update by model."""
+    from django.db.models import QuerySet
+
+    from apps.workflows import engine
+
+    def timed(name: str, func: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+
+        return wrapper
+
+    def by_model(verb: str, func: Any) -> Any:
+        def wrapper(self: QuerySet, *args: Any, **kwargs: Any) -> Any:
+            return timed(f"{verb} {self.model.__name__}", func)(self, *args, **kwargs)
+
+        return wrapper
+
+    with (
+        mock.patch.object(engine, "claim_runs", timed("claim_runs", engine.claim_runs)),
+        mock.patch.object(engine, "_load_chunk_data", timed("_load_chunk_data", engine._load_chunk_data)),
+        mock.patch.object(engine, "_walk", timed("_walk (render, decide)", engine._walk)),
+        mock.patch.object(engine, "_commit_chunk", timed("_commit_chunk (all writes)", engine._commit_chunk)),
+        mock.patch.object(QuerySet, "bulk_create", by_model("  bulk_create", QuerySet.bulk_create)),
+        mock.patch.object(QuerySet, "bulk_update", by_model("  bulk_update", QuerySet.bulk_update)),
+    ):
         yield
 
 
@@ -353,6 +390,12 @@ def run(installation: Installation, config: FanoutConfig, *, profile: bool = Fal
             "push_share": round(push_seconds / seconds, 3) if seconds else 0.0,
         }
     if profile:
+        phases: dict[str, float] = {}
+        with _phase_timer(phases):
+            seconds = _clarion_once(fixture, f"{tag}-phases")
+        ordered = sorted(phases.items(), key=lambda item: (item[0].startswith(" "), -item[1]))
+        result["phases"] = {"total": round(seconds, 3), **{k: round(v, 3) for k, v in ordered}}
+        log("fanout: phases of one clarion run: " + json.dumps(result["phases"]))
         log("fanout: profiling one clarion run (cProfile)")
         profiler = cProfile.Profile()
         _clarion_once(fixture, f"{tag}-profile", profiler=profiler)

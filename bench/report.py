@@ -73,5 +73,9 @@ def render(results: dict[str, Any]) -> str:
                 f"  info: one clarion run with the real push to an in-memory layer took {push['seconds']:.2f} s, "
                 f"{push['push_seconds']:.2f} s of it in the push ({push['push_share']:.0%})"
             )
+        if "phases" in fan:
+            lines.append("  phases of one clarion run (seconds; bulk_* nest inside the phases above them):")
+            for name, value in fan["phases"].items():
+                lines.append(f"    {name:<44} {value:8.2f}")
         lines.append("")
     return "\n".join(lines)
