@@ -93,8 +93,11 @@ class Installation:
             # clients already", seen at 16 connections); Django's docs say to disable them under
             # ASGI. Unless the caller chose a value, the bench runs with CONN_MAX_AGE=0.
             env.setdefault("CONN_MAX_AGE", "0")
-        if self.redis_url:
-            env["REDIS_URL"] = self.redis_url
+        else:
+            # Explicit, so that a DATABASE_URL in a developer's .env cannot redirect the bench.
+            env["DATABASE_URL"] = f"sqlite:///{self.var_dir / 'clarion.sqlite3'}"
+        # Empty means "no Redis" to the settings, and also shadows a REDIS_URL in .env.
+        env["REDIS_URL"] = self.redis_url
         env.update(extra)
         return env
 
@@ -121,10 +124,6 @@ class Installation:
             return
         os.environ.update(self.process_env())
         os.environ.pop("CLARION_TASKS_EAGER", None)
-        if not self.database_url:
-            os.environ.pop("DATABASE_URL", None)
-        if not self.redis_url:
-            os.environ.pop("REDIS_URL", None)
         import django
 
         if os.environ["DJANGO_SETTINGS_MODULE"] != SETTINGS_MODULE:

@@ -3,7 +3,7 @@
 The server is ``uvicorn config.asgi:application`` (one worker, ``DEBUG=0``, access log off) with
 ``DJANGO_SETTINGS_MODULE=bench.settings`` (Clarion's settings + ``POST /bench/bare``). No
 qcluster runs: the trigger only enqueues ``process_event`` (on the ORM broker an INSERT into
-django-q2's queue table, on Redis an LPUSH), which is part of the honest cost of an accepted event.
+django-q2's queue table, on Redis an RPUSH), which is part of the honest cost of an accepted event.
 
 Load comes from this process (asyncio + ``httpx.AsyncClient``, ``concurrency`` keep-alive
 connections), alternating bare and trigger rounds so that drift (a warming cache, a growing
