@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from bench import fanout, ingest
-from bench.common import Installation, log, machine_info
+from bench.common import Installation, database_connections, log, machine_info
 from bench.report import render
 
 BENCHMARKS = ("ingest", "fanout")
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             results["benchmarks"]["fanout"] = fanout.run(installation, config_f, profile=args.profile)
             results["benchmarks"]["fanout"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        results["machine"]["database_connections"] = database_connections()  # Django is set up by now
     finally:
         installation.cleanup()
     results["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)

@@ -56,13 +56,6 @@ class Installation:
         return "postgresql" if self.database_url.startswith(("postgres://", "postgresql://")) else "sqlite"
 
     @property
-    def conn_max_age(self) -> str | None:
-        """CONN_MAX_AGE the bench's PostgreSQL processes use (None on SQLite: not configurable)."""
-        if self.database != "postgresql":
-            return None
-        return os.environ.get("CONN_MAX_AGE", "0")
-
-    @property
     def broker(self) -> str:
         return "redis" if self.redis_url else "orm"
 
@@ -88,11 +81,6 @@ class Installation:
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
-            # Under ASGI each request runs in its own thread, so persistent connections (the
-            # shipped CONN_MAX_AGE=60) pile up until PostgreSQL refuses clients ("too many
-            # clients already", seen at 16 connections); Django's docs say to disable them under
-            # ASGI. Unless the caller chose a value, the bench runs with CONN_MAX_AGE=0.
-            env.setdefault("CONN_MAX_AGE", "0")
         else:
             # Explicit, so that a DATABASE_URL in a developer's .env cannot redirect the bench.
             env["DATABASE_URL"] = f"sqlite:///{self.var_dir / 'clarion.sqlite3'}"
@@ -177,8 +165,6 @@ def machine_info(installation: Installation | None = None) -> dict[str, Any]:
     if installation is not None:
         info["database"] = installation.database
         info["broker"] = installation.broker
-        if installation.conn_max_age is not None:
-            info["conn_max_age"] = installation.conn_max_age
         info.update(_service_versions(installation))
     return info
 
@@ -206,6 +192,18 @@ def _service_versions(installation: Installation) -> dict[str, str]:
         except Exception as exc:  # informational only
             versions["redis"] = f"unknown ({type(exc).__name__})"
     return versions
+
+
+def database_connections() -> str:
+    """How Django connects, as configured in this process (the same settings as the server)."""
+    from django.conf import settings
+
+    default = settings.DATABASES["default"]
+    pool = default.get("OPTIONS", {}).get("pool")
+    parts = [f"CONN_MAX_AGE={default.get('CONN_MAX_AGE', 0)}"]
+    if pool:
+        parts.append(f"pool={pool}")
+    return ", ".join(parts)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

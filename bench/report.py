@@ -20,7 +20,7 @@ def render(results: dict[str, Any]) -> str:
         + (f" (server {machine['postgresql']})" if "postgresql" in machine else "")
         + f", broker {machine['broker']}"
         + (f" (Redis {machine['redis']})" if "redis" in machine else "")
-        + (f", CONN_MAX_AGE={machine['conn_max_age']}" if "conn_max_age" in machine else ""),
+        + (f"; {machine['database_connections']}" if "database_connections" in machine else ""),
         f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB, {machine['os']}, "
         f"Python {machine['python']}, Django {machine.get('django', '?')}, SQLite {machine['sqlite']}"
         + (" [quick]" if results.get("quick") else ""),
