@@ -9,6 +9,7 @@ duplicate impossible even if two workers ever held the same run.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -146,7 +147,8 @@ class _ChunkData:
     templates: dict[tuple[int, str], TemplateVersion]
     categories: dict[tuple[int, str], Category | None]
     preferences: dict[tuple[int, str], dict[int, dict[str, Resolution]]]
-    inbox_state: dict[int, InboxMessage]
+    # (run id, step id) -> the in-app message that step created, for engagement in conditions
+    inbox_state: dict[tuple[int, str], InboxMessage]
 
 
 def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
@@ -176,7 +178,7 @@ def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
 def _load_chunk_data(runs: list[Run]) -> _ChunkData:
     by_env_keys: dict[int, set[str]] = defaultdict(set)
     category_keys: dict[int, set[str]] = defaultdict(set)
-    inbox_ids: list[int] = []
+    resumed_with_inbox: list[int] = []
     for run in runs:
         version = run.workflow_version
         for step in version.steps[run.step_index :]:
@@ -184,9 +186,8 @@ def _load_chunk_data(runs: list[Run]) -> _ChunkData:
                 by_env_keys[run.environment_id].add(step["template"])
         if version.category_key:
             category_keys[run.environment_id].add(version.category_key)
-        inbox_ids.extend(
-            result["inbox_message_id"] for result in run.step_results.values() if result.get("inbox_message_id")
-        )
+        if any(result.get("channel") == "in_app" for result in run.step_results.values()):
+            resumed_with_inbox.append(run.pk)
 
     templates: dict[tuple[int, str], TemplateVersion] = {}
     for environment_id, keys in by_env_keys.items():
@@ -211,7 +212,12 @@ def _load_chunk_data(runs: list[Run]) -> _ChunkData:
             channels=sorted(set(CHANNEL_STEP_TYPES.values())),
         )
 
-    inbox_state = {m.pk: m for m in InboxMessage.objects.filter(pk__in=inbox_ids)} if inbox_ids else {}
+    inbox_state: dict[tuple[int, str], InboxMessage] = {}
+    if resumed_with_inbox:
+        rows = InboxMessage.objects.filter(message__run_id__in=resumed_with_inbox).annotate(
+            run_pk=F("message__run_id"), step_id=F("message__step_id")
+        )
+        inbox_state = {(m.run_pk, m.step_id): m for m in rows}
     return _ChunkData(templates=templates, categories=categories, preferences=preferences, inbox_state=inbox_state)
 
 
@@ -223,9 +229,8 @@ def _trace(writes: _ChunkWrites, run: Run, step: dict[str, Any], decision: str, 
 
 def _refresh_step_results(run: Run, data: _ChunkData) -> None:
     """Bring engagement on earlier in-app messages into ``steps.<id>`` for conditions."""
-    for result in run.step_results.values():
-        inbox_id = result.get("inbox_message_id")
-        message = data.inbox_state.get(inbox_id) if inbox_id else None
+    for step_id, result in run.step_results.items():
+        message = data.inbox_state.get((run.pk, step_id))
         if message is not None:
             result["seen"] = message.seen_at is not None
             result["read"] = message.read_at is not None
@@ -427,32 +432,8 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
             inbox.message = writes.messages[message_index]
             inbox_rows.append(inbox)
         InboxMessage.objects.bulk_create(inbox_rows, batch_size=500)
-        for inbox, _index, run, step_id in writes.inbox:
-            if run.pk in still_held:
-                run.step_results[step_id]["inbox_message_id"] = inbox.pk
-                run.step_results[step_id]["message_id"] = inbox.message.pk
         StepRun.objects.bulk_create([s for s in writes.step_runs if s.run_id in still_held], batch_size=1000)
-        now = timezone.now()
-        for run in held_runs:
-            run.claim_token = None
-            run.lease_until = None
-            run.updated_at = now
-            if run.status == Run.Status.RUNNING:  # nothing decided otherwise: try again later
-                run.status = Run.Status.PENDING
-        Run.objects.bulk_update(
-            held_runs,
-            [
-                "status",
-                "step_index",
-                "resume_at",
-                "step_results",
-                "claim_token",
-                "lease_until",
-                "completed_at",
-                "updated_at",
-            ],
-            batch_size=500,
-        )
+        _save_runs(held_runs)
         email_ids = [m.pk for m in messages if m.channel != "in_app"]
         if inbox_rows:
             from apps.inbox.realtime import publish_messages_created
@@ -460,6 +441,31 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
             transaction.on_commit(lambda: publish_messages_created(inbox_rows))
         if email_ids:
             transaction.on_commit(lambda: enqueue(DELIVER_TASK, email_ids))
+
+
+def _save_runs(runs: list[Run]) -> None:
+    """Write the runs' new state with one UPDATE per distinct state.
+
+    Runs of one chunk usually went through the same steps and stopped at the same place with the
+    same results (ids of what they created live in Message rows, not here), so a chunk of 500
+    runs is typically one statement instead of a 500-row ``bulk_update``.
+    """
+    now = timezone.now()
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    states: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for run in runs:
+        status = Run.Status.PENDING if run.status == Run.Status.RUNNING else run.status
+        key = (status, run.step_index, run.resume_at, run.completed_at, json.dumps(run.step_results, sort_keys=True))
+        groups[key].append(run.pk)
+        states[key] = {
+            "status": status,
+            "step_index": run.step_index,
+            "resume_at": run.resume_at,
+            "completed_at": run.completed_at,
+            "step_results": run.step_results,
+        }
+    for key, pks in groups.items():
+        Run.objects.filter(pk__in=pks).update(claim_token=None, lease_until=None, updated_at=now, **states[key])
 
 
 # --------------------------------------------------------------------------------------------
