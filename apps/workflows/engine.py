@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError, evaluate_expression
-from apps.core.tasks import enqueue
+from apps.core.tasks import enqueue, enqueue_on_commit
 from apps.delivery.models import Message
 from apps.events.models import Event
 from apps.inbox.models import InboxMessage
@@ -440,7 +440,7 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
 
             transaction.on_commit(lambda: publish_messages_created(inbox_rows))
         if email_ids:
-            transaction.on_commit(lambda: enqueue(DELIVER_TASK, email_ids))
+            enqueue_on_commit(DELIVER_TASK, email_ids)
 
 
 def _save_runs(runs: list[Run]) -> None:
