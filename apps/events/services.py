@@ -10,7 +10,7 @@ from apps.core.errors import Conflict, NotFound, Unprocessable
 from apps.core.tasks import enqueue_on_commit
 from apps.events.models import Event
 from apps.subscribers.models import Subscriber, Topic
-from apps.subscribers.services import subscriber_bulk_upsert, subscribers_ensure
+from apps.subscribers.services import subscriber_bulk_upsert
 from apps.tenancy.models import Environment
 from apps.workflows.engine import event_cancel_runs
 from apps.workflows.models import Workflow
@@ -85,9 +85,6 @@ def _create_event(*, environment: Environment, request: TriggerRequest, workflow
         subscriber_bulk_upsert(environment=environment, items=inline)
     if actor and len(actor) > 1:
         subscriber_bulk_upsert(environment=environment, items=[actor])
-    direct_ids = [r["subscriber_id"] for r in recipients if "subscriber_id" in r]
-    if direct_ids:
-        subscribers_ensure(environment=environment, subscriber_ids=direct_ids)
     if actor and not isinstance(request.actor, dict):
         existing = Subscriber.objects.filter(environment=environment, subscriber_id=actor["subscriber_id"]).first()
         if existing is not None:
@@ -117,7 +114,7 @@ def _create_event(*, environment: Environment, request: TriggerRequest, workflow
 @transaction.atomic
 def event_trigger(*, environment: Environment, request: TriggerRequest) -> Event:
     """Accept one trigger: write the event and wake the fan-out after commit. No per-recipient work
-    beyond upserting inline subscriber objects."""
+    beyond upserting inline subscriber objects; unknown subscriber ids are created by the fan-out."""
     workflow = _resolve_workflow(environment, request.workflow)
     return _create_event(environment=environment, request=request, workflow=workflow)
 

@@ -31,6 +31,7 @@ from apps.inbox.models import InboxMessage
 from apps.preferences.models import Category
 from apps.preferences.selectors import Resolution, resolve_preferences
 from apps.subscribers.models import Subscriber, TopicSubscription
+from apps.subscribers.services import subscribers_ensure
 from apps.templates.models import TemplateVersion
 from apps.templates.rendering import build_render_context, render_version
 from apps.templates.selectors import published_versions_for_keys
@@ -55,12 +56,14 @@ def _chunk_size() -> int:
 def _recipient_pk_chunks(event: Event) -> Iterator[list[int]]:
     """Subscriber pks for the event, in chunks; big topics are streamed by keyset pagination.
 
-    Duplicates across chunks are harmless: the run's unique constraint absorbs them.
+    Subscriber ids nobody has created yet get a bare subscriber, like Novu. Duplicates across
+    chunks are harmless: the run's unique constraint absorbs them.
     """
     size = _chunk_size()
     direct_ids = [r["subscriber_id"] for r in event.recipients if "subscriber_id" in r]
     for start in range(0, len(direct_ids), size):
         batch = direct_ids[start : start + size]
+        subscribers_ensure(environment=event.environment, subscriber_ids=batch)
         yield list(
             Subscriber.objects.filter(environment_id=event.environment_id, subscriber_id__in=batch).values_list(
                 "pk", flat=True
@@ -86,7 +89,7 @@ def _recipient_pk_chunks(event: Event) -> Iterator[list[int]]:
 
 def process_event(event_id: int) -> None:
     """Create one run per recipient (chunk by chunk) and wake the engine for each chunk."""
-    event = Event.objects.select_related("workflow_version").filter(pk=event_id).first()
+    event = Event.objects.select_related("workflow_version", "environment").filter(pk=event_id).first()
     if event is None or event.status != Event.Status.PENDING:
         return
     runs_created = 0
