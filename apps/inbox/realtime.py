@@ -34,33 +34,28 @@ def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
         logger.exception("inbox push failed for %d frame(s)", len(frames))
 
 
-def publish_messages_created(messages: Sequence[InboxMessage]) -> None:
-    """One ``message.created`` frame per message, carrying the subscriber's fresh counts."""
+def _publish_messages(messages: Sequence[InboxMessage], event: str) -> None:
     if not messages:
         return
     counts = inbox_counts(subscriber_ids={m.subscriber_id for m in messages})
-    frames = [
-        (
-            subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id),
-            {"event": "message.created", "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
-        )
-        for m in messages
-    ]
-    _send_all(frames)
+    _send_all(
+        [
+            (
+                subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id),
+                {"event": event, "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
+            )
+            for m in messages
+        ]
+    )
+
+
+def publish_messages_created(messages: Sequence[InboxMessage]) -> None:
+    """One ``message.created`` frame per message, carrying the subscriber's fresh counts."""
+    _publish_messages(messages, "message.created")
 
 
 def publish_messages_updated(messages: Sequence[InboxMessage]) -> None:
-    if not messages:
-        return
-    counts = inbox_counts(subscriber_ids={m.subscriber_id for m in messages})
-    frames = [
-        (
-            subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id),
-            {"event": "message.updated", "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
-        )
-        for m in messages
-    ]
-    _send_all(frames)
+    _publish_messages(messages, "message.updated")
 
 
 def publish_counts(*, environment_id: int, subscriber_pk: int) -> None:

@@ -142,19 +142,7 @@ class SubscriberSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Subscriber
-        fields = [
-            "subscriber_id",
-            "email",
-            "phone",
-            "first_name",
-            "last_name",
-            "avatar",
-            "locale",
-            "timezone",
-            "data",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["subscriber_id", *services.SUBSCRIBER_FIELDS, "created_at", "updated_at"]
         read_only_fields = fields
 
 
