@@ -20,7 +20,6 @@ import hmac
 import json
 import os
 import sqlite3
-import sys
 import textwrap
 import time
 import uuid
@@ -30,17 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
 from tests.system.conftest import (
     ClarionSystem,
-    ManagedProcess,
     _free_port,
     _manage,
     _process_env,
     _wait_web_ready,
-    _wait_worker_ready,
+    running_system,
 )
 
 if TYPE_CHECKING:
@@ -219,40 +216,15 @@ def clarion_demo(chromium_executable: str, tmp_path_factory: pytest.TempPathFact
     _manage(env, "seed_demo")
     demo = json.loads((var_dir / "demo.json").read_text())
 
-    base_url = f"http://127.0.0.1:{port}"
-    web = ManagedProcess(
-        name="web",
-        argv=[sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        log_path=var_dir / "web.log",
-    )
-    worker = ManagedProcess(
-        name="worker", argv=[sys.executable, "manage.py", "qcluster"], env=env, log_path=var_dir / "worker.log"
-    )
-    system = ClarionSystem(
+    with running_system(
         mode="embedded",
-        base_url=base_url,
-        ws_url=f"ws://127.0.0.1:{port}",
-        environment={"slug": demo["environment_slug"]},
-        secret_key=demo["secret_key"],
-        publishable_key=demo["publishable_key"],
-        inbox_hmac_secret=demo["inbox_hmac_secret"],
         env=env,
         var_dir=var_dir,
-        web=web,
-        worker=worker,
-        http=httpx.Client(base_url=base_url, timeout=15),
-    )
-    try:
-        web.start()
-        worker.start()
-        _wait_web_ready(web, base_url)
-        _wait_worker_ready(worker)
+        port=port,
+        environment={"slug": demo["environment_slug"]},
+        keys=demo,
+    ) as system:
         yield DemoSystem(system=system, demo=demo)
-    finally:
-        system.http.close()
-        worker.stop()
-        web.stop()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,17 @@ def clarion_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion
     created = _manage(env, "create_environment", "system", "--json").stdout
     keys = json.loads(created[created.index("{") :])
 
+    with running_system(
+        mode=mode, env=env, var_dir=var_dir, port=port, environment=keys["environment"], keys=keys
+    ) as system:
+        yield system
+
+
+@contextmanager
+def running_system(
+    *, mode: str, env: dict[str, str], var_dir: Path, port: int, environment: dict[str, Any], keys: dict[str, str]
+) -> Iterator[ClarionSystem]:
+    """Start uvicorn + qcluster on a migrated installation, wait until both are ready, stop them after."""
     base_url = f"http://127.0.0.1:{port}"
     web = ManagedProcess(
         name="web",
@@ -339,7 +351,7 @@ def clarion_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion
         mode=mode,
         base_url=base_url,
         ws_url=f"ws://127.0.0.1:{port}",
-        environment=keys["environment"],
+        environment=environment,
         secret_key=keys["secret_key"],
         publishable_key=keys["publishable_key"],
         inbox_hmac_secret=keys["inbox_hmac_secret"],

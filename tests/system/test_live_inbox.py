@@ -50,9 +50,8 @@ async def ensure_subscriber(system: ClarionSystem, subscriber_id: str) -> None:
     assert response.status_code in (200, 201), response.text
 
 
-@asynccontextmanager
-async def open_inbox(system: ClarionSystem, subscriber_id: str) -> AsyncIterator[ClientConnection]:
-    """An inbox session for ``subscriber_id`` and its websocket, past the ``ready`` frame."""
+async def session_token(system: ClarionSystem, subscriber_id: str) -> str:
+    """Open an inbox session as the widget does (publishable key + subscriber HMAC)."""
     session = await call(
         system,
         "POST",
@@ -65,7 +64,13 @@ async def open_inbox(system: ClarionSystem, subscriber_id: str) -> AsyncIterator
         auth=False,
     )
     assert session.status_code in (200, 201), session.text
-    token = session.json()["token"]
+    return session.json()["token"]
+
+
+@asynccontextmanager
+async def open_inbox(system: ClarionSystem, subscriber_id: str) -> AsyncIterator[ClientConnection]:
+    """An inbox session for ``subscriber_id`` and its websocket, past the ``ready`` frame."""
+    token = await session_token(system, subscriber_id)
     async with connect(f"{system.ws_url}/ws/inbox/?token={quote(token)}", open_timeout=10) as ws:
         ready = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
         assert ready.get("event") == "ready", ready
@@ -140,18 +145,7 @@ async def test_trigger_accepted_while_the_worker_is_down_is_delivered_after_rest
 
 
 async def _inbox_messages(system: ClarionSystem, subscriber_id: str) -> list[dict[str, Any]]:
-    session = await call(
-        system,
-        "POST",
-        "/api/v1/inbox/session",
-        {
-            "publishable_key": system.publishable_key,
-            "subscriber_id": subscriber_id,
-            "subscriber_hash": system.subscriber_hash(subscriber_id),
-        },
-        auth=False,
-    )
-    token = session.json()["token"]
+    token = await session_token(system, subscriber_id)
     response = await call(
         system, "GET", "/api/v1/inbox/messages", auth=False, headers={"Authorization": f"Bearer {token}"}
     )
