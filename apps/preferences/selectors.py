@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from apps.core.errors import NotFound
 from apps.preferences.models import CHANNELS, Category, Preference
@@ -44,8 +44,6 @@ def resolve_preferences(
         if category is None:
             rows = rows.filter(category__isnull=True)
         else:
-            from django.db.models import Q
-
             rows = rows.filter(Q(category__isnull=True) | Q(category=category))
         for subscriber_pk, category_pk, channel, enabled in rows:
             choices[subscriber_pk][(category_pk, channel)] = enabled
