@@ -54,6 +54,9 @@ class Message(models.Model):
     recipient = models.CharField(max_length=320, blank=True, help_text="Address used: email, phone…")
     subject = models.CharField(max_length=1000, blank=True)
     body = models.TextField(blank=True)
+    # Channel-specific content beside subject/body: the email's plain-text part ("text"), the
+    # push/in-app "action_url", the webhook "payload", the event's "transaction_id"/"workflow".
+    data = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     provider = models.CharField(max_length=50, blank=True)
     provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)

@@ -6,7 +6,7 @@ from django.db.models import Q
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
-CHANNELS = ["in_app", "email", "sms", "push", "chat"]
+CHANNELS = ["in_app", "email", "sms", "push", "chat", "webhook"]
 CHANNEL_CHOICES = [(c, c.replace("_", "-")) for c in CHANNELS]
 
 

@@ -9,7 +9,16 @@ from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError, validate_expression
 
 STEP_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
-CHANNEL_STEP_TYPES = {"in_app": "in_app", "email": "email"}
+# step type -> channel. A webhook step's template is optional (without one the event payload is sent).
+CHANNEL_STEP_TYPES = {
+    "in_app": "in_app",
+    "email": "email",
+    "sms": "sms",
+    "push": "push",
+    "chat": "chat",
+    "webhook": "webhook",
+}
+TEMPLATE_OPTIONAL_STEP_TYPES = {"webhook"}
 STEP_TYPES = {*CHANNEL_STEP_TYPES, "delay"}
 MAX_STEPS = 50
 
@@ -57,7 +66,8 @@ def validate_steps(steps: Any) -> list[dict[str, Any]]:
                     errors[f"{where}.if"] = f"invalid expression: {exc}"
         if step_type in CHANNEL_STEP_TYPES:
             template = step.get("template")
-            if not isinstance(template, str) or not template:
+            optional = step_type in TEMPLATE_OPTIONAL_STEP_TYPES and template is None
+            if not optional and (not isinstance(template, str) or not template):
                 errors[f"{where}.template"] = "required: the key of a template for this channel"
         elif step_type == "delay":
             try:
@@ -79,4 +89,8 @@ def validate_steps(steps: Any) -> list[dict[str, Any]]:
 
 def template_keys(steps: list[dict[str, Any]]) -> dict[str, str]:
     """template key → channel it is used on."""
-    return {s["template"]: CHANNEL_STEP_TYPES[s["type"]] for s in steps if s.get("type") in CHANNEL_STEP_TYPES}
+    return {
+        s["template"]: CHANNEL_STEP_TYPES[s["type"]]
+        for s in steps
+        if s.get("type") in CHANNEL_STEP_TYPES and s.get("template")
+    }

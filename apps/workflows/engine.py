@@ -26,6 +26,7 @@ from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError, evaluate_expression
 from apps.core.tasks import enqueue, enqueue_on_commit
 from apps.delivery.models import Message
+from apps.delivery.selectors import reachable_channels
 from apps.events.models import Event
 from apps.inbox.models import InboxMessage
 from apps.preferences.models import Category
@@ -33,7 +34,7 @@ from apps.preferences.selectors import Resolution, resolve_preferences
 from apps.subscribers.models import Subscriber, TopicSubscription
 from apps.subscribers.services import subscribers_ensure
 from apps.templates.models import TemplateVersion
-from apps.templates.rendering import build_render_context, render_version
+from apps.templates.rendering import RenderedContent, build_render_context, render_version
 from apps.templates.selectors import published_versions_for_keys
 from apps.workflows.definitions import CHANNEL_STEP_TYPES
 from apps.workflows.models import Run, StepRun
@@ -152,6 +153,8 @@ class _ChunkData:
     preferences: dict[tuple[int, str], dict[int, dict[str, Resolution]]]
     # (run id, step id) -> the in-app message that step created, for engagement in conditions
     inbox_state: dict[tuple[int, str], InboxMessage]
+    # subscriber pk -> channels the subscriber has an address for
+    reachable: dict[int, set[str]]
 
 
 def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
@@ -185,7 +188,7 @@ def _load_chunk_data(runs: list[Run]) -> _ChunkData:
     for run in runs:
         version = run.workflow_version
         for step in version.steps[run.step_index :]:
-            if step.get("type") in CHANNEL_STEP_TYPES:
+            if step.get("type") in CHANNEL_STEP_TYPES and step.get("template"):
                 by_env_keys[run.environment_id].add(step["template"])
         if version.category_key:
             category_keys[run.environment_id].add(version.category_key)
@@ -221,7 +224,14 @@ def _load_chunk_data(runs: list[Run]) -> _ChunkData:
             run_pk=F("message__run_id"), step_id=F("message__step_id")
         )
         inbox_state = {(m.run_pk, m.step_id): m for m in rows}
-    return _ChunkData(templates=templates, categories=categories, preferences=preferences, inbox_state=inbox_state)
+    reachable = reachable_channels(subscribers=list({run.subscriber_id: run.subscriber for run in runs}.values()))
+    return _ChunkData(
+        templates=templates,
+        categories=categories,
+        preferences=preferences,
+        inbox_state=inbox_state,
+        reachable=reachable,
+    )
 
 
 def _trace(writes: _ChunkWrites, run: Run, step: dict[str, Any], decision: str, reason: str, **detail: Any) -> None:
@@ -310,29 +320,38 @@ def _channel_step(
         return
 
     subscriber = run.subscriber
-    recipient = ""
-    if channel == "email":
-        recipient = subscriber.email
-        if not recipient:
-            run.step_results[step_id] = {"status": "skipped", "reason": "no_address"}
-            _trace(writes, run, step, StepRun.Decision.SKIPPED, "no_address", channel=channel)
+    if channel not in data.reachable.get(subscriber.pk, ()):
+        run.step_results[step_id] = {"status": "skipped", "reason": "no_address", "channel": channel}
+        _trace(writes, run, step, StepRun.Decision.SKIPPED, "no_address", channel=channel)
+        return
+
+    template_key = step.get("template")
+    version = data.templates.get((run.environment_id, template_key)) if template_key else None
+    if template_key and version is None:
+        run.step_results[step_id] = {"status": "failed", "reason": "template_not_published"}
+        _trace(writes, run, step, StepRun.Decision.FAILED, "template_not_published", template=template_key)
+        return
+    rendered: RenderedContent | None = None
+    if version is not None:
+        try:
+            rendered = render_version(
+                version=version, locale=subscriber.locale, context={**context, "step": {"id": step_id}}
+            )
+        except SandboxError as exc:
+            run.step_results[step_id] = {"status": "failed", "reason": "render_error"}
+            _trace(writes, run, step, StepRun.Decision.FAILED, "render_error", template=template_key, error=str(exc))
             return
 
-    version = data.templates.get((run.environment_id, step["template"]))
-    if version is None:
-        run.step_results[step_id] = {"status": "failed", "reason": "template_not_published"}
-        _trace(writes, run, step, StepRun.Decision.FAILED, "template_not_published", template=step["template"])
-        return
-    try:
-        rendered = render_version(
-            version=version, locale=subscriber.locale, context={**context, "step": {"id": step_id}}
-        )
-    except SandboxError as exc:
-        run.step_results[step_id] = {"status": "failed", "reason": "render_error"}
-        _trace(writes, run, step, StepRun.Decision.FAILED, "render_error", template=step["template"], error=str(exc))
-        return
-
+    event = run.event
     is_in_app = channel == "in_app"
+    workflow_key = run.workflow_version.workflow.key
+    message_data: dict[str, Any] = {"transaction_id": event.transaction_id, "workflow": workflow_key}
+    if rendered is not None and rendered.action_url:
+        message_data["action_url"] = rendered.action_url
+    if rendered is not None and getattr(rendered, "text", ""):
+        message_data["text"] = rendered.text  # type: ignore[attr-defined]
+    if channel == "webhook":
+        message_data["payload"] = event.payload
     message = Message(
         environment_id=run.environment_id,
         run=run,
@@ -340,17 +359,18 @@ def _channel_step(
         channel=channel,
         subscriber=subscriber,
         template_version=version,
-        locale=rendered.locale,
-        recipient=recipient or subscriber.subscriber_id,
-        subject=rendered.subject if channel == "email" else rendered.title,
-        body=rendered.body,
+        locale=rendered.locale if rendered else "",
+        recipient=CHANNEL_ADDRESS.get(channel, lambda s: "")(subscriber) or subscriber.subscriber_id,
+        subject=(rendered.subject if channel == "email" else rendered.title) if rendered else "",
+        body=rendered.body if rendered else "",
+        data=message_data,
         status=Message.Status.SENT if is_in_app else Message.Status.QUEUED,
         provider="inbox" if is_in_app else "",
         sent_at=timezone.now() if is_in_app else None,
     )
     writes.messages.append(message)
     result: dict[str, Any] = {"status": "sent" if is_in_app else "queued", "channel": channel}
-    if is_in_app:
+    if is_in_app and rendered is not None:
         inbox = InboxMessage(
             environment_id=run.environment_id,
             subscriber=subscriber,
@@ -359,8 +379,8 @@ def _channel_step(
             title=rendered.title,
             body=rendered.body,
             action_url=rendered.action_url,
-            avatar=_actor_avatar(run.event.actor),
-            data={"transaction_id": run.event.transaction_id, "payload": run.event.payload},
+            avatar=_actor_avatar(event.actor),
+            data={"transaction_id": event.transaction_id, "payload": event.payload},
         )
         writes.inbox.append((inbox, len(writes.messages) - 1, run, step_id))
         result.update({"read": False, "seen": False, "archived": False})
@@ -372,10 +392,13 @@ def _channel_step(
         StepRun.Decision.EXECUTED,
         "sent" if is_in_app else "queued",
         channel=channel,
-        template=step["template"],
-        template_version=version.number,
-        locale=rendered.locale,
+        template=template_key,
+        template_version=version.number if version else None,
+        locale=rendered.locale if rendered else None,
     )
+
+
+CHANNEL_ADDRESS = {"email": lambda s: s.email, "sms": lambda s: s.phone}
 
 
 def _actor_avatar(actor: Any) -> str:
