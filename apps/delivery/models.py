@@ -43,10 +43,11 @@ class Message(models.Model):
     TERMINAL_STATUSES = (Status.DELIVERED, Status.READ, Status.BOUNCED, Status.FAILED)
 
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="messages")
-    run = models.ForeignKey("workflows.Run", on_delete=models.CASCADE, related_name="messages")
+    # Both empty for a one-off send that no workflow run produced (an admin test send).
+    run = models.ForeignKey("workflows.Run", null=True, blank=True, on_delete=models.CASCADE, related_name="messages")
     step_id = models.CharField(max_length=100)
     channel = models.CharField(max_length=20, choices=CHANNEL_CHOICES)
-    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="messages")
+    subscriber = models.ForeignKey(Subscriber, null=True, blank=True, on_delete=models.CASCADE, related_name="messages")
     template_version = models.ForeignKey(
         "notification_templates.TemplateVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

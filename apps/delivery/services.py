@@ -4,6 +4,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from django.db.models import F, Q
 from django.utils import timezone
@@ -84,6 +85,39 @@ def message_deliver(*, message_id: int) -> Message | None:
     message.status = Message.Status.FAILED
     message.error = last_error
     message.save(update_fields=["status", "error", "updated_at"])
+    return message
+
+
+def message_send_now(
+    *,
+    environment_id: int,
+    channel: str,
+    recipient: str,
+    subject: str = "",
+    body: str = "",
+    data: dict[str, Any] | None = None,
+    subscriber_id: int | None = None,
+    template_version_id: int | None = None,
+    locale: str = "",
+) -> Message:
+    """Send one message outside any workflow run (an admin test send), synchronously.
+
+    The message and its attempts are recorded like any other; the returned message carries the
+    final status and error.
+    """
+    message = Message.objects.create(
+        environment_id=environment_id,
+        channel=channel,
+        recipient=recipient,
+        subject=subject,
+        body=body,
+        data=data or {},
+        subscriber_id=subscriber_id,
+        template_version_id=template_version_id,
+        locale=locale,
+    )
+    message_deliver(message_id=message.pk)
+    message.refresh_from_db()
     return message
 
 

@@ -190,3 +190,20 @@ def test_html_to_text():
     assert (
         html_to_text('<p>Hi &amp; bye</p><p><a href="https://x.io">Open</a></p>') == "Hi & bye\n\nOpen (https://x.io)"
     )
+
+
+def test_message_send_now_delivers_without_a_run(tenant: Any, mailoutbox: Any) -> None:
+    from apps.delivery.services import message_send_now
+
+    message = message_send_now(
+        environment_id=tenant.environment.pk,
+        channel="email",
+        recipient="pm@example.com",
+        subject="Test send",
+        body="<p>Hello</p>",
+    )
+
+    assert message.status == "sent"
+    assert message.run_id is None and message.subscriber_id is None
+    assert [m.to for m in mailoutbox] == [["pm@example.com"]]
+    assert message.attempts_log.get().status == "success"
