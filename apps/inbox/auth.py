@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -61,13 +62,18 @@ def inbox_token_max_age() -> int:
     return int(settings.CLARION["INBOX_TOKEN_MAX_AGE"])
 
 
-def inbox_token_issue(*, environment: Any, subscriber: Any) -> str:
-    """A signed session token for ``subscriber`` (valid for ``INBOX_TOKEN_MAX_AGE`` seconds)."""
-    return signing.dumps({"e": environment.pk, "s": subscriber.pk}, salt=INBOX_TOKEN_SALT)
+def inbox_token_issue(*, environment: Any, subscriber: Any, ttl_seconds: int | None = None) -> str:
+    """A signed session token for ``subscriber``: valid for ``INBOX_TOKEN_MAX_AGE`` seconds, or for
+    ``ttl_seconds`` when shorter (a server-minted token carries its own expiry, ``x``)."""
+    payload: dict[str, int] = {"e": environment.pk, "s": subscriber.pk}
+    if ttl_seconds is not None and ttl_seconds < inbox_token_max_age():
+        payload["x"] = int(time.time()) + max(1, int(ttl_seconds))
+    return signing.dumps(payload, salt=INBOX_TOKEN_SALT)
 
 
-def inbox_token_expires_at(*, issued_at: datetime | None = None) -> datetime:
-    return (issued_at or timezone.now()) + timedelta(seconds=inbox_token_max_age())
+def inbox_token_expires_at(*, issued_at: datetime | None = None, ttl_seconds: int | None = None) -> datetime:
+    seconds = inbox_token_max_age() if ttl_seconds is None else min(int(ttl_seconds), inbox_token_max_age())
+    return (issued_at or timezone.now()) + timedelta(seconds=seconds)
 
 
 def inbox_token_read(token: str | None) -> tuple[int, int] | None:
@@ -80,8 +86,10 @@ def inbox_token_read(token: str | None) -> tuple[int, int] | None:
         return None
     if not isinstance(data, dict):
         return None
-    environment_id, subscriber_pk = data.get("e"), data.get("s")
+    environment_id, subscriber_pk, expires = data.get("e"), data.get("s"), data.get("x")
     if type(environment_id) is not int or type(subscriber_pk) is not int:
+        return None
+    if expires is not None and (type(expires) is not int or expires < time.time()):
         return None
     return environment_id, subscriber_pk
 

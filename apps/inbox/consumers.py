@@ -1,6 +1,7 @@
 """The live inbox websocket (``/ws/inbox/?token=...``): a thin relay of the subscriber's group.
 
-Authentication reads the signed session token only (no database query). Frames are pushed by
+Authentication reads the signed session token only (no database query); the ``Origin`` of the
+handshake is checked against the environment's allowed origins (cached). Frames are pushed by
 ``apps.inbox.realtime`` through the channel layer as ``{"type": "inbox.event", "frame": ...}``.
 """
 
@@ -14,6 +15,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from apps.inbox.auth import inbox_token_read
+from apps.inbox.origins import aorigin_allowed
 from apps.inbox.realtime import subscriber_group
 
 logger = logging.getLogger(__name__)
@@ -32,10 +34,18 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         values = query.get("token")
         return values[0] if values else None
 
+    def _header(self, name: bytes) -> str | None:
+        for key, value in self.scope.get("headers", []):
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
     async def origin_allowed(self, environment_id: int) -> bool:
-        """Hook for the allowed-origins check (a later issue): compare the ``origin`` header in
-        ``self.scope["headers"]`` with the environment's ``allowed_origins``. Open for now."""
-        return True
+        """The handshake's ``Origin`` against the environment's allowed origins (apps.inbox.origins:
+        cached per process, so a handshake costs no query once warm and a pushed frame never does)."""
+        return await aorigin_allowed(
+            environment_id=environment_id, origin=self._header(b"origin"), host=self._header(b"host")
+        )
 
     async def _reject(self, code: int) -> None:
         # Accept, then close with an application code: a handshake rejection reaches browsers

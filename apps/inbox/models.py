@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from apps.inbox.sequence import inbox_seq_next
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
@@ -25,9 +26,20 @@ class InboxMessage(models.Model):
     seen_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
     archived_at = models.DateTimeField(null=True, blank=True)
+    snoozed_until = models.DateTimeField(null=True, blank=True, help_text="Hidden from the inbox until then.")
+    # A tombstone: the content is blanked and the row kept so the change feed can tell clients.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    # [{"id": "a1", "label": "Accept", "url": "https://...", "kind": "primary"|"secondary", "completed_at": null}]
+    actions = models.JSONField(default=list, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    # The change cursor (see apps.inbox.sequence): stamped on create and on every change.
+    seq = models.BigIntegerField(default=inbox_seq_next)
 
     class Meta:
-        indexes = [models.Index(fields=["subscriber", "-id"], name="inbox_subscriber_cursor_idx")]
+        indexes = [
+            models.Index(fields=["subscriber", "-id"], name="inbox_subscriber_cursor_idx"),
+            models.Index(fields=["subscriber", "seq"], name="inbox_subscriber_seq_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"inbox message {self.pk}"

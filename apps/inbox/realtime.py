@@ -1,4 +1,12 @@
-"""Pushes to the live inbox over the channel layer. Call only after the rows are committed."""
+"""Pushes to the live inbox over the channel layer. Call only after the rows are committed.
+
+Every frame carries ``cursor``: the ``seq`` of the change it reports (apps.inbox.sequence). A
+client keeps the highest cursor it has applied and, after a gap, replays
+``GET /api/v1/inbox/changes?after=...`` from there, so it never misses a change.
+
+The frames are complete: the consumer forwards them without reading anything (no query per
+pushed message on the websocket side).
+"""
 
 from __future__ import annotations
 
@@ -42,9 +50,9 @@ def _publish_messages(messages: Sequence[InboxMessage], event: str) -> None:
         [
             (
                 subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id),
-                {"event": event, "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
+                {"event": event, "cursor": m.seq, "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
             )
-            for m in messages
+            for m in sorted(messages, key=lambda m: m.seq)
         ]
     )
 
@@ -58,13 +66,16 @@ def publish_messages_updated(messages: Sequence[InboxMessage]) -> None:
     _publish_messages(messages, "message.updated")
 
 
-def publish_counts(*, environment_id: int, subscriber_pk: int) -> None:
+def publish_counts(
+    *, environment_id: int, subscriber_pk: int, cursor: int | None = None, change: dict[str, Any] | None = None
+) -> None:
+    """``counts.changed`` after a bulk write: ``cursor`` is the ``seq`` the write stamped on its
+    rows and ``change`` says what it did (``{"action": "read-all", "categories": [...]}``); the
+    client replays ``/changes`` to pick up the rows."""
     counts = inbox_counts(subscriber_ids=[subscriber_pk])[subscriber_pk]
-    _send_all(
-        [
-            (
-                subscriber_group(environment_id=environment_id, subscriber_pk=subscriber_pk),
-                {"event": "counts.changed", "counts": counts},
-            )
-        ]
-    )
+    frame: dict[str, Any] = {"event": "counts.changed", "counts": counts}
+    if cursor is not None:
+        frame["cursor"] = cursor
+    if change is not None:
+        frame["change"] = change
+    _send_all([(subscriber_group(environment_id=environment_id, subscriber_pk=subscriber_pk), frame)])

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from apps.core.errors import ApiError, NotFound
+from apps.core.errors import ApiError, NotFound, Unprocessable
 from apps.inbox import realtime
 from apps.inbox.auth import (
     SubscriberRef,
@@ -27,6 +29,9 @@ from apps.inbox.auth import (
     subscriber_hash_compute,
 )
 from apps.inbox.models import InboxMessage
+from apps.inbox.origins import origin_allowed
+from apps.inbox.selectors import InboxFilter
+from apps.inbox.sequence import inbox_seq_next
 from apps.subscribers.models import Subscriber
 from apps.subscribers.services import subscriber_upsert
 from apps.tenancy.models import ApiKey, Environment
@@ -35,17 +40,24 @@ from apps.tenancy.selectors import api_key_for_raw
 __all__ = [
     "InboxAction",
     "InboxSession",
+    "inbox_archive_all",
     "inbox_mark_all_read",
     "inbox_mark_all_seen",
+    "inbox_message_action_complete",
+    "inbox_message_delete",
     "inbox_message_mark",
+    "inbox_message_snooze",
     "inbox_session_open",
     "inbox_subscriber_hash",
     "inbox_token_issue",
+    "inbox_token_mint",
     "inbox_token_read",
 ]
 
 _MAX_ID = 2**63 - 1
 WEBSOCKET_PATH = "/ws/inbox/"
+MAX_SNOOZE = timedelta(days=365)
+SNOOZE_WAKE_TASK = "apps.inbox.tasks.inbox_snooze_wake_task"
 
 
 class InboxAction(StrEnum):
@@ -54,6 +66,7 @@ class InboxAction(StrEnum):
     SEEN = "seen"
     ARCHIVE = "archive"
     UNARCHIVE = "unarchive"
+    UNSNOOZE = "unsnooze"
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,25 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(message, code="authentication_failed", status_code=401)
 
 
-def inbox_session_open(*, publishable_key: str, subscriber_id: str, subscriber_hash: str) -> InboxSession:
-    """Verify ``pk_`` key + HMAC proof and issue a short-lived inbox token.
+def _forbidden_origin(origin: str) -> ApiError:
+    return ApiError(
+        "This origin is not in the environment's allowed origins.",
+        code="origin_not_allowed",
+        status_code=403,
+        details={"origin": origin},
+    )
+
+
+def inbox_session_open(
+    *,
+    publishable_key: str,
+    subscriber_id: str,
+    subscriber_hash: str,
+    origin: str | None = None,
+    host: str | None = None,
+) -> InboxSession:
+    """Verify ``pk_`` key + HMAC proof (and the browser's ``origin`` against the environment's
+    allowed origins) and issue a short-lived inbox token.
 
     A subscriber id the environment has never seen is created bare (as Novu does): the HMAC
     proves the customer's backend vouches for the id, and the widget can then render an empty
@@ -93,13 +123,26 @@ def inbox_session_open(*, publishable_key: str, subscriber_id: str, subscriber_h
     if not hmac.compare_digest(expected, subscriber_hash.strip().lower().encode()):
         raise _unauthorized("The subscriber hash does not match this subscriber id.")
 
-    # TODO(origin check, later issue): compare the request Origin with environment.allowed_origins.
+    if not origin_allowed(environment_id=environment.pk, origin=origin, host=host):
+        raise _forbidden_origin(origin or "")
     subscriber, _ = subscriber_upsert(environment=environment, subscriber_id=subscriber_id)
     return InboxSession(
         environment=environment,
         subscriber=subscriber,
         token=inbox_token_issue(environment=environment, subscriber=subscriber),
         expires_at=inbox_token_expires_at(),
+    )
+
+
+def inbox_token_mint(*, environment: Environment, subscriber_id: str, ttl_seconds: int) -> InboxSession:
+    """A short-lived inbox token minted with the secret key (``POST /api/v1/inbox/tokens``): the
+    customer's backend hands it to the widget instead of the HMAC. Unknown ids are created bare."""
+    subscriber, _ = subscriber_upsert(environment=environment, subscriber_id=subscriber_id)
+    return InboxSession(
+        environment=environment,
+        subscriber=subscriber,
+        token=inbox_token_issue(environment=environment, subscriber=subscriber, ttl_seconds=ttl_seconds),
+        expires_at=inbox_token_expires_at(ttl_seconds=ttl_seconds),
     )
 
 
@@ -123,7 +166,35 @@ def _apply(message: InboxMessage, action: InboxAction, now: datetime) -> list[st
         put("archived_at", message.archived_at or now)
     elif action is InboxAction.UNARCHIVE:
         put("archived_at", None)
+    elif action is InboxAction.UNSNOOZE:
+        put("snoozed_until", None)
     return changed
+
+
+def _locked_message(subscriber: SubscriberRef, message_id: int) -> InboxMessage:
+    """The subscriber's live (not deleted) message, row-locked; anything else is NotFound."""
+    message = (
+        InboxMessage.objects.select_for_update()
+        .filter(
+            pk=message_id,
+            subscriber_id=subscriber.pk,
+            environment_id=subscriber.environment_id,
+            deleted_at__isnull=True,
+        )
+        .first()
+        if isinstance(message_id, int) and 0 < message_id <= _MAX_ID
+        else None
+    )
+    if message is None:
+        raise NotFound("No such inbox message.")
+    return message
+
+
+def _save_changed(message: InboxMessage, changed: list[str]) -> None:
+    """Stamp a new cursor, save the changed fields and push ``message.updated`` after commit."""
+    message.seq = inbox_seq_next()
+    message.save(update_fields=[*changed, "seq"])
+    transaction.on_commit(lambda: realtime.publish_messages_updated([message]))
 
 
 def inbox_message_mark(*, subscriber: SubscriberRef, message_id: int, action: InboxAction | str) -> InboxMessage:
@@ -134,44 +205,132 @@ def inbox_message_mark(*, subscriber: SubscriberRef, message_id: int, action: In
     """
     action = InboxAction(action)
     with transaction.atomic():
-        message = (
-            InboxMessage.objects.select_for_update()
-            .filter(pk=message_id, subscriber_id=subscriber.pk, environment_id=subscriber.environment_id)
-            .first()
-            if 0 < message_id <= _MAX_ID
-            else None
-        )
-        if message is None:
-            raise NotFound("No such inbox message.")
+        message = _locked_message(subscriber, message_id)
         changed = _apply(message, action, timezone.now())
         if changed:
-            message.save(update_fields=changed)
-            transaction.on_commit(lambda: realtime.publish_messages_updated([message]))
+            _save_changed(message, changed)
     return message
 
 
-def _mark_all(*, subscriber: SubscriberRef, field: str, also_seen: bool) -> int:
+def inbox_message_snooze(*, subscriber: SubscriberRef, message_id: int, until: datetime) -> InboxMessage:
+    """Hide a message until ``until`` (in the future, at most a year ahead). It leaves the inbox
+    and its counts now; a task scheduled for ``until`` pushes it back to open widgets."""
     now = timezone.now()
-    values: dict = {field: now}
+    if until <= now:
+        raise Unprocessable("Snooze until a time in the future.", code="snooze_in_past", details={"until": until})
+    if until - now > MAX_SNOOZE:
+        raise Unprocessable("Snooze for at most a year.", code="snooze_too_long", details={"until": until})
+    with transaction.atomic():
+        message = _locked_message(subscriber, message_id)
+        message.snoozed_until = until
+        _save_changed(message, ["snoozed_until"])
+        message_pk, seq = message.pk, message.seq
+        transaction.on_commit(lambda: _schedule_snooze_wake(message_pk, seq, until))
+    return message
+
+
+def _schedule_snooze_wake(message_pk: int, seq: int, until: datetime) -> None:
+    if settings.CLARION_TASKS_EAGER:
+        return  # inline task runs cannot wait; the list and counts already honour snoozed_until
+    from django_q.models import Schedule
+    from django_q.tasks import schedule
+
+    schedule(
+        SNOOZE_WAKE_TASK,
+        message_pk,
+        seq,
+        name=f"inbox-snooze-{message_pk}-{seq}",
+        schedule_type=Schedule.ONCE,
+        next_run=until,
+        repeats=-1,
+    )
+
+
+def inbox_snooze_wake(*, message_id: int, seq: int) -> bool:
+    """The snooze of a message is over: stamp a new cursor and push it back (``message.updated``).
+    Does nothing if the message changed since it was snoozed (``seq`` differs). Idempotent."""
+    with transaction.atomic():
+        message = InboxMessage.objects.select_for_update().filter(pk=message_id, seq=seq).first()
+        if message is None or message.snoozed_until is None or message.snoozed_until > timezone.now():
+            return False
+        message.snoozed_until = None
+        _save_changed(message, ["snoozed_until"])
+    return True
+
+
+def inbox_message_action_complete(*, subscriber: SubscriberRef, message_id: int, action_id: str) -> InboxMessage:
+    """Mark one action button of a message completed (and the message read). Idempotent: a
+    second call keeps the first ``completed_at``. An unknown action id is NotFound."""
+    with transaction.atomic():
+        message = _locked_message(subscriber, message_id)
+        actions: list[dict[str, Any]] = [dict(a) for a in message.actions or [] if isinstance(a, dict)]
+        target = next((a for a in actions if a.get("id") == action_id), None)
+        if target is None:
+            raise NotFound("No such action on this message.", details={"action_id": action_id})
+        now = timezone.now()
+        changed = _apply(message, InboxAction.READ, now)
+        if not target.get("completed_at"):
+            target["completed_at"] = now.isoformat()
+            message.actions = actions
+            changed.append("actions")
+        if changed:
+            _save_changed(message, changed)
+    return message
+
+
+def inbox_message_delete(*, subscriber: SubscriberRef, message_id: int) -> InboxMessage:
+    """Delete a message for good: its content is erased and a tombstone kept (``deleted_at``) so
+    open widgets and the change feed learn about it. A second delete is NotFound."""
+    with transaction.atomic():
+        message = _locked_message(subscriber, message_id)
+        message.deleted_at = timezone.now()
+        message.title = message.body = message.action_url = message.avatar = ""
+        message.data, message.actions, message.tags = {}, [], []
+        _save_changed(message, ["deleted_at", "title", "body", "action_url", "avatar", "data", "actions", "tags"])
+    return message
+
+
+def _mark_all(
+    *, subscriber: SubscriberRef, field: str, also_seen: bool, action: str, filter: InboxFilter | None = None
+) -> int:
+    """One UPDATE over the subscriber's matching messages that lack ``field``; every row gets the
+    same new cursor, and one ``counts.changed`` frame carries it."""
+    now = timezone.now()
+    seq = inbox_seq_next()
+    values: dict[str, Any] = {field: now, "seq": seq}
     if also_seen:
         values["seen_at"] = Coalesce(F("seen_at"), Value(now, output_field=DateTimeField()))
+    scope = filter or InboxFilter()
     with transaction.atomic():
         updated = InboxMessage.objects.filter(
-            subscriber_id=subscriber.pk, environment_id=subscriber.environment_id, **{f"{field}__isnull": True}
+            scope.q(now),
+            subscriber_id=subscriber.pk,
+            environment_id=subscriber.environment_id,
+            **{f"{field}__isnull": True},
         ).update(**values)
         if updated:
             environment_id, subscriber_pk = subscriber.environment_id, subscriber.pk
+            change = {"action": action, **scope.describe()}
             transaction.on_commit(
-                lambda: realtime.publish_counts(environment_id=environment_id, subscriber_pk=subscriber_pk)
+                lambda: realtime.publish_counts(
+                    environment_id=environment_id, subscriber_pk=subscriber_pk, cursor=seq, change=change
+                )
             )
     return updated
 
 
-def inbox_mark_all_read(*, subscriber: SubscriberRef) -> int:
-    """Mark every unread message of ``subscriber`` read (and seen). One query; pushes ``counts.changed``."""
-    return _mark_all(subscriber=subscriber, field="read_at", also_seen=True)
+def inbox_mark_all_read(*, subscriber: SubscriberRef, filter: InboxFilter | None = None) -> int:
+    """Mark every unread message of ``subscriber`` (in the inbox, optionally narrowed by category /
+    tags) read and seen. One query; pushes ``counts.changed``."""
+    return _mark_all(subscriber=subscriber, field="read_at", also_seen=True, action="read-all", filter=filter)
 
 
-def inbox_mark_all_seen(*, subscriber: SubscriberRef) -> int:
+def inbox_mark_all_seen(*, subscriber: SubscriberRef, filter: InboxFilter | None = None) -> int:
     """Mark every unseen message of ``subscriber`` seen. One query; pushes ``counts.changed``."""
-    return _mark_all(subscriber=subscriber, field="seen_at", also_seen=False)
+    return _mark_all(subscriber=subscriber, field="seen_at", also_seen=False, action="seen-all", filter=filter)
+
+
+def inbox_archive_all(*, subscriber: SubscriberRef, filter: InboxFilter | None = None) -> int:
+    """Archive every message of the inbox (optionally only read ones, or one category / tags).
+    One query; pushes ``counts.changed``."""
+    return _mark_all(subscriber=subscriber, field="archived_at", also_seen=False, action="archive-all", filter=filter)

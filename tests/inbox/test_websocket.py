@@ -182,7 +182,10 @@ async def test_marking_pushes_updated_and_counts_frames():
 
         await sync_to_async(inbox_mark_all_read)(subscriber=subscriber)
         changed = await ws.receive_json_from(timeout=FRAME_TIMEOUT)
-        assert changed == {"event": "counts.changed", "counts": {"unread": 0, "unseen": 0, "total": 2}}
+        assert changed["event"] == "counts.changed"
+        assert changed["counts"] == {"unread": 0, "unseen": 0, "total": 2}
+        assert changed["change"] == {"action": "read-all"}
+        assert changed["cursor"] > updated["cursor"] > 0  # every frame moves the cursor forward
 
 
 @LIVE_DB
