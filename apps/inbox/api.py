@@ -73,10 +73,15 @@ class InboxCorsMixin:
 
     origin_refused: bool = False
 
-    def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        # A preflight carries no credentials: answer it before DRF authenticates anything.
         origin = _origin(request)
-        if origin is None or "Access-Control-Request-Method" not in request.headers:
-            return super().options(request, *args, **kwargs)  # type: ignore[misc]
+        if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
+            return self._preflight(origin)
+        return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+
+    @staticmethod
+    def _preflight(origin: str) -> HttpResponse:
         response = HttpResponse(status=204)
         response["Access-Control-Allow-Origin"] = origin
         response["Access-Control-Allow-Methods"] = CORS_METHODS

@@ -257,3 +257,77 @@ async def test_unknown_path_is_not_routed(settings):
     with pytest.raises(ValueError):
         async with socket("/ws/elsewhere/") as ws:
             await ws.connect(timeout=FRAME_TIMEOUT)
+
+
+# --- allowed origins on the handshake ---------------------------------------------------------
+
+
+@sync_to_async
+def lock_down(subscriber: Any, origins: list[str]) -> None:
+    from apps.inbox.origins import allowed_origins_forget
+
+    environment = subscriber.environment
+    environment.allowed_origins = origins
+    environment.save(update_fields=["allowed_origins"])
+    allowed_origins_forget()
+
+
+@asynccontextmanager
+async def socket_from(path: str, origin: str) -> AsyncIterator[WebsocketCommunicator]:
+    communicator = WebsocketCommunicator(
+        application, path, headers=[(b"origin", origin.encode()), (b"host", b"clarion.test")]
+    )
+    try:
+        yield communicator
+    finally:
+        await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_handshake_from_a_foreign_origin_is_closed_4403(settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    subscriber = await make_subscriber()
+    await lock_down(subscriber, ["https://app.example.com", "https://*.example.org"])
+    token = await sync_to_async(token_for)(subscriber)
+
+    async with socket_from(f"/ws/inbox/?token={quote(token)}", "https://evil.test") as ws:
+        await assert_closed_with(ws, 4403)
+    for origin in ("https://app.example.com", "https://eu.example.org", "http://clarion.test"):
+        async with socket_from(f"/ws/inbox/?token={quote(token)}", origin) as ws:
+            assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}, origin
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_handshake_origin_check_is_cached(settings):
+    """One query for the environment's origins on a cold cache, none for the next handshakes."""
+    settings.CHANNEL_LAYERS = IN_MEMORY
+    subscriber = await make_subscriber()
+    await lock_down(subscriber, ["https://app.example.com"])
+    token = await sync_to_async(token_for)(subscriber)
+    capture = await sync_to_async(lambda: CaptureQueriesContext(connections["default"]))()
+    await sync_to_async(capture.__enter__)()
+    try:
+        for _ in range(3):
+            async with socket_from(f"/ws/inbox/?token={quote(token)}", "https://app.example.com") as ws:
+                assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+                assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+    finally:
+        await sync_to_async(capture.__exit__)(None, None, None)
+    assert len(capture.captured_queries) == 1, capture.captured_queries
+
+
+@LIVE_DB
+async def test_frames_carry_the_message_cursor():
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        first = await make_message(subscriber)
+        second = await make_message(subscriber)
+        await sync_to_async(publish_messages_created)([second, first])
+        frames = [await ws.receive_json_from(timeout=FRAME_TIMEOUT) for _ in range(2)]
+    assert [f["message"]["id"] for f in frames] == [first.pk, second.pk]  # in cursor order
+    assert [f["cursor"] for f in frames] == [first.seq, second.seq]
+    assert first.seq < second.seq
