@@ -30,6 +30,7 @@ from apps.inbox.models import InboxMessage
 from apps.inbox.origins import origin_allowed
 from apps.inbox.selectors import (
     MAX_COUNT_FILTERS,
+    InboxChanges,
     InboxFilter,
     inbox_changes_after,
     inbox_counts,
@@ -38,7 +39,7 @@ from apps.inbox.selectors import (
     inbox_messages_for,
     inbox_subscriber,
 )
-from apps.inbox.sequence import SYNC_OVERLAP_US
+from apps.inbox.sequence import SYNC_OVERLAP_US, inbox_seq_next
 from apps.inbox.services import (
     InboxAction,
     InboxSession,
@@ -430,21 +431,29 @@ class InboxChangesView(InboxView):
         tags=["inbox"],
         summary="Every message created or changed after a cursor (oldest change first)",
         parameters=[
-            OpenApiParameter("after", int, required=True, description="A cursor (`seq`) from a frame or a message."),
+            OpenApiParameter(
+                "after",
+                int,
+                description="A cursor (`seq`) from a frame or a message; omit it to get the current cursor.",
+            ),
             OpenApiParameter("limit", int, description="Page size, 1-500 (default 100)."),
         ],
         responses={200: InboxChangesSerializer, 400: OpenApiResponse(), 401: _UNAUTHORIZED},
     )
     def get(self, request: Request) -> Response:
         try:
-            after = int(request.query_params.get("after", ""))
+            raw_after = request.query_params.get("after")
+            after = None if raw_after is None else int(raw_after)
             limit = int(request.query_params.get("limit", "100"))
         except ValueError:
             raise ApiError("`after` and `limit` must be integers.", code="validation_error") from None
-        if after < 0 or not 1 <= limit <= 500:
+        if (after is not None and after < 0) or not 1 <= limit <= 500:
             raise ApiError("`after` must be >= 0 and `limit` 1-500.", code="validation_error")
         principal = request_inbox_principal(request)
-        changes = inbox_changes_after(subscriber=principal, after=after, limit=limit)
+        if after is None:  # where to start: the current cursor, nothing to replay
+            changes = InboxChanges(messages=[], cursor=inbox_seq_next(), has_more=False)
+        else:
+            changes = inbox_changes_after(subscriber=principal, after=after, limit=limit)
         return Response(
             {
                 "data": [inbox_message_data(m) for m in changes.messages],

@@ -17,6 +17,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from apps.inbox.auth import inbox_token_read
 from apps.inbox.origins import aorigin_allowed
 from apps.inbox.realtime import subscriber_group
+from apps.inbox.sequence import inbox_seq_next
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         self.group_name = subscriber_group(environment_id=environment_id, subscriber_pk=subscriber_pk)
         await self.channel_layer.group_add(self.group_name, self.channel_name)
         await self.accept()
-        await self.send_json({"event": "ready"})
+        # The server's current cursor: a client that has nothing yet replays changes from here.
+        await self.send_json({"event": "ready", "cursor": inbox_seq_next()})
 
     async def disconnect(self, code: int) -> None:
         if self.group_name is not None:

@@ -109,7 +109,7 @@ async def test_connect_needs_no_default_database_query():
         async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
             connected, _ = await ws.connect(timeout=FRAME_TIMEOUT)
             assert connected
-            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+            assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready"
             await ws.send_json_to({"type": "ping"})
             assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "pong"}
     finally:
@@ -129,7 +129,7 @@ async def test_publish_messages_created_reaches_the_socket_with_counts():
     async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
         connected, _ = await ws.connect(timeout=FRAME_TIMEOUT)
         assert connected
-        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+        assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready"
 
         message = await make_message(subscriber, title="New comment", body="First!")
         await sync_to_async(publish_messages_created)([message])
@@ -154,7 +154,7 @@ async def test_frames_go_only_to_their_subscriber():
     ):
         for ws in (a, b):
             assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
-            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+            assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready"
 
         for_bob = await make_message(bob, title="for bob")
         await sync_to_async(publish_messages_created)([for_bob])
@@ -172,7 +172,7 @@ async def test_marking_pushes_updated_and_counts_frames():
 
     async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
         assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
-        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+        assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready"
 
         await sync_to_async(inbox_message_mark)(subscriber=subscriber, message_id=first.pk, action="read")
         updated = await ws.receive_json_from(timeout=FRAME_TIMEOUT)
@@ -218,7 +218,7 @@ async def test_ping_pong_and_bad_client_frames(settings):
     token = await sync_to_async(token_for)(subscriber)
     async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
         assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
-        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+        assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready"
 
         await ws.send_json_to({"type": "ping"})
         assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "pong"}
@@ -295,7 +295,7 @@ async def test_handshake_from_a_foreign_origin_is_closed_4403(settings):
     for origin in ("https://app.example.com", "https://eu.example.org", "http://clarion.test"):
         async with socket_from(f"/ws/inbox/?token={quote(token)}", origin) as ws:
             assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
-            assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}, origin
+            assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready", origin
 
 
 @pytest.mark.django_db(transaction=True)
@@ -311,7 +311,7 @@ async def test_handshake_origin_check_is_cached(settings):
         for _ in range(3):
             async with socket_from(f"/ws/inbox/?token={quote(token)}", "https://app.example.com") as ws:
                 assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
-                assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == {"event": "ready"}
+                assert (await ws.receive_json_from(timeout=FRAME_TIMEOUT))["event"] == "ready"
     finally:
         await sync_to_async(capture.__exit__)(None, None, None)
     assert len(capture.captured_queries) == 1, capture.captured_queries

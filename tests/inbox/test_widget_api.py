@@ -176,8 +176,16 @@ def test_bulk_write_moves_the_cursor_of_every_row(alice_client, alice, make_mess
     assert {m["id"] for m in alice_client.get(CHANGES, {"after": cursor}).json()["data"]} == {a.pk, b.pk}
 
 
+def test_changes_without_a_cursor_gives_the_current_one(alice_client, alice, make_message):
+    message = make_message(alice)
+    body = alice_client.get(CHANGES).json()
+    assert body["data"] == [] and body["has_more"] is False
+    assert body["cursor"] > message.seq
+    assert body["counts"] == {"unread": 1, "unseen": 1, "total": 1}
+
+
 @pytest.mark.parametrize(
-    "params", [{}, {"after": "x"}, {"after": -1}, {"after": 0, "limit": 0}, {"after": 0, "limit": 501}]
+    "params", [{"after": ""}, {"after": "x"}, {"after": -1}, {"after": 0, "limit": 0}, {"after": 0, "limit": 501}]
 )
 def test_changes_bad_params_are_400(alice_client, params):
     assert alice_client.get(CHANGES, params).status_code == 400
