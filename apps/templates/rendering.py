@@ -1,20 +1,69 @@
-"""Render a TemplateVersion for a subscriber's locale in the Jinja sandbox."""
+"""Render a TemplateVersion for a subscriber's locale in the Jinja sandbox.
+
+Email: the body (Markdown with variables, or raw HTML) is rendered, converted to HTML, wrapped in
+the version's layout (header, logo, brand colour, footer with preference / unsubscribe links),
+its CSS inlined with css-inline, and a plain-text part is generated. Every other channel renders
+plain text. In-app versions also render their primary / secondary action buttons.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+import css_inline
+import jinja2
+import markdown
 from django.conf import settings
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
+from markupsafe import Markup
 
-from apps.core.sandbox import render_string
-from apps.templates.models import TemplateVersion
+from apps.core.sandbox import SandboxError, render_string, time_limit
+from apps.templates.models import EmailLayout, TemplateVersion
 
-TRANSLATED_FIELDS = ("subject", "title", "body")
+TRANSLATED_FIELDS = ("subject", "title", "body", "preheader", "primary_action_label", "secondary_action_label")
+URL_FIELDS = ("action_url", "primary_action_url", "secondary_action_url")
+LAYOUT_TRANSLATED_FIELDS = ("header", "footer")
+
+# What a person edits, per channel (the editor shows these, validation renders these).
+CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "email": ("subject", "preheader", "body"),
+    "sms": ("body",),
+    "push": ("title", "body"),
+    "in_app": (
+        "title",
+        "body",
+        "action_url",
+        "primary_action_label",
+        "primary_action_url",
+        "secondary_action_label",
+        "secondary_action_url",
+    ),
+    "chat": ("body",),
+    "webhook": ("body",),
+}
+
+DEFAULT_BRAND_COLOR = "#4f46e5"
+HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+MARKDOWN_EXTENSIONS = ["extra", "sane_lists", "nl2br"]
+
+FOOTER_LABELS = {
+    "en": ("Manage email preferences", "Unsubscribe"),
+    "fr": ("Gérer mes préférences", "Se désabonner"),
+    "de": ("E-Mail-Einstellungen verwalten", "Abmelden"),
+}
 
 
 def supported_languages() -> list[str]:
     return [code for code, _ in settings.LANGUAGES]
+
+
+def default_language() -> str:
+    return settings.MODELTRANSLATION_DEFAULT_LANGUAGE
 
 
 def resolve_language(locale: str | None) -> str:
@@ -35,10 +84,14 @@ class RenderedContent:
     locale: str
     subject: str = ""
     title: str = ""
-    body: str = ""
+    body: str = ""  # email: the final HTML (layout, inlined CSS); other channels: plain text
     action_url: str = ""
     # field -> language actually used (differs from ``locale`` when a translation fell back)
     fallbacks: dict[str, str] = field(default_factory=dict)
+    text: str = ""  # email: the plain-text alternative
+    preheader: str = ""
+    actions: list[dict[str, str]] = field(default_factory=list)  # in-app buttons: label, url, kind
+    layout: str = ""  # key of the email layout used
 
 
 def build_render_context(
@@ -48,13 +101,18 @@ def build_render_context(
     actor: Any,
     step: dict[str, Any] | None = None,
     steps: dict[str, Any] | None = None,
+    digest: dict[str, Any] | None = None,
+    preferences_url: str | None = None,
+    unsubscribe_url: str | None = None,
 ) -> dict[str, Any]:
     """The one context shape every template sees (engine, preview, admin).
 
     ``subscriber`` is plain data (``Subscriber.as_context()`` or a dict). ``actor`` may be a
     dict, a subscriber id string (becomes ``{"subscriber_id": ...}``) or None (``{}``).
     ``step`` describes the step being rendered (``{"id": ...}``, plus e.g. digest results);
-    ``steps`` holds earlier steps' results by step id.
+    ``steps`` holds earlier steps' results by step id. ``digest`` (after a digest step) is
+    ``{"count", "key", "events": [{"payload", "actor", "transaction_id", "created_at"}]}``.
+    ``preferences_url`` / ``unsubscribe_url`` (email) are shown by the layout footer when given.
     """
     if actor is None:
         actor_context: Any = {}
@@ -62,16 +120,23 @@ def build_render_context(
         actor_context = {"subscriber_id": str(actor)}
     else:
         actor_context = actor
-    return {
+    context = {
         "payload": payload if payload is not None else {},
         "subscriber": subscriber if subscriber is not None else {},
         "actor": actor_context,
         "step": step if step is not None else {},
         "steps": steps if steps is not None else {},
     }
+    if digest is not None:
+        context["digest"] = digest
+    if preferences_url:
+        context["preferences_url"] = preferences_url
+    if unsubscribe_url:
+        context["unsubscribe_url"] = unsubscribe_url
+    return context
 
 
-def translated_source(version: TemplateVersion, field_name: str, language: str) -> tuple[str, str]:
+def translated_source(version: Any, field_name: str, language: str) -> tuple[str, str]:
     """The source text of a translated field in ``language``, falling back to the default."""
     value = getattr(version, f"{field_name}_{language}", None) or ""
     if value:
@@ -80,23 +145,253 @@ def translated_source(version: TemplateVersion, field_name: str, language: str) 
     return getattr(version, f"{field_name}_{default}", None) or "", default
 
 
+class FieldErrors(SandboxError):
+    """Rendering failed in one or more fields: ``errors`` maps ``"fr.body"`` / ``"action_url"`` /
+    ``"layout.footer"`` to a readable message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        where, message = next(iter(errors.items()))
+        super().__init__(f"{where}: {message}")
+
+
 def render_version(
-    *, version: TemplateVersion, locale: str | None, context: dict[str, Any], strict: bool = False
+    *,
+    version: TemplateVersion,
+    locale: str | None,
+    context: dict[str, Any],
+    strict: bool = False,
+    layout: EmailLayout | bool | None = True,
 ) -> RenderedContent:
     """Render every field. ``context`` must be plain data (dicts, lists, scalars).
 
-    Email bodies are HTML and autoescaped; everything else is plain text.
-    Raises ``apps.core.sandbox.SandboxError`` with a readable message on failure.
+    Email bodies are autoescaped, converted from Markdown when ``body_format`` says so, wrapped in
+    the version's layout (``layout=False`` skips it; an EmailLayout overrides it) and CSS-inlined.
+    Raises ``apps.core.sandbox.SandboxError`` (a :class:`FieldErrors`, naming every failing field)
+    with a readable message on failure. The whole render shares one sandbox time limit.
     """
     language = resolve_language(locale)
     channel = version.template.channel
     rendered: dict[str, str] = {}
     fallbacks: dict[str, str] = {}
-    for name in TRANSLATED_FIELDS:
-        source, used = translated_source(version, name, language)
-        if used != language and source:
-            fallbacks[name] = used
-        autoescape = channel == "email" and name == "body"
-        rendered[name] = render_string(source, context, autoescape=autoescape, strict=strict)
-    action_url = render_string(version.action_url, context, strict=strict) if version.action_url else ""
-    return RenderedContent(locale=language, action_url=action_url, fallbacks=fallbacks, **rendered)
+    errors: dict[str, str] = {}
+    with time_limit():
+        for name in TRANSLATED_FIELDS:
+            source, used = translated_source(version, name, language)
+            if used != language and source:
+                fallbacks[name] = used
+            autoescape = channel == "email" and name == "body"
+            try:
+                rendered[name] = render_string(source, context, autoescape=autoescape, strict=strict)
+            except SandboxError as exc:
+                errors[f"{used}.{name}"] = str(exc)
+        urls: dict[str, str] = {}
+        for name in URL_FIELDS:
+            source = getattr(version, name, "") or ""
+            try:
+                urls[name] = render_string(source, context, strict=strict) if source else ""
+            except SandboxError as exc:
+                errors[name] = str(exc)
+        if errors:
+            raise FieldErrors(errors)
+
+        text = ""
+        layout_key = ""
+        body = rendered["body"]
+        if channel == "email":
+            chosen = version.layout if layout is True else (layout or None)
+            layout_key = chosen.key if chosen is not None else ""
+            body, text = render_email(
+                body=body,
+                body_format=getattr(version, "body_format", TemplateVersion.BodyFormat.HTML),
+                subject=rendered["subject"],
+                preheader=rendered["preheader"],
+                layout=chosen,
+                language=language,
+                context=context,
+                strict=strict,
+            )
+
+    actions = []
+    if channel == "in_app":
+        for kind in ("primary", "secondary"):
+            label = rendered[f"{kind}_action_label"].strip()
+            if label:
+                actions.append({"label": label, "url": urls[f"{kind}_action_url"].strip(), "kind": kind})
+    return RenderedContent(
+        locale=language,
+        subject=rendered["subject"],
+        title=rendered["title"],
+        body=body,
+        action_url=urls["action_url"],
+        fallbacks=fallbacks,
+        text=text,
+        preheader=rendered["preheader"],
+        actions=actions,
+        layout=layout_key,
+    )
+
+
+# --- email -----------------------------------------------------------------------------------------
+
+_SHELL = """<!DOCTYPE html>
+<html lang="{{ language }}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="x-apple-disable-message-reformatting">
+<title>{{ subject }}</title>
+<style>{{ css }}</style>
+</head>
+<body class="clarion-body">
+{% if preheader %}<div class="clarion-preheader">{{ preheader }}</div>{% endif %}
+<table role="presentation" class="clarion-wrapper" width="100%" cellpadding="0" cellspacing="0">
+<tr><td align="center">
+<table role="presentation" class="clarion-container" width="600" cellpadding="0" cellspacing="0">
+<tr><td class="clarion-header">
+{% if logo_url %}<img class="clarion-logo" src="{{ logo_url }}" alt="{{ name }}" height="36">{% endif %}
+{{ header }}
+</td></tr>
+<tr><td class="clarion-content">
+{{ content }}
+</td></tr>
+<tr><td class="clarion-footer">
+{{ footer }}
+{% if preferences_url or unsubscribe_url %}<p class="clarion-unsubscribe">
+{% if preferences_url %}<a href="{{ preferences_url }}">{{ labels[0] }}</a>{% endif %}
+{% if preferences_url and unsubscribe_url %} · {% endif %}
+{% if unsubscribe_url %}<a href="{{ unsubscribe_url }}">{{ labels[1] }}</a>{% endif %}
+</p>{% endif %}
+</td></tr>
+</table>
+</td></tr>
+</table>
+</body>
+</html>
+"""
+
+_BASE_CSS = """
+body { margin: 0; padding: 0; background-color: #f3f4f6; }
+.clarion-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; color: #1f2937; }
+.clarion-preheader { display: none; max-height: 0; overflow: hidden; mso-hide: all; font-size: 1px; color: #f3f4f6; }
+.clarion-wrapper { background-color: #f3f4f6; padding: 24px 0; }
+.clarion-container { background-color: #ffffff; border-radius: 8px; border-top: 4px solid BRAND; max-width: 600px; }
+.clarion-header { padding: 24px 32px 0 32px; font-size: 14px; color: #374151; }
+.clarion-logo { display: block; border: 0; margin-bottom: 8px; }
+.clarion-content { padding: 16px 32px 24px 32px; font-size: 16px; line-height: 1.55; }
+.clarion-content h1, .clarion-content h2 { color: #111827; line-height: 1.25; }
+.clarion-content a { color: BRAND; }
+.clarion-content a.button, .clarion-content .button a { display: inline-block; background-color: BRAND; color: #ffffff;
+  padding: 10px 18px; border-radius: 6px; text-decoration: none; font-weight: 600; }
+.clarion-footer { padding: 16px 32px 24px 32px; font-size: 12px; line-height: 1.5; color: #6b7280;
+  border-top: 1px solid #e5e7eb; }
+.clarion-footer a { color: #6b7280; text-decoration: underline; }
+"""
+
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True, keep_link_tags=False)
+_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
+
+
+@lru_cache(maxsize=1)
+def _shell() -> jinja2.Template:
+    # Our own trusted markup (not user-written): a plain autoescaping Jinja environment.
+    return jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(_SHELL)
+
+
+def brand_color(value: str | None) -> str:
+    return value if value and HEX_COLOR.match(value) else DEFAULT_BRAND_COLOR
+
+
+def markdown_to_html(source: str) -> str:
+    return markdown.markdown(source, extensions=MARKDOWN_EXTENSIONS, output_format="html")
+
+
+def html_to_text(html: str) -> str:
+    if not html.strip():
+        return ""
+    text = get_text(html, _TEXT_CONFIG)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in text.splitlines())).strip()
+
+
+def render_email(
+    *,
+    body: str,
+    body_format: str,
+    subject: str,
+    preheader: str,
+    layout: EmailLayout | None,
+    language: str,
+    context: dict[str, Any],
+    strict: bool = False,
+) -> tuple[str, str]:
+    """``body`` is the rendered (autoescaped) body source → (final HTML, plain text)."""
+    content = markdown_to_html(body) if body_format == TemplateVersion.BodyFormat.MARKDOWN else body
+    text = html_to_text(content)
+    if layout is None:
+        if preheader:
+            hidden = '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">{}</div>'
+            content = str(Markup(hidden).format(preheader)) + content
+        return content, text
+
+    parts: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for name in LAYOUT_TRANSLATED_FIELDS:
+        source, _used = translated_source(layout, name, language)
+        try:
+            parts[name] = render_string(source, context, autoescape=True, strict=strict)
+        except SandboxError as exc:
+            errors[f"layout.{name}"] = str(exc)
+    if errors:
+        raise FieldErrors(errors)
+    color = brand_color(layout.brand_color)
+    preferences_url = context.get("preferences_url") if layout.show_unsubscribe else None
+    unsubscribe_url = context.get("unsubscribe_url") if layout.show_unsubscribe else None
+    html = _shell().render(
+        language=language,
+        subject=subject,
+        preheader=preheader,
+        css=Markup(_BASE_CSS.replace("BRAND", color) + "\n" + (layout.css or "").replace("</", "<\\/")),
+        logo_url=layout.logo_url,
+        name=layout.name,
+        header=Markup(parts["header"]),
+        content=Markup(content),
+        footer=Markup(parts["footer"]),
+        preferences_url=preferences_url,
+        unsubscribe_url=unsubscribe_url,
+        labels=FOOTER_LABELS.get(language, FOOTER_LABELS["en"]),
+    )
+    try:
+        html = _INLINER.inline(html)
+    except (css_inline.InlineError, ValueError) as exc:
+        raise FieldErrors({"layout.css": f"the CSS could not be inlined: {exc}"}) from exc
+    footer_text = html_to_text(parts["footer"])
+    links = []
+    if preferences_url:
+        links.append(f"{FOOTER_LABELS.get(language, FOOTER_LABELS['en'])[0]}: {preferences_url}")
+    if unsubscribe_url:
+        links.append(f"{FOOTER_LABELS.get(language, FOOTER_LABELS['en'])[1]}: {unsubscribe_url}")
+    text_parts = [html_to_text(parts["header"]), text, "-- ", footer_text, "\n".join(links)]
+    if not (footer_text or links):
+        text_parts = text_parts[:2]
+    return html, "\n\n".join(part for part in text_parts if part).strip()
+
+
+# --- SMS -------------------------------------------------------------------------------------------
+
+_GSM7_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿"
+    "abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENDED = set("^{}\\[~]|€\f")
+
+
+def sms_segments(text: str) -> dict[str, Any]:
+    """Characters, encoding (GSM-7 or UCS-2) and the number of SMS segments ``text`` takes."""
+    if all(char in _GSM7_BASIC or char in _GSM7_EXTENDED for char in text):
+        units = sum(2 if char in _GSM7_EXTENDED else 1 for char in text)
+        single, multi, encoding = 160, 153, "GSM-7"
+    else:
+        units = sum(2 if ord(char) > 0xFFFF else 1 for char in text)  # UTF-16 code units
+        single, multi, encoding = 70, 67, "UCS-2"
+    segments = 0 if units == 0 else 1 if units <= single else -(-units // multi)
+    return {"characters": len(text), "units": units, "segments": segments, "encoding": encoding}

@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import F, Max, QuerySet
+from django.conf import settings
+from django.db.models import F, Max, Q, QuerySet
+from django.utils import timezone
 
 from apps.core.errors import NotFound, Unprocessable
-from apps.core.sandbox import SandboxError
-from apps.templates.models import Template, TemplateVersion
-from apps.templates.rendering import RenderedContent, build_render_context, render_version
+from apps.core.sandbox import SandboxError, lenient
+from apps.templates.models import EmailLayout, Template, TemplateVersion
+from apps.templates.rendering import (
+    CHANNEL_FIELDS,
+    TRANSLATED_FIELDS,
+    URL_FIELDS,
+    FieldErrors,
+    RenderedContent,
+    build_render_context,
+    default_language,
+    render_version,
+    supported_languages,
+)
 from apps.tenancy.models import Environment
+
+SAMPLE_SUBSCRIBER: dict[str, Any] = {
+    "subscriber_id": "sample-subscriber",
+    "email": "ada@example.com",
+    "phone": "+15555550100",
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "avatar": "",
+    "locale": "en",
+    "timezone": "Europe/London",
+    "data": {},
+}
+SAMPLE_ACTOR: dict[str, Any] = {
+    "subscriber_id": "sample-actor",
+    "first_name": "Grace",
+    "last_name": "Hopper",
+    "email": "grace@example.com",
+    "avatar": "",
+}
 
 
 def template_list(*, environment: Environment, channel: str | None = None) -> QuerySet[Template]:
@@ -41,7 +73,9 @@ def template_get(*, environment: Environment, key: str) -> Template:
 def template_versions(*, template: Template) -> QuerySet[TemplateVersion]:
     """Versions newest first."""
     return (
-        TemplateVersion.objects.filter(template=template).select_related("created_by", "template").order_by("-number")
+        TemplateVersion.objects.filter(template=template)
+        .select_related("created_by", "template", "layout")
+        .order_by("-number")
     )
 
 
@@ -71,7 +105,7 @@ def published_versions_for_keys(*, environment: Environment | int, keys: Iterabl
         template__environment=environment,
         template__key__in=keys,
         template__published_version=F("pk"),
-    ).select_related("template")
+    ).select_related("template", "layout")
     return {version.template.key: version for version in versions}
 
 
@@ -89,6 +123,55 @@ def preview_subscriber_context(*, environment: Environment, subscriber_id: str) 
     return subscriber.as_context()
 
 
+def _sample_digest(payload: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "count": 2,
+        "key": "sample",
+        "events": [
+            {
+                "payload": payload,
+                "actor": actor,
+                "transaction_id": f"sample-{number}",
+                "created_at": now.isoformat(),
+            }
+            for number in (1, 2)
+        ],
+    }
+
+
+def sample_render_context(
+    *,
+    template: Template,
+    payload: dict[str, Any] | None = None,
+    subscriber: dict[str, Any] | None = None,
+    actor: Any = None,
+) -> dict[str, Any]:
+    """The context previews and validation render with: the template's sample payload (or
+    ``payload``), a sample (or given) subscriber and actor, a sample digest of two events and,
+    for email, sample preference / unsubscribe links.
+
+    Data the sample defines is strict (unknown keys are errors under ``strict``); free-form data
+    (an empty sample payload, ``subscriber.data``, ``actor``, ``steps``) is lenient."""
+    payload = template.sample_payload if payload is None else payload
+    payload_context = payload if payload else lenient(payload or {})
+    subscriber_context = dict(subscriber if subscriber is not None else SAMPLE_SUBSCRIBER)
+    subscriber_context["data"] = lenient(subscriber_context.get("data") or {})
+    actor_context = lenient(actor if isinstance(actor, dict) else SAMPLE_ACTOR)
+    public_url = str(getattr(settings, "CLARION_PUBLIC_URL", "") or "http://localhost:8000").rstrip("/")
+    context = build_render_context(
+        payload=payload_context,
+        subscriber=subscriber_context,
+        actor=actor_context,
+        step=lenient({"id": "preview"}),
+        steps=lenient({}),
+        digest=_sample_digest(payload_context, actor_context),
+        preferences_url=f"{public_url}/preferences/sample/" if template.channel == "email" else None,
+        unsubscribe_url=f"{public_url}/unsubscribe/sample" if template.channel == "email" else None,
+    )
+    return context
+
+
 def template_preview(
     *,
     version: TemplateVersion,
@@ -97,15 +180,175 @@ def template_preview(
     actor: Any,
     locale: str | None,
     strict: bool = False,
+    sample: bool = False,
 ) -> RenderedContent:
     """Render ``version`` with sample data, in the same context shape as the engine.
 
-    A rendering failure is an Unprocessable with code ``template_render``.
+    With ``sample`` the context is :func:`sample_render_context` (lenient free-form data, sample
+    digest and footer links); ``subscriber`` / ``payload`` then override the samples when given.
+    A rendering failure is an Unprocessable with code ``template_render`` (``details`` maps each
+    failing field, e.g. ``"fr.body"``, to its message).
     """
-    context = build_render_context(payload=payload, subscriber=subscriber, actor=actor, step={"id": "preview"})
+    if sample:
+        context = sample_render_context(
+            template=version.template, payload=payload, subscriber=subscriber or None, actor=actor
+        )
+    else:
+        context = build_render_context(payload=payload, subscriber=subscriber, actor=actor, step={"id": "preview"})
     try:
         return render_version(version=version, locale=locale, context=context, strict=strict)
+    except FieldErrors as exc:
+        raise Unprocessable(
+            f"The template could not be rendered: {exc}", code="template_render", details=exc.errors
+        ) from exc
     except SandboxError as exc:
         raise Unprocessable(
             f"The template could not be rendered: {exc}", code="template_render", details={"error": str(exc)}
         ) from exc
+
+
+# --- variables, history, diffs, translations ------------------------------------------------------
+
+
+def _flatten(prefix: str, value: Any, out: list[dict[str, Any]], depth: int = 0) -> None:
+    if isinstance(value, dict) and value and depth < 6:
+        for key, item in value.items():
+            name = f"{prefix}.{key}" if str(key).isidentifier() else f"{prefix}[{key!r}]"
+            _flatten(name, item, out, depth + 1)
+        return
+    if isinstance(value, list) and value and depth < 6:
+        out.append({"name": prefix, "example": f"list of {len(value)}"})
+        _flatten(f"{prefix}[0]", value[0], out, depth + 1)
+        return
+    example = "" if value is None else str(value)
+    out.append({"name": prefix, "example": example[:80]})
+
+
+def template_variables(*, template: Template) -> list[dict[str, Any]]:
+    """The variables a template can use, grouped: the sample payload's keys, subscriber fields,
+    actor, digest fields and (email) footer links. Each is ``{"group", "name", "example"}``."""
+    groups: list[tuple[str, list[dict[str, Any]]]] = []
+    payload: list[dict[str, Any]] = []
+    _flatten("payload", template.sample_payload or {}, payload)
+    groups.append(("payload", [row for row in payload if row["name"] != "payload"]))
+    subscriber = [
+        {"name": f"subscriber.{key}", "example": "" if isinstance(value, dict) else str(value)}
+        for key, value in SAMPLE_SUBSCRIBER.items()
+    ]
+    subscriber.append({"name": "subscriber.data.<key>", "example": "custom subscriber data"})
+    groups.append(("subscriber", subscriber))
+    groups.append(("actor", [{"name": f"actor.{key}", "example": str(value)} for key, value in SAMPLE_ACTOR.items()]))
+    digest = [
+        {"name": "digest.count", "example": "2"},
+        {"name": "digest.key", "example": "sample"},
+        {"name": "digest.events", "example": "list of events"},
+        {"name": "digest.events[0].payload", "example": "the event's payload"},
+        {"name": "digest.events[0].actor", "example": "the event's actor"},
+        {"name": "digest.events[0].transaction_id", "example": "sample-1"},
+        {"name": "digest.events[0].created_at", "example": "ISO 8601"},
+    ]
+    groups.append(("digest", digest))
+    if template.channel == "email":
+        groups.append(
+            (
+                "links",
+                [
+                    {"name": "preferences_url", "example": "the subscriber's preference center"},
+                    {"name": "unsubscribe_url", "example": "one-click unsubscribe"},
+                ],
+            )
+        )
+    return [{"group": group, **row} for group, rows in groups for row in rows]
+
+
+def _version_fields(version: TemplateVersion) -> dict[str, str]:
+    """Every field a person can change in a version, flattened: ``{"en.body": ..., "layout": ...}``."""
+    fields = {
+        f"{language}.{name}": getattr(version, f"{name}_{language}", None) or ""
+        for language in supported_languages()
+        for name in TRANSLATED_FIELDS
+    }
+    fields.update({name: getattr(version, name) or "" for name in URL_FIELDS})
+    fields["body_format"] = version.body_format
+    fields["layout"] = version.layout.key if version.layout_id and version.layout else ""
+    return fields
+
+
+def version_changes(
+    *, versions: list[TemplateVersion], previous: TemplateVersion | None = None
+) -> dict[int, list[str]]:
+    """For each version (newest first, as ``template_versions`` returns them), the fields it
+    changed compared with the version before it: ``{3: ["en.subject", "fr.body"], 1: []}``."""
+    ordered = sorted(versions, key=lambda version: version.number)
+    changes: dict[int, list[str]] = {}
+    before = _version_fields(previous) if previous is not None else None
+    for version in ordered:
+        current = _version_fields(version)
+        if before is None:
+            changes[version.number] = [name for name, value in current.items() if value and name != "body_format"]
+        else:
+            changes[version.number] = [name for name in current if current[name] != before.get(name)]
+        before = current
+    return changes
+
+
+def template_version_diff(*, template: Template, a: int, b: int) -> list[dict[str, Any]]:
+    """Field-by-field comparison of two versions: ``[{"field", "before", "after", "changed",
+    "diff"}]`` for every field that is non-empty in either, ``diff`` a unified diff."""
+    first = template_version_get(template=template, number=a)
+    second = template_version_get(template=template, number=b)
+    before, after = _version_fields(first), _version_fields(second)
+    rows = []
+    for name in before:
+        old, new = before[name], after[name]
+        if not old and not new:
+            continue
+        diff = "\n".join(
+            difflib.unified_diff(old.splitlines(), new.splitlines(), fromfile=f"v{a}", tofile=f"v{b}", lineterm="", n=2)
+        )
+        rows.append({"field": name, "before": old, "after": new, "changed": old != new, "diff": diff})
+    return rows
+
+
+def missing_translations(*, version: TemplateVersion | None, channel: str) -> dict[str, list[str]]:
+    """``{language: [fields]}``: fields the default language fills and another leaves empty
+    (they fall back to the default language)."""
+    if version is None:
+        return {}
+    default = default_language()
+    fields = [name for name in CHANNEL_FIELDS.get(channel, ()) if name in TRANSLATED_FIELDS]
+    missing: dict[str, list[str]] = {}
+    for language in supported_languages():
+        if language == default:
+            continue
+        empty = [
+            name
+            for name in fields
+            if getattr(version, f"{name}_{default}", None) and not getattr(version, f"{name}_{language}", None)
+        ]
+        if empty:
+            missing[language] = empty
+    return missing
+
+
+def missing_translation_q(language: str, *, prefix: str = "published_version__") -> Q:
+    """Templates whose (published) version has a field in the default language and not in ``language``."""
+    default = default_language()
+    condition = Q()
+    for name in TRANSLATED_FIELDS:
+        condition |= ~Q(**{f"{prefix}{name}_{default}": ""}) & Q(**{f"{prefix}{name}_{language}": ""})
+    return condition
+
+
+# --- layouts --------------------------------------------------------------------------------------
+
+
+def layout_list(*, environment: Environment) -> QuerySet[EmailLayout]:
+    return EmailLayout.objects.filter(environment=environment).order_by("key")
+
+
+def layout_get(*, environment: Environment, key: str) -> EmailLayout:
+    layout = EmailLayout.objects.filter(environment=environment, key=key).first()
+    if layout is None:
+        raise NotFound(f"No email layout with key {key!r}.", code="layout_not_found", details={"key": key})
+    return layout

@@ -7,9 +7,11 @@ always compiles.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -20,11 +22,28 @@ from django.db.models import Max
 from apps.core.errors import Conflict, NotFound, Unprocessable
 from apps.core.sandbox import MAX_SOURCE_CHARS, SandboxError, validate_template
 from apps.preferences.models import CHANNELS
-from apps.templates.models import Template, TemplateVersion
-from apps.templates.rendering import TRANSLATED_FIELDS, supported_languages
+from apps.templates.models import EmailLayout, Template, TemplateVersion
+from apps.templates.rendering import (
+    HEX_COLOR,
+    LAYOUT_TRANSLATED_FIELDS,
+    TRANSLATED_FIELDS,
+    URL_FIELDS,
+    FieldErrors,
+    render_version,
+    supported_languages,
+)
 from apps.tenancy.models import Environment
 
 Content = dict[str, dict[str, str]]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+MAX_SAMPLE_BYTES = 64 * 1024
 
 # For each channel: groups of fields; the default language must fill at least one field of
 # every group ("email needs a subject and a body", "in-app needs a title or a body").
@@ -34,6 +53,7 @@ REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "push": (("title", "body"),),
     "sms": (("body",),),
     "chat": (("body",),),
+    "webhook": (("body",),),
 }
 
 
@@ -77,8 +97,9 @@ def template_upsert(
     name: str | None = None,
     channel: str | None = None,
     description: str | None = None,
+    sample_payload: dict[str, Any] | None = None,
 ) -> tuple[Template, bool]:
-    """Create the template ``key`` or update its name / channel / description.
+    """Create the template ``key`` or update its name / channel / description / sample payload.
 
     ``None`` keeps the current value (on creation: name defaults to the key, channel is required).
     Changing the channel of a template that already has versions is a Conflict: its content
@@ -87,6 +108,8 @@ def template_upsert(
     _validate_key(key)
     if channel is not None:
         _validate_channel(channel)
+    if sample_payload is not None:
+        _validate_sample(sample_payload)
 
     template = Template.objects.filter(environment=environment, key=key).first()
     created = False
@@ -101,6 +124,7 @@ def template_upsert(
                     name=name or key,
                     channel=channel,
                     description=description or "",
+                    sample_payload=sample_payload or {},
                 )
                 created = True
         except IntegrityError:
@@ -125,9 +149,27 @@ def template_upsert(
         if description is not None and description != template.description:
             template.description = description
             changed.append("description")
+        if sample_payload is not None and sample_payload != template.sample_payload:
+            template.sample_payload = sample_payload
+            changed.append("sample_payload")
         if changed:
             template.save(update_fields=[*changed, "updated_at"])
     return template, created
+
+
+def _validate_sample(sample_payload: Any) -> None:
+    if not isinstance(sample_payload, dict):
+        raise Unprocessable(
+            "The sample payload must be a JSON object.",
+            code="invalid_sample",
+            details={"sample_payload": "Not an object."},
+        )
+    if len(json.dumps(sample_payload, default=str)) > MAX_SAMPLE_BYTES:
+        raise Unprocessable(
+            f"The sample payload is larger than {MAX_SAMPLE_BYTES} bytes.",
+            code="invalid_sample",
+            details={"sample_payload": "Too large."},
+        )
 
 
 def _steps_reference(steps: Any, key: str) -> bool:
@@ -189,7 +231,7 @@ def _normalized_content(content: Content | None) -> Content:
             errors[str(language)] = f"Unknown language. Use one of: {', '.join(languages)}."
             continue
         if not isinstance(fields, dict):
-            errors[language] = "Must be an object of fields (subject, title, body)."
+            errors[language] = f"Must be an object of fields ({', '.join(TRANSLATED_FIELDS)})."
             continue
         for field_name, text in fields.items():
             where = f"{language}.{field_name}"
@@ -221,23 +263,31 @@ def _syntax_errors(sources: Iterable[tuple[str, str]]) -> dict[str, str]:
     return errors
 
 
-def _content_sources(content: Content, action_url: str) -> list[tuple[str, str]]:
+def _content_sources(content: Content, urls: dict[str, str] | str) -> list[tuple[str, str]]:
+    if isinstance(urls, str):
+        urls = {"action_url": urls}
     sources = [(f"{language}.{name}", text) for language, fields in content.items() for name, text in fields.items()]
-    sources.append(("action_url", action_url))
+    sources.extend((name, urls.get(name) or "") for name in URL_FIELDS)
     return sources
 
 
-def template_content_validate(*, channel: str, content: Content | None, action_url: str = "") -> Content:
+def template_content_validate(
+    *, channel: str, content: Content | None, action_url: str = "", urls: dict[str, str] | None = None
+) -> Content:
     """Validate content for ``channel``; return it normalized (every language, every field).
 
+    ``urls`` holds the untranslated URL fields (``action_url``, ``primary_action_url``,
+    ``secondary_action_url``); ``action_url`` alone is accepted for older callers.
     Raises Unprocessable: ``invalid_content`` (shape), ``template_syntax`` (details map
     ``"fr.body"`` to ``"line 2: ..."``) or ``template_incomplete`` (a required field of the
     default language is empty).
     """
     normalized = _normalized_content(content)
-    if action_url and len(action_url) > TemplateVersion._meta.get_field("action_url").max_length:
-        raise Unprocessable("The action URL is too long.", code="invalid_content", details={"action_url": "Too long."})
-    errors = _syntax_errors(_content_sources(normalized, action_url))
+    urls = {"action_url": action_url, **(urls or {})}
+    for name in URL_FIELDS:
+        if urls.get(name) and len(urls[name]) > TemplateVersion._meta.get_field(name).max_length:
+            raise Unprocessable("The URL is too long.", code="invalid_content", details={name: "Too long."})
+    errors = _syntax_errors(_content_sources(normalized, urls))
     if errors:
         raise Unprocessable(
             "The template does not compile. See details for each field.", code="template_syntax", details=errors
@@ -250,6 +300,10 @@ def template_content_validate(*, channel: str, content: Content | None, action_u
             where = f"{language}.{group[0]}"
             wanted = " or ".join(group)
             missing[where] = f"A {channel.replace('_', '-')} template needs a {wanted} in {language}."
+    for kind in ("primary", "secondary"):
+        label = any(normalized[lang][f"{kind}_action_label"].strip() for lang in normalized)
+        if label and not (urls.get(f"{kind}_action_url") or "").strip():
+            missing[f"{kind}_action_url"] = f"The {kind} button has a label but no URL."
     if missing:
         raise Unprocessable(
             "Required content is missing in the default language.", code="template_incomplete", details=missing
@@ -265,8 +319,82 @@ def version_content(version: TemplateVersion) -> Content:
     }
 
 
+def version_options(version: TemplateVersion) -> dict[str, Any]:
+    """The untranslated settings of a version: URLs, body format and layout key."""
+    return {
+        **{name: getattr(version, name) or "" for name in URL_FIELDS},
+        "body_format": version.body_format,
+        "layout": version.layout.key if version.layout_id and version.layout else None,
+    }
+
+
 def _latest_version(template: Template) -> TemplateVersion | None:
-    return TemplateVersion.objects.filter(template=template).order_by("-number").first()
+    return TemplateVersion.objects.filter(template=template).select_related("layout").order_by("-number").first()
+
+
+def default_layout(*, environment_id: int) -> EmailLayout | None:
+    return EmailLayout.objects.filter(environment_id=environment_id, is_default=True).first()
+
+
+def build_version(
+    *,
+    template: Template,
+    content: Content,
+    urls: dict[str, str] | None = None,
+    body_format: str = "",
+    layout: EmailLayout | _Unset | None = UNSET,
+) -> TemplateVersion:
+    """An unsaved TemplateVersion with this content (for previews and validation of drafts)."""
+    urls = urls or {}
+    version = TemplateVersion(
+        template=template,
+        number=0,
+        body_format=body_format or TemplateVersion.BodyFormat.MARKDOWN,
+        **{name: (urls.get(name) or "") for name in URL_FIELDS},
+        **{f"{name}_{language}": text for language, fields in content.items() for name, text in fields.items()},
+    )
+    if isinstance(layout, _Unset):
+        layout = default_layout(environment_id=template.environment_id) if template.channel == "email" else None
+    version.layout = layout
+    return version
+
+
+def _render_errors(error: SandboxError) -> dict[str, str]:
+    return dict(error.errors) if isinstance(error, FieldErrors) else {"template": str(error)}
+
+
+def template_render_check(*, version: TemplateVersion, payload: dict[str, Any] | None = None) -> dict[str, str]:
+    """Render every language of ``version`` strictly against the template's sample data.
+
+    Returns ``{"fr.body": "line 2: unknown variable …", "layout.footer": …}`` (empty when it
+    renders). Unknown variables are errors wherever the sample defines the data: the sample
+    payload (when there is one), the subscriber's fields and the digest; free-form data
+    (``subscriber.data``, ``actor``, ``steps``, an empty sample payload) renders leniently.
+    """
+    from apps.templates.selectors import sample_render_context
+
+    context = sample_render_context(template=version.template, payload=payload)
+    errors: dict[str, str] = {}
+    for language in supported_languages():
+        own = any(getattr(version, f"{name}_{language}", None) for name in TRANSLATED_FIELDS)
+        if not own and language != default_language():
+            continue
+        try:
+            render_version(version=version, locale=language, context=context, strict=True)
+        except SandboxError as exc:
+            for where, message in _render_errors(exc).items():
+                errors.setdefault(where, message)
+    return errors
+
+
+def _raise_render_errors(errors: dict[str, str], number: int | None = None) -> None:
+    if errors:
+        which = f"Version {number}" if number else "The template"
+        raise Unprocessable(
+            f"{which} does not render with the sample data. See details for each field.",
+            code="template_render",
+            details=errors,
+        )
 
 
 def template_version_create(
@@ -278,19 +406,40 @@ def template_version_create(
     created_by: Any = None,
     publish: bool = False,
     skip_if_unchanged: bool = False,
+    urls: dict[str, str] | None = None,
+    body_format: str = "",
+    layout: EmailLayout | _Unset | None = UNSET,
+    check_render: bool = False,
 ) -> TemplateVersion:
     """Add the next numbered, immutable version of ``template`` (and publish it if asked).
 
-    With ``skip_if_unchanged`` an identical copy of the latest version is not stored again; the
-    latest version is returned instead (so repeated ``PUT`` calls are idempotent).
+    ``urls`` holds ``primary_action_url`` / ``secondary_action_url`` (and ``action_url``);
+    ``layout`` defaults to the environment's default layout for email templates. A version that
+    is published here (or with ``check_render``) must render against the sample data
+    (``template_render``). With ``skip_if_unchanged`` an identical copy of the latest version is
+    not stored again; the latest version is returned instead (so repeated ``PUT`` calls are
+    idempotent).
     """
-    normalized = template_content_validate(channel=template.channel, content=content, action_url=action_url)
-    action_url = action_url or ""
+    urls = {"action_url": action_url or "", **{k: v or "" for k, v in (urls or {}).items()}}
+    normalized = template_content_validate(channel=template.channel, content=content, urls=urls)
     note = (note or "")[: TemplateVersion._meta.get_field("note").max_length]
+    if body_format and body_format not in TemplateVersion.BodyFormat.values:
+        raise Unprocessable(
+            "The body format must be markdown or html.", code="invalid_content", details={"body_format": body_format}
+        )
+    if layout is not None and not isinstance(layout, _Unset) and layout.environment_id != template.environment_id:
+        raise Unprocessable("That layout belongs to another environment.", code="layout_not_found")
+    draft = build_version(template=template, content=normalized, urls=urls, body_format=body_format, layout=layout)
+    if publish or check_render:
+        _raise_render_errors(template_render_check(version=draft))
 
     if skip_if_unchanged:
         latest = _latest_version(template)
-        if latest is not None and version_content(latest) == normalized and latest.action_url == action_url:
+        if (
+            latest is not None
+            and version_content(latest) == normalized
+            and version_options(latest) == version_options(draft)
+        ):
             if publish and template.published_version_id != latest.pk:
                 template_publish(template=template, version_number=latest.number)
             return latest
@@ -305,9 +454,11 @@ def template_version_create(
                     version = TemplateVersion.objects.create(
                         template=template,
                         number=number,
-                        action_url=action_url,
                         note=note,
                         created_by=created_by,
+                        body_format=draft.body_format,
+                        layout=draft.layout,
+                        **{name: urls.get(name) or "" for name in URL_FIELDS},
                         **columns,
                     )
                 break
@@ -328,8 +479,11 @@ def _set_published(template: Template, version: TemplateVersion) -> None:
 
 
 def template_publish(*, template: Template, version_number: int | None = None) -> Template:
-    """Point ``template`` at one of its versions (default: the latest). The version must compile."""
-    versions = TemplateVersion.objects.filter(template=template)
+    """Point ``template`` at one of its versions (default: the latest).
+
+    The version must compile and render against the template's sample data (``template_render``
+    with the failing fields in ``details``)."""
+    versions = TemplateVersion.objects.filter(template=template).select_related("layout")
     if version_number is None:
         version = versions.order_by("-number").first()
         if version is None:
@@ -342,11 +496,133 @@ def template_publish(*, template: Template, version_number: int | None = None) -
                 code="version_not_found",
                 details={"version": version_number},
             )
-    errors = _syntax_errors(_content_sources(version_content(version), version.action_url))
+    errors = _syntax_errors(_content_sources(version_content(version), version_options(version)))
     if errors:
         raise Unprocessable(f"Version {version.number} does not compile.", code="template_syntax", details=errors)
+    version.template = template
+    _raise_render_errors(template_render_check(version=version), version.number)
     _set_published(template, version)
     return template
+
+
+def template_rollback(*, template: Template, version_number: int, created_by: Any = None) -> TemplateVersion:
+    """Publish a NEW version equal to version ``version_number`` (history only ever grows)."""
+    source = TemplateVersion.objects.filter(template=template, number=version_number).select_related("layout").first()
+    if source is None:
+        raise NotFound(
+            f"Template {template.key!r} has no version {version_number}.",
+            code="version_not_found",
+            details={"version": version_number},
+        )
+    options = version_options(source)
+    return template_version_create(
+        template=template,
+        content=version_content(source),
+        urls={name: options[name] for name in URL_FIELDS},
+        body_format=source.body_format,
+        layout=source.layout,
+        note=f"Rollback to version {source.number}",
+        created_by=created_by,
+        publish=True,
+    )
+
+
+# --- layouts --------------------------------------------------------------------------------------
+
+
+def layout_upsert(
+    *,
+    environment: Environment,
+    key: str,
+    name: str | None = None,
+    header: dict[str, str] | None = None,
+    footer: dict[str, str] | None = None,
+    brand_color: str | None = None,
+    logo_url: str | None = None,
+    css: str | None = None,
+    show_unsubscribe: bool | None = None,
+    is_default: bool | None = None,
+) -> tuple[EmailLayout, bool]:
+    """Create or update the email layout ``key``. ``header`` / ``footer`` are ``{language: html}``
+    (sandboxed Jinja); ``None`` keeps a value. ``is_default`` takes the default from any other
+    layout of the environment."""
+    _validate_key(key)
+    errors: dict[str, str] = {}
+    languages = supported_languages()
+    for part_name, part in (("header", header), ("footer", footer)):
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            errors[part_name] = "Must be an object keyed by language."
+            continue
+        for language, text in part.items():
+            if language not in languages:
+                errors[f"{language}.{part_name}"] = f"Unknown language. Use one of: {', '.join(languages)}."
+            elif not isinstance(text, str):
+                errors[f"{language}.{part_name}"] = "Must be a string."
+            elif len(text) > MAX_SOURCE_CHARS:
+                errors[f"{language}.{part_name}"] = f"Longer than {MAX_SOURCE_CHARS} characters."
+    if brand_color is not None and not HEX_COLOR.match(brand_color):
+        errors["brand_color"] = "Use a hex colour such as #4f46e5."
+    if logo_url and not re.match(r"^https?://", logo_url):
+        errors["logo_url"] = "Use an http(s) URL."
+    if css is not None and len(css) > MAX_SOURCE_CHARS:
+        errors["css"] = f"Longer than {MAX_SOURCE_CHARS} characters."
+    if errors:
+        raise Unprocessable("The layout is invalid.", code="invalid_layout", details=errors)
+    sources = [
+        (f"{language}.{part_name}", text)
+        for part_name, part in (("header", header), ("footer", footer))
+        for language, text in (part or {}).items()
+    ]
+    syntax = _syntax_errors(sources)
+    if syntax:
+        raise Unprocessable("The layout does not compile.", code="template_syntax", details=syntax)
+
+    with transaction.atomic():
+        layout = EmailLayout.objects.select_for_update().filter(environment=environment, key=key).first()
+        created = layout is None
+        if layout is None:
+            layout = EmailLayout(environment=environment, key=key, name=name or key)
+        if name is not None:
+            layout.name = name
+        for part_name, part in (("header", header), ("footer", footer)):
+            for language, text in (part or {}).items():
+                setattr(layout, f"{part_name}_{language}", text)
+        for attribute, value in (
+            ("brand_color", brand_color),
+            ("logo_url", logo_url),
+            ("css", css),
+            ("show_unsubscribe", show_unsubscribe),
+            ("is_default", is_default),
+        ):
+            if value is not None:
+                setattr(layout, attribute, value)
+        if layout.is_default:
+            EmailLayout.objects.filter(environment=environment, is_default=True).exclude(pk=layout.pk).update(
+                is_default=False
+            )
+        layout.save()
+    return layout, created
+
+
+def layout_content(layout: EmailLayout) -> dict[str, dict[str, str]]:
+    return {
+        part: {language: getattr(layout, f"{part}_{language}", None) or "" for language in supported_languages()}
+        for part in LAYOUT_TRANSLATED_FIELDS
+    }
+
+
+def layout_delete(*, layout: EmailLayout) -> None:
+    """Delete a layout no template version uses (history must keep rendering the same)."""
+    used = sorted(set(TemplateVersion.objects.filter(layout=layout).values_list("template__key", flat=True).distinct()))
+    if used:
+        raise Conflict(
+            f"Layout {layout.key!r} is used by template(s): {', '.join(used)}.",
+            code="layout_in_use",
+            details={"templates": used},
+        )
+    layout.delete()
 
 
 # --- one call for the API's PUT ------------------------------------------------------------------
@@ -372,6 +648,10 @@ def template_save(
     note: str = "",
     publish: bool = False,
     created_by: Any = None,
+    sample_payload: dict[str, Any] | None = None,
+    urls: dict[str, str] | None = None,
+    body_format: str = "",
+    layout: EmailLayout | _Unset | None = UNSET,
 ) -> SavedTemplate:
     """Upsert the template and, when ``content`` is given, add a version — all or nothing.
 
@@ -379,7 +659,12 @@ def template_save(
     the latest version.
     """
     template, created = template_upsert(
-        environment=environment, key=key, name=name, channel=channel, description=description
+        environment=environment,
+        key=key,
+        name=name,
+        channel=channel,
+        description=description,
+        sample_payload=sample_payload,
     )
     version: TemplateVersion | None = None
     if content is not None:
@@ -391,6 +676,9 @@ def template_save(
             created_by=created_by,
             publish=publish,
             skip_if_unchanged=True,
+            urls=urls,
+            body_format=body_format,
+            layout=layout,
         )
     elif publish:
         template_publish(template=template)

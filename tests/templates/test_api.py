@@ -40,7 +40,15 @@ def test_put_creates_template_and_first_version(api, tenant):
     assert body["version"]["number"] == 1
     assert body["version"]["is_published"] is True
     assert body["version"]["content"]["fr"]["subject"] == "Bienvenue {{ subscriber.first_name }}"
-    assert body["version"]["content"]["de"] == {"subject": "", "title": "", "body": ""}
+    assert set(body["version"]["content"]["de"].values()) == {""}
+    assert set(body["version"]["content"]["de"]) == {
+        "subject",
+        "title",
+        "body",
+        "preheader",
+        "primary_action_label",
+        "secondary_action_label",
+    }
     assert body["published"]["action_url"] == "https://app.test/{{ payload.plan }}"
     template = Template.objects.get(environment=tenant.environment, key="welcome")
     assert template.published_version.number == 1
@@ -367,9 +375,12 @@ def test_preview_as_stored_subscriber_uses_their_data_and_locale(api, tenant, ot
 
 
 def test_preview_render_errors_are_422(api, tenant):
-    make_template(tenant.environment, "boom", content={"en": {"body": "{{ 1 / payload.zero }}"}})
+    make_template(tenant.environment, "boom", content={"en": {"body": "{{ 1 / payload.zero }}"}}, publish=False)
     make_template(
-        tenant.environment, "escape", content={"en": {"body": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}}
+        tenant.environment,
+        "escape",
+        content={"en": {"body": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}},
+        publish=False,
     )
     make_template(tenant.environment, "strict", content={"en": {"body": "{{ payload.missing }}"}})
 

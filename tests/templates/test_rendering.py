@@ -74,7 +74,8 @@ def test_email_body_is_autoescaped_but_in_app_is_plain_text(tenant):
     rendered_email = render_version(version=email, locale="en", context=CONTEXT)
     rendered_in_app = render_version(version=in_app, locale="en", context=CONTEXT)
 
-    assert rendered_email.body == "&lt;b&gt;bold&lt;/b&gt;"
+    assert rendered_email.body == "<p>&lt;b&gt;bold&lt;/b&gt;</p>"  # Markdown, no layout
+    assert rendered_email.text == "<b>bold</b>"
     assert rendered_email.subject == "<b>bold</b>"  # a subject is plain text
     assert rendered_in_app.body == "<b>bold</b>"
 
@@ -100,7 +101,7 @@ def test_action_url_is_rendered(tenant):
     ],
 )
 def test_sandbox_blocks_escapes_and_mutation(tenant, source):
-    _, version = make_template(tenant.environment, content={"en": {"body": source}})
+    _, version = make_template(tenant.environment, content={"en": {"body": source}}, publish=False)
 
     with pytest.raises(SandboxError):
         render_version(version=version, locale="en", context=CONTEXT)
@@ -108,7 +109,7 @@ def test_sandbox_blocks_escapes_and_mutation(tenant, source):
 
 def test_sandbox_hides_dunder_attributes(tenant):
     _, version = make_template(
-        tenant.environment, content={"en": {"body": "[{{ ''.__class__ }}|{{ payload.__dict__ }}]"}}
+        tenant.environment, content={"en": {"body": "[{{ ''.__class__ }}|{{ payload.__dict__ }}]"}}, publish=False
     )
 
     rendered = render_version(version=version, locale="en", context=CONTEXT)
@@ -118,7 +119,7 @@ def test_sandbox_hides_dunder_attributes(tenant):
 
 def test_output_size_is_limited(tenant):
     source = "{% for i in range(9000) %}{{ 'x' * 100 }}{% endfor %}"
-    _, version = make_template(tenant.environment, content={"en": {"body": source}})
+    _, version = make_template(tenant.environment, content={"en": {"body": source}}, publish=False)
 
     with pytest.raises(SandboxError, match="larger than"):
         render_version(version=version, locale="en", context=CONTEXT)
@@ -126,7 +127,9 @@ def test_output_size_is_limited(tenant):
 
 
 def test_huge_ranges_are_refused(tenant):
-    _, version = make_template(tenant.environment, content={"en": {"body": "{% for i in range(10**7) %}x{% endfor %}"}})
+    _, version = make_template(
+        tenant.environment, content={"en": {"body": "{% for i in range(10**7) %}x{% endfor %}"}}, publish=False
+    )
 
     with pytest.raises(SandboxError, match="range"):
         render_version(version=version, locale="en", context=CONTEXT)

@@ -109,10 +109,11 @@ def test_version_stores_every_language_and_metadata(tenant, admin_user):
     )
 
     version.refresh_from_db()
+    empty = dict.fromkeys(("subject", "title", "body", "preheader", "primary_action_label", "secondary_action_label"), "")
     assert version_content(version) == {
-        "en": {"subject": "S {{ payload.x }}", "title": "", "body": "B"},
-        "fr": {"subject": "", "title": "", "body": ""},
-        "de": {"subject": "Betreff", "title": "", "body": ""},
+        "en": {**empty, "subject": "S {{ payload.x }}", "body": "B"},
+        "fr": empty,
+        "de": {**empty, "subject": "Betreff"},
     }
     assert (version.action_url, version.note, version.created_by) == (
         "https://x.test/{{ payload.id }}",
