@@ -23,6 +23,8 @@ class Event(models.Model):
     # The recipients as given: subscriber ids and {"topic": key} entries (inline subscriber
     # objects are upserted on trigger and stored here by id).
     recipients = models.JSONField(default=list)
+    # Given at trigger time; cancelling by this key stops the event's runs that are still waiting.
+    cancellation_key = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     recipient_count = models.PositiveIntegerField(default=0)
@@ -33,7 +35,14 @@ class Event(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["environment", "transaction_id"], name="uniq_event_transaction"),
         ]
-        indexes = [models.Index(fields=["status", "created_at"], name="event_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="event_status_idx"),
+            models.Index(
+                fields=["environment", "cancellation_key"],
+                condition=~models.Q(cancellation_key=""),
+                name="event_cancellation_key_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.transaction_id

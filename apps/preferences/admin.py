@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.preferences.models import CHANNELS, Category, Preference
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference
 
 
 class CategoryAdminForm(forms.ModelForm):
@@ -15,14 +15,14 @@ class CategoryAdminForm(forms.ModelForm):
         fields = ["environment", "key", "name", "description", "critical", "default_channels", "order"]
         help_texts = {
             "default_channels": 'Channel → on by default, e.g. {"email": true, "sms": false}. '
-            f"A channel left out is on. Channels: {', '.join(CHANNELS)}.",
+            f"A channel left out is on. Channels: {', '.join(SUBSCRIBER_CHANNELS)}.",
         }
 
     def clean_default_channels(self) -> dict[str, bool]:
         value = self.cleaned_data.get("default_channels") or {}
         if not isinstance(value, dict):
             raise forms.ValidationError("Enter a JSON object of channel → true/false.")
-        unknown = sorted(set(value) - set(CHANNELS))
+        unknown = sorted(set(value) - set(SUBSCRIBER_CHANNELS))
         if unknown:
             raise forms.ValidationError(f"Unknown channel(s): {', '.join(unknown)}.")
         if any(not isinstance(v, bool) for v in value.values()):

@@ -13,18 +13,18 @@ from rest_framework.views import APIView
 
 from apps.core.pagination import AscendingIdCursorPagination
 from apps.preferences import selectors, services
-from apps.preferences.models import CHANNELS, Category
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 
-CHANNELS_HELP = f"Channel -> enabled. Channels: {', '.join(CHANNELS)}."
+CHANNELS_HELP = f"Channel -> enabled. Channels: {', '.join(SUBSCRIBER_CHANNELS)}."
 
 
 def _check_channel_keys(value: dict[str, bool]) -> dict[str, bool]:
-    unknown = sorted(set(value) - set(CHANNELS))
+    unknown = sorted(set(value) - set(SUBSCRIBER_CHANNELS))
     if unknown:
         raise serializers.ValidationError(
-            f"Unknown channel(s): {', '.join(unknown)}. Channels are: {', '.join(CHANNELS)}."
+            f"Unknown channel(s): {', '.join(unknown)}. Channels are: {', '.join(SUBSCRIBER_CHANNELS)}."
         )
     return value
 

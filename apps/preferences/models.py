@@ -7,6 +7,9 @@ from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
 CHANNELS = ["in_app", "email", "sms", "push", "chat", "webhook"]
+# The channels a person chooses between. A webhook goes to the customer's own system, not to
+# the person, so it has no subscriber preference (a category's defaults can still turn it off).
+SUBSCRIBER_CHANNELS = [c for c in CHANNELS if c != "webhook"]
 CHANNEL_CHOICES = [(c, c.replace("_", "-")) for c in CHANNELS]
 
 
@@ -21,6 +24,10 @@ class Category(models.Model):
     # channel -> enabled by default; a channel missing here is on by default.
     default_channels = models.JSONField(default=dict, blank=True)
     order = models.PositiveIntegerField(default=0)
+    # When this category's digest goes out (messages held back by a frequency cap wait for it),
+    # in the subscriber's timezone; and per channel, the template that renders it (optional).
+    digest_schedule = models.CharField(max_length=60, default="daily 09:00")
+    digest_templates = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -62,3 +69,25 @@ class Preference(models.Model):
     def __str__(self) -> str:
         scope = self.category.key if self.category_id else "all categories"
         return f"{self.channel} for {scope}: {'on' if self.enabled else 'off'}"
+
+
+class QuietHours(models.Model):
+    """A subscriber's quiet window: non-critical messages on ``channels`` wait until it ends."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.OneToOneField(Subscriber, on_delete=models.CASCADE, related_name="quiet_hours")
+    start = models.TimeField()
+    end = models.TimeField()
+    # Empty: the subscriber's own timezone (then UTC).
+    timezone = models.CharField(max_length=64, blank=True)
+    # Day names (mon…sun) the window starts on; empty means every day.
+    days = models.JSONField(default=list, blank=True)
+    # Channels that keep quiet; empty means every channel except in-app (the inbox is silent).
+    channels = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "quiet hours"
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M} for {self.subscriber_id}"

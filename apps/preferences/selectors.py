@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from apps.core.errors import NotFound
-from apps.preferences.models import CHANNELS, Category, Preference
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
@@ -86,7 +86,7 @@ def subscriber_preferences(*, subscriber: Subscriber) -> dict[str, Any]:
     categories = []
     for category in Category.objects.filter(environment_id=subscriber.environment_id).order_by("order", "key"):
         channels = {}
-        for channel in CHANNELS:
+        for channel in SUBSCRIBER_CHANNELS:
             choice = by_category.get(category.pk, {})
             resolution = _resolve_one(
                 category,
@@ -104,7 +104,7 @@ def subscriber_preferences(*, subscriber: Subscriber) -> dict[str, Any]:
             }
         )
     return {
-        "channels": {channel: global_choices.get(channel, True) for channel in CHANNELS},
+        "channels": {channel: global_choices.get(channel, True) for channel in SUBSCRIBER_CHANNELS},
         "categories": categories,
     }
 

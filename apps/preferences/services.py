@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.errors import ApiError, Unprocessable
-from apps.preferences.models import CHANNELS, Category, Preference
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
@@ -16,12 +16,12 @@ from apps.tenancy.models import Environment
 def _check_channels(channels: Any, *, where: str) -> None:
     if not isinstance(channels, dict):
         raise ApiError(f"{where} must be an object of channel -> true/false.", code="validation_error")
-    unknown = sorted(set(channels) - set(CHANNELS))
+    unknown = sorted(set(channels) - set(SUBSCRIBER_CHANNELS))
     if unknown:
         raise ApiError(
-            f"Unknown channel(s) in {where}: {', '.join(unknown)}. Channels are: {', '.join(CHANNELS)}.",
+            f"Unknown channel(s) in {where}: {', '.join(unknown)}. Channels are: {', '.join(SUBSCRIBER_CHANNELS)}.",
             code="unknown_channel",
-            details={"unknown": unknown, "channels": CHANNELS},
+            details={"unknown": unknown, "channels": SUBSCRIBER_CHANNELS},
         )
     not_bool = sorted(channel for channel, value in channels.items() if not isinstance(value, bool))
     if not_bool:

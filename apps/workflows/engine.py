@@ -11,38 +11,45 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.html import escape, strip_tags
 
 from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError, evaluate_expression
+from apps.core.schedule import parse_schedule, parse_timestamp, zone
 from apps.core.tasks import enqueue, enqueue_on_commit
 from apps.delivery.models import Message
 from apps.delivery.selectors import reachable_channels
 from apps.events.models import Event
 from apps.inbox.models import InboxMessage
-from apps.preferences.models import Category
+from apps.preferences.models import Category, QuietHours
 from apps.preferences.selectors import Resolution, resolve_preferences
 from apps.subscribers.models import Subscriber, TopicSubscription
 from apps.subscribers.services import subscribers_ensure
 from apps.templates.models import TemplateVersion
 from apps.templates.rendering import RenderedContent, build_render_context, render_version
 from apps.templates.selectors import published_versions_for_keys
-from apps.workflows.definitions import CHANNEL_STEP_TYPES
-from apps.workflows.models import Run, StepRun
+from apps.workflows import digests
+from apps.workflows.definitions import CHANNEL_STEP_TYPES, program_for
+from apps.workflows.digests import DigestJoin
+from apps.workflows.limits import limit_acquire, limit_hits_prune
+from apps.workflows.models import DigestBucket, DigestEntry, FrequencyCap, Run, StepRun
 
 logger = logging.getLogger(__name__)
 
 ADVANCE_TASK = "apps.workflows.tasks.advance_runs"
 DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
+LIMIT_HIT_RETENTION_DAYS = 400
 
 
 def _chunk_size() -> int:
@@ -142,6 +149,21 @@ class _ChunkWrites:
     messages: list[Message] = field(default_factory=list)
     # (inbox row, index of its Message in ``messages``, run, step id)
     inbox: list[tuple[InboxMessage, int, Run, str]] = field(default_factory=list)
+    digest_joins: list[DigestJoin] = field(default_factory=list)
+    # runs that carried a digest out: bucket pk → leader run pk (its members complete now)
+    digests_sent: dict[int, int] = field(default_factory=dict)
+    # messages held back by a frequency cap, for the category's next digest
+    held: list[_Held] = field(default_factory=list)
+
+
+@dataclass
+class _Held:
+    run: Run
+    step_id: str
+    channel: str
+    category_key: str
+    closes_at: datetime
+    content: dict[str, Any]
 
 
 @dataclass
@@ -155,6 +177,16 @@ class _ChunkData:
     inbox_state: dict[tuple[int, str], InboxMessage]
     # subscriber pk -> channels the subscriber has an address for
     reachable: dict[int, set[str]]
+    quiet_hours: dict[int, QuietHours] = field(default_factory=dict)
+    caps: dict[int, list[FrequencyCap]] = field(default_factory=dict)
+    # (run id, step id) -> engagement levels reached on that step's other-channel messages
+    engagement: dict[tuple[int, str], set[str]] = field(default_factory=dict)
+    # bucket pk -> its events; run pk -> buckets it leads or carried
+    digest_events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    """The run cannot go further now (it waits, ended or failed); its state is already set."""
 
 
 def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
@@ -181,24 +213,39 @@ def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
     return token, runs
 
 
-def _load_chunk_data(runs: list[Run]) -> _ChunkData:
+def _remaining_steps(run: Run) -> Iterator[dict[str, Any]]:
+    for instruction in program_for(run.workflow_version)[run.step_index :]:
+        if "step" in instruction:
+            yield instruction["step"]
+
+
+def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
     by_env_keys: dict[int, set[str]] = defaultdict(set)
     category_keys: dict[int, set[str]] = defaultdict(set)
-    resumed_with_inbox: list[int] = []
+    resumed: list[int] = []
+    leader_bucket: dict[int, int] = {}
+    carried_buckets: set[int] = set()
     for run in runs:
         version = run.workflow_version
-        for step in version.steps[run.step_index :]:
+        for step in _remaining_steps(run):
             if step.get("type") in CHANNEL_STEP_TYPES and step.get("template"):
                 by_env_keys[run.environment_id].add(step["template"])
+            elif step.get("type") == "escalate":
+                by_env_keys[run.environment_id].update(stage["template"] for stage in step["channels"])
         if version.category_key:
             category_keys[run.environment_id].add(version.category_key)
-        if any(result.get("channel") == "in_app" for result in run.step_results.values()):
-            resumed_with_inbox.append(run.pk)
+        if run.step_results:
+            resumed.append(run.pk)
+        for result in run.step_results.values():
+            if result.get("role") == digests.ROLE_LEADER and result.get("in_progress") and result.get("bucket"):
+                leader_bucket[run.pk] = result["bucket"]
+            elif result.get("type") == "digest" and result.get("bucket"):
+                carried_buckets.add(result["bucket"])
 
     templates: dict[tuple[int, str], TemplateVersion] = {}
     for environment_id, keys in by_env_keys.items():
-        for key, version in published_versions_for_keys(environment=environment_id, keys=keys).items():
-            templates[(environment_id, key)] = version
+        for key, template_version in published_versions_for_keys(environment=environment_id, keys=keys).items():
+            templates[(environment_id, key)] = template_version
 
     categories: dict[tuple[int, str], Category | None] = {}
     for environment_id, keys in category_keys.items():
@@ -219,19 +266,63 @@ def _load_chunk_data(runs: list[Run]) -> _ChunkData:
         )
 
     inbox_state: dict[tuple[int, str], InboxMessage] = {}
-    if resumed_with_inbox:
-        rows = InboxMessage.objects.filter(message__run_id__in=resumed_with_inbox).annotate(
+    engagement: dict[tuple[int, str], set[str]] = defaultdict(set)
+    if resumed:
+        rows = InboxMessage.objects.filter(message__run_id__in=resumed).annotate(
             run_pk=F("message__run_id"), step_id=F("message__step_id")
         )
-        inbox_state = {(m.run_pk, m.step_id): m for m in rows}
-    reachable = reachable_channels(subscribers=list({run.subscriber_id: run.subscriber for run in runs}.values()))
+        for inbox in rows:
+            inbox_state[(inbox.run_pk, inbox.step_id)] = inbox
+            engagement[(inbox.run_pk, inbox.step_id)].update(_inbox_engagement(inbox))
+        for run_pk, step_id, status in (
+            Message.objects.filter(run_id__in=resumed, status__in=ENGAGED_MESSAGE_STATUSES)
+            .exclude(channel="in_app")
+            .values_list("run_id", "step_id", "status")
+        ):
+            engagement[(run_pk, step_id)].update(ENGAGED_MESSAGE_STATUSES[status])
+
+    subscriber_pks = list({run.subscriber_id for run in runs})
+    quiet_hours = {q.subscriber_id: q for q in QuietHours.objects.filter(subscriber_id__in=subscriber_pks)}
+    caps: dict[int, list[FrequencyCap]] = defaultdict(list)
+    for cap in FrequencyCap.objects.filter(
+        environment_id__in={run.environment_id for run in runs}, active=True
+    ).select_related("category"):
+        caps[cap.environment_id].append(cap)
+
+    digest_events = digests.digests_close_for_leaders(leader_bucket=leader_bucket, now=now)
+    if carried_buckets - set(digest_events):
+        digest_events.update(digests.digest_events(bucket_pks=sorted(carried_buckets - set(digest_events))))
     return _ChunkData(
         templates=templates,
         categories=categories,
         preferences=preferences,
         inbox_state=inbox_state,
-        reachable=reachable,
+        reachable=reachable_channels(subscribers=list({run.subscriber_id: run.subscriber for run in runs}.values())),
+        quiet_hours=quiet_hours,
+        caps=caps,
+        engagement=engagement,
+        digest_events=digest_events,
     )
+
+
+# Delivery statuses that count as engagement, and the levels they reach.
+ENGAGED_MESSAGE_STATUSES: dict[str, set[str]] = {
+    "read": {"seen", "read"},
+    "opened": {"seen", "read"},
+    "clicked": {"seen", "read", "clicked"},
+}
+
+
+def _inbox_engagement(inbox: InboxMessage) -> set[str]:
+    levels: set[str] = set()
+    if inbox.seen_at is not None:
+        levels.add("seen")
+    if inbox.read_at is not None:
+        levels.update({"seen", "read"})
+    actions = getattr(inbox, "actions", None) or []
+    if any(isinstance(a, dict) and a.get("completed_at") for a in actions):
+        levels.update({"seen", "read", "clicked"})
+    return levels
 
 
 def _trace(writes: _ChunkWrites, run: Run, step: dict[str, Any], decision: str, reason: str, **detail: Any) -> None:
@@ -250,45 +341,127 @@ def _refresh_step_results(run: Run, data: _ChunkData) -> None:
             result["archived"] = message.archived_at is not None
 
 
-def _walk(run: Run, data: _ChunkData, writes: _ChunkWrites, now: Any) -> None:
-    version = run.workflow_version
-    steps = version.steps
+def _wait(run: Run, until: datetime | None) -> None:
+    run.status = Run.Status.WAITING
+    run.resume_at = until
+    raise _Stop
+
+
+def _end(run: Run, now: datetime, status: str = Run.Status.COMPLETED) -> None:
+    run.status = status
+    run.resume_at = None
+    run.completed_at = now
+    raise _Stop
+
+
+def _subscriber_zone(run: Run, step: dict[str, Any]) -> Any:
+    return zone(run.subscriber.timezone, default=step.get("timezone") or "UTC")
+
+
+def _path_value(context: dict[str, Any], path: str) -> Any:
+    value: Any = context
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _digest_context(run: Run, data: _ChunkData) -> dict[str, Any] | None:
+    """The most recent digest this run carried, as templates see it (``digest.events``…)."""
+    latest: dict[str, Any] | None = None
+    for result in run.step_results.values():
+        if result.get("type") != "digest" or result.get("status") != "sent":
+            continue
+        # passed straight through (look-back): a digest of one, itself
+        events = data.digest_events.get(result["bucket"], []) if result.get("bucket") else [_event_item(run)]
+        latest = {"count": len(events), "key": result.get("key", ""), "events": events}
+    return latest
+
+
+def _event_item(run: Run) -> dict[str, Any]:
+    return {
+        "transaction_id": run.event.transaction_id,
+        "payload": run.event.payload,
+        "actor": run.event.actor or {},
+        "created_at": run.event.created_at.isoformat(),
+    }
+
+
+def _walk(run: Run, data: _ChunkData, writes: _ChunkWrites, now: datetime) -> None:
+    try:
+        _walk_program(run, data, writes, now)
+    except _Stop:
+        return
+
+
+def _walk_program(run: Run, data: _ChunkData, writes: _ChunkWrites, now: datetime) -> None:
+    program = program_for(run.workflow_version)
     event = run.event
     _refresh_step_results(run, data)
-    subscriber_context = run.subscriber.as_context()
-    context = build_render_context(payload=event.payload, subscriber=subscriber_context, actor=event.actor)
+    context = build_render_context(payload=event.payload, subscriber=run.subscriber.as_context(), actor=event.actor)
+    digest = _digest_context(run, data)
+    if digest is not None:
+        context["digest"] = digest
 
-    while run.step_index < len(steps):
-        step = steps[run.step_index]
+    while run.step_index < len(program):
+        instruction = program[run.step_index]
+        op = instruction["op"]
+        if op == "jump":
+            run.step_index = instruction["to"]
+            continue
+        step = instruction["step"]
+        if op == "end":
+            _trace(writes, run, step, StepRun.Decision.EXECUTED, "branch_ended")
+            _end(run, now)
         step_id = step["id"]
+        in_progress = bool(run.step_results.get(step_id, {}).get("in_progress"))
         condition = step.get("if")
-        if condition:
+        if condition and not in_progress:
             try:
                 passed = bool(evaluate_expression(condition, {**context, "steps": run.step_results}))
             except SandboxError as exc:
                 _trace(
                     writes, run, step, StepRun.Decision.FAILED, "condition_error", condition=condition, error=str(exc)
                 )
-                run.status = Run.Status.FAILED
-                run.completed_at = now
-                return
+                _end(run, now, Run.Status.FAILED)
             if not passed:
                 _trace(writes, run, step, StepRun.Decision.SKIPPED, "condition_false", condition=condition)
                 run.step_results[step_id] = {"status": "skipped", "reason": "condition_false"}
-                run.step_index += 1
+                run.step_index = _after(instruction, run.step_index, program)
                 continue
 
-        if step["type"] == "delay":
-            duration = parse_duration(step["for"])
-            until = now + duration
-            run.step_results[step_id] = {"status": "waited", "until": until.isoformat()}
-            run.step_index += 1
-            run.status = Run.Status.WAITING
-            run.resume_at = until
-            _trace(writes, run, step, StepRun.Decision.WAITING, "delay", until=until.isoformat(), duration=step["for"])
-            return
-
-        _channel_step(run, step, context, data, writes)
+        step_type = step["type"]
+        if op == "branch":
+            run.step_index = _branch(run, instruction, context, writes, now)
+            continue
+        if step_type == "delay":
+            _delay(run, step, context, writes, now)
+        elif step_type == "digest":
+            if _digest(run, step, context, data, writes, now):
+                context["digest"] = _digest_context(run, data)
+        elif step_type == "throttle":
+            _throttle(run, step, context, writes, now)
+        elif step_type == "escalate":
+            _escalate(run, step, context, data, writes, now)
+        elif step_type == "exit":
+            run.step_results[step_id] = {"status": "exited"}
+            _trace(writes, run, step, StepRun.Decision.EXECUTED, "exit", message=step.get("reason", ""))
+            _end(run, now)
+        else:
+            _channel_step(
+                run,
+                step,
+                context,
+                data,
+                writes,
+                now,
+                channel=CHANNEL_STEP_TYPES[step_type],
+                template_key=step.get("template"),
+            )
         run.step_index += 1
 
     run.status = Run.Status.COMPLETED
@@ -296,41 +469,321 @@ def _walk(run: Run, data: _ChunkData, writes: _ChunkWrites, now: Any) -> None:
     run.completed_at = now
 
 
-def _channel_step(
-    run: Run, step: dict[str, Any], context: dict[str, Any], data: _ChunkData, writes: _ChunkWrites
-) -> None:
+def _after(instruction: dict[str, Any], index: int, program: list[dict[str, Any]]) -> int:
+    """The instruction after this one; a whole branch is skipped when its own condition is false."""
+    return int(instruction["after"]) if instruction["op"] == "branch" else index + 1
+
+
+def _branch(run: Run, instruction: dict[str, Any], context: dict[str, Any], writes: _ChunkWrites, now: datetime) -> int:
+    step = instruction["step"]
+    scope = {**context, "steps": run.step_results}
+    for index, branch in enumerate(step["branches"]):
+        try:
+            taken = bool(evaluate_expression(branch["if"], scope))
+        except SandboxError as exc:
+            _trace(
+                writes,
+                run,
+                step,
+                StepRun.Decision.FAILED,
+                "condition_error",
+                branch=index,
+                condition=branch["if"],
+                error=str(exc),
+            )
+            _end(run, now, Run.Status.FAILED)
+        if taken:
+            run.step_results[step["id"]] = {"status": "taken", "branch": index, "name": branch.get("name", "")}
+            _trace(
+                writes,
+                run,
+                step,
+                StepRun.Decision.EXECUTED,
+                "branch_taken",
+                branch=index,
+                name=branch.get("name", ""),
+                condition=branch["if"],
+                ends=bool(branch.get("end")),
+            )
+            return int(instruction["targets"][index])
+    run.step_results[step["id"]] = {"status": "taken", "branch": "else"}
+    _trace(writes, run, step, StepRun.Decision.EXECUTED, "branch_else", branches=len(step["branches"]))
+    return int(instruction["else"])
+
+
+def _delay(run: Run, step: dict[str, Any], context: dict[str, Any], writes: _ChunkWrites, now: datetime) -> None:
     step_id = step["id"]
-    channel = CHANNEL_STEP_TYPES[step["type"]]
-    category_key = run.workflow_version.category_key
-    resolution = data.preferences[(run.environment_id, category_key)][run.subscriber_id][channel]
-    if not resolution.allowed:
-        run.step_results[step_id] = {"status": "skipped", "reason": "preference"}
+    if "for" in step:
+        until = now + parse_duration(step["for"])
+        detail: dict[str, Any] = {"duration": step["for"]}
+    elif "until" in step:
+        raw = _path_value(context, step["until"])
+        if raw is None or raw == "":
+            run.step_results[step_id] = {"status": "skipped", "reason": "delay_timestamp_missing"}
+            _trace(writes, run, step, StepRun.Decision.SKIPPED, "delay_timestamp_missing", path=step["until"])
+            return
+        parsed = parse_timestamp(raw)
+        if parsed is None:
+            run.step_results[step_id] = {"status": "skipped", "reason": "delay_timestamp_invalid"}
+            _trace(
+                writes, run, step, StepRun.Decision.SKIPPED, "delay_timestamp_invalid", path=step["until"], value=raw
+            )
+            return
+        if parsed <= now:
+            run.step_results[step_id] = {"status": "skipped", "reason": "delay_timestamp_past"}
+            _trace(
+                writes,
+                run,
+                step,
+                StepRun.Decision.SKIPPED,
+                "delay_timestamp_past",
+                path=step["until"],
+                until=parsed.isoformat(),
+            )
+            return
+        until = parsed
+        detail = {"path": step["until"]}
+    else:
+        tz = _subscriber_zone(run, step)
+        next_allowed = parse_schedule(step["until_next"]).next_allowed(now, tz)
+        if next_allowed is None:
+            run.step_results[step_id] = {"status": "skipped", "reason": "within_allowed_time"}
+            _trace(
+                writes,
+                run,
+                step,
+                StepRun.Decision.SKIPPED,
+                "within_allowed_time",
+                schedule=step["until_next"],
+                timezone=str(tz),
+            )
+            return
+        until = next_allowed
+        detail = {"schedule": step["until_next"], "timezone": str(tz)}
+    run.step_results[step_id] = {"status": "waited", "until": until.isoformat()}
+    run.step_index += 1
+    _trace(writes, run, step, StepRun.Decision.WAITING, "delay", until=until.isoformat(), **detail)
+    _wait(run, until)
+
+
+def _digest(
+    run: Run, step: dict[str, Any], context: dict[str, Any], data: _ChunkData, writes: _ChunkWrites, now: datetime
+) -> bool:
+    """Join the digest, or (as its leader, once it closed) carry it on. True when it carries it on."""
+    step_id = step["id"]
+    result = run.step_results.get(step_id) or {}
+    role = result.get("role")
+    if result.get("in_progress") and role == digests.ROLE_LEADER:
+        events = data.digest_events.get(result["bucket"], [])
+        run.step_results[step_id] = {
+            "type": "digest",
+            "status": "sent",
+            "bucket": result["bucket"],
+            "key": result.get("key", ""),
+            "count": len(events),
+        }
+        writes.digests_sent[result["bucket"]] = run.pk
         _trace(
             writes,
             run,
             step,
-            StepRun.Decision.SKIPPED,
+            StepRun.Decision.EXECUTED,
+            "digest_sent",
+            bucket=result["bucket"],
+            key=result.get("key", ""),
+            count=len(events),
+        )
+        return True
+    if result.get("in_progress") and role == digests.ROLE_PASSTHROUGH:
+        run.step_results[step_id] = {"type": "digest", "status": "sent", "key": result.get("key", ""), "count": 1}
+        _trace(writes, run, step, StepRun.Decision.EXECUTED, "digest_lookback_passthrough", key=result.get("key", ""))
+        return True
+    if result.get("in_progress"):  # a member woken by mistake: it waits for its leader
+        _wait(run, None)
+
+    key_value = _path_value(context, step["key"]) if step.get("key") else ""
+    digest_key = "" if key_value is None else str(key_value)
+    if "window" in step:
+        closes_at = now + parse_duration(step["window"])
+    else:
+        closes_at = parse_schedule(step["schedule"]).next_start(now, _subscriber_zone(run, step))
+    writes.digest_joins.append(
+        DigestJoin(
+            run=run,
+            step_id=step_id,
+            scope=digests.workflow_scope(workflow_id=run.workflow_version.workflow_id, step_id=step_id, key=digest_key),
+            digest_key=digest_key,
+            closes_at=closes_at,
+            lookback=parse_duration(step["lookback"]) if step.get("lookback") else None,
+            max_events=step.get("max_events"),
+        )
+    )
+    # The bucket is chosen when the chunk commits (_apply_digest_joins); until then it waits.
+    run.step_results[step_id] = {"type": "digest", "in_progress": True, "key": digest_key}
+    _wait(run, None)
+    return False  # unreachable
+
+
+def _throttle(run: Run, step: dict[str, Any], context: dict[str, Any], writes: _ChunkWrites, now: datetime) -> None:
+    step_id = step["id"]
+    key_value = _path_value(context, step["key"]) if step.get("key") else ""
+    key = "" if key_value is None else str(key_value)
+    result = limit_acquire(
+        environment_id=run.environment_id,
+        key=f"throttle:{run.workflow_version.workflow_id}:{step_id}:{run.subscriber_id}:{key}",
+        limit=int(step["limit"]),
+        window=parse_duration(step["window"]),
+        hit_key=f"run:{run.pk}",
+        now=now,
+    )
+    detail = {"limit": result.limit, "window": step["window"], "count": result.count, "key": key}
+    if result.allowed:
+        run.step_results[step_id] = {"status": "passed", **detail}
+        _trace(writes, run, step, StepRun.Decision.EXECUTED, "under_limit", **detail)
+        return
+    run.step_results[step_id] = {"status": "throttled", **detail}
+    _trace(writes, run, step, StepRun.Decision.SKIPPED, "throttled", **detail)
+    _end(run, now)
+
+
+def _escalate(
+    run: Run, step: dict[str, Any], context: dict[str, Any], data: _ChunkData, writes: _ChunkWrites, now: datetime
+) -> None:
+    step_id = step["id"]
+    stages = step["channels"]
+    stop_on = step.get("stop_on", "read")
+    state = run.step_results.get(step_id) or {}
+    if not state.get("in_progress"):
+        state = {"in_progress": True, "started_at": now.isoformat(), "stage": 0, "channels": {}}
+        run.step_results[step_id] = state
+    started_at = parse_timestamp(state["started_at"]) or now
+    engaged = data.engagement.get((run.pk, step_id), set())
+    if state["stage"] > 0 and stop_on in engaged:
+        run.step_results[step_id] = {**state, "in_progress": False, "status": "stopped", "engagement": stop_on}
+        _trace(
+            writes,
+            run,
+            step,
+            StepRun.Decision.EXECUTED,
+            "escalation_stopped",
+            engagement=stop_on,
+            after_channels=list(state["channels"]),
+        )
+        return
+    while state["stage"] < len(stages):
+        stage = stages[state["stage"]]
+        due = started_at + (parse_duration(stage["after"]) if stage.get("after") else timedelta(0))
+        if due > now:
+            _trace(
+                writes,
+                run,
+                step,
+                StepRun.Decision.WAITING,
+                "escalation_wait",
+                next_channel=stage["channel"],
+                until=due.isoformat(),
+                stop_on=stop_on,
+            )
+            _wait(run, due)
+        outcome = _channel_step(
+            run,
+            step,
+            context,
+            data,
+            writes,
+            now,
+            channel=stage["channel"],
+            template_key=stage["template"],
+            record=False,
+        )
+        state["channels"][stage["channel"]] = outcome
+        state["stage"] += 1
+    run.step_results[step_id] = {**state, "in_progress": False, "status": "completed"}
+
+
+def _quiet_until(run: Run, channel: str, data: _ChunkData, now: datetime) -> datetime | None:
+    quiet = data.quiet_hours.get(run.subscriber_id)
+    if quiet is None:
+        return None
+    channels = quiet.channels or [c for c in CHANNEL_STEP_TYPES.values() if c != "in_app"]
+    if channel not in channels:
+        return None
+    days = ",".join(quiet.days) if quiet.days else "daily"
+    schedule = parse_schedule(f"{days} {quiet.start:%H:%M}-{quiet.end:%H:%M}")
+    window = schedule.current_window(now, zone(quiet.timezone or run.subscriber.timezone))
+    return window[1] if window else None
+
+
+def _cap_for(run: Run, channel: str, category: Category | None, data: _ChunkData) -> FrequencyCap | None:
+    """The most specific active cap for this channel (the category's own, else the channel's)."""
+    best = None
+    for cap in data.caps.get(run.environment_id, ()):
+        if cap.channel != channel:
+            continue
+        if cap.category_id is not None and category is not None and cap.category_id == category.pk:
+            return cap
+        if cap.category_id is None:
+            best = cap
+    return best
+
+
+def _channel_step(
+    run: Run,
+    step: dict[str, Any],
+    context: dict[str, Any],
+    data: _ChunkData,
+    writes: _ChunkWrites,
+    now: datetime,
+    *,
+    channel: str,
+    template_key: str | None,
+    record: bool = True,
+) -> str:
+    """Send (or skip, hold, or wait for quiet hours to end) one channel; returns the outcome.
+
+    ``record`` False (escalation stages): the outcome goes to the caller's state instead of
+    ``steps.<id>``.
+    """
+    step_id = step["id"]
+    category_key = run.workflow_version.category_key
+    category = data.categories.get((run.environment_id, category_key)) if category_key else None
+    critical = bool(category and category.critical)
+
+    def skip(reason: str, **detail: Any) -> str:
+        if record:
+            run.step_results[step_id] = {"status": "skipped", "reason": reason, "channel": channel}
+        _trace(writes, run, step, StepRun.Decision.SKIPPED, reason, channel=channel, **detail)
+        return reason
+
+    resolution = data.preferences[(run.environment_id, category_key)][run.subscriber_id][channel]
+    if not resolution.allowed:
+        return skip(
             "preference",
-            channel=channel,
             category=category_key or None,
             rule=resolution.reason,
             message=f"{channel} is off for "
             + (f"category {category_key}" if resolution.reason != "subscriber_channel" else "all categories"),
         )
-        return
-
     subscriber = run.subscriber
     if channel not in data.reachable.get(subscriber.pk, ()):
-        run.step_results[step_id] = {"status": "skipped", "reason": "no_address", "channel": channel}
-        _trace(writes, run, step, StepRun.Decision.SKIPPED, "no_address", channel=channel)
-        return
+        return skip("no_address", message=f"the subscriber has no {channel} address")
 
-    template_key = step.get("template")
+    if not critical:
+        quiet_end = _quiet_until(run, channel, data, now)
+        if quiet_end is not None:
+            if record:
+                run.step_results[step_id] = {"status": "waiting", "reason": "quiet_hours", "in_progress": True}
+            _trace(
+                writes, run, step, StepRun.Decision.WAITING, "quiet_hours", channel=channel, until=quiet_end.isoformat()
+            )
+            _wait(run, quiet_end)
+
     version = data.templates.get((run.environment_id, template_key)) if template_key else None
     if template_key and version is None:
-        run.step_results[step_id] = {"status": "failed", "reason": "template_not_published"}
+        if record:
+            run.step_results[step_id] = {"status": "failed", "reason": "template_not_published"}
         _trace(writes, run, step, StepRun.Decision.FAILED, "template_not_published", template=template_key)
-        return
+        return "template_not_published"
     rendered: RenderedContent | None = None
     if version is not None:
         try:
@@ -338,13 +791,66 @@ def _channel_step(
                 version=version, locale=subscriber.locale, context={**context, "step": {"id": step_id}}
             )
         except SandboxError as exc:
-            run.step_results[step_id] = {"status": "failed", "reason": "render_error"}
+            if record:
+                run.step_results[step_id] = {"status": "failed", "reason": "render_error"}
             _trace(writes, run, step, StepRun.Decision.FAILED, "render_error", template=template_key, error=str(exc))
-            return
+            return "render_error"
 
     event = run.event
-    is_in_app = channel == "in_app"
     workflow_key = run.workflow_version.workflow.key
+    subject = (rendered.subject if channel == "email" else rendered.title) if rendered else ""
+    body = rendered.body if rendered else ""
+
+    cap = None if critical else _cap_for(run, channel, category, data)
+    if cap is not None:
+        limit = limit_acquire(
+            environment_id=run.environment_id,
+            key=f"cap:{channel}:{cap.category_id or '*'}:{run.subscriber_id}",
+            limit=cap.limit,
+            window=parse_duration(cap.window),
+            hit_key=f"run:{run.pk}:{step_id}:{channel}",
+            now=now,
+        )
+        if not limit.allowed:
+            schedule_spec = category.digest_schedule if category else "daily 09:00"
+            closes_at = parse_schedule(schedule_spec).next_start(now, zone(subscriber.timezone))
+            writes.held.append(
+                _Held(
+                    run=run,
+                    step_id=step_id,
+                    channel=channel,
+                    category_key=category_key,
+                    closes_at=closes_at,
+                    content={
+                        "workflow": workflow_key,
+                        "channel": channel,
+                        "subject": subject,
+                        "body": body,
+                        "action_url": rendered.action_url if rendered else "",
+                        "template": template_key,
+                        "template_version": version.number if version else None,
+                        "locale": rendered.locale if rendered else "",
+                    },
+                )
+            )
+            if record:
+                run.step_results[step_id] = {"status": "held", "reason": "frequency_cap", "channel": channel}
+            _trace(
+                writes,
+                run,
+                step,
+                StepRun.Decision.HELD,
+                "frequency_cap",
+                channel=channel,
+                category=category_key or None,
+                cap=f"{cap.limit} per {cap.window}",
+                count=limit.count,
+                digest_at=closes_at.isoformat(),
+                message=f"over the {channel} cap; held for the next {category_key or 'general'} digest",
+            )
+            return "held"
+
+    is_in_app = channel == "in_app"
     message_data: dict[str, Any] = {"transaction_id": event.transaction_id, "workflow": workflow_key}
     if rendered is not None and rendered.action_url:
         message_data["action_url"] = rendered.action_url
@@ -361,8 +867,8 @@ def _channel_step(
         template_version=version,
         locale=rendered.locale if rendered else "",
         recipient=CHANNEL_ADDRESS.get(channel, lambda s: "")(subscriber) or subscriber.subscriber_id,
-        subject=(rendered.subject if channel == "email" else rendered.title) if rendered else "",
-        body=rendered.body if rendered else "",
+        subject=subject,
+        body=body,
         data=message_data,
         status=Message.Status.SENT if is_in_app else Message.Status.QUEUED,
         provider="inbox" if is_in_app else "",
@@ -374,7 +880,7 @@ def _channel_step(
         inbox = InboxMessage(
             environment_id=run.environment_id,
             subscriber=subscriber,
-            workflow_key=run.workflow_version.workflow.key,
+            workflow_key=workflow_key,
             category_key=category_key,
             title=rendered.title,
             body=rendered.body,
@@ -384,7 +890,8 @@ def _channel_step(
         )
         writes.inbox.append((inbox, len(writes.messages) - 1, run, step_id))
         result.update({"read": False, "seen": False, "archived": False})
-    run.step_results[step_id] = result
+    if record:
+        run.step_results[step_id] = result
     _trace(
         writes,
         run,
@@ -396,6 +903,7 @@ def _channel_step(
         template_version=version.number if version else None,
         locale=rendered.locale if rendered else None,
     )
+    return str(result["status"])
 
 
 CHANNEL_ADDRESS = {"email": lambda s: s.email, "sms": lambda s: s.phone}
@@ -416,7 +924,7 @@ def _advance_chunk(run_ids: Sequence[int]) -> None:
     if not runs:
         return
     now = timezone.now()
-    data = _load_chunk_data(runs)
+    data = _load_chunk_data(runs, now)
     writes = _ChunkWrites()
     for run in runs:
         try:
@@ -435,10 +943,21 @@ def _advance_chunk(run_ids: Sequence[int]) -> None:
                     detail={"error": f"{type(exc).__name__}: {exc}"},
                 )
             )
-    _commit_chunk(token, runs, writes)
+    for attempt in range(3):
+        try:
+            _commit_chunk(token, runs, writes, now)
+            return
+        except OperationalError:  # a deadlock or lock timeout between concurrent chunks: try again
+            if attempt == 2:
+                raise
+            logger.warning("chunk commit hit a lock conflict; retrying", exc_info=True)
+            for obj in [*writes.messages, *writes.step_runs, *(row for row, *_ in writes.inbox)]:
+                obj.pk = None
+                obj._state.adding = True
+            time.sleep(0.05 * (attempt + 1))
 
 
-def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
+def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites, now: datetime) -> None:
     with transaction.atomic():
         # Only write for runs this worker still holds (a lease may have expired meanwhile).
         still_held = set(
@@ -449,6 +968,16 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
         if len(still_held) != len(runs):
             logger.warning("lost the claim on %d run(s); skipping their writes", len(runs) - len(still_held))
         held_runs = [r for r in runs if r.pk in still_held]
+        wake: list[int] = []
+        joins = [j for j in writes.digest_joins if j.run.pk in still_held]
+        if joins:
+            wake.extend(_apply_digest_joins(joins, writes, now))
+        sent = {bucket: leader for bucket, leader in writes.digests_sent.items() if leader in still_held}
+        if sent:
+            _complete_digest_members(sent, writes, now)
+        held = [h for h in writes.held if h.run.pk in still_held]
+        if held:
+            _hold_for_category_digest(held, now)
         messages = [m for m in writes.messages if m.run_id in still_held]
         Message.objects.bulk_create(messages, batch_size=500)
         inbox_rows: list[InboxMessage] = []
@@ -460,13 +989,122 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites) -> None:
         InboxMessage.objects.bulk_create(inbox_rows, batch_size=500)
         StepRun.objects.bulk_create([s for s in writes.step_runs if s.run_id in still_held], batch_size=1000)
         _save_runs(held_runs)
-        email_ids = [m.pk for m in messages if m.channel != "in_app"]
+        outbound_ids = [m.pk for m in messages if m.channel != "in_app"]
         if inbox_rows:
             from apps.inbox.realtime import publish_messages_created
 
             transaction.on_commit(lambda: publish_messages_created(inbox_rows))
-        if email_ids:
-            enqueue_on_commit(DELIVER_TASK, email_ids)
+        if outbound_ids:
+            enqueue_on_commit(DELIVER_TASK, outbound_ids)
+        if wake:
+            enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
+
+
+def _apply_digest_joins(joins: list[DigestJoin], writes: _ChunkWrites, now: datetime) -> list[int]:
+    """Place the chunk's digest joins in their buckets and set each run's state. Returns runs to wake."""
+    results, woken = digests.digests_join(joins=joins, now=now)
+    wake = list(woken)
+    for join in joins:
+        run = join.run
+        result = results[run.pk]
+        state = run.step_results[join.step_id]
+        state["role"] = result.role
+        step = {"id": join.step_id, "type": "digest"}
+        if result.role == digests.ROLE_PASSTHROUGH:
+            run.resume_at = now
+            wake.append(run.pk)
+            _trace(writes, run, step, StepRun.Decision.EXECUTED, "digest_lookback_quiet", key=join.digest_key)
+            continue
+        if result.role == digests.ROLE_LEADER:
+            state["bucket"] = result.bucket_id
+            run.resume_at = result.closes_at
+            if result.due_now:
+                wake.append(run.pk)
+        else:
+            run.resume_at = None
+        _trace(
+            writes,
+            run,
+            step,
+            StepRun.Decision.WAITING,
+            "digest_joined",
+            key=join.digest_key,
+            role=result.role,
+            bucket=result.bucket_id,
+            closes_at=result.closes_at.isoformat() if result.closes_at else None,
+        )
+    return wake
+
+
+def _complete_digest_members(sent: dict[int, int], writes: _ChunkWrites, now: datetime) -> None:
+    """The leaders carried their digests on: every other run in those buckets is done."""
+    members = digests.digest_members(bucket_pks=list(sent))
+    finished: list[StepRun] = []
+    member_pks: list[int] = []
+    for bucket_pk, run_pks in members.items():
+        leader = sent[bucket_pk]
+        for run_pk in run_pks:
+            if run_pk == leader:
+                continue
+            member_pks.append(run_pk)
+            finished.append(
+                StepRun(
+                    run_id=run_pk,
+                    step_id=_bucket_step(bucket_pk, writes),
+                    step_type="digest",
+                    decision=StepRun.Decision.EXECUTED,
+                    reason="digest_merged",
+                    detail={"bucket": bucket_pk, "sent_by_run": leader},
+                )
+            )
+    if member_pks:
+        for start in range(0, len(member_pks), 1000):
+            Run.objects.filter(pk__in=member_pks[start : start + 1000], status=Run.Status.WAITING).update(
+                status=Run.Status.COMPLETED, resume_at=None, completed_at=now, updated_at=now
+            )
+        StepRun.objects.bulk_create(finished, batch_size=1000)
+
+
+def _bucket_step(bucket_pk: int, writes: _ChunkWrites) -> str:
+    for step_run in writes.step_runs:
+        if step_run.reason == "digest_sent" and step_run.detail.get("bucket") == bucket_pk:
+            return step_run.step_id
+    return "digest"
+
+
+def _hold_for_category_digest(held: list[_Held], now: datetime) -> None:
+    """Messages over a frequency cap join the subscriber's next digest of their category."""
+    for item in held:
+        run = item.run
+        scope = digests.category_scope(category_key=item.category_key, channel=item.channel)
+        bucket = DigestBucket.objects.filter(subscriber_id=run.subscriber_id, scope=scope, status="open").first()
+        if bucket is None:
+            DigestBucket.objects.bulk_create(
+                [
+                    DigestBucket(
+                        environment_id=run.environment_id,
+                        subscriber_id=run.subscriber_id,
+                        scope=scope,
+                        step_id=item.step_id,
+                        category_key=item.category_key,
+                        channel=item.channel,
+                        opened_at=now,
+                        closes_at=item.closes_at,
+                        last_event_at=now,
+                    )
+                ],
+                ignore_conflicts=True,
+            )
+        bucket = (
+            DigestBucket.objects.select_for_update()
+            .filter(subscriber_id=run.subscriber_id, scope=scope, status="open")
+            .get()
+        )
+        DigestEntry.objects.bulk_create(
+            [DigestEntry(bucket=bucket, run_id=run.pk, step_id=item.step_id, content=item.content)],
+            ignore_conflicts=True,
+        )
+        DigestBucket.objects.filter(pk=bucket.pk).update(entry_count=F("entry_count") + 1, last_event_at=now)
 
 
 def _save_runs(runs: list[Run]) -> None:
@@ -499,50 +1137,163 @@ def _save_runs(runs: list[Run]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@transaction.atomic
 def event_cancel_runs(*, event: Event) -> int:
     """Stop every run of the event that has not finished. Returns how many were cancelled."""
+    return events_cancel_runs(events=[event], reason="cancelled_by_api")
+
+
+def events_cancel_runs(*, events: Sequence[Event], reason: str) -> int:
+    """Stop the unfinished runs of these events, wherever they wait (delay, digest, escalation).
+
+    A run waiting in a digest leaves its bucket; if it was the bucket's leader, the next run in
+    the bucket takes over, so the other events are still sent.
+    """
     now = timezone.now()
-    Event.objects.filter(pk=event.pk, status=Event.Status.PENDING).update(status=Event.Status.CANCELLED)
-    runs = list(
-        Run.objects.select_for_update().filter(
-            event=event, status__in=[Run.Status.PENDING, Run.Status.WAITING, Run.Status.RUNNING]
+    event_pks = [event.pk for event in events]
+    wake: list[int] = []
+    with transaction.atomic():
+        Event.objects.filter(pk__in=event_pks, status=Event.Status.PENDING).update(status=Event.Status.CANCELLED)
+        runs = list(
+            Run.objects.select_for_update()
+            .filter(event_id__in=event_pks, status__in=[Run.Status.PENDING, Run.Status.WAITING, Run.Status.RUNNING])
+            .select_related("workflow_version")
+            .order_by("pk")
         )
-    )
-    for run in runs:
-        run.status = Run.Status.CANCELLED
-        run.resume_at = None
-        run.claim_token = None
-        run.lease_until = None
-        run.completed_at = now
-    Run.objects.bulk_update(runs, ["status", "resume_at", "claim_token", "lease_until", "completed_at"])
-    StepRun.objects.bulk_create(
-        [
-            StepRun(
-                run=run,
-                step_id=_next_step_id(run),
-                step_type="cancel",
-                decision=StepRun.Decision.CANCELLED,
-                reason="cancelled_by_api",
+        for run in runs:
+            run.status = Run.Status.CANCELLED
+            run.resume_at = None
+            run.claim_token = None
+            run.lease_until = None
+            run.completed_at = now
+        Run.objects.bulk_update(runs, ["status", "resume_at", "claim_token", "lease_until", "completed_at"])
+        StepRun.objects.bulk_create(
+            [
+                StepRun(
+                    run=run,
+                    step_id=_next_step_id(run),
+                    step_type="cancel",
+                    decision=StepRun.Decision.CANCELLED,
+                    reason=reason,
+                )
+                for run in runs
+            ]
+        )
+        if runs:
+            wake = digests.digests_release_cancelled(run_pks=[run.pk for run in runs], now=now)
+            Event.objects.filter(pk__in={run.event_id for run in runs}).exclude(status=Event.Status.CANCELLED).update(
+                status=Event.Status.CANCELLED
             )
-            for run in runs
-        ]
-    )
-    if runs and event.status != Event.Status.CANCELLED:
-        Event.objects.filter(pk=event.pk).update(status=Event.Status.CANCELLED)
+        if wake:
+            enqueue_on_commit(ADVANCE_TASK, wake)
     return len(runs)
 
 
 def _next_step_id(run: Run) -> str:
-    steps = run.workflow_version.steps if run.workflow_version_id else []
-    return steps[run.step_index]["id"] if run.step_index < len(steps) else "-"
+    if not run.workflow_version_id:
+        return "-"
+    program = program_for(run.workflow_version)
+    if run.step_index < len(program) and "step" in program[run.step_index]:
+        return str(program[run.step_index]["step"]["id"])
+    return "-"
+
+
+# --------------------------------------------------------------------------------------------
+# Category digests (messages held back by a frequency cap)
+# --------------------------------------------------------------------------------------------
+
+
+def category_digests_send(*, bucket_pks: Sequence[int]) -> int:
+    """Send each due category digest once: one message with everything held in it."""
+    sent = 0
+    for bucket_pk in bucket_pks:
+        with transaction.atomic():
+            claimed = DigestBucket.objects.filter(
+                pk=bucket_pk, status__in=digests.ACTIVE, workflow__isnull=True
+            ).update(status=DigestBucket.Status.SENT, closed_at=timezone.now())
+            if not claimed:
+                continue
+            bucket = DigestBucket.objects.select_related("subscriber").get(pk=bucket_pk)
+            events = digests.digest_events(bucket_pks=[bucket_pk]).get(bucket_pk, [])
+            if not events:
+                DigestBucket.objects.filter(pk=bucket_pk).update(status=DigestBucket.Status.EMPTY)
+                continue
+            _send_category_digest(bucket, events)
+            sent += 1
+    return sent
+
+
+def _send_category_digest(bucket: DigestBucket, events: list[dict[str, Any]]) -> None:
+    subscriber = bucket.subscriber
+    category = Category.objects.filter(environment_id=bucket.environment_id, key=bucket.category_key).first()
+    template_key = (category.digest_templates or {}).get(bucket.channel) if category else None
+    digest = {"count": len(events), "key": bucket.category_key, "events": events}
+    subject, body, version, locale, action_url = "", "", None, "", ""
+    if template_key:
+        version = published_versions_for_keys(environment=bucket.environment_id, keys={template_key}).get(template_key)
+    if version is not None:
+        context = build_render_context(payload={}, subscriber=subscriber.as_context(), actor=None)
+        context["digest"] = digest
+        rendered = render_version(version=version, locale=subscriber.locale, context=context)
+        subject = rendered.subject if bucket.channel == "email" else rendered.title
+        body, locale, action_url = rendered.body, rendered.locale, rendered.action_url
+    else:
+        subject, body = _plain_digest(bucket, events)
+    is_in_app = bucket.channel == "in_app"
+    message = Message.objects.create(
+        environment_id=bucket.environment_id,
+        channel=bucket.channel,
+        subscriber=subscriber,
+        step_id=f"digest:{bucket.category_key or 'general'}",
+        template_version=version,
+        locale=locale,
+        recipient=CHANNEL_ADDRESS.get(bucket.channel, lambda s: "")(subscriber) or subscriber.subscriber_id,
+        subject=subject,
+        body=body,
+        data={"digest_bucket": bucket.pk, "category": bucket.category_key, "count": len(events)},
+        status=Message.Status.SENT if is_in_app else Message.Status.QUEUED,
+        provider="inbox" if is_in_app else "",
+        sent_at=timezone.now() if is_in_app else None,
+    )
+    if is_in_app:
+        inbox = InboxMessage.objects.create(
+            environment_id=bucket.environment_id,
+            subscriber=subscriber,
+            message=message,
+            category_key=bucket.category_key,
+            title=subject,
+            body=body,
+            action_url=action_url,
+            data={"digest_bucket": bucket.pk, "count": len(events)},
+        )
+        from apps.inbox.realtime import publish_messages_created
+
+        transaction.on_commit(lambda: publish_messages_created([inbox]))
+    else:
+        enqueue_on_commit(DELIVER_TASK, [message.pk])
+
+
+def _plain_digest(bucket: DigestBucket, events: list[dict[str, Any]]) -> tuple[str, str]:
+    """A digest without a template of its own: a count and the held messages, one after another."""
+    subject = f"{len(events)} new notification{'s' if len(events) != 1 else ''}"
+    if bucket.channel == "email":
+        items = "".join(
+            f"<li><strong>{escape(e.get('subject', ''))}</strong><div>{e.get('body', '')}</div></li>" for e in events
+        )
+        return subject, f"<h1>{escape(subject)}</h1><ul>{items}</ul>"
+    lines = [e.get("subject") or strip_tags(e.get("body", ""))[:140] for e in events]
+    return subject, "\n".join(f"- {line}" for line in lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweeper
+# --------------------------------------------------------------------------------------------
 
 
 def sweep() -> dict[str, int]:
     """Re-drive whatever should be moving and is not: due delays, lost tasks, dead workers."""
     now = timezone.now()
     stall = now - timedelta(seconds=settings.CLARION["STALL_SECONDS"])
-    counts = {"events": 0, "runs": 0, "messages": 0}
+    counts = {"events": 0, "runs": 0, "messages": 0, "digests": 0}
 
     for event_id in Event.objects.filter(status=Event.Status.PENDING, created_at__lt=stall).values_list(
         "pk", flat=True
@@ -563,6 +1314,15 @@ def sweep() -> dict[str, int]:
         enqueue(ADVANCE_TASK, ids)
         counts["runs"] += len(ids)
         after = ids[-1]
+
+    digests.digests_expire_leaderless(now=now)
+    category_due = list(
+        DigestBucket.objects.filter(status__in=digests.ACTIVE, workflow__isnull=True, closes_at__lte=now).values_list(
+            "pk", flat=True
+        )[:1000]
+    )
+    counts["digests"] = category_digests_send(bucket_pks=category_due)
+    limit_hits_prune(older_than=now - timedelta(days=LIMIT_HIT_RETENTION_DAYS))
 
     from apps.delivery.services import messages_requeue_stalled
 

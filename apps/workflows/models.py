@@ -107,6 +107,7 @@ class StepRun(models.Model):
         RESUMED = "resumed"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        HELD = "held"  # over a frequency cap: kept for the category's next digest
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="step_runs")
     step_id = models.CharField(max_length=100)
@@ -122,3 +123,128 @@ class StepRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_id}: {self.decision} ({self.reason})"
+
+
+class DigestBucket(models.Model):
+    """Events collected for one subscriber under one scope until the digest closes.
+
+    ``scope`` names what collects: ``wf:<workflow id>:<step id>:<digest key>`` for a digest step,
+    ``cat:<category>:<channel>`` for messages held back by a frequency cap. At most one bucket
+    per (subscriber, scope) is open at a time — a partial unique constraint — so concurrent
+    events merge into the same bucket by construction, with no lock outside the database.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"  # accepting events
+        CLOSING = "closing"  # full or flushed: no more events; its sender is due
+        SENT = "sent"  # the digest went out (the leader run continued)
+        EMPTY = "empty"  # closed with nothing left to send (look-back pass-through, cancellations)
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="digest_buckets")
+    workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=400)
+    step_id = models.CharField(max_length=100, blank=True)
+    digest_key = models.CharField(max_length=255, blank=True)
+    category_key = models.CharField(max_length=100, blank=True)
+    channel = models.CharField(max_length=20, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    # The run that sends the digest when the bucket closes; the other members wait until then.
+    leader_run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    max_events = models.PositiveIntegerField(null=True, blank=True)
+    entry_count = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField()
+    closes_at = models.DateTimeField()
+    last_event_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscriber", "scope"], condition=models.Q(status="open"), name="uniq_open_digest_bucket"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "closes_at"], name="digest_status_closes_idx"),
+            models.Index(fields=["subscriber", "scope", "-id"], name="digest_scope_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"digest {self.pk} {self.scope} ({self.status}, {self.entry_count})"
+
+
+class DigestEntry(models.Model):
+    """One event (a run) in a digest bucket; ``content`` holds a message held back by a cap."""
+
+    bucket = models.ForeignKey(DigestBucket, on_delete=models.CASCADE, related_name="entries")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="digest_entries")
+    step_id = models.CharField(max_length=100)
+    content = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["bucket", "run", "step_id"], name="uniq_digest_entry"),
+        ]
+        indexes = [models.Index(fields=["run"], name="digest_entry_run_idx")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} in digest {self.bucket_id}"
+
+
+class LimitScope(models.Model):
+    """A counter's lock row: throttles and frequency caps lock it, count their hits, then add one."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=400)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["environment", "key"], name="uniq_limit_scope")]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class LimitHit(models.Model):
+    """One counted occurrence; ``hit_key`` (run and step) makes counting the same thing twice a no-op."""
+
+    scope = models.ForeignKey(LimitScope, on_delete=models.CASCADE, related_name="hits")
+    hit_key = models.CharField(max_length=200)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "hit_key"], name="uniq_limit_hit")]
+        indexes = [models.Index(fields=["scope", "created_at"], name="limit_hit_window_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.scope_id}:{self.hit_key}"
+
+
+class FrequencyCap(models.Model):
+    """At most ``limit`` messages per subscriber per ``window`` on a channel (optionally one category).
+
+    Messages over the cap are held for the subscriber's next digest of that category, never dropped;
+    critical categories bypass caps.
+    """
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="frequency_caps")
+    channel = models.CharField(max_length=20)
+    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    limit = models.PositiveIntegerField()
+    window = models.CharField(max_length=20, help_text="A duration: 1h, 1d, PT12H…")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["environment", "channel", "category"], name="uniq_frequency_cap"),
+            models.UniqueConstraint(
+                fields=["environment", "channel"],
+                condition=models.Q(category__isnull=True),
+                name="uniq_frequency_cap_any_category",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = f" ({self.category.key})" if self.category_id else ""
+        return f"{self.channel}{scope}: {self.limit} per {self.window}"

@@ -235,7 +235,8 @@ def test_cancel_stops_waiting_runs(tenant, comment_workflow, django_capture_on_c
 def test_chunk_queries_do_not_grow_with_recipients(
     tenant, django_capture_on_commit_callbacks, django_assert_max_num_queries, monkeypatch
 ):
-    """One chunk of 50 runs costs a fixed number of queries (batched preferences, templates, writes)."""
+    """One chunk of 50 runs costs a fixed number of queries (batched preferences, quiet hours, caps,
+    addresses, templates, writes)."""
     monkeypatch.setattr("apps.inbox.realtime._send_all", lambda frames: None)
     env = tenant.environment
     CategoryFactory(environment=env, key="news")
@@ -256,7 +257,7 @@ def test_chunk_queries_do_not_grow_with_recipients(
         ]
     )
     run_ids = list(Run.objects.values_list("pk", flat=True))
-    with django_assert_max_num_queries(13):
+    with django_assert_max_num_queries(16):
         with django_capture_on_commit_callbacks(execute=True):
             engine.advance_runs(run_ids)
     assert InboxMessage.objects.count() == 50

@@ -1,0 +1,361 @@
+"""Digests: events collected per (workflow step, subscriber, key) and sent as one message.
+
+Correct by construction, with no lock outside the database:
+
+* at most one bucket per (subscriber, scope) is ``open`` — a partial unique constraint — so two
+  workers that both find no open bucket both INSERT … ON CONFLICT DO NOTHING and then read the
+  same single bucket;
+* joining locks the open buckets (SELECT … FOR UPDATE) in the same transaction that adds the
+  entries, and closing is one conditional UPDATE on the same row, so an event is either in the
+  bucket before it closes (and in the digest) or finds it closed and opens the next one.
+
+The run that opened a bucket is its *leader*: it waits until the bucket closes, then carries
+the digest through the workflow's next steps. Every other run waits in the bucket and is
+completed ("merged") when the leader sends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Max, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from apps.workflows.models import DigestBucket, DigestEntry, Run
+
+logger = logging.getLogger(__name__)
+
+ROLE_LEADER = "leader"
+ROLE_MEMBER = "member"
+ROLE_PASSTHROUGH = "passthrough"
+ACTIVE = (DigestBucket.Status.OPEN, DigestBucket.Status.CLOSING)
+
+
+def workflow_scope(*, workflow_id: int, step_id: str, key: str) -> str:
+    return f"wf:{workflow_id}:{step_id}:{key}"
+
+
+def category_scope(*, category_key: str, channel: str) -> str:
+    return f"cat:{category_key}:{channel}"
+
+
+@dataclass
+class DigestJoin:
+    """A run that reached a digest step and asks to join its bucket."""
+
+    run: Run
+    step_id: str
+    scope: str
+    digest_key: str
+    closes_at: datetime
+    lookback: timedelta | None = None
+    max_events: int | None = None
+
+
+@dataclass
+class JoinResult:
+    role: str
+    bucket_id: int | None
+    closes_at: datetime | None
+    due_now: bool = False
+
+
+@dataclass
+class _Group:
+    subscriber_id: int
+    scope: str
+    joins: list[DigestJoin] = field(default_factory=list)
+
+
+def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, JoinResult], list[int]]:
+    """Put each run into the open bucket of its scope, opening buckets as needed.
+
+    Must run inside the caller's transaction (the engine's chunk commit), so that entries and
+    the runs' new state commit together. Returns run pk → result, and the pks of leaders (of
+    other chunks) whose bucket just filled up and who must be woken now.
+    """
+    results: dict[int, JoinResult] = {}
+    woken: list[int] = []
+    pending: dict[tuple[int, str], _Group] = {}
+    for join in joins:
+        group = pending.setdefault((join.run.subscriber_id, join.scope), _Group(join.run.subscriber_id, join.scope))
+        group.joins.append(join)
+
+    for _round in range(1 + len(joins)):  # each round either places every run or fills a bucket
+        if not pending:
+            break
+        subscriber_ids = {g.subscriber_id for g in pending.values()}
+        scopes = {g.scope for g in pending.values()}
+        # A bucket whose window has passed takes no more events, even if its leader is late.
+        stale = DigestBucket.objects.filter(
+            status=DigestBucket.Status.OPEN, subscriber_id__in=subscriber_ids, scope__in=scopes, closes_at__lte=now
+        )
+        stale.filter(leader_run__isnull=False).update(status=DigestBucket.Status.CLOSING)
+        stale.filter(leader_run__isnull=True).update(status=DigestBucket.Status.EMPTY, closed_at=now)
+
+        open_buckets = _lock_open(subscriber_ids, scopes, pending)
+        missing = [g for key, g in pending.items() if key not in open_buckets]
+        if missing:
+            passthrough = _quiet_groups(missing, now)
+            DigestBucket.objects.bulk_create(
+                [_new_bucket(g, now, passthrough=(g.subscriber_id, g.scope) in passthrough) for g in missing],
+                ignore_conflicts=True,
+            )
+            for group in missing:
+                if (group.subscriber_id, group.scope) in passthrough:
+                    first = group.joins.pop(0)
+                    results[first.run.pk] = JoinResult(role=ROLE_PASSTHROUGH, bucket_id=None, closes_at=None)
+            open_buckets = _lock_open(subscriber_ids, scopes, pending)
+
+        entries: list[DigestEntry] = []
+        full: list[int] = []
+        new_leaders: dict[int, int] = {}
+        touched: list[int] = []
+        for key, group in list(pending.items()):
+            bucket = open_buckets.get(key)
+            if bucket is None or not group.joins:
+                if not group.joins:
+                    del pending[key]
+                continue  # opened and closed by others in between: next round
+            room = bucket.max_events - bucket.entry_count if bucket.max_events else len(group.joins)
+            placed, group.joins = group.joins[:room], group.joins[room:]
+            touched.append(bucket.pk)
+            for join in placed:
+                entries.append(DigestEntry(bucket_id=bucket.pk, run_id=join.run.pk, step_id=join.step_id))
+                if bucket.leader_run_id is None and bucket.pk not in new_leaders:
+                    new_leaders[bucket.pk] = join.run.pk
+                leader = bucket.leader_run_id or new_leaders.get(bucket.pk)
+                results[join.run.pk] = JoinResult(
+                    role=ROLE_LEADER if leader == join.run.pk else ROLE_MEMBER,
+                    bucket_id=bucket.pk,
+                    closes_at=bucket.closes_at,
+                )
+            if bucket.max_events and bucket.entry_count + len(placed) >= bucket.max_events:
+                full.append(bucket.pk)
+                if bucket.leader_run_id and bucket.leader_run_id not in results:
+                    woken.append(bucket.leader_run_id)
+            if not group.joins:
+                del pending[key]
+        DigestEntry.objects.bulk_create(entries, batch_size=1000)
+        for bucket_pk, run_pk in new_leaders.items():
+            DigestBucket.objects.filter(pk=bucket_pk).update(leader_run_id=run_pk)
+        _refresh_counts(touched, now)
+        if full:
+            DigestBucket.objects.filter(pk__in=full).update(status=DigestBucket.Status.CLOSING, closes_at=now)
+            for result in results.values():
+                if result.bucket_id in full:
+                    result.closes_at = now
+                    result.due_now = True
+    if woken:
+        Run.objects.filter(pk__in=woken, status=Run.Status.WAITING).update(resume_at=now)
+    return results, woken
+
+
+def _lock_open(
+    subscriber_ids: set[int], scopes: set[str], pending: dict[tuple[int, str], _Group]
+) -> dict[tuple[int, str], DigestBucket]:
+    rows = (
+        DigestBucket.objects.select_for_update()
+        .filter(status=DigestBucket.Status.OPEN, subscriber_id__in=subscriber_ids, scope__in=scopes)
+        .order_by("pk")
+    )
+    return {(b.subscriber_id, b.scope): b for b in rows if (b.subscriber_id, b.scope) in pending}
+
+
+def _quiet_groups(groups: list[_Group], now: datetime) -> set[tuple[int, str]]:
+    """Groups with a look-back whose key saw no event within it: their first event goes out at once."""
+    with_lookback = [g for g in groups if g.joins and g.joins[0].lookback]
+    if not with_lookback:
+        return set()
+    last = {
+        (row["subscriber_id"], row["scope"]): row["last"]
+        for row in DigestBucket.objects.filter(
+            subscriber_id__in={g.subscriber_id for g in with_lookback}, scope__in={g.scope for g in with_lookback}
+        )
+        .values("subscriber_id", "scope")
+        .annotate(last=Max("last_event_at"))
+    }
+    quiet: set[tuple[int, str]] = set()
+    for group in with_lookback:
+        previous = last.get((group.subscriber_id, group.scope))
+        lookback = group.joins[0].lookback
+        assert lookback is not None
+        if previous is None or previous <= now - lookback:
+            quiet.add((group.subscriber_id, group.scope))
+    return quiet
+
+
+def _new_bucket(group: _Group, now: datetime, *, passthrough: bool) -> DigestBucket:
+    first = group.joins[0]
+    run = first.run
+    # Under a look-back, the first event passes straight through; the bucket it opens collects
+    # what follows within the window, and the next event to join becomes its leader.
+    leader = None if passthrough else run.pk
+    return DigestBucket(
+        environment_id=run.environment_id,
+        subscriber_id=run.subscriber_id,
+        workflow_id=run.workflow_version.workflow_id,
+        scope=group.scope,
+        step_id=first.step_id,
+        digest_key=first.digest_key[:255],
+        leader_run_id=leader,
+        max_events=first.max_events,
+        opened_at=now,
+        closes_at=first.closes_at,
+        last_event_at=now,
+    )
+
+
+def _refresh_counts(bucket_pks: list[int], now: datetime) -> None:
+    if not bucket_pks:
+        return
+    counted = (
+        DigestEntry.objects.filter(bucket=OuterRef("pk"))
+        .order_by()
+        .values("bucket")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    DigestBucket.objects.filter(pk__in=bucket_pks).update(entry_count=Coalesce(Subquery(counted), 0), last_event_at=now)
+
+
+# --------------------------------------------------------------------------------------------
+# Closing
+# --------------------------------------------------------------------------------------------
+
+
+def digests_close_for_leaders(*, leader_bucket: dict[int, int], now: datetime) -> dict[int, list[dict[str, Any]]]:
+    """Close the leaders' buckets (if still open) and return bucket pk → its events, oldest first.
+
+    Commits at once: from here on new events open the next bucket. Idempotent: a leader whose
+    bucket already closed (a chunk re-driven after a crash) gets the same events again.
+    """
+    if not leader_bucket:
+        return {}
+    bucket_pks = list(leader_bucket.values())
+    with transaction.atomic():
+        DigestBucket.objects.filter(pk__in=bucket_pks, status__in=ACTIVE).update(
+            status=DigestBucket.Status.SENT, closed_at=now
+        )
+    return digest_events(bucket_pks=bucket_pks)
+
+
+def digest_events(*, bucket_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The events of the given buckets as templates see them (``digest.events``)."""
+    events: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    rows = (
+        DigestEntry.objects.filter(bucket_id__in=bucket_pks)
+        .order_by("pk")
+        .values(
+            "bucket_id",
+            "run_id",
+            "content",
+            "run__event__transaction_id",
+            "run__event__payload",
+            "run__event__actor",
+            "run__event__created_at",
+        )
+    )
+    for row in rows:
+        item: dict[str, Any] = {
+            "transaction_id": row["run__event__transaction_id"],
+            "payload": row["run__event__payload"],
+            "actor": row["run__event__actor"] or {},
+            "created_at": row["run__event__created_at"].isoformat(),
+        }
+        if row["content"]:
+            item.update(row["content"])
+        events[row["bucket_id"]].append(item)
+    return events
+
+
+def digest_members(*, bucket_pks: list[int]) -> dict[int, list[int]]:
+    """bucket pk → pks of the runs waiting in it."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for bucket_pk, run_pk in DigestEntry.objects.filter(bucket_id__in=bucket_pks).values_list("bucket_id", "run_id"):
+        members[bucket_pk].append(run_pk)
+    return members
+
+
+def digests_flush(
+    *, environment_id: int, workflow_id: int | None = None, subscriber_pk: int | None = None, key: str | None = None
+) -> list[int]:
+    """Close matching open workflow digests now. Returns the leader runs to wake."""
+    now = timezone.now()
+    buckets = DigestBucket.objects.filter(
+        environment_id=environment_id, status=DigestBucket.Status.OPEN, workflow__isnull=False
+    )
+    if workflow_id is not None:
+        buckets = buckets.filter(workflow_id=workflow_id)
+    if subscriber_pk is not None:
+        buckets = buckets.filter(subscriber_id=subscriber_pk)
+    if key is not None:
+        buckets = buckets.filter(digest_key=key)
+    with transaction.atomic():
+        rows = list(buckets.select_for_update().values_list("pk", "leader_run_id"))
+        pks = [pk for pk, _ in rows]
+        leaders = [leader for _, leader in rows if leader]
+        DigestBucket.objects.filter(pk__in=pks, leader_run__isnull=False).update(
+            status=DigestBucket.Status.CLOSING, closes_at=now
+        )
+        DigestBucket.objects.filter(pk__in=pks, leader_run__isnull=True).update(
+            status=DigestBucket.Status.EMPTY, closes_at=now, closed_at=now
+        )
+        Run.objects.filter(pk__in=leaders, status=Run.Status.WAITING).update(resume_at=now)
+    return leaders
+
+
+def digests_release_cancelled(*, run_pks: list[int], now: datetime) -> list[int]:
+    """Take cancelled runs out of the buckets still collecting; hand a leaderless bucket on.
+
+    Runs inside the caller's transaction. Returns new leaders whose bucket is already due.
+    """
+    entries = list(
+        DigestEntry.objects.filter(run_id__in=run_pks, bucket__status__in=ACTIVE).values_list("pk", "bucket_id")
+    )
+    if not entries:
+        return []
+    bucket_pks = sorted({bucket_pk for _, bucket_pk in entries})
+    buckets = list(DigestBucket.objects.select_for_update().filter(pk__in=bucket_pks).order_by("pk"))
+    DigestEntry.objects.filter(pk__in=[pk for pk, _ in entries]).delete()
+    _refresh_counts(bucket_pks, now)
+    due: list[int] = []
+    cancelled = set(run_pks)
+    for bucket in buckets:
+        if bucket.leader_run_id not in cancelled:
+            continue
+        successor = (
+            DigestEntry.objects.filter(bucket=bucket, run__status=Run.Status.WAITING)
+            .order_by("pk")
+            .values_list("run_id", flat=True)
+            .first()
+        )
+        if successor is None:
+            DigestBucket.objects.filter(pk=bucket.pk).update(
+                status=DigestBucket.Status.EMPTY, leader_run=None, closed_at=now
+            )
+            continue
+        DigestBucket.objects.filter(pk=bucket.pk).update(leader_run_id=successor)
+        resume_at = min(bucket.closes_at, now) if bucket.status == DigestBucket.Status.CLOSING else bucket.closes_at
+        run = Run.objects.get(pk=successor)
+        run.resume_at = resume_at
+        result = dict(run.step_results.get(bucket.step_id) or {})
+        result.update({"role": ROLE_LEADER, "bucket": bucket.pk})
+        run.step_results = {**run.step_results, bucket.step_id: result}
+        run.save(update_fields=["resume_at", "step_results", "updated_at"])
+        if resume_at <= now:
+            due.append(successor)
+    return due
+
+
+def digests_expire_leaderless(*, now: datetime) -> int:
+    """Workflow buckets past their window with nobody to send them (look-back pass-through alone)."""
+    return DigestBucket.objects.filter(
+        status__in=ACTIVE, workflow__isnull=False, leader_run__isnull=True, closes_at__lte=now
+    ).update(status=DigestBucket.Status.EMPTY, closed_at=now)
