@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import secrets
+
 from django.db import models
 
 from apps.preferences.models import CHANNEL_CHOICES
@@ -7,18 +9,40 @@ from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
 
+def _webhook_key() -> str:
+    return secrets.token_urlsafe(18)
+
+
 class Integration(models.Model):
-    """A configured provider for one channel. Lower priority numbers are tried first."""
+    """A configured provider for one channel. Lower priority numbers are tried first (the failover order).
+
+    The circuit breaker and rate limiter keep their state on this row, so every worker process
+    (on SQLite or PostgreSQL) sees the same state; see ``apps.delivery.services``.
+    """
 
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="integrations")
     channel = models.CharField(max_length=20, choices=CHANNEL_CHOICES)
-    provider = models.CharField(max_length=50, help_text="e.g. smtp, sendgrid, mailgun, postmark, ses")
+    provider = models.CharField(max_length=50, help_text="e.g. smtp, sendgrid, mailgun, postmark, ses, twilio, fcm")
     name = models.CharField(max_length=200, blank=True)
-    credentials = models.JSONField(default=dict, blank=True)
+    credentials = models.JSONField(default=dict, blank=True, help_text="Secrets: never returned by the API")
     settings = models.JSONField(default=dict, blank=True, help_text="Sender settings, e.g. from_email")
     priority = models.PositiveIntegerField(default=0)
     active = models.BooleanField(default=True)
+    retries = models.PositiveSmallIntegerField(
+        default=2, help_text="Retries of a retryable error on this provider before failing over to the next"
+    )
+    rate_limit = models.FloatField(
+        null=True, blank=True, help_text="At most this many messages per second through this integration"
+    )
+    # Part of the inbound webhook URLs (status callbacks): identifies the integration, not a secret.
+    webhook_key = models.CharField(max_length=40, unique=True, default=_webhook_key, editable=False)
+    # Circuit breaker: consecutive failures, and until when the provider is skipped.
+    circuit_failures = models.PositiveIntegerField(default=0, editable=False)
+    circuit_open_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Rate limiter: the next free send slot.
+    rate_next_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["channel", "priority", "id"]
@@ -36,11 +60,22 @@ class Message(models.Model):
         SENDING = "sending"
         SENT = "sent"
         DELIVERED = "delivered"
+        OPENED = "opened"
+        CLICKED = "clicked"
         READ = "read"
         BOUNCED = "bounced"
         FAILED = "failed"
 
-    TERMINAL_STATUSES = (Status.DELIVERED, Status.READ, Status.BOUNCED, Status.FAILED)
+    # One lifecycle for every channel: queued → sending → sent → delivered, then engagement
+    # (opened → clicked); bounced and failed end it. See ``apps.delivery.status``.
+    TERMINAL_STATUSES = (
+        Status.DELIVERED,
+        Status.OPENED,
+        Status.CLICKED,
+        Status.READ,
+        Status.BOUNCED,
+        Status.FAILED,
+    )
 
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="messages")
     # Both empty for a one-off send that no workflow run produced (an admin test send).
@@ -60,12 +95,21 @@ class Message(models.Model):
     data = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     provider = models.CharField(max_length=50, blank=True)
+    integration = models.ForeignKey(
+        Integration, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", help_text="Sent by"
+    )
     provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # A retry waiting for its backoff (or a rate-limit slot, or a circuit to close): the sweeper
+    # re-drives queued messages whose time has come.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -73,6 +117,7 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "updated_at"], name="message_status_idx"),
+            models.Index(fields=["status", "next_attempt_at"], name="message_retry_idx"),
             models.Index(fields=["environment", "-id"], name="message_env_idx"),
         ]
 
@@ -91,6 +136,11 @@ class DeliveryAttempt(models.Model):
     integration = models.ForeignKey(Integration, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     provider = models.CharField(max_length=50)
     status = models.CharField(max_length=20, choices=Status.choices)
+    response_code = models.IntegerField(null=True, blank=True, help_text="HTTP status (or SMTP code) answered")
+    error_kind = models.CharField(
+        max_length=30, blank=True, help_text="timeout, rate_limited, server_error, invalid_address, auth, …"
+    )
+    retryable = models.BooleanField(default=False)
     response = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     duration_ms = models.PositiveIntegerField(default=0)
@@ -101,3 +151,59 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.status} for message {self.message_id}"
+
+
+class MessageEvent(models.Model):
+    """One status callback from a provider (Anymail tracking, Twilio status), raw payload kept.
+
+    ``dedupe_key`` is unique per integration, so a callback delivered twice is stored once.
+    ``applied`` says whether it moved the message (a late or duplicate one does not).
+    """
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    integration = models.ForeignKey(Integration, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    provider = models.CharField(max_length=50)
+    provider_message_id = models.CharField(max_length=255, blank=True)
+    event_type = models.CharField(max_length=40, help_text="The provider's event, normalized (Anymail names)")
+    status = models.CharField(max_length=20, blank=True, help_text="The message status this event means")
+    dedupe_key = models.CharField(max_length=255)
+    recipient = models.CharField(max_length=320, blank=True)
+    description = models.TextField(blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    applied = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["environment", "provider", "dedupe_key"], name="uniq_message_event"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_type} for {self.provider_message_id}"
+
+
+class Suppression(models.Model):
+    """An address that must not be sent to again: a hard bounce, a complaint, an invalid number.
+
+    Keyed by address (not subscriber) so it holds for every subscriber using that address and
+    lifts by itself when the subscriber changes address.
+    """
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="suppressions")
+    channel = models.CharField(max_length=20, choices=CHANNEL_CHOICES)
+    address = models.CharField(max_length=320)
+    reason = models.CharField(max_length=40, help_text="bounced, complained, invalid_address, …")
+    detail = models.TextField(blank=True)
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["environment", "channel", "address"], name="uniq_suppression"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.address} ({self.reason})"

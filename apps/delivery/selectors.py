@@ -1,10 +1,15 @@
-"""Reads for delivery: where a subscriber can be reached."""
+"""Reads for delivery: where a subscriber can be reached, integrations and messages of an environment."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from apps.subscribers.models import Subscriber
+from django.db.models import QuerySet
+
+from apps.core.errors import NotFound
+from apps.delivery.models import Integration, Message, Suppression
+from apps.subscribers.models import Device, Subscriber
+from apps.tenancy.models import Environment
 
 
 def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[str]]:
@@ -12,13 +17,76 @@ def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[st
 
     The engine calls this once per chunk of runs and skips (with reason ``no_address``) a channel
     step whose channel is missing. In-app and webhook need no address of the subscriber's own.
+    Email and SMS need an address that has not been made inactive (hard bounce, complaint,
+    invalid number); push needs a registered push device; chat needs a chat webhook of the
+    subscriber's or an active chat integration with a channel webhook of its own.
+    At most three queries, whatever the number of subscribers.
     """
+    if not subscribers:
+        return {}
+    env_ids = {s.environment_id for s in subscribers}
+    addresses = {s.email.strip().lower() for s in subscribers if s.email} | {
+        s.phone.strip() for s in subscribers if s.phone
+    }
+    suppressed: set[tuple[int, str, str]] = set()
+    if addresses:
+        suppressed = set(
+            Suppression.objects.filter(
+                environment_id__in=env_ids, channel__in=("email", "sms"), address__in=addresses
+            ).values_list("environment_id", "channel", "address")
+        )
+    device_channels: dict[int, set[str]] = {}
+    for subscriber_pk, provider in (
+        Device.objects.filter(subscriber_id__in=[s.pk for s in subscribers])
+        .values_list("subscriber_id", "provider")
+        .distinct()
+    ):
+        device_channels.setdefault(subscriber_pk, set()).add("push" if provider in Device.PUSH_PROVIDERS else "chat")
+    envs_with_chat_channel = {
+        env_id
+        for env_id, credentials in Integration.objects.filter(
+            environment_id__in=env_ids, channel="chat", active=True
+        ).values_list("environment_id", "credentials")
+        if isinstance(credentials, dict) and credentials.get("webhook_url")
+    }
+
     reachable: dict[int, set[str]] = {}
     for subscriber in subscribers:
-        channels = {"in_app", "webhook"}
-        if subscriber.email:
+        channels = {"in_app", "webhook"} | device_channels.get(subscriber.pk, set())
+        env = subscriber.environment_id
+        if subscriber.email and (env, "email", subscriber.email.strip().lower()) not in suppressed:
             channels.add("email")
-        if subscriber.phone:
+        if subscriber.phone and (env, "sms", subscriber.phone.strip()) not in suppressed:
             channels.add("sms")
+        if env in envs_with_chat_channel:
+            channels.add("chat")
         reachable[subscriber.pk] = channels
     return reachable
+
+
+def integration_list(*, environment: Environment, channel: str | None = None) -> QuerySet[Integration]:
+    queryset = Integration.objects.filter(environment=environment)
+    if channel:
+        queryset = queryset.filter(channel=channel)
+    return queryset
+
+
+def integration_get(*, environment: Environment, integration_id: int) -> Integration:
+    integration = Integration.objects.filter(environment=environment, pk=integration_id).first()
+    if integration is None:
+        raise NotFound(f"Integration {integration_id} was not found.", details={"integration_id": integration_id})
+    return integration
+
+
+def integration_by_webhook_key(*, key: str, providers: Sequence[str] | None = None) -> Integration | None:
+    queryset = Integration.objects.filter(webhook_key=key)
+    if providers is not None:
+        queryset = queryset.filter(provider__in=list(providers))
+    return queryset.first()
+
+
+def message_attempt_counts(*, message: Message) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in message.attempts_log.values_list("status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    return counts

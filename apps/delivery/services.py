@@ -1,91 +1,405 @@
+"""Writes for delivery: sending with retries, failover, circuit breaker and rate limit; statuses.
+
+The database is the source of truth. A message is claimed ``queued → sending`` by one conditional
+UPDATE, so a task that runs twice finds nothing to claim and a provider never gets it twice from
+that. A retry that must wait longer than a moment goes back to ``queued`` with
+``next_attempt_at``; the sweeper (``messages_requeue_stalled``, every minute) re-drives it. The
+circuit breaker and the rate limiter keep their state on the Integration row and change it only
+with conditional UPDATEs, so they hold across worker processes on SQLite and PostgreSQL alike.
+"""
+
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from apps.delivery.models import DeliveryAttempt, Integration, Message
-from apps.delivery.providers.email import ProviderError, send_email
+from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
+from apps.delivery.providers.base import ErrorKind, Provider, ProviderError, SendResult, get_provider
+from apps.delivery.status import FAILURES, statuses_that_may_move_to
 
 logger = logging.getLogger(__name__)
 
-SENDERS = {"email": send_email}
+DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
+# Errors that say "this integration cannot send this message" rather than anything about the
+# message: try the next integration at once.
+FAILOVER_KINDS = frozenset({ErrorKind.CONFIGURATION, ErrorKind.NO_DESTINATION})
+# Errors that count against the integration's circuit breaker.
+CIRCUIT_KINDS = ErrorKind.RETRYABLE | {ErrorKind.AUTH}
+SUPPRESSIBLE_CHANNELS = ("email", "sms")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Tunables, overridable with ``settings.CLARION_DELIVERY = {"BACKOFF_BASE": 0.5, ...}``."""
+
+    backoff_base: float = 1.0  # seconds before the first retry; doubles each time
+    backoff_max: float = 300.0
+    inline_wait_max: float = 2.0  # waits up to this long are slept in the worker; longer ones are deferred
+    retry_after_max: float = 900.0  # a provider asking for a longer pause is failed over instead
+    circuit_threshold: int = 5  # consecutive failures that open an integration's circuit
+    circuit_cooldown: float = 60.0  # seconds a circuit stays open before one probe is let through
+    rate_wait_max: float = 10.0  # longest wait for a rate-limit slot inside a worker
+    task_budget: float = 200.0  # a delivery task hands what is left to a fresh task after this long
+    message_ttl: float = 24 * 3600.0  # a message still undelivered after this long fails
+    default_retries: int = 2  # retries on Django's default email backend (no integration)
+
+
+def delivery_config() -> DeliveryConfig:
+    overrides = getattr(settings, "CLARION_DELIVERY", None) or {}
+    return DeliveryConfig(**{key.lower(): value for key, value in overrides.items()})
 
 
 def integrations_for(*, environment_id: int, channel: str) -> list[Integration]:
-    return list(Integration.objects.filter(environment_id=environment_id, channel=channel, active=True))
-
-
-def _claim(message_id: int) -> bool:
-    """queued → sending, once: a task that runs twice finds nothing to claim."""
-    return bool(
-        Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
-            status=Message.Status.SENDING, attempts=F("attempts") + 1, updated_at=timezone.now()
+    """Active integrations of the channel in failover order."""
+    return list(
+        Integration.objects.filter(environment_id=environment_id, channel=channel, active=True).order_by(
+            "priority", "id"
         )
     )
 
 
-def message_deliver(*, message_id: int) -> Message | None:
+# --- claiming and finishing -------------------------------------------------------------------
+
+
+def _claim(message_id: int, now: datetime) -> bool:
+    """queued → sending, once, and only when a deferred retry is due."""
+    return bool(
+        Message.objects.filter(pk=message_id, status=Message.Status.QUEUED)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .update(status=Message.Status.SENDING, next_attempt_at=None, updated_at=now)
+    )
+
+
+def _finish_failed(message: Message, error: str) -> None:
+    now = timezone.now()
+    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        status=Message.Status.FAILED, error=error[:5000], next_attempt_at=None, updated_at=now
+    )
+    message.status, message.error = Message.Status.FAILED, error[:5000]
+
+
+def _defer(message: Message, *, until: datetime, error: str) -> None:
+    """Back to queued until ``until``: the sweeper (or the next task) sends it then."""
+    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        status=Message.Status.QUEUED, next_attempt_at=until, error=error[:5000], updated_at=timezone.now()
+    )
+    message.status, message.next_attempt_at = Message.Status.QUEUED, until
+    logger.info("message %s deferred until %s: %s", message.pk, until.isoformat(), error[:200])
+
+
+def _finish_sent(message: Message, integration: Integration | None, provider: str, result: SendResult) -> None:
+    now = timezone.now()
+    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        status=Message.Status.SENT,
+        provider=provider,
+        integration=integration,
+        provider_message_id=result.provider_message_id[:255],
+        sent_at=now,
+        error="",
+        next_attempt_at=None,
+        updated_at=now,
+    )
+    message.status, message.provider, message.provider_message_id = (
+        Message.Status.SENT,
+        provider,
+        result.provider_message_id[:255],
+    )
+    message.integration, message.sent_at, message.error = integration, now, ""
+
+
+def _record_attempt(
+    message: Message,
+    integration: Integration | None,
+    provider: str,
+    *,
+    started: float,
+    result: SendResult | None = None,
+    error: ProviderError | None = None,
+) -> None:
+    DeliveryAttempt.objects.create(
+        message=message,
+        integration=integration,
+        provider=provider,
+        status=DeliveryAttempt.Status.SUCCESS if error is None else DeliveryAttempt.Status.FAILED,
+        response_code=(result.status_code if result else error.status_code if error else None),
+        error_kind=error.kind if error else "",
+        retryable=bool(error and error.retryable),
+        response=(result.response if result else error.response if error else {}),
+        error=str(error)[:5000] if error else "",
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+    # The attempt counter doubles as the heartbeat that keeps the sweeper off a live send.
+    Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1, updated_at=timezone.now())
+    message.attempts += 1
+
+
+# --- circuit breaker ----------------------------------------------------------------------------
+
+
+def _circuit_allows(integration: Integration, now: datetime, cfg: DeliveryConfig) -> tuple[bool, datetime | None]:
+    """(may send now, when to look again). Closed: yes. Open: no. Cooled down: one probe, across processes."""
+    open_until = Integration.objects.filter(pk=integration.pk).values_list("circuit_open_until", flat=True).first()
+    if open_until is None:
+        return True, None
+    if open_until > now:
+        return False, open_until
+    # Half-open: whoever moves the deadline first gets the single probe; the others wait.
+    probe_until = now + timedelta(seconds=cfg.circuit_cooldown)
+    won = Integration.objects.filter(pk=integration.pk, circuit_open_until=open_until).update(
+        circuit_open_until=probe_until
+    )
+    return bool(won), None if won else probe_until
+
+
+def _circuit_failure(integration: Integration, cfg: DeliveryConfig) -> None:
+    Integration.objects.filter(pk=integration.pk).update(circuit_failures=F("circuit_failures") + 1)
+    opened = Integration.objects.filter(pk=integration.pk, circuit_failures__gte=cfg.circuit_threshold).update(
+        circuit_open_until=timezone.now() + timedelta(seconds=cfg.circuit_cooldown)
+    )
+    if opened:
+        logger.warning("integration %s (%s): circuit open", integration.pk, integration.provider)
+
+
+def _circuit_success(integration: Integration) -> None:
+    Integration.objects.filter(pk=integration.pk).filter(
+        Q(circuit_failures__gt=0) | Q(circuit_open_until__isnull=False)
+    ).update(circuit_failures=0, circuit_open_until=None)
+
+
+# --- rate limit ---------------------------------------------------------------------------------
+
+
+def _rate_limit_wait(integration: Integration, cfg: DeliveryConfig) -> datetime | None:
+    """Reserve the integration's next send slot and sleep until it; ``None`` means "send now".
+
+    Slots are ``1 / rate_limit`` seconds apart and reserved with a compare-and-swap on
+    ``rate_next_at``, so concurrent workers never share one. When the free slot is further away
+    than ``rate_wait_max``, nothing is reserved and its time is returned: defer until then.
+    """
+    if not integration.rate_limit or integration.rate_limit <= 0:
+        return None
+    interval = timedelta(seconds=1.0 / integration.rate_limit)
+    for _ in range(50):
+        now = timezone.now()
+        current = Integration.objects.filter(pk=integration.pk).values_list("rate_next_at", flat=True).first()
+        slot = max(now, current) if current else now
+        wait = (slot - now).total_seconds()
+        if wait > cfg.rate_wait_max:
+            return slot
+        if Integration.objects.filter(pk=integration.pk, rate_next_at=current).update(rate_next_at=slot + interval):
+            if wait > 0:
+                time.sleep(wait)
+            return None
+    return timezone.now() + interval  # heavy contention: come back shortly
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+def _backoff(failures: int, retry_after: float | None, cfg: DeliveryConfig) -> float:
+    """Exponential backoff with jitter (half fixed, half random), never sooner than ``Retry-After``."""
+    ceiling = min(cfg.backoff_max, cfg.backoff_base * (2 ** max(0, failures - 1)))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)
+
+
+def _normalize_address(channel: str, address: str) -> str:
+    address = address.strip()
+    return address.lower() if channel == "email" else address
+
+
+def address_suppress(
+    *, environment_id: int, channel: str, address: str, reason: str, detail: str = "", message: Message | None = None
+) -> bool:
+    """Mark an email address or phone number inactive in the environment. Returns whether it was new."""
+    if channel not in SUPPRESSIBLE_CHANNELS or not address:
+        return False
+    _, created = Suppression.objects.get_or_create(
+        environment_id=environment_id,
+        channel=channel,
+        address=_normalize_address(channel, address)[:320],
+        defaults={"reason": reason, "detail": detail[:2000], "message": message},
+    )
+    if created:
+        logger.info("%s address suppressed in environment %s: %s", channel, environment_id, reason)
+    return created
+
+
+def address_unsuppress(*, environment_id: int, channel: str, address: str) -> int:
+    deleted, _ = Suppression.objects.filter(
+        environment_id=environment_id, channel=channel, address=_normalize_address(channel, address)
+    ).delete()
+    return deleted
+
+
+def _suppression_of(message: Message) -> Suppression | None:
+    if message.channel not in SUPPRESSIBLE_CHANNELS:
+        return None
+    return Suppression.objects.filter(
+        environment_id=message.environment_id,
+        channel=message.channel,
+        address=_normalize_address(message.channel, message.recipient),
+    ).first()
+
+
+def _remove_dead_devices(device_ids: Sequence[int]) -> None:
+    if device_ids:
+        from apps.subscribers.services import devices_remove
+
+        removed = devices_remove(device_ids=device_ids)
+        logger.info("removed %d dead device(s)", removed)
+
+
+@dataclass
+class _Outcome:
+    last_error: ProviderError | None = None
+    reopen_at: datetime | None = None  # the earliest time a skipped (circuit-open) integration may be tried
+    failures: Counter[int | None] = field(default_factory=Counter)
+
+
+def message_deliver(*, message_id: int, only_integration: Integration | None = None) -> Message | None:
     """Send one queued message through the environment's integrations, in priority order.
 
-    With no integration configured for email, Django's configured backend is used (the file
-    backend on the embedded default). Each try writes a DeliveryAttempt.
+    Returns ``None`` when the message was not claimable (already taken, done, or not yet due).
+    With no integration for email, Django's configured backend sends (the file backend on the
+    embedded default). Every try writes a DeliveryAttempt. ``only_integration`` restricts the
+    send to one integration (the admin's test send).
     """
-    if not _claim(message_id):
+    if not _claim(message_id, timezone.now()):
         return None
     message = Message.objects.select_related("subscriber").get(pk=message_id)
-    sender = SENDERS.get(message.channel)
-    if sender is None:
-        message.status = Message.Status.FAILED
-        message.error = f"no sender for channel {message.channel}"
-        message.save(update_fields=["status", "error", "updated_at"])
-        return message
-    candidates: list[Integration | None] = list(
-        integrations_for(environment_id=message.environment_id, channel=message.channel)
-    ) or [None]
-    last_error = ""
+    try:
+        _deliver_claimed(message, only_integration=only_integration)
+    except Exception as exc:  # a bug must not leave the message in sending until the sweeper
+        logger.exception("message %s: delivery crashed", message.pk)
+        _defer(message, until=timezone.now() + timedelta(seconds=60), error=f"{type(exc).__name__}: {exc}")
+    return message
+
+
+def _deliver_claimed(message: Message, *, only_integration: Integration | None) -> None:
+    cfg = delivery_config()
+    suppression = _suppression_of(message)
+    if suppression is not None:
+        _finish_failed(message, f"address inactive ({suppression.reason}): {message.recipient}")
+        return
+    if only_integration is not None:
+        candidates: list[Integration | None] = [only_integration]
+    else:
+        candidates = list(integrations_for(environment_id=message.environment_id, channel=message.channel))
+        if not candidates and message.channel == "email":
+            candidates = [None]  # Django's default email backend
+    if not candidates:
+        _finish_failed(message, f"no active {message.channel} integration")
+        return
+    outcome = _Outcome()
+    if message.attempts:  # a re-driven message resumes where it left off
+        outcome.failures.update(
+            DeliveryAttempt.objects.filter(message=message, status=DeliveryAttempt.Status.FAILED).values_list(
+                "integration_id", flat=True
+            )
+        )
     for integration in candidates:
-        provider = integration.provider if integration else "default"
+        done = _try_integration(message, integration, outcome, cfg)
+        if done:
+            return
+    now = timezone.now()
+    expired = (now - message.created_at).total_seconds() > cfg.message_ttl
+    if outcome.reopen_at is not None and not expired:
+        reason = str(outcome.last_error) if outcome.last_error else "every remaining provider's circuit is open"
+        _defer(message, until=outcome.reopen_at, error=reason)
+        return
+    error = str(outcome.last_error) if outcome.last_error else "no provider could send"
+    _finish_failed(message, error)
+
+
+def _try_integration(message: Message, integration: Integration | None, outcome: _Outcome, cfg: DeliveryConfig) -> bool:
+    """Try one integration with its retries. True when the message is settled (sent, failed or deferred)."""
+    key = integration.pk if integration else None
+    allowed = 1 + (integration.retries if integration else cfg.default_retries)
+    provider_name = integration.provider if integration else "default"
+    provider = get_provider(message.channel, integration.provider if integration else "smtp")
+    if provider is None:
+        outcome.last_error = ProviderError(
+            f"unknown {message.channel} provider '{provider_name}'", kind=ErrorKind.CONFIGURATION
+        )
+        return False
+    while outcome.failures[key] < allowed:
+        now = timezone.now()
+        if integration is not None:
+            may_send, reopen_at = _circuit_allows(integration, now, cfg)
+            if not may_send:
+                if reopen_at and (outcome.reopen_at is None or reopen_at < outcome.reopen_at):
+                    outcome.reopen_at = reopen_at
+                return False
+            slot = _rate_limit_wait(integration, cfg)
+            if slot is not None:
+                _defer(message, until=slot, error=f"rate limit of {integration.rate_limit}/s on {provider_name}")
+                return True
         started = time.monotonic()
         try:
-            result = sender(message, integration)
+            result = _send(provider, message, integration)
         except ProviderError as exc:
-            last_error = str(exc)
-            DeliveryAttempt.objects.create(
-                message=message,
-                integration=integration,
-                provider=provider,
-                status=DeliveryAttempt.Status.FAILED,
-                response=exc.response,
-                error=last_error,
-                duration_ms=int((time.monotonic() - started) * 1000),
-            )
-            logger.warning("message %s: %s failed: %s", message.pk, provider, last_error)
-            continue
-        DeliveryAttempt.objects.create(
-            message=message,
-            integration=integration,
-            provider=provider,
-            status=DeliveryAttempt.Status.SUCCESS,
-            response=result.response,
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
-        message.status = Message.Status.SENT
-        message.provider = provider
-        message.provider_message_id = result.provider_message_id
-        message.sent_at = timezone.now()
-        message.error = ""
-        message.save(update_fields=["status", "provider", "provider_message_id", "sent_at", "error", "updated_at"])
-        return message
-    message.status = Message.Status.FAILED
-    message.error = last_error
-    message.save(update_fields=["status", "error", "updated_at"])
-    return message
+            _record_attempt(message, integration, provider_name, started=started, error=exc)
+            outcome.failures[key] += 1
+            outcome.last_error = exc
+            _remove_dead_devices(exc.dead_devices)
+            if integration is not None and exc.kind in CIRCUIT_KINDS:
+                _circuit_failure(integration, cfg)
+            logger.warning("message %s: %s failed (%s): %s", message.pk, provider_name, exc.kind, exc)
+            if exc.kind in FAILOVER_KINDS:
+                return False
+            if not exc.retryable:
+                if exc.kind == ErrorKind.INVALID_ADDRESS:
+                    address_suppress(
+                        environment_id=message.environment_id,
+                        channel=message.channel,
+                        address=message.recipient,
+                        reason=ErrorKind.INVALID_ADDRESS,
+                        detail=str(exc),
+                        message=message,
+                    )
+                _finish_failed(message, f"{provider_name}: {exc}")
+                return True
+            if outcome.failures[key] >= allowed:
+                return False  # retries used up: fail over
+            if exc.retry_after is not None and exc.retry_after > cfg.retry_after_max:
+                return False  # the provider wants a long pause: fail over rather than wait
+            delay = _backoff(outcome.failures[key], exc.retry_after, cfg)
+            if delay <= cfg.inline_wait_max:
+                time.sleep(delay)
+                continue
+            _defer(message, until=timezone.now() + timedelta(seconds=delay), error=f"{provider_name}: {exc}")
+            return True
+        _record_attempt(message, integration, provider_name, started=started, result=result)
+        if integration is not None:
+            _circuit_success(integration)
+        _remove_dead_devices(result.dead_devices)
+        _finish_sent(message, integration, provider_name, result)
+        if result.provider_message_id:
+            _apply_early_events(message)
+        return True
+    return False
+
+
+def _send(provider: Provider, message: Message, integration: Integration | None) -> SendResult:
+    try:
+        return provider.send(message, integration)
+    except ProviderError:
+        raise
+    except Exception as exc:  # a provider library raising something unexpected: keep it on the attempt
+        logger.exception("message %s: provider %s raised", message.pk, provider.name)
+        raise ProviderError(f"{type(exc).__name__}: {exc}", kind=ErrorKind.CONNECTION) from exc
 
 
 def message_send_now(
@@ -103,7 +417,7 @@ def message_send_now(
     """Send one message outside any workflow run (an admin test send), synchronously.
 
     The message and its attempts are recorded like any other; the returned message carries the
-    final status and error.
+    final status and error (``queued`` with ``next_attempt_at`` if a retry had to be deferred).
     """
     message = Message.objects.create(
         environment_id=environment_id,
@@ -121,22 +435,241 @@ def message_send_now(
     return message
 
 
+def integration_send_test(
+    *, integration: Integration, recipient: str = "", subscriber_id: int | None = None
+) -> Message:
+    """A test message through this one integration (no failover), sent now; for the admin."""
+    subject = f"Clarion test message ({integration.provider})"
+    body = {
+        "email": "<p>This is a test message from Clarion. Your integration works.</p>",
+    }.get(integration.channel, "This is a test message from Clarion. Your integration works.")
+    data: dict[str, Any] = {"test": True}
+    if integration.channel == "webhook":
+        data["payload"] = {"test": True}
+    message = Message.objects.create(
+        environment_id=integration.environment_id,
+        channel=integration.channel,
+        recipient=recipient,
+        subject=subject,
+        body=body,
+        data=data,
+        subscriber_id=subscriber_id,
+    )
+    message_deliver(message_id=message.pk, only_integration=integration)
+    message.refresh_from_db()
+    return message
+
+
+def message_resend(*, message: Message) -> Message:
+    """Send a message again as a new message (same content and recipient), queued and woken now.
+
+    A new row keeps the original's history intact; ``data.resend_of`` links the two.
+    """
+    from apps.core.tasks import enqueue_on_commit
+
+    with transaction.atomic():
+        copy = Message.objects.create(
+            environment_id=message.environment_id,
+            run=None,
+            step_id=message.step_id,
+            channel=message.channel,
+            subscriber_id=message.subscriber_id,
+            template_version_id=message.template_version_id,
+            locale=message.locale,
+            recipient=message.recipient,
+            subject=message.subject,
+            body=message.body,
+            data={**(message.data or {}), "resend_of": message.pk},
+        )
+        enqueue_on_commit(DELIVER_TASK, [copy.pk])
+    return copy
+
+
 def messages_deliver(*, message_ids: Sequence[int]) -> None:
-    for message_id in message_ids:
+    """Deliver each message; past the task budget, hand the rest to a fresh task (they stay queued)."""
+    cfg = delivery_config()
+    deadline = time.monotonic() + cfg.task_budget
+    ids = list(message_ids)
+    for index, message_id in enumerate(ids):
+        if time.monotonic() > deadline:
+            from apps.core.tasks import enqueue
+
+            enqueue(DELIVER_TASK, ids[index:])
+            return
         message_deliver(message_id=message_id)
 
 
 def messages_requeue_stalled(*, stalled_before: datetime) -> list[int]:
-    """Queued messages whose task was lost, and sends interrupted by a dead worker.
+    """What the sweeper should (re-)deliver: due retries, lost tasks, sends interrupted by a dead worker.
 
     A message left in ``sending`` is put back to ``queued``: the worker died before recording
-    the provider's answer, and a retry is preferable to a silent loss.
+    the provider's answer, and a retry is preferable to a silent loss. (A live send keeps its
+    ``updated_at`` fresh with every attempt.)
     """
+    now = timezone.now()
     Message.objects.filter(status=Message.Status.SENDING, updated_at__lt=stalled_before).update(
-        status=Message.Status.QUEUED, updated_at=timezone.now()
+        status=Message.Status.QUEUED, next_attempt_at=None, updated_at=now
     )
     return list(
-        Message.objects.filter(Q(status=Message.Status.QUEUED), created_at__lt=stalled_before)
+        Message.objects.filter(status=Message.Status.QUEUED)
+        .filter(Q(next_attempt_at__isnull=True, created_at__lt=stalled_before) | Q(next_attempt_at__lte=now))
         .exclude(channel="in_app")
+        .order_by("pk")
         .values_list("pk", flat=True)[:5000]
     )
+
+
+# --- statuses from provider callbacks -----------------------------------------------------------
+
+
+@dataclass
+class StatusEvent:
+    """A provider callback, normalized. ``status`` is the Message status it means ("" for none)."""
+
+    provider: str
+    provider_message_id: str
+    event_type: str
+    status: str
+    dedupe_key: str
+    payload: dict[str, Any]
+    recipient: str = ""
+    description: str = ""
+    occurred_at: datetime | None = None
+    suppress_reason: str = ""  # set: the recipient address becomes inactive
+    clarion_message_id: str = ""  # from metadata the message was sent with (a fallback match)
+
+
+def _timestamp_field(status: str) -> str | None:
+    return {
+        Message.Status.DELIVERED: "delivered_at",
+        Message.Status.OPENED: "opened_at",
+        Message.Status.READ: "opened_at",
+        Message.Status.CLICKED: "clicked_at",
+    }.get(status)
+
+
+def message_status_apply(*, message_id: int, status: str, at: datetime | None = None, error: str = "") -> bool:
+    """Move a message to ``status`` if that is forward (one conditional UPDATE: race-free).
+
+    Engagement timestamps are set the first time even when the status does not move (an "opened"
+    that arrives after "clicked"). Returns whether the status changed.
+    """
+    at = at or timezone.now()
+    stamp = _timestamp_field(status)
+    if stamp:
+        Message.objects.filter(pk=message_id, **{f"{stamp}__isnull": True}).update(**{stamp: at})
+    updates: dict[str, Any] = {"status": status, "updated_at": timezone.now()}
+    if status in FAILURES and error:
+        updates["error"] = error[:5000]
+    return bool(Message.objects.filter(pk=message_id, status__in=statuses_that_may_move_to(status)).update(**updates))
+
+
+def _find_message(environment_id: int, event: StatusEvent) -> Message | None:
+    if event.provider_message_id:
+        message = (
+            Message.objects.filter(environment_id=environment_id, provider_message_id=event.provider_message_id)
+            .order_by("-id")
+            .first()
+        )
+        if message is not None:
+            return message
+    if event.clarion_message_id.isdigit():
+        return Message.objects.filter(environment_id=environment_id, pk=int(event.clarion_message_id)).first()
+    return None
+
+
+def message_events_record(*, integration: Integration, events: Sequence[StatusEvent]) -> list[MessageEvent]:
+    """Store provider callbacks (raw payload kept) and move their messages forward.
+
+    A duplicate (same dedupe key) is dropped; an out-of-order one is stored but moves nothing.
+    A hard bounce, complaint or invalid number marks the address inactive. An event for a
+    message whose send has not been recorded yet is kept and applied when it is.
+    """
+    stored: list[MessageEvent] = []
+    for event in events:
+        message = _find_message(integration.environment_id, event)
+        try:
+            with transaction.atomic():
+                row = MessageEvent.objects.create(
+                    environment_id=integration.environment_id,
+                    integration=integration,
+                    message=message,
+                    provider=event.provider,
+                    provider_message_id=event.provider_message_id[:255],
+                    event_type=event.event_type[:40],
+                    status=event.status,
+                    dedupe_key=event.dedupe_key[:255],
+                    recipient=event.recipient[:320],
+                    description=event.description[:5000],
+                    payload=event.payload,
+                    occurred_at=event.occurred_at,
+                )
+        except IntegrityError:
+            logger.info("duplicate %s event %s ignored", event.provider, event.dedupe_key)
+            continue
+        if message is not None and event.status:
+            row.applied = message_status_apply(
+                message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
+            )
+            if row.applied:
+                MessageEvent.objects.filter(pk=row.pk).update(applied=True)
+        if event.suppress_reason:
+            channel = message.channel if message is not None else integration.channel
+            address_suppress(
+                environment_id=integration.environment_id,
+                channel=channel,
+                address=event.recipient or (message.recipient if message is not None else ""),
+                reason=event.suppress_reason,
+                detail=event.description,
+                message=message,
+            )
+        stored.append(row)
+    return stored
+
+
+def _apply_early_events(message: Message) -> None:
+    """Callbacks that arrived before the send was recorded (fast providers): apply them now, in order."""
+    early = list(
+        MessageEvent.objects.filter(
+            environment_id=message.environment_id,
+            provider_message_id=message.provider_message_id,
+            message__isnull=True,
+        ).order_by("id")
+    )
+    for event in early:
+        applied = bool(event.status) and message_status_apply(
+            message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
+        )
+        MessageEvent.objects.filter(pk=event.pk).update(message=message, applied=applied)
+
+
+# --- integrations -------------------------------------------------------------------------------
+
+INTEGRATION_FIELDS = ("name", "credentials", "settings", "priority", "active", "retries", "rate_limit")
+
+
+def integration_create(*, environment: Any, channel: str, provider: str, **fields: Any) -> Integration:
+    """Add an integration (callers validate the provider and its credentials)."""
+    unknown = set(fields) - set(INTEGRATION_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown integration fields: {sorted(unknown)}")
+    return Integration.objects.create(environment=environment, channel=channel, provider=provider, **fields)
+
+
+def integration_update(*, integration: Integration, **fields: Any) -> Integration:
+    """Change the fields given. Changing credentials closes the circuit (the old failures are moot)."""
+    allowed = {*INTEGRATION_FIELDS, "channel", "provider"}
+    changed = [name for name, value in fields.items() if name in allowed and getattr(integration, name) != value]
+    for name in changed:
+        setattr(integration, name, fields[name])
+    if "credentials" in changed or "provider" in changed:
+        integration.circuit_failures, integration.circuit_open_until = 0, None
+        changed += ["circuit_failures", "circuit_open_until"]
+    if changed:
+        integration.save(update_fields=[*changed, "updated_at"])
+    return integration
+
+
+def integration_delete(*, integration: Integration) -> None:
+    """Delete the integration; messages and attempts keep their provider name."""
+    integration.delete()

@@ -1,3 +1,13 @@
-from django.urls import path  # noqa: F401
+"""Delivery routes, mounted under /api/v1/: integrations (secret key) and provider webhooks (verified)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from apps.delivery import api
+from apps.delivery.webhooks import anymail, twilio
+
+urlpatterns = [
+    path("integrations", api.IntegrationListView.as_view(), name="integration-list"),
+    path("integrations/<int:integration_id>", api.IntegrationDetailView.as_view(), name="integration-detail"),
+    path("webhooks/email/<str:key>/tracking", anymail.email_tracking, name="delivery-webhook-email-tracking"),
+    path("webhooks/twilio/<str:key>/status", twilio.status_callback, name="delivery-webhook-twilio-status"),
+]

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from apps.core.pagination import AscendingIdCursorPagination
 from apps.subscribers import selectors, services
-from apps.subscribers.models import Subscriber, Topic
+from apps.subscribers.models import Device, Subscriber, Topic
 from apps.tenancy.auth import request_environment
 
 MAX_BULK_ITEMS = 1000
@@ -349,3 +349,87 @@ class TopicSubscribersRemoveView(APIView):
         ids = serializer.validated_data["subscribers"]
         removed = services.topic_subscribers_remove(topic=topic, subscriber_ids=ids)
         return Response({"topic": topic.key, "removed": removed})
+
+
+# --- Devices: push tokens and chat webhooks -------------------------------------------------
+
+
+class DeviceInputSerializer(serializers.Serializer):
+    provider = serializers.ChoiceField(
+        choices=[p for p, _label in Device.PROVIDER_CHOICES],
+        help_text="fcm or webpush (push channel); slack, discord or msteams (chat channel).",
+    )
+    token = serializers.CharField(
+        max_length=2000,
+        help_text="FCM registration token; Web Push subscription endpoint URL; chat incoming webhook URL.",
+    )
+    keys = serializers.DictField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        help_text="Web Push only: the subscription's p256dh and auth keys.",
+    )
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        provider, token = attrs["provider"], attrs["token"]
+        if provider != "fcm":
+            url = serializers.URLField()
+            try:
+                url.run_validation(token)
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"token": [f"A {provider} token is a URL."]}) from exc
+        if provider == "webpush":
+            keys = attrs.get("keys") or {}
+            missing = [k for k in ("p256dh", "auth") if not keys.get(k)]
+            if missing:
+                raise serializers.ValidationError({"keys": [f"Web Push needs keys.{', keys.'.join(missing)}."]})
+            attrs["keys"] = {"p256dh": keys["p256dh"], "auth": keys["auth"]}
+        else:
+            attrs["keys"] = {}
+        return attrs
+
+
+class DeviceSerializer(serializers.ModelSerializer):
+    """A device as the API returns it. Web Push keys are not echoed back."""
+
+    channel = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Device
+        fields = ["id", "provider", "channel", "token", "name", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class DeviceListView(generics.GenericAPIView):
+    serializer_class = DeviceSerializer
+    pagination_class = AscendingIdCursorPagination
+
+    @extend_schema(operation_id="subscribers_devices_list", summary="List a subscriber's devices")
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = selectors.subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        page = self.paginate_queryset(selectors.device_list(subscriber=subscriber))
+        return self.get_paginated_response(DeviceSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="subscribers_devices_register",
+        summary="Register a push token or chat webhook",
+        description="Idempotent per token: registering the same token again updates it (200). A token held "
+        "by another subscriber of the environment moves to this one.",
+        request=DeviceInputSerializer,
+        responses={200: DeviceSerializer, 201: DeviceSerializer},
+    )
+    def post(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = selectors.subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        serializer = DeviceInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        device, created = services.device_register(subscriber=subscriber, **serializer.validated_data)
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(DeviceSerializer(device).data, status=code)
+
+
+class DeviceDetailView(APIView):
+    @extend_schema(operation_id="subscribers_devices_destroy", summary="Remove a device", responses={204: None})
+    def delete(self, request: Request, subscriber_id: str, device_id: int) -> Response:
+        subscriber = selectors.subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        services.device_delete(device=selectors.device_get(subscriber=subscriber, device_id=device_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)

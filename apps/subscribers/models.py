@@ -67,3 +67,42 @@ class TopicSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subscriber_id} in {self.topic_id}"
+
+
+class Device(models.Model):
+    """Where a subscriber's push or chat messages go: a push token, or a chat incoming webhook.
+
+    ``provider`` names the kind of endpoint: ``fcm`` (an FCM registration token) and ``webpush``
+    (a browser PushSubscription: ``token`` is its endpoint URL, ``keys`` its ``p256dh``/``auth``)
+    serve the push channel; ``slack``, ``discord`` and ``msteams`` (``token`` is an incoming
+    webhook URL) serve the chat channel. A token the push service reports as gone is deleted.
+    """
+
+    PUSH_PROVIDERS = ("fcm", "webpush")
+    CHAT_PROVIDERS = ("slack", "discord", "msteams")
+    PROVIDER_CHOICES = [(p, p) for p in (*PUSH_PROVIDERS, *CHAT_PROVIDERS)]
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="devices")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="devices")
+    provider = models.CharField(max_length=20, choices=PROVIDER_CHOICES)
+    token = models.CharField(max_length=2000)
+    keys = models.JSONField(default=dict, blank=True, help_text="Web Push subscription keys (p256dh, auth)")
+    name = models.CharField(max_length=200, blank=True, help_text="e.g. 'Pixel 8' or 'Firefox on Linux'")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # One token belongs to one subscriber: registering it again moves it (a shared device
+            # whose user changed).
+            models.UniqueConstraint(fields=["environment", "provider", "token"], name="uniq_device_token"),
+        ]
+        indexes = [models.Index(fields=["subscriber", "provider"], name="device_subscriber_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} device of {self.subscriber_id}"
+
+    @property
+    def channel(self) -> str:
+        return "push" if self.provider in self.PUSH_PROVIDERS else "chat"

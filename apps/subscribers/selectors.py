@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db.models import QuerySet
 
 from apps.core.errors import NotFound
-from apps.subscribers.models import Subscriber, Topic, TopicSubscription
+from apps.subscribers.models import Device, Subscriber, Topic, TopicSubscription
 from apps.tenancy.models import Environment
 
 
@@ -59,3 +59,19 @@ def topic_subscriber_ids_page(*, topic: Topic, after_pk: int, limit: int) -> lis
         .order_by("subscriber_id")
         .values_list("subscriber_id", flat=True)[:limit]
     )
+
+
+def devices_for(*, subscriber_id: int, providers: Sequence[str]) -> list[Device]:
+    """The subscriber's devices (push tokens, chat webhooks) of these providers, oldest first."""
+    return list(Device.objects.filter(subscriber_id=subscriber_id, provider__in=list(providers)).order_by("id"))
+
+
+def device_list(*, subscriber: Subscriber) -> QuerySet[Device]:
+    return Device.objects.filter(subscriber=subscriber).order_by("id")
+
+
+def device_get(*, subscriber: Subscriber, device_id: int) -> Device:
+    device = Device.objects.filter(subscriber=subscriber, pk=device_id).first()
+    if device is None:
+        raise NotFound(f"Device {device_id} was not found.", details={"device_id": device_id})
+    return device

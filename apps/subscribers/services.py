@@ -8,7 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from apps.core.errors import ApiError
-from apps.subscribers.models import Subscriber, Topic, TopicSubscription
+from apps.subscribers.models import Device, Subscriber, Topic, TopicSubscription
 from apps.tenancy.models import Environment
 
 MAX_ID_LENGTH = Subscriber._meta.get_field("subscriber_id").max_length or 200
@@ -210,3 +210,38 @@ def topic_subscribers_remove(*, topic: Topic, subscriber_ids: list[str]) -> int:
 def topic_delete(*, topic: Topic) -> None:
     """Delete the topic and its memberships (the subscribers stay)."""
     topic.delete()
+
+
+def device_register(
+    *, subscriber: Subscriber, provider: str, token: str, keys: dict[str, Any] | None = None, name: str = ""
+) -> tuple[Device, bool]:
+    """Register a push token or chat webhook for the subscriber. Returns ``(device, created)``.
+
+    Idempotent: the same token again updates its keys and name. A token registered to another
+    subscriber of the environment moves to this one (a shared device whose user changed).
+    """
+    defaults = {"subscriber": subscriber, "keys": keys or {}, "name": name}
+    with transaction.atomic():
+        device, created = Device.objects.select_for_update().get_or_create(
+            environment_id=subscriber.environment_id, provider=provider, token=token, defaults=defaults
+        )
+        if not created:
+            changed = [field for field, value in defaults.items() if getattr(device, field) != value]
+            if changed:
+                for field in changed:
+                    setattr(device, field, defaults[field])
+                device.save(update_fields=[*changed, "updated_at"])
+    return device, created
+
+
+def device_delete(*, device: Device) -> None:
+    device.delete()
+
+
+def devices_remove(*, device_ids: Iterable[int]) -> int:
+    """Delete devices the push service or chat service reported as gone. Returns how many."""
+    ids = list(device_ids)
+    if not ids:
+        return 0
+    deleted, _ = Device.objects.filter(pk__in=ids).delete()
+    return deleted

@@ -121,6 +121,7 @@ def test_failing_provider_falls_over_to_next_integration(
         environment=email_flow,
         provider="postmark",
         priority=0,
+        retries=0,
         credentials={"server_token": "a", "api_url": broken.url},
     )
     IntegrationFactory(

@@ -1,0 +1,71 @@
+"""Sending one message to each of a subscriber's endpoints (push devices, chat webhooks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apps.delivery.providers.base import ErrorKind, ProviderError, SendResult
+
+# A push service or chat webhook that says the endpoint is gone: remove it from the subscriber.
+GONE_STATUSES = frozenset({404, 410})
+
+
+@dataclass(frozen=True)
+class Destination:
+    url: str = ""
+    token: str = ""
+    keys: dict[str, Any] = field(default_factory=dict)
+    device_id: int | None = None  # None: the integration's own destination, never removed
+
+
+class DeadDestination(ProviderError):
+    """The endpoint no longer exists (HTTP 404/410, FCM UNREGISTERED)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("kind", ErrorKind.INVALID_ADDRESS)
+        super().__init__(message, **kwargs)
+
+
+def send_to_each(destinations: list[Destination], send_one: Callable[[Destination], dict[str, Any]]) -> SendResult:
+    """Send to every destination. Success when at least one accepted; dead devices are reported.
+
+    When none accepted, raise the error that decides what happens next: a retryable one if any
+    (so the whole message is retried), else the first terminal one.
+    """
+    results: list[dict[str, Any]] = []
+    errors: list[ProviderError] = []
+    dead: list[int] = []
+    provider_ids: list[str] = []
+    for destination in destinations:
+        try:
+            outcome = send_one(destination)
+        except ProviderError as exc:
+            gone = isinstance(exc, DeadDestination) or exc.status_code in GONE_STATUSES
+            if gone and destination.device_id is not None:
+                dead.append(destination.device_id)
+            errors.append(exc)
+            results.append({"device": destination.device_id, "error": str(exc)[:300], "status_code": exc.status_code})
+            continue
+        results.append({"device": destination.device_id, **outcome})
+        if outcome.get("id"):
+            provider_ids.append(str(outcome["id"]))
+    if len(errors) < len(destinations):
+        return SendResult(
+            provider_message_id=",".join(provider_ids)[:255],
+            response={"destinations": results},
+            status_code=200,
+            dead_devices=tuple(dead),
+        )
+    retryable = [e for e in errors if e.retryable]
+    chosen = retryable[0] if retryable else errors[0]
+    if not retryable and dead and len(dead) == len(destinations):
+        chosen = ProviderError(
+            f"every endpoint of the subscriber is gone: {errors[0]}",
+            kind=ErrorKind.INVALID_ADDRESS,
+            status_code=errors[0].status_code,
+        )
+    chosen.response = {**chosen.response, "destinations": results}
+    chosen.dead_devices = tuple(dead)
+    raise chosen

@@ -1,0 +1,164 @@
+"""SMS providers: Twilio (official library) and a generic HTTP provider for any SMS gateway with a JSON API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.urls import reverse
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from apps.delivery.models import Integration, Message
+from apps.delivery.providers.base import (
+    ErrorKind,
+    Provider,
+    ProviderError,
+    SendResult,
+    error_from_requests_exception,
+    http_post,
+    kind_for_status,
+    register,
+)
+
+# Twilio error codes (https://www.twilio.com/docs/api/errors) that mean the number itself is bad:
+# the address is marked inactive so it is not retried forever.
+TWILIO_INVALID_NUMBER_CODES = frozenset(
+    {
+        21211,  # invalid 'To' phone number
+        21214,  # 'To' number cannot be reached
+        21217,  # phone number does not appear to be valid
+        21401,  # invalid phone number
+        21407,  # this phone number type does not support SMS
+        21614,  # 'To' number is not a valid mobile number
+        30003,  # unreachable destination handset
+        30005,  # unknown destination handset
+        30006,  # landline or unreachable carrier
+    }
+)
+TWILIO_OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP
+TWILIO_AUTH_CODES = frozenset({20003, 20005, 20008})
+TWILIO_RATE_CODES = frozenset({20429, 14107, 30022})
+
+
+def twilio_status_callback_url(integration: Integration) -> str:
+    path = reverse("delivery-webhook-twilio-status", kwargs={"key": integration.webhook_key})
+    return f"{settings.PUBLIC_URL}{path}"
+
+
+def twilio_error(exc: TwilioRestException) -> ProviderError:
+    code = exc.code
+    if code in TWILIO_INVALID_NUMBER_CODES:
+        kind = ErrorKind.INVALID_ADDRESS
+    elif code in TWILIO_OPTED_OUT_CODES:
+        kind = ErrorKind.REJECTED
+    elif code in TWILIO_AUTH_CODES:
+        kind = ErrorKind.AUTH
+    elif code in TWILIO_RATE_CODES:
+        kind = ErrorKind.RATE_LIMITED
+    else:
+        kind = kind_for_status(exc.status)
+    return ProviderError(
+        f"Twilio {exc.status} error {code}: {exc.msg}",
+        kind=kind,
+        status_code=exc.status,
+        response={"status_code": exc.status, "code": code, "message": exc.msg},
+    )
+
+
+@register
+class TwilioSms(Provider):
+    """Credentials: ``account_sid`` and ``auth_token`` (or ``api_key_sid`` + ``api_key_secret``).
+    Settings: ``from_number`` (E.164) or ``messaging_service_sid``; optional ``timeout``."""
+
+    channel = "sms"
+    name = "twilio"
+    required_credentials = ("account_sid",)
+
+    def client(self, integration: Integration) -> Client:
+        creds = integration.credentials
+        http_client = TwilioHttpClient(timeout=self.timeout(integration))
+        if creds.get("api_key_sid"):
+            return Client(
+                creds["api_key_sid"], creds.get("api_key_secret"), creds["account_sid"], http_client=http_client
+            )
+        return Client(creds["account_sid"], creds.get("auth_token"), http_client=http_client)
+
+    def send(self, message: Message, integration: Integration | None) -> SendResult:
+        if integration is None:
+            raise ProviderError("twilio needs an integration", kind=ErrorKind.CONFIGURATION)
+        params: dict[str, Any] = {
+            "to": message.recipient,
+            "body": message.body,
+            "status_callback": twilio_status_callback_url(integration),
+        }
+        if integration.settings.get("messaging_service_sid"):
+            params["messaging_service_sid"] = integration.settings["messaging_service_sid"]
+        elif integration.settings.get("from_number"):
+            params["from_"] = integration.settings["from_number"]
+        else:
+            raise ProviderError("set from_number or messaging_service_sid", kind=ErrorKind.CONFIGURATION)
+        try:
+            created = self.client(integration).messages.create(**params)
+        except TwilioRestException as exc:
+            raise twilio_error(exc) from exc
+        except requests.RequestException as exc:
+            raise error_from_requests_exception(exc, what="Twilio") from exc
+        return SendResult(
+            provider_message_id=created.sid or "",
+            response={"status": created.status, "sid": created.sid},
+            status_code=201,
+        )
+
+
+@register
+class HttpSms(Provider):
+    """Any SMS gateway that takes a JSON POST.
+
+    Credentials: ``url``; optional ``auth_token`` (sent as ``Authorization: Bearer``), or
+    ``username`` + ``password`` (basic auth), and ``headers``. Settings: optional ``from``,
+    ``id_field`` (where the gateway's answer carries its message id, default ``id``),
+    ``timeout``. The body is ``{"to", "from", "text", "message_id"}``; an
+    ``Idempotency-Key`` header lets the gateway drop a retried duplicate.
+    """
+
+    channel = "sms"
+    name = "http"
+    required_credentials = ("url",)
+
+    def send(self, message: Message, integration: Integration | None) -> SendResult:
+        if integration is None or not integration.credentials.get("url"):
+            raise ProviderError("the http SMS provider needs a url", kind=ErrorKind.CONFIGURATION)
+        creds = integration.credentials
+        headers = {str(k): str(v) for k, v in (creds.get("headers") or {}).items()}
+        headers["Idempotency-Key"] = f"clarion-message-{message.pk}"
+        if creds.get("auth_token"):
+            headers["Authorization"] = f"Bearer {creds['auth_token']}"
+        auth = (creds["username"], creds.get("password", "")) if creds.get("username") else None
+        body = {
+            "to": message.recipient,
+            "from": integration.settings.get("from", ""),
+            "text": message.body,
+            "message_id": str(message.pk),
+        }
+        response = http_post(
+            creds["url"],
+            what="SMS gateway",
+            timeout=self.timeout(integration),
+            json_body=body,
+            headers=headers,
+            auth=auth,
+        )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        id_field = integration.settings.get("id_field", "id")
+        provider_id = answer.get(id_field, "") if isinstance(answer, dict) else ""
+        return SendResult(
+            provider_message_id=str(provider_id or ""),
+            response={"status_code": response.status_code, "body": answer},
+            status_code=response.status_code,
+        )

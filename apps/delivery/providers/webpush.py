@@ -1,0 +1,88 @@
+"""Web Push (RFC 8030 + RFC 8291 encryption + VAPID, RFC 8292) through pywebpush.
+
+Credentials: ``vapid_private_key`` (base64url raw key or PEM) and ``vapid_subject``
+(``mailto:ops@example.com`` or an https URL). Devices: ``provider: webpush``, ``token`` = the
+PushSubscription endpoint, ``keys`` = its ``p256dh`` and ``auth``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+from pywebpush import WebPushException, webpush
+
+from apps.delivery.models import Integration, Message
+from apps.delivery.providers.base import (
+    ErrorKind,
+    Provider,
+    ProviderError,
+    SendResult,
+    error_from_requests_exception,
+    kind_for_status,
+    parse_retry_after,
+    register,
+)
+from apps.delivery.providers.fanout import GONE_STATUSES, DeadDestination, Destination, send_to_each
+from apps.subscribers.selectors import devices_for
+
+
+def push_payload(message: Message) -> dict[str, Any]:
+    data = message.data or {}
+    payload: dict[str, Any] = {"title": message.subject, "body": message.body, "message_id": str(message.pk)}
+    if data.get("action_url"):
+        payload["url"] = data["action_url"]
+    return payload
+
+
+@register
+class WebPush(Provider):
+    channel = "push"
+    name = "webpush"
+    required_credentials = ("vapid_private_key", "vapid_subject")
+
+    def send(self, message: Message, integration: Integration | None) -> SendResult:
+        if integration is None or not integration.credentials.get("vapid_private_key"):
+            raise ProviderError("web push needs a VAPID private key", kind=ErrorKind.CONFIGURATION)
+        devices = (
+            devices_for(subscriber_id=message.subscriber_id, providers=[self.name]) if message.subscriber_id else []
+        )
+        if not devices:
+            raise ProviderError("the subscriber has no web push subscription", kind=ErrorKind.NO_DESTINATION)
+        data = json.dumps(push_payload(message))
+        creds = integration.credentials
+        timeout = self.timeout(integration)
+        ttl = int(integration.settings.get("ttl", 24 * 3600))
+
+        def push(destination: Destination) -> dict[str, Any]:
+            try:
+                response = webpush(
+                    subscription_info={"endpoint": destination.url, "keys": destination.keys},
+                    data=data,
+                    vapid_private_key=creds["vapid_private_key"],
+                    vapid_claims={"sub": creds.get("vapid_subject", "")},
+                    timeout=timeout,
+                    ttl=ttl,
+                    headers={"Urgency": integration.settings.get("urgency", "normal")},
+                )
+            except WebPushException as exc:
+                status = getattr(exc.response, "status_code", None)
+                headers = getattr(exc.response, "headers", {}) or {}
+                cls = DeadDestination if status in GONE_STATUSES else ProviderError
+                raise cls(
+                    f"web push answered {status}: {exc.message}"[:1000],
+                    kind=ErrorKind.INVALID_ADDRESS if status in GONE_STATUSES else kind_for_status(status),
+                    status_code=status,
+                    retry_after=parse_retry_after(headers.get("Retry-After")),
+                ) from exc
+            except requests.RequestException as exc:
+                raise error_from_requests_exception(exc, what="Push service") from exc
+            except (ValueError, TypeError) as exc:  # malformed keys on the device
+                raise ProviderError(f"invalid web push subscription: {exc}", kind=ErrorKind.INVALID_ADDRESS) from exc
+            return {"status_code": response.status_code, "id": response.headers.get("Location", "")}
+
+        return send_to_each(
+            [Destination(url=d.token, keys=d.keys, device_id=d.pk) for d in devices],
+            push,
+        )
