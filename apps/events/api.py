@@ -46,6 +46,12 @@ class TriggerSerializer(serializers.Serializer):
     payload = serializers.DictField(required=False, default=dict)
     actor = RecipientField(required=False, allow_null=True)
     transaction_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
+    cancellation_key = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=False,
+        help_text="Cancel this event's waiting runs later with POST /events/cancel {cancellation_key}.",
+    )
 
     def validate_payload(self, value: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
@@ -71,6 +77,7 @@ class TriggerSerializer(serializers.Serializer):
             payload=data.get("payload") or {},
             actor=data.get("actor"),
             transaction_id=data.get("transaction_id"),
+            cancellation_key=data.get("cancellation_key", ""),
         )
 
 
@@ -155,3 +162,31 @@ class EventDetailView(APIView):
         event = selectors.event_get(environment=request_environment(request), transaction_id=transaction_id)
         cancelled = services.event_cancel(event=event)
         return Response({"transaction_id": transaction_id, "cancelled_runs": cancelled})
+
+
+class CancelByKeySerializer(serializers.Serializer):
+    cancellation_key = serializers.CharField(max_length=200)
+    workflow = serializers.SlugField(max_length=100, required=False, help_text="Only events of this workflow")
+
+
+class CancelByKeyView(APIView):
+    @extend_schema(
+        request=CancelByKeySerializer,
+        responses={200: dict},
+        summary="Cancel the waiting runs of every event triggered with a cancellation key",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = CancelByKeySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        events, runs = services.events_cancel_by_key(
+            environment=request_environment(request),
+            cancellation_key=serializer.validated_data["cancellation_key"],
+            workflow_key=serializer.validated_data.get("workflow"),
+        )
+        return Response(
+            {
+                "cancellation_key": serializer.validated_data["cancellation_key"],
+                "events": events,
+                "cancelled_runs": runs,
+            }
+        )

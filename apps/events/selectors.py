@@ -58,11 +58,11 @@ def event_trace(*, event: Event, subscriber_id: str | None = None, limit: int = 
         "created_at": event.created_at,
         "processed_at": event.processed_at,
         "runs_shown": len(runs_list),
-        "runs": [_run_data(run) for run in runs_list],
+        "runs": [run_data(run) for run in runs_list],
     }
 
 
-def _run_data(run: Run) -> dict[str, Any]:
+def run_data(run: Run) -> dict[str, Any]:
     return {
         "subscriber_id": run.subscriber.subscriber_id,
         "status": run.status,

@@ -12,8 +12,9 @@ from apps.events.models import Event
 from apps.subscribers.models import Subscriber, Topic
 from apps.subscribers.services import subscriber_bulk_upsert
 from apps.tenancy.models import Environment
-from apps.workflows.engine import event_cancel_runs
+from apps.workflows.engine import event_cancel_runs, events_cancel_runs
 from apps.workflows.models import Workflow
+from apps.workflows.payloads import payload_errors
 
 PROCESS_TASK = "apps.workflows.tasks.process_event"
 
@@ -25,6 +26,7 @@ class TriggerRequest:
     payload: dict[str, Any]
     actor: Any = None  # "id" | {"subscriber_id": ..., fields...} | None
     transaction_id: str | None = None
+    cancellation_key: str = ""
 
 
 def _normalize_recipients(to: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
@@ -53,7 +55,7 @@ def _normalize_recipients(to: list[Any]) -> tuple[list[dict[str, Any]], list[dic
 
 
 def _resolve_workflow(environment: Environment, key: str) -> Workflow:
-    workflow = Workflow.objects.filter(environment=environment, key=key).first()
+    workflow = Workflow.objects.select_related("published_version").filter(environment=environment, key=key).first()
     if workflow is None or not workflow.active:
         raise NotFound(f"No active workflow with key '{key}' in this environment.", code="workflow_not_found")
     if workflow.published_version_id is None:
@@ -71,7 +73,22 @@ def _actor_data(actor: Any) -> dict[str, Any] | None:
     return dict(actor)
 
 
+def _check_payload(workflow: Workflow, payload: dict[str, Any]) -> None:
+    version = workflow.published_version
+    schema = version.payload_schema if version is not None else None
+    if not schema:
+        return
+    errors = payload_errors(schema=schema, payload=payload, cache_key=(version.pk, version.created_at))
+    if errors:
+        raise Unprocessable(
+            f"The payload does not match the schema of workflow '{workflow.key}'.",
+            code="invalid_payload",
+            details=errors,
+        )
+
+
 def _create_event(*, environment: Environment, request: TriggerRequest, workflow: Workflow) -> Event:
+    _check_payload(workflow, request.payload)
     recipients, inline, topics = _normalize_recipients(request.to)
     if topics:
         known = set(Topic.objects.filter(environment=environment, key__in=topics).values_list("key", flat=True))
@@ -100,6 +117,7 @@ def _create_event(*, environment: Environment, request: TriggerRequest, workflow
                 payload=request.payload,
                 actor=actor,
                 recipients=recipients,
+                cancellation_key=request.cancellation_key,
             )
     except IntegrityError as exc:
         raise Conflict(
@@ -165,3 +183,23 @@ def event_cancel(*, event: Event) -> int:
     if event.status == Event.Status.FAILED:
         raise Conflict("This event failed and has nothing left to cancel.", code="event_not_cancellable")
     return event_cancel_runs(event=event)
+
+
+def events_cancel_by_key(
+    *, environment: Environment, cancellation_key: str, workflow_key: str | None = None
+) -> tuple[int, int]:
+    """Cancel every event given ``cancellation_key`` at trigger time (optionally of one workflow).
+
+    Returns (events matched, runs cancelled). Cancelling twice is harmless: the second call finds
+    nothing left to stop.
+    """
+    events = Event.objects.filter(environment=environment, cancellation_key=cancellation_key).exclude(
+        status=Event.Status.FAILED
+    )
+    if workflow_key:
+        events = events.filter(workflow__key=workflow_key)
+    matched = list(events.only("pk", "status"))
+    cancelled = 0
+    for start in range(0, len(matched), 500):
+        cancelled += events_cancel_runs(events=matched[start : start + 500], reason="cancelled_by_key")
+    return len(matched), cancelled

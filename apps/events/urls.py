@@ -5,5 +5,6 @@ from apps.events import api
 urlpatterns = [
     path("events/trigger", api.TriggerView.as_view(), name="event-trigger"),
     path("events/bulk", api.BulkTriggerView.as_view(), name="event-bulk"),
+    path("events/cancel", api.CancelByKeyView.as_view(), name="event-cancel-by-key"),
     path("events/<str:transaction_id>", api.EventDetailView.as_view(), name="event-detail"),
 ]

@@ -11,9 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.errors import NotFound
 from apps.core.pagination import AscendingIdCursorPagination
 from apps.preferences import selectors, services
-from apps.preferences.models import SUBSCRIBER_CHANNELS, Category
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, QuietHours
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 
@@ -171,3 +172,51 @@ class SubscriberPreferencesView(APIView):
             categories=serializer.validated_data.get("categories"),
         )
         return Response(selectors.subscriber_preferences(subscriber=subscriber))
+
+
+class QuietHoursSerializer(serializers.Serializer):
+    start = serializers.TimeField(format="%H:%M", help_text="Local time the quiet window starts, e.g. 22:00")
+    end = serializers.TimeField(format="%H:%M", help_text="Local time it ends, e.g. 07:00 (the next day)")
+    timezone = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, default="", help_text="Empty: the subscriber's timezone"
+    )
+    days = serializers.ListField(
+        child=serializers.CharField(max_length=3),
+        required=False,
+        default=list,
+        help_text="Days the window starts on (mon…sun); empty: every day",
+    )
+    channels = serializers.ListField(
+        child=serializers.CharField(max_length=20),
+        required=False,
+        default=list,
+        help_text="Channels kept quiet; empty: every channel except in-app",
+    )
+
+
+class SubscriberQuietHoursView(APIView):
+    @extend_schema(responses={200: QuietHoursSerializer}, summary="A subscriber's quiet hours (404 when none)")
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        quiet = QuietHours.objects.filter(subscriber=subscriber).first()
+        if quiet is None:
+            raise NotFound(f"Subscriber '{subscriber_id}' has no quiet hours.", code="quiet_hours_not_found")
+        return Response(QuietHoursSerializer(quiet).data)
+
+    @extend_schema(
+        request=QuietHoursSerializer,
+        responses={200: QuietHoursSerializer},
+        summary="Set a subscriber's quiet hours: non-critical messages wait until the window ends",
+    )
+    def put(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        serializer = QuietHoursSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        quiet = services.quiet_hours_set(subscriber=subscriber, **serializer.validated_data)
+        return Response(QuietHoursSerializer(quiet).data)
+
+    @extend_schema(responses={204: None}, summary="Remove a subscriber's quiet hours")
+    def delete(self, request: Request, subscriber_id: str) -> Response:
+        subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
+        services.quiet_hours_clear(subscriber=subscriber)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.errors import ApiError, Unprocessable
-from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference
+from apps.core.schedule import DAY_NAMES, is_valid_zone
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference, QuietHours
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
@@ -155,3 +157,45 @@ def _write_preferences(subscriber: Subscriber, wanted: dict[tuple[int | None, st
             Preference.objects.bulk_update(to_update, ["enabled", "updated_at"])
         if to_create:
             Preference.objects.bulk_create(to_create)
+
+
+@transaction.atomic
+def quiet_hours_set(
+    *,
+    subscriber: Subscriber,
+    start: time,
+    end: time,
+    timezone: str = "",
+    days: list[str] | None = None,
+    channels: list[str] | None = None,
+) -> QuietHours:
+    """Set (or replace) a subscriber's quiet hours. Empty ``channels``: every channel but in-app."""
+    errors: dict[str, str] = {}
+    if start == end:
+        errors["end"] = "must differ from start"
+    if timezone and not is_valid_zone(timezone):
+        errors["timezone"] = "must be an IANA timezone such as 'Europe/Paris'"
+    unknown_days = sorted(set(days or []) - set(DAY_NAMES))
+    if unknown_days:
+        errors["days"] = f"unknown day(s) {unknown_days}; use {', '.join(DAY_NAMES)}"
+    unknown_channels = sorted(set(channels or []) - set(SUBSCRIBER_CHANNELS))
+    if unknown_channels:
+        errors["channels"] = f"unknown channel(s) {unknown_channels}; use {', '.join(SUBSCRIBER_CHANNELS)}"
+    if errors:
+        raise Unprocessable("These quiet hours cannot be used.", code="invalid_quiet_hours", details=errors)
+    quiet, _ = QuietHours.objects.update_or_create(
+        subscriber=subscriber,
+        defaults={
+            "environment_id": subscriber.environment_id,
+            "start": start,
+            "end": end,
+            "timezone": timezone,
+            "days": sorted(set(days or []), key=DAY_NAMES.index),
+            "channels": [c for c in SUBSCRIBER_CHANNELS if c in set(channels or [])],
+        },
+    )
+    return quiet
+
+
+def quiet_hours_clear(*, subscriber: Subscriber) -> None:
+    QuietHours.objects.filter(subscriber=subscriber).delete()

@@ -16,4 +16,9 @@ urlpatterns = [
         api.SubscriberPreferencesView.as_view(),
         name="subscriber-preferences",
     ),
+    path(
+        "subscribers/<str:subscriber_id>/quiet-hours",
+        api.SubscriberQuietHoursView.as_view(),
+        name="subscriber-quiet-hours",
+    ),
 ]

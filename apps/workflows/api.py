@@ -3,15 +3,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.pagination import IdCursorPagination
+from apps.events.selectors import run_data
+from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 from apps.workflows import selectors, services
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.definitions import CHANNEL_STEP_TYPES
+from apps.workflows.models import FrequencyCap, Run, Workflow, WorkflowVersion
 
 KEY_FIELD = serializers.SlugField(max_length=100)
 
@@ -112,3 +116,127 @@ class WorkflowVersionListView(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[WorkflowVersion]:
         workflow = selectors.workflow_get(environment=request_environment(self.request), key=self.kwargs["key"])
         return WorkflowVersion.objects.filter(workflow=workflow)
+
+
+# --------------------------------------------------------------------------------------------
+# "Why" per subscriber, digests, frequency caps
+# --------------------------------------------------------------------------------------------
+
+
+class SubscriberRunsView(generics.GenericAPIView):
+    pagination_class = IdCursorPagination
+
+    @extend_schema(
+        responses={200: dict},
+        parameters=[
+            OpenApiParameter("status", str, enum=[s.value for s in Run.Status]),
+            OpenApiParameter("workflow", str, description="Only runs of this workflow key"),
+            OpenApiParameter("limit", int, description="Page size (default 50, at most 200)"),
+        ],
+        summary="A subscriber's runs, newest first, with every step decision and message",
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        environment = request_environment(request)
+        subscriber = subscriber_get(environment=environment, subscriber_id=subscriber_id)
+        status_filter = request.query_params.get("status")
+        if status_filter and status_filter not in Run.Status.values:
+            raise serializers.ValidationError({"status": [f"Use one of: {', '.join(Run.Status.values)}."]})
+        runs = selectors.subscriber_runs(
+            environment=environment,
+            subscriber_pk=subscriber.pk,
+            status=status_filter,
+            workflow_key=request.query_params.get("workflow"),
+        )
+        page = self.paginate_queryset(runs)
+        return self.get_paginated_response([run_summary(run) for run in page])
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.pk,
+        "workflow": run.workflow_version.workflow.key,
+        "workflow_version": run.workflow_version.number,
+        "transaction_id": run.event.transaction_id,
+        "created_at": run.created_at,
+        **run_data(run),
+    }
+
+
+class DigestFlushSerializer(serializers.Serializer):
+    workflow = serializers.SlugField(max_length=100, required=False)
+    subscriber_id = serializers.CharField(max_length=200, required=False)
+    key = serializers.CharField(max_length=255, required=False, allow_blank=True)
+
+
+class DigestFlushView(APIView):
+    @extend_schema(
+        request=DigestFlushSerializer,
+        responses={200: dict},
+        summary="Close matching open digests now (by workflow, subscriber and/or digest key)",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = DigestFlushSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        flushed = services.digests_flush(
+            environment=request_environment(request),
+            workflow_key=data.get("workflow"),
+            subscriber_id=data.get("subscriber_id"),
+            key=data.get("key"),
+        )
+        return Response({"flushed": flushed})
+
+
+class FrequencyCapSerializer(serializers.ModelSerializer):
+    category = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FrequencyCap
+        fields = ["id", "channel", "category", "limit", "window", "active", "created_at"]
+
+    def get_category(self, cap: FrequencyCap) -> str | None:
+        return cap.category.key if cap.category_id else None
+
+
+class FrequencyCapInputSerializer(serializers.Serializer):
+    channel = serializers.ChoiceField(choices=sorted(CHANNEL_STEP_TYPES))
+    category = serializers.SlugField(max_length=100, required=False, allow_null=True)
+    limit = serializers.IntegerField(min_value=1, max_value=1_000_000)
+    window = serializers.CharField(max_length=20, help_text="A duration: 1h, 1d, PT12H…")
+    active = serializers.BooleanField(required=False, default=True)
+
+
+class FrequencyCapListView(APIView):
+    @extend_schema(responses={200: FrequencyCapSerializer(many=True)}, summary="List frequency caps")
+    def get(self, request: Request) -> Response:
+        caps = selectors.frequency_cap_list(environment=request_environment(request))
+        return Response({"data": FrequencyCapSerializer(caps, many=True).data})
+
+    @extend_schema(
+        request=FrequencyCapInputSerializer,
+        responses={200: FrequencyCapSerializer, 201: FrequencyCapSerializer},
+        summary="Create or change the cap for a channel (and optionally a category)",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = FrequencyCapInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        cap, created = services.frequency_cap_upsert(
+            environment=request_environment(request),
+            channel=data["channel"],
+            category_key=data.get("category"),
+            limit=data["limit"],
+            window=data["window"],
+            active=data["active"],
+        )
+        return Response(
+            FrequencyCapSerializer(cap).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class FrequencyCapDetailView(APIView):
+    @extend_schema(responses={204: None}, summary="Remove a frequency cap")
+    def delete(self, request: Request, cap_id: int) -> Response:
+        cap = selectors.frequency_cap_get(environment=request_environment(request), cap_id=cap_id)
+        services.frequency_cap_delete(cap=cap)
+        return Response(status=status.HTTP_204_NO_CONTENT)

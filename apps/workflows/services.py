@@ -5,12 +5,14 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from apps.core.errors import ApiError, Conflict, Unprocessable
+from apps.core.durations import parse_duration
+from apps.core.errors import ApiError, Conflict, NotFound, Unprocessable
 from apps.preferences.models import Category
 from apps.templates.models import Template
 from apps.tenancy.models import Environment
-from apps.workflows.definitions import DefinitionError, template_keys, validate_steps
-from apps.workflows.models import Run, Workflow, WorkflowVersion
+from apps.workflows.definitions import CHANNEL_STEP_TYPES, DefinitionError, template_keys, validate_steps
+from apps.workflows.models import FrequencyCap, Run, Workflow, WorkflowVersion
+from apps.workflows.payloads import schema_problem
 
 _UNSET: Any = object()
 
@@ -59,6 +61,11 @@ def workflow_upsert(
     if steps is not None:
         workflow.draft_steps = steps
     if payload_schema is not _UNSET:
+        problem = schema_problem(payload_schema)
+        if problem:
+            raise ApiError(
+                "The payload schema is invalid.", code="invalid_workflow", details={"payload_schema": problem}
+            )
         workflow.payload_schema = payload_schema
     if active is not None:
         workflow.active = active
@@ -125,3 +132,77 @@ def workflow_delete(*, workflow: Workflow) -> None:
     workflow.published_version = None
     workflow.save(update_fields=["published_version"])
     workflow.delete()
+
+
+@transaction.atomic
+def frequency_cap_upsert(
+    *,
+    environment: Environment,
+    channel: str,
+    limit: int,
+    window: str,
+    category_key: str | None = None,
+    active: bool = True,
+) -> tuple[FrequencyCap, bool]:
+    """One cap per (channel, category); setting it again changes the limit and window."""
+    if channel not in CHANNEL_STEP_TYPES.values():
+        raise Unprocessable(
+            f"Unknown channel {channel!r}.", code="invalid_channel", details={"channel": sorted(CHANNEL_STEP_TYPES)}
+        )
+    try:
+        if parse_duration(window).total_seconds() <= 0:
+            raise ValueError("the window must be longer than zero")
+    except ValueError as exc:
+        raise Unprocessable(str(exc), code="invalid_window", details={"window": str(exc)}) from exc
+    category = _category_for(environment, category_key) if category_key else None
+    cap, created = FrequencyCap.objects.select_for_update().get_or_create(
+        environment=environment,
+        channel=channel,
+        category=category,
+        defaults={"limit": limit, "window": window, "active": active},
+    )
+    if not created:
+        cap.limit, cap.window, cap.active = limit, window, active
+        cap.save(update_fields=["limit", "window", "active"])
+    return cap, created
+
+
+def frequency_cap_delete(*, cap: FrequencyCap) -> None:
+    cap.delete()
+
+
+def digests_flush(
+    *,
+    environment: Environment,
+    workflow_key: str | None = None,
+    subscriber_id: str | None = None,
+    key: str | None = None,
+) -> int:
+    """Close the matching open digests now; their leaders send them right away. Returns how many."""
+    from apps.core.tasks import enqueue_on_commit
+    from apps.subscribers.models import Subscriber
+    from apps.workflows.digests import digests_flush as flush_buckets
+    from apps.workflows.engine import ADVANCE_TASK
+
+    workflow_id = None
+    if workflow_key:
+        workflow = Workflow.objects.filter(environment=environment, key=workflow_key).first()
+        if workflow is None:
+            raise NotFound(f"No workflow with key '{workflow_key}' in this environment.", code="workflow_not_found")
+        workflow_id = workflow.pk
+    subscriber_pk = None
+    if subscriber_id:
+        subscriber_pk = (
+            Subscriber.objects.filter(environment=environment, subscriber_id=subscriber_id)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if subscriber_pk is None:
+            raise NotFound(f"No subscriber '{subscriber_id}' in this environment.", code="subscriber_not_found")
+    with transaction.atomic():
+        leaders = flush_buckets(
+            environment_id=environment.pk, workflow_id=workflow_id, subscriber_pk=subscriber_pk, key=key
+        )
+        if leaders:
+            enqueue_on_commit(ADVANCE_TASK, leaders)
+    return len(leaders)
