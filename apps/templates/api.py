@@ -1,4 +1,5 @@
-"""Templates API: ``/api/v1/templates/{key}`` (+ ``/versions``, ``/publish``, ``/preview``)."""
+"""Templates API: ``/api/v1/templates/{key}`` (+ ``/versions``, ``/versions/diff``, ``/publish``, ``/rollback``,
+``/preview``, ``/variables``, ``/test``) and email layouts ``/api/v1/layouts/{key}`` (+ ``/preview``)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,25 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.errors import NotFound, Unprocessable
 from apps.core.pagination import IdCursorPagination
 from apps.preferences.models import CHANNELS
 from apps.templates import selectors, services
-from apps.templates.models import Template, TemplateVersion
+from apps.templates.models import EmailLayout, Template, TemplateVersion
+from apps.templates.rendering import TRANSLATED_FIELDS, URL_FIELDS, RenderedContent, sms_segments
 from apps.tenancy.auth import request_environment
 
 # --- serializers --------------------------------------------------------------------------------
 
 _FIELDS_SCHEMA = {
     "type": "object",
-    "properties": {name: {"type": "string"} for name in ("subject", "title", "body")},
+    "properties": {name: {"type": "string"} for name in TRANSLATED_FIELDS},
 }
 CONTENT_SCHEMA = {
     "type": "object",
     "description": "Translated content by language code, e.g. "
-    '{"en": {"subject": "...", "title": "...", "body": "..."}, "fr": {...}}',
+    '{"en": {"subject": "...", "title": "...", "body": "...", "preheader": "...", "primary_action_label": "...", '
+    '"secondary_action_label": "..."}, "fr": {...}}',
     "additionalProperties": _FIELDS_SCHEMA,
 }
 
@@ -46,6 +50,10 @@ class TemplateVersionSerializer(serializers.Serializer):
     number = serializers.IntegerField()
     content = serializers.SerializerMethodField()
     action_url = serializers.CharField()
+    primary_action_url = serializers.CharField()
+    secondary_action_url = serializers.CharField()
+    body_format = serializers.CharField()
+    layout = serializers.SerializerMethodField(help_text="Key of the email layout")
     note = serializers.CharField()
     is_published = serializers.SerializerMethodField()
     created_by = serializers.SerializerMethodField()
@@ -54,6 +62,10 @@ class TemplateVersionSerializer(serializers.Serializer):
     @extend_schema_field(CONTENT_SCHEMA)
     def get_content(self, version: TemplateVersion) -> dict[str, dict[str, str]]:
         return services.version_content(version)
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_layout(self, version: TemplateVersion) -> str | None:
+        return version.layout.key if version.layout_id and version.layout else None
 
     def get_is_published(self, version: TemplateVersion) -> bool:
         return version.template.published_version_id == version.pk
@@ -68,6 +80,7 @@ class TemplateSerializer(serializers.Serializer):
     name = serializers.CharField()
     channel = serializers.ChoiceField(choices=CHANNELS)
     description = serializers.CharField()
+    sample_payload = serializers.DictField(help_text="Example payload for previews and validation")
     published_version = serializers.SerializerMethodField(help_text="Number of the published version")
     latest_version = serializers.SerializerMethodField(help_text="Number of the newest version")
     created_at = serializers.DateTimeField()
@@ -104,8 +117,17 @@ class TemplatePutSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
     content = ContentField(required=False, help_text="When given, a new version is created (unless identical)")
     action_url = serializers.CharField(required=False, allow_blank=True, max_length=2000, trim_whitespace=False)
+    primary_action_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    secondary_action_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    body_format = serializers.ChoiceField(choices=TemplateVersion.BodyFormat.values, required=False)
+    layout = serializers.SlugField(
+        required=False, allow_null=True, help_text="Email layout key; default: the environment's default layout"
+    )
+    sample_payload = serializers.DictField(required=False, help_text="Example payload for previews and validation")
     note = serializers.CharField(required=False, allow_blank=True, max_length=500)
-    publish = serializers.BooleanField(default=False)
+    publish = serializers.BooleanField(
+        default=False, help_text="Publish the version; it must render against the sample payload (422 otherwise)"
+    )
 
 
 class TemplatePublishSerializer(serializers.Serializer):
@@ -113,13 +135,24 @@ class TemplatePublishSerializer(serializers.Serializer):
 
 
 class PreviewSerializer(serializers.Serializer):
-    payload = serializers.DictField(required=False, default=dict)
+    payload = serializers.DictField(required=False, help_text="Default: the template's sample payload")
     subscriber = serializers.DictField(required=False, help_text="Subscriber data, as a stored subscriber renders")
     subscriber_id = serializers.CharField(required=False, max_length=200, help_text="Render as this subscriber")
     actor = serializers.JSONField(required=False, allow_null=True)
     locale = serializers.CharField(required=False, allow_blank=True, max_length=20)
     version = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text="Default: latest")
     strict = serializers.BooleanField(default=False, help_text="Fail on undefined variables")
+    sample = serializers.BooleanField(
+        default=False,
+        help_text="Render with the sample context the editor uses (sample subscriber, actor, digest, footer "
+        "links; free-form data lenient). Implied when content is given.",
+    )
+    content = ContentField(required=False, help_text="Render this unsaved draft instead of a stored version")
+    action_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    primary_action_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    secondary_action_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    body_format = serializers.ChoiceField(choices=TemplateVersion.BodyFormat.values, required=False)
+    layout = serializers.SlugField(required=False, allow_null=True)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "subscriber" in attrs and "subscriber_id" in attrs:
@@ -140,6 +173,11 @@ class PreviewResponseSerializer(serializers.Serializer):
     fallbacks = serializers.DictField(
         child=serializers.CharField(), help_text="field -> language used when the requested one was empty"
     )
+    text = serializers.CharField(help_text="Email: the plain-text part")
+    preheader = serializers.CharField()
+    actions = serializers.ListField(child=serializers.DictField(), help_text="In-app buttons: label, url, kind")
+    layout = serializers.CharField(help_text="Email: the layout used")
+    sms = serializers.DictField(help_text="SMS: characters, units, segments, encoding")
 
 
 _ERROR = inline_serializer(
@@ -228,6 +266,10 @@ class TemplateDetailView(APIView):
             description=data.get("description"),
             content=data.get("content"),
             action_url=data.get("action_url", ""),
+            urls={name: data.get(name, "") for name in URL_FIELDS},
+            body_format=data.get("body_format", ""),
+            layout=_layout_arg(environment, data),
+            sample_payload=data.get("sample_payload"),
             note=data.get("note", ""),
             publish=data["publish"],
         )
@@ -294,14 +336,60 @@ class TemplatePublishView(APIView):
         return Response(TemplateDetailSerializer(selectors.template_get(environment=environment, key=key)).data)
 
 
+def _layout_arg(environment: Any, data: dict[str, Any]) -> EmailLayout | Any | None:
+    """``layout`` absent → the default layout; null → none; a key → that layout (422 if unknown)."""
+    if "layout" not in data:
+        return services.UNSET
+    if data["layout"] is None:
+        return None
+    try:
+        return selectors.layout_get(environment=environment, key=data["layout"])
+    except NotFound as exc:
+        raise Unprocessable(str(exc.detail), code="layout_not_found", details={"layout": data["layout"]}) from exc
+
+
+def rendered_json(rendered: RenderedContent, *, channel: str, number: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "version": number,
+        "locale": rendered.locale,
+        "subject": rendered.subject,
+        "title": rendered.title,
+        "body": rendered.body,
+        "action_url": rendered.action_url,
+        "fallbacks": rendered.fallbacks,
+        "text": rendered.text,
+        "preheader": rendered.preheader,
+        "actions": rendered.actions,
+        "layout": rendered.layout,
+        "sms": sms_segments(rendered.body) if channel == "sms" else {},
+    }
+    return body
+
+
+def _draft_or_version(template: Template, data: dict[str, Any]) -> TemplateVersion:
+    """The unsaved draft described by ``data["content"]``, else stored version ``data["version"]``."""
+    if "content" not in data:
+        return selectors.template_version_get(template=template, number=data.get("version"))
+    urls = {name: data.get(name, "") for name in URL_FIELDS}
+    content = services.template_content_validate(channel=template.channel, content=data["content"], urls=urls)
+    return services.build_version(
+        template=template,
+        content=content,
+        urls=urls,
+        body_format=data.get("body_format", ""),
+        layout=_layout_arg(template.environment, data),
+    )
+
+
 class TemplatePreviewView(APIView):
     @extend_schema(
         operation_id="templates_preview",
         request=PreviewSerializer,
         responses={200: PreviewResponseSerializer, 400: _ERROR, 404: _ERROR, 422: _ERROR},
         tags=["templates"],
-        description="Render a version (default: the latest, published or not) with sample data. "
-        "Rendering errors answer 422 with code template_render.",
+        description="Render a version (default: the latest, published or not), or an unsaved draft given as "
+        "``content``, with sample data. Rendering errors answer 422 with code template_render and the failing "
+        'fields in details (``{"fr.body": "line 2: unknown variable …"}``).',
     )
     def post(self, request: Request, key: str) -> Response:
         serializer = PreviewSerializer(data=request.data)
@@ -309,29 +397,248 @@ class TemplatePreviewView(APIView):
         data = serializer.validated_data
         environment = request_environment(request)
         template = selectors.template_get(environment=environment, key=key)
-        version = selectors.template_version_get(template=template, number=data.get("version"))
+        version = _draft_or_version(template, data)
         if "subscriber_id" in data:
             subscriber = selectors.preview_subscriber_context(
                 environment=environment, subscriber_id=data["subscriber_id"]
             )
         else:
             subscriber = data.get("subscriber") or {}
+        sample = data["sample"] or "content" in data
+        payload = data.get("payload")
         rendered = selectors.template_preview(
             version=version,
-            payload=data["payload"],
+            payload=payload if payload is not None or sample else {},
             subscriber=subscriber,
             actor=data.get("actor"),
             locale=data.get("locale") or _str_or_none(subscriber.get("locale")),
             strict=data["strict"],
+            sample=sample,
+        )
+        return Response(rendered_json(rendered, channel=template.channel, number=version.number or None))
+
+
+class RollbackSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, help_text="The version to bring back")
+
+
+class TemplateRollbackView(APIView):
+    @extend_schema(
+        operation_id="templates_rollback",
+        request=RollbackSerializer,
+        responses={201: TemplateSaveResponseSerializer, 404: _ERROR, 422: _ERROR},
+        tags=["templates"],
+        description="Publish a new version equal to an old one (history only grows).",
+    )
+    def post(self, request: Request, key: str) -> Response:
+        serializer = RollbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        environment = request_environment(request)
+        template = selectors.template_get(environment=environment, key=key)
+        version = services.template_rollback(template=template, version_number=serializer.validated_data["version"])
+        template = selectors.template_get(environment=environment, key=key)
+        body = dict(TemplateDetailSerializer(template).data)
+        body["version"] = TemplateVersionSerializer(
+            selectors.template_version_get(template=template, number=version.number)
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class DiffRowSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="e.g. en.body, fr.subject, action_url, layout")
+    before = serializers.CharField()
+    after = serializers.CharField()
+    changed = serializers.BooleanField()
+    diff = serializers.CharField(help_text="Unified diff")
+
+
+class TemplateVersionDiffView(APIView):
+    @extend_schema(
+        operation_id="templates_versions_diff",
+        parameters=[OpenApiParameter("a", int, required=True), OpenApiParameter("b", int, required=True)],
+        responses={200: DiffRowSerializer(many=True), 400: _ERROR, 404: _ERROR},
+        tags=["templates"],
+    )
+    def get(self, request: Request, key: str) -> Response:
+        numbers = {}
+        for name in ("a", "b"):
+            value = request.query_params.get(name, "")
+            if not value.isdigit():
+                raise serializers.ValidationError({name: ["A version number is required."]})
+            numbers[name] = int(value)
+        template = selectors.template_get(environment=request_environment(request), key=key)
+        rows = selectors.template_version_diff(template=template, a=numbers["a"], b=numbers["b"])
+        return Response({"a": numbers["a"], "b": numbers["b"], "fields": rows})
+
+
+class VariableSerializer(serializers.Serializer):
+    group = serializers.CharField()
+    name = serializers.CharField()
+    example = serializers.CharField()
+
+
+class TemplateVariablesView(APIView):
+    @extend_schema(
+        operation_id="templates_variables",
+        responses={200: VariableSerializer(many=True), 404: _ERROR},
+        tags=["templates"],
+        description="Variables a template can use: sample payload keys, subscriber, actor, digest, footer links.",
+    )
+    def get(self, request: Request, key: str) -> Response:
+        template = selectors.template_get(environment=request_environment(request), key=key)
+        return Response({"data": selectors.template_variables(template=template)})
+
+
+class TestSendSerializer(serializers.Serializer):
+    to = serializers.CharField(required=False, allow_blank=True, max_length=2000, help_text="Address to send to")
+    subscriber_id = serializers.CharField(required=False, max_length=200, help_text="Render as and send to")
+    locale = serializers.CharField(required=False, allow_blank=True, max_length=20)
+    version = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text="Default: latest")
+    payload = serializers.DictField(required=False, help_text="Default: the template's sample payload")
+
+
+class TestSendResponseSerializer(serializers.Serializer):
+    message_id = serializers.IntegerField()
+    status = serializers.CharField()
+    provider = serializers.CharField()
+    recipient = serializers.CharField()
+    error = serializers.CharField()
+
+
+class TemplateTestSendView(APIView):
+    @extend_schema(
+        operation_id="templates_test_send",
+        request=TestSendSerializer,
+        responses={200: TestSendResponseSerializer, 404: _ERROR, 422: _ERROR},
+        tags=["templates"],
+        description="Send a version once, now, through the environment's real integrations.",
+    )
+    def post(self, request: Request, key: str) -> Response:
+        serializer = TestSendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        template = selectors.template_get(environment=request_environment(request), key=key)
+        version = selectors.template_version_get(template=template, number=data.get("version"))
+        message = services.template_test_send(
+            version=version,
+            to=data.get("to", ""),
+            subscriber_id=data.get("subscriber_id", ""),
+            locale=data.get("locale") or None,
+            payload=data.get("payload"),
+        )
+        return Response(test_send_json(message))
+
+
+def test_send_json(message: Any) -> dict[str, Any]:
+    return {
+        "message_id": message.pk,
+        "status": message.status,
+        "provider": message.provider,
+        "recipient": message.recipient,
+        "error": message.error or "",
+    }
+
+
+# --- layouts --------------------------------------------------------------------------------------
+
+
+@extend_schema_field(
+    {"type": "object", "additionalProperties": {"type": "string"}, "description": "Text by language code"}
+)
+class TranslatedTextField(serializers.DictField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.CharField(allow_blank=True, trim_whitespace=False), **kwargs)
+
+
+class LayoutSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    header = serializers.SerializerMethodField()
+    footer = serializers.SerializerMethodField()
+    brand_color = serializers.CharField()
+    logo_url = serializers.CharField()
+    css = serializers.CharField()
+    show_unsubscribe = serializers.BooleanField()
+    is_default = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+    def get_header(self, layout: EmailLayout) -> dict[str, str]:
+        return services.layout_content(layout)["header"]
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+    def get_footer(self, layout: EmailLayout) -> dict[str, str]:
+        return services.layout_content(layout)["footer"]
+
+
+class LayoutPutSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    header = TranslatedTextField(required=False)
+    footer = TranslatedTextField(required=False)
+    brand_color = serializers.CharField(required=False, max_length=7)
+    logo_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    css = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    show_unsubscribe = serializers.BooleanField(required=False)
+    is_default = serializers.BooleanField(required=False)
+
+
+class LayoutListView(APIView):
+    pagination_class = IdCursorPagination
+
+    @extend_schema(operation_id="layouts_list", responses={200: LayoutSerializer(many=True)}, tags=["templates"])
+    def get(self, request: Request) -> Response:
+        queryset = selectors.layout_list(environment=request_environment(request))
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(LayoutSerializer(page, many=True).data)
+
+
+class LayoutDetailView(APIView):
+    @extend_schema(operation_id="layouts_retrieve", responses={200: LayoutSerializer, 404: _ERROR}, tags=["templates"])
+    def get(self, request: Request, key: str) -> Response:
+        layout = selectors.layout_get(environment=request_environment(request), key=key)
+        return Response(LayoutSerializer(layout).data)
+
+    @extend_schema(
+        operation_id="layouts_upsert",
+        request=LayoutPutSerializer,
+        responses={200: LayoutSerializer, 201: LayoutSerializer, 400: _ERROR, 422: _ERROR},
+        tags=["templates"],
+    )
+    def put(self, request: Request, key: str) -> Response:
+        key = _validate_key(key)
+        serializer = LayoutPutSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        layout, created = services.layout_upsert(
+            environment=request_environment(request), key=key, **serializer.validated_data
         )
         return Response(
-            {
-                "version": version.number,
-                "locale": rendered.locale,
-                "subject": rendered.subject,
-                "title": rendered.title,
-                "body": rendered.body,
-                "action_url": rendered.action_url,
-                "fallbacks": rendered.fallbacks,
-            }
+            LayoutSerializer(layout).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+    @extend_schema(operation_id="layouts_destroy", responses={204: None, 404: _ERROR, 409: _ERROR}, tags=["templates"])
+    def delete(self, request: Request, key: str) -> Response:
+        layout = selectors.layout_get(environment=request_environment(request), key=key)
+        services.layout_delete(layout=layout)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LayoutPreviewSerializer(serializers.Serializer):
+    locale = serializers.CharField(required=False, allow_blank=True, max_length=20)
+
+
+class LayoutPreviewView(APIView):
+    @extend_schema(
+        operation_id="layouts_preview",
+        request=LayoutPreviewSerializer,
+        responses={200: PreviewResponseSerializer, 404: _ERROR, 422: _ERROR},
+        tags=["templates"],
+        description="A sample email rendered in this layout.",
+    )
+    def post(self, request: Request, key: str) -> Response:
+        serializer = LayoutPreviewSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        layout = selectors.layout_get(environment=request_environment(request), key=key)
+        rendered = selectors.layout_preview(layout=layout, locale=serializer.validated_data.get("locale") or None)
+        return Response(rendered_json(rendered, channel="email", number=None))

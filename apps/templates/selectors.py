@@ -352,3 +352,25 @@ def layout_get(*, environment: Environment, key: str) -> EmailLayout:
     if layout is None:
         raise NotFound(f"No email layout with key {key!r}.", code="layout_not_found", details={"key": key})
     return layout
+
+
+SAMPLE_LAYOUT_BODY = {
+    "en": "# Your weekly summary\n\nHi {{ subscriber.first_name }}, here is what happened.\n\n"
+    "- 3 new comments\n- 1 mention\n\n[Open the app](https://example.com)",
+    "fr": "# Votre résumé\n\nBonjour {{ subscriber.first_name }}, voici ce qui s'est passé.\n\n"
+    "- 3 nouveaux commentaires\n- 1 mention\n\n[Ouvrir l'application](https://example.com)",
+    "de": "# Ihre Zusammenfassung\n\nHallo {{ subscriber.first_name }}, das ist passiert.\n\n"
+    "- 3 neue Kommentare\n- 1 Erwähnung\n\n[App öffnen](https://example.com)",
+}
+
+
+def layout_preview(*, layout: EmailLayout, locale: str | None) -> RenderedContent:
+    """A sample Markdown email rendered in ``layout`` (previews of the layout editor)."""
+    template = Template(environment_id=layout.environment_id, key="layout-preview", channel="email")
+    version = TemplateVersion(template=template, number=0, body_format=TemplateVersion.BodyFormat.MARKDOWN)
+    version.layout = layout
+    for language in supported_languages():
+        setattr(version, f"subject_{language}", "Sample email")
+        setattr(version, f"body_{language}", SAMPLE_LAYOUT_BODY.get(language, SAMPLE_LAYOUT_BODY["en"]))
+    version.preheader_en = "A preview of the layout"
+    return template_preview(version=version, payload={}, subscriber={}, actor=None, locale=locale, sample=True)

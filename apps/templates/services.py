@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import EmailValidator as DjangoEmailValidator
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.db.models import Max
@@ -684,3 +685,88 @@ def template_save(
         template_publish(template=template)
         version = template.published_version
     return SavedTemplate(template=template, created=created, version=version)
+
+
+# --- test sends -----------------------------------------------------------------------------------
+
+TEST_SEND_CHANNELS = ("email", "sms", "push", "chat", "webhook")
+
+
+def template_test_send(
+    *,
+    version: TemplateVersion,
+    to: str = "",
+    subscriber_id: str = "",
+    locale: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> Any:
+    """Render ``version`` (saved, or a draft from ``build_version``) with the sample data and send
+    it once through the environment's real integrations (``message_send_now``).
+
+    ``to`` is an address (email, phone number, chat/webhook URL…); ``subscriber_id`` renders as
+    that stored subscriber and sends to their address. Returns the Message (its status says
+    whether the provider took it)."""
+    from apps.delivery.services import message_send_now
+    from apps.subscribers.models import Subscriber
+    from apps.templates.selectors import sample_render_context
+
+    template = version.template
+    if template.channel not in TEST_SEND_CHANNELS:
+        raise Unprocessable(
+            "In-app messages are created by workflows: trigger the workflow to see this one in an inbox.",
+            code="test_send_unsupported",
+            details={"channel": template.channel},
+        )
+    subscriber = None
+    if subscriber_id:
+        subscriber = Subscriber.objects.filter(
+            environment_id=template.environment_id, subscriber_id=subscriber_id
+        ).first()
+        if subscriber is None:
+            raise NotFound(
+                f"No subscriber with id {subscriber_id!r}.",
+                code="subscriber_not_found",
+                details={"subscriber_id": subscriber_id},
+            )
+    recipient = (to or "").strip()
+    if not recipient and subscriber is not None:
+        recipient = {"email": subscriber.email, "sms": subscriber.phone}.get(template.channel, "") or (
+            subscriber.subscriber_id
+        )
+    if not recipient:
+        raise Unprocessable(
+            "Give an address to send to, or a subscriber.", code="recipient_required", details={"to": "Required."}
+        )
+    if template.channel == "email":
+        try:
+            DjangoEmailValidator()(recipient)
+        except DjangoValidationError as exc:
+            raise Unprocessable(
+                f"{recipient!r} is not an email address.", code="invalid_recipient", details={"to": "Not an email."}
+            ) from exc
+    context = sample_render_context(
+        template=template, payload=payload, subscriber=subscriber.as_context() if subscriber else None
+    )
+    language = locale or (subscriber.locale if subscriber else None)
+    try:
+        rendered = render_version(version=version, locale=language, context=context)
+    except SandboxError as exc:
+        raise Unprocessable(
+            f"The template could not be rendered: {exc}", code="template_render", details=_render_errors(exc)
+        ) from exc
+    data: dict[str, Any] = {"test": True}
+    if rendered.text:
+        data["text"] = rendered.text
+    if rendered.action_url:
+        data["action_url"] = rendered.action_url
+    return message_send_now(
+        environment_id=template.environment_id,
+        channel=template.channel,
+        recipient=recipient,
+        subject=rendered.subject if template.channel == "email" else rendered.title,
+        body=rendered.body,
+        data=data,
+        subscriber_id=subscriber.pk if subscriber else None,
+        template_version_id=version.pk,
+        locale=rendered.locale,
+    )

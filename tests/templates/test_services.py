@@ -109,7 +109,9 @@ def test_version_stores_every_language_and_metadata(tenant, admin_user):
     )
 
     version.refresh_from_db()
-    empty = dict.fromkeys(("subject", "title", "body", "preheader", "primary_action_label", "secondary_action_label"), "")
+    empty = dict.fromkeys(
+        ("subject", "title", "body", "preheader", "primary_action_label", "secondary_action_label"), ""
+    )
     assert version_content(version) == {
         "en": {**empty, "subject": "S {{ payload.x }}", "body": "B"},
         "fr": empty,
