@@ -339,6 +339,11 @@ def test_preview_renders_latest_version_even_unpublished(api, tenant):
         "body": "Bob says hi",
         "action_url": "/posts/7",
         "fallbacks": {},
+        "text": "",
+        "preheader": "",
+        "actions": [],
+        "layout": "",
+        "sms": {},
     }
 
 
@@ -517,6 +522,15 @@ def test_openapi_schema_documents_every_template_operation():
         ("/api/v1/templates/{key}/versions/{number}", "get"),
         ("/api/v1/templates/{key}/publish", "post"),
         ("/api/v1/templates/{key}/preview", "post"),
+        ("/api/v1/templates/{key}/rollback", "post"),
+        ("/api/v1/templates/{key}/versions/diff", "get"),
+        ("/api/v1/templates/{key}/variables", "get"),
+        ("/api/v1/templates/{key}/test", "post"),
+        ("/api/v1/layouts", "get"),
+        ("/api/v1/layouts/{key}", "get"),
+        ("/api/v1/layouts/{key}", "put"),
+        ("/api/v1/layouts/{key}", "delete"),
+        ("/api/v1/layouts/{key}/preview", "post"),
     }
     put = schema["paths"]["/api/v1/templates/{key}"]["put"]
     assert "requestBody" in put
