@@ -78,7 +78,7 @@ def _check_payload(workflow: Workflow, payload: dict[str, Any]) -> None:
     schema = version.payload_schema if version is not None else None
     if not schema:
         return
-    errors = payload_errors(schema=schema, payload=payload, cache_key=(version.pk, version.created_at))
+    errors = payload_errors(schema=schema, payload=payload)
     if errors:
         raise Unprocessable(
             f"The payload does not match the schema of workflow '{workflow.key}'.",

@@ -311,15 +311,9 @@ def compile_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return program
 
 
-_PROGRAMS: dict[tuple[int, Any], list[dict[str, Any]]] = {}
-
-
 def program_for(version: Any) -> list[dict[str, Any]]:
-    """The compiled program of a WorkflowVersion (immutable, so cached by id and creation time)."""
-    key = (version.pk, version.created_at)
-    program = _PROGRAMS.get(key)
+    """The compiled program of a WorkflowVersion, compiled once per loaded instance."""
+    program = version.__dict__.get("_compiled_program")
     if program is None:
-        if len(_PROGRAMS) > 2048:
-            _PROGRAMS.clear()
-        program = _PROGRAMS[key] = compile_steps(version.steps)
+        program = version.__dict__["_compiled_program"] = compile_steps(version.steps)
     return program

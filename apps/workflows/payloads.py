@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
 MAX_ERRORS = 50
-_VALIDATORS: dict[tuple[int, Any], Draft202012Validator] = {}
+_VALIDATORS: dict[str, Draft202012Validator] = {}
 
 
 def schema_problem(schema: Any) -> str | None:
@@ -31,15 +32,15 @@ def _where(error: ValidationError) -> str:
     return path
 
 
-def payload_errors(*, schema: dict[str, Any], payload: Any, cache_key: tuple[int, Any] | None = None) -> dict[str, str]:
+def payload_errors(*, schema: dict[str, Any], payload: Any) -> dict[str, str]:
     """JSON path → plain message for every way ``payload`` breaks ``schema`` (empty when it fits)."""
-    validator = _VALIDATORS.get(cache_key) if cache_key else None
+    cache_key = json.dumps(schema, sort_keys=True)
+    validator = _VALIDATORS.get(cache_key)
     if validator is None:
         validator = Draft202012Validator(schema)
-        if cache_key:
-            if len(_VALIDATORS) > 1024:
-                _VALIDATORS.clear()
-            _VALIDATORS[cache_key] = validator
+        if len(_VALIDATORS) > 1024:
+            _VALIDATORS.clear()
+        _VALIDATORS[cache_key] = validator
     errors: dict[str, str] = {}
     for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
         if error.validator == "required" and isinstance(error.instance, dict):
