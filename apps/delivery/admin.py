@@ -1,26 +1,270 @@
-from django.contrib import admin
+"""Admin: integrations (credentials masked, test send, circuit reset) and messages (filters, attempts, resend)."""
 
-from apps.delivery.models import DeliveryAttempt, Integration, Message
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html, format_html_join
+
+from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
+from apps.delivery.providers.base import get_provider, providers_by_channel
+from apps.delivery.services import integration_send_test, message_resend
+from apps.delivery.webhooks.urls import webhook_urls
+from apps.subscribers.models import Subscriber
+
+MASK = "••••"
+
+
+def mask_value(value: Any) -> Any:
+    """What the admin shows for a credential: never the secret, at most its last four characters."""
+    if isinstance(value, str):
+        return f"{MASK}{value[-4:]}" if len(value) >= 12 else MASK
+    if isinstance(value, dict | list):
+        return MASK
+    return value
+
+
+def masked(credentials: dict[str, Any]) -> dict[str, Any]:
+    return {key: mask_value(value) for key, value in credentials.items()}
+
+
+def unmask(submitted: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """Keys left showing their mask keep the stored secret; anything typed over replaces it."""
+    return {
+        key: stored[key] if key in stored and value == mask_value(stored[key]) else value
+        for key, value in submitted.items()
+    }
+
+
+class IntegrationAdminForm(forms.ModelForm):
+    credentials = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 80}),
+        help_text=f"JSON. Stored secrets are shown masked ({MASK}); leave a masked value as it is to keep it, "
+        "type a new value to replace it, delete the key to remove it.",
+    )
+
+    class Meta:
+        model = Integration
+        fields = [
+            "environment",
+            "channel",
+            "provider",
+            "name",
+            "credentials",
+            "settings",
+            "priority",
+            "active",
+            "retries",
+            "rate_limit",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["credentials"] = masked(self.instance.credentials)
+        known = "; ".join(f"{channel}: {', '.join(names)}" for channel, names in providers_by_channel().items())
+        self.fields["provider"].help_text = f"Known providers — {known}."
+
+    def clean_credentials(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("credentials") or {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Enter a JSON object.")
+        return unmask(value, self.instance.credentials if self.instance.pk else {})
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        channel, provider_name = cleaned.get("channel"), cleaned.get("provider")
+        if channel and provider_name:
+            provider = get_provider(channel, provider_name)
+            if provider is None:
+                self.add_error("provider", f"Unknown {channel} provider. Known: {providers_by_channel().get(channel)}")
+            else:
+                missing = [k for k in provider.required_credentials if not (cleaned.get("credentials") or {}).get(k)]
+                if missing:
+                    self.add_error("credentials", f"Missing: {', '.join(missing)}.")
+        return cleaned
+
+
+class SendTestForm(forms.Form):
+    recipient = forms.CharField(
+        max_length=320,
+        required=False,
+        help_text="Email: an address. SMS: a phone number (E.164). Push: a subscriber id (its devices receive it). "
+        "Chat: a subscriber id, or empty for the integration's own webhook. Webhook: empty.",
+    )
 
 
 @admin.register(Integration)
 class IntegrationAdmin(admin.ModelAdmin):
-    list_display = ["provider", "channel", "environment", "priority", "active"]
+    form = IntegrationAdminForm
+    list_display = ["__str__", "name", "channel", "environment", "priority", "active", "rate_limit", "circuit_state"]
     list_filter = ["channel", "provider", "active", "environment"]
+    list_select_related = ["environment"]
+    search_fields = ["name", "provider"]
+    readonly_fields = ["webhook_urls_display", "circuit_state", "created_at", "updated_at"]
+    actions = ["send_test_message", "reset_circuit"]
+
+    @admin.display(description="circuit")
+    def circuit_state(self, obj: Integration) -> str:
+        if obj.circuit_open_until:
+            return f"open until {obj.circuit_open_until:%Y-%m-%d %H:%M:%S} ({obj.circuit_failures} failures)"
+        return f"closed ({obj.circuit_failures} failures)" if obj.circuit_failures else "closed"
+
+    @admin.display(description="webhook URLs to register with the provider")
+    def webhook_urls_display(self, obj: Integration) -> str:
+        urls = webhook_urls(obj) if obj.pk else {}
+        if not urls:
+            return "—"
+        return format_html_join(format_html("<br>"), "{}: <code>{}</code>", urls.items())
+
+    @admin.action(description="Send a test message")
+    def send_test_message(self, request: HttpRequest, queryset: QuerySet[Integration]) -> HttpResponse | None:
+        form = SendTestForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            recipient = form.cleaned_data["recipient"].strip()
+            for integration in queryset:
+                self._send_test(request, integration, recipient)
+            return None
+        return TemplateResponse(
+            request,
+            "admin/delivery/integration/send_test.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Send a test message",
+                "form": form,
+                "integrations": queryset,
+                "opts": self.model._meta,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            },
+        )
+
+    def _send_test(self, request: HttpRequest, integration: Integration, recipient: str) -> None:
+        subscriber_pk = None
+        if integration.channel in ("push", "chat") and recipient:
+            subscriber = Subscriber.objects.filter(
+                environment_id=integration.environment_id, subscriber_id=recipient
+            ).first()
+            if subscriber is None:
+                self.message_user(request, f"{integration}: no subscriber '{recipient}'.", messages.ERROR)
+                return
+            subscriber_pk = subscriber.pk
+        message = integration_send_test(integration=integration, recipient=recipient, subscriber_id=subscriber_pk)
+        if message.status == Message.Status.SENT:
+            self.message_user(request, f"{integration}: test message {message.pk} sent.", messages.SUCCESS)
+        else:
+            self.message_user(
+                request, f"{integration}: test message {message.pk} {message.status}: {message.error}", messages.ERROR
+            )
+
+    @admin.action(description="Close the circuit breaker (try the provider again now)")
+    def reset_circuit(self, request: HttpRequest, queryset: QuerySet[Integration]) -> None:
+        count = queryset.update(circuit_failures=0, circuit_open_until=None)
+        self.message_user(request, f"Closed the circuit of {count} integration(s).", messages.SUCCESS)
 
 
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
     extra = 0
     can_delete = False
-    fields = ["provider", "status", "error", "duration_ms", "response", "created_at"]
+    fields = ["created_at", "provider", "status", "response_code", "error_kind", "retryable", "duration_ms", "error"]
     readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class MessageEventInline(admin.TabularInline):
+    model = MessageEvent
+    extra = 0
+    can_delete = False
+    fields = ["received_at", "provider", "event_type", "status", "applied", "description", "payload"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class WorkflowFilter(admin.SimpleListFilter):
+    title = "workflow"
+    parameter_name = "workflow"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from apps.workflows.models import Workflow
+
+        keys = Workflow.objects.order_by("key").values_list("key", flat=True).distinct()[:200]
+        return [(key, key) for key in keys]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        if self.value():
+            return queryset.filter(data__workflow=self.value())
+        return queryset
 
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["pk", "channel", "recipient", "status", "provider", "created_at"]
-    list_filter = ["status", "channel", "provider"]
+    list_display = ["pk", "channel", "recipient", "status", "provider", "workflow", "attempts", "created_at"]
+    list_filter = ["status", "channel", "provider", WorkflowFilter, "environment"]
     search_fields = ["recipient", "provider_message_id", "run__event__transaction_id"]
-    raw_id_fields = ["run", "subscriber", "template_version"]
-    inlines = [DeliveryAttemptInline]
+    raw_id_fields = ["run", "subscriber", "template_version", "integration"]
+    readonly_fields = [
+        "environment",
+        "run",
+        "step_id",
+        "channel",
+        "subscriber",
+        "template_version",
+        "locale",
+        "recipient",
+        "subject",
+        "body",
+        "data_display",
+        "status",
+        "provider",
+        "integration",
+        "provider_message_id",
+        "error",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+        "sent_at",
+        "delivered_at",
+        "opened_at",
+        "clicked_at",
+    ]
+    exclude = ["data"]
+    inlines = [DeliveryAttemptInline, MessageEventInline]
+    actions = ["resend"]
+    show_full_result_count = False
+
+    @admin.display(description="workflow")
+    def workflow(self, obj: Message) -> str:
+        return (obj.data or {}).get("workflow") or "—"
+
+    @admin.display(description="data")
+    def data_display(self, obj: Message) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.data, indent=2, ensure_ascii=False))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Resend (as a new message)")
+    def resend(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        sent = [message_resend(message=m).pk for m in queryset.exclude(channel="in_app")]
+        self.message_user(request, f"Queued {len(sent)} message(s) again: {sent[:20]}.", messages.SUCCESS)
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    list_display = ["address", "channel", "reason", "environment", "created_at"]
+    list_filter = ["channel", "reason", "environment"]
+    search_fields = ["address"]
+    raw_id_fields = ["message"]
+    readonly_fields = ["created_at"]

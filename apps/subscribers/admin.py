@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from apps.subscribers.models import Subscriber, Topic, TopicSubscription
+from apps.subscribers.models import Device, Subscriber, Topic, TopicSubscription
 
 
 @admin.register(Subscriber)
@@ -29,3 +29,13 @@ class TopicAdmin(admin.ModelAdmin):
     search_fields = ["key", "name"]
     list_select_related = ["environment"]
     inlines = [TopicSubscriptionInline]
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "provider", "name", "environment", "created_at"]
+    list_filter = ["provider", "environment"]
+    search_fields = ["subscriber__subscriber_id", "name"]
+    list_select_related = ["subscriber"]
+    raw_id_fields = ["subscriber"]
+    readonly_fields = ["created_at", "updated_at"]

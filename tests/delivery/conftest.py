@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from requests.structures import CaseInsensitiveDict
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +31,7 @@ class Reply:
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: CaseInsensitiveDict[str]
     body: bytes
 
     def json(self) -> Any:
@@ -56,7 +57,7 @@ class FakeServer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received = Received(self.path, {k: v for k, v in self.headers.items()}, body)
+                received = Received(self.path, CaseInsensitiveDict(self.headers.items()), body)
                 with outer._lock:
                     outer.requests.append(received)
                     if outer.handler is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import warnings
 from typing import Any
 
 import firebase_admin
@@ -108,11 +109,15 @@ class FirebaseCloudMessaging(Provider):
         data = {k: str(v) for k, v in payload.items() if k not in ("title", "body")}
 
         def push(destination: Destination) -> dict[str, Any]:
-            fcm_message = messaging.Message(
-                token=destination.token,
-                notification=messaging.Notification(title=message.subject or None, body=message.body or None),
-                data=data,
-            )
+            with warnings.catch_warnings():
+                # firebase-admin 7.7 prefers installation ids (``fid``); registration tokens, which
+                # apps register today, still work and are what ``token`` carries.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                fcm_message = messaging.Message(
+                    token=destination.token,
+                    notification=messaging.Notification(title=message.subject or None, body=message.body or None),
+                    data=data,
+                )
             try:
                 name = messaging.send(fcm_message, app=app)
             except fb_exceptions.FirebaseError as exc:

@@ -84,10 +84,21 @@ def is_secured(integration: Integration) -> bool:
     return bool(creds.get("webhook_secret") or (signature_key and creds.get(signature_key)))
 
 
+def _soft_bounce(provider: str, esp_event: Any) -> bool:
+    """Anymail calls some temporary bounces "bounced": those must not make the address inactive."""
+    if not isinstance(esp_event, dict):
+        return False
+    if provider == "postmark":
+        return esp_event.get("Type") in ("SoftBounce", "Transient", "DnsError")
+    if provider == "sendgrid":
+        return esp_event.get("type") == "blocked"
+    return False
+
+
 def status_event(provider: str, event: AnymailTrackingEvent) -> StatusEvent:
     payload = jsonable(event.esp_event)
     suppress = ""
-    if event.event_type == EventType.BOUNCED:
+    if event.event_type == EventType.BOUNCED and not _soft_bounce(provider, event.esp_event):
         suppress = "bounced"
     elif event.event_type == EventType.COMPLAINED:
         suppress = "complained"
