@@ -7,7 +7,7 @@ take only inbox session tokens, never ``sk_`` keys.
 CORS: the inbox endpoints are called from customers' pages, so they answer preflights for any
 origin (a preflight carries no credentials, so it cannot name an environment) and check the
 real request's ``Origin`` against its environment's allowed origins (``apps.inbox.origins``):
-refused with 403 ``origin_not_allowed`` and no ``Access-Control-Allow-Origin``. No cookies are
+refused with 403 ``origin_not_allowed`` before anything is read or written. No cookies are
 involved (bearer tokens), so credentials are never allowed.
 """
 
@@ -72,8 +72,6 @@ def _origin(request: Any) -> str | None:
 class InboxCorsMixin:
     """Per-environment CORS for the inbox views (see the module docstring)."""
 
-    origin_refused: bool = False
-
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         # A preflight carries no credentials: answer it before DRF authenticates anything.
         origin = _origin(request)
@@ -95,7 +93,6 @@ class InboxCorsMixin:
         """Raise 403 ``origin_not_allowed`` when the browser's origin is not allowed for the environment."""
         origin = _origin(request)
         if not origin_allowed(environment_id=environment_id, origin=origin, host=request.get_host()):
-            self.origin_refused = True
             raise ApiError(
                 "This origin is not in the environment's allowed origins.",
                 code="origin_not_allowed",
@@ -106,7 +103,9 @@ class InboxCorsMixin:
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         origin = _origin(request)
-        if origin and not self.origin_refused and request.method != "OPTIONS":
+        # A refusal carries the header too: its body holds no inbox data, and the widget can then
+        # tell the developer "origin not allowed" instead of seeing an opaque network error.
+        if origin and request.method != "OPTIONS":
             response["Access-Control-Allow-Origin"] = origin
             response["Access-Control-Expose-Headers"] = "Retry-After"
             vary = response.get("Vary")
@@ -341,11 +340,7 @@ class InboxSessionView(InboxCorsMixin, APIView):
     def post(self, request: Request) -> Response:
         body = InboxSessionOpenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            session = inbox_session_open(**body.validated_data, origin=_origin(request), host=request.get_host())
-        except ApiError as exc:
-            self.origin_refused = exc.error_code == "origin_not_allowed"
-            raise
+        session = inbox_session_open(**body.validated_data, origin=_origin(request), host=request.get_host())
         return Response(InboxSessionSerializer(_session_data(session)).data, status=status.HTTP_201_CREATED)
 
 

@@ -102,6 +102,7 @@
     "  --clarion-bg: #111827; --clarion-fg: #f3f4f6; --clarion-muted: #9ca3af; --clarion-border: #1f2937; --clarion-hover: #1a2232;",
     "  --clarion-unread-bg: #172033; } }",
     "*, *::before, *::after { box-sizing: border-box; }",
+    "[hidden] { display: none !important; }",
     "button, select, input { font: inherit; color: inherit; }",
     "button { cursor: pointer; }",
     ":focus-visible { outline: none; box-shadow: var(--clarion-focus); }",
@@ -130,7 +131,8 @@
     "  color: var(--clarion-muted); }",
     ".icon-btn:hover { background: var(--clarion-hover); color: var(--clarion-fg); }",
     ".icon-btn svg { width: 17px; height: 17px; }",
-    ".text-btn { border: 0; background: none; color: var(--clarion-accent); font-size: 12.5px; font-weight: 600; padding: 4px 6px; border-radius: 6px; }",
+    ".text-btn { border: 0; background: none; color: var(--clarion-accent); font-size: 12.5px; font-weight: 600; padding: 4px 6px;",
+    "  border-radius: 6px; white-space: nowrap; }",
     ".text-btn:disabled { color: var(--clarion-muted); opacity: .6; cursor: default; }",
     ".bar { display: flex; align-items: center; gap: 6px; padding: 0 14px 8px; border-bottom: 1px solid var(--clarion-border); }",
     "[role=tablist] { display: flex; gap: 2px; flex: 1; }",
@@ -960,11 +962,13 @@
 
     _renderPrefs(state) {
       var self = this;
-      var status = el("div", { className: "sr-only", role: "status", "aria-live": "polite" });
+      if (!this._prefsStatus) this._prefsStatus = el("div", { className: "sr-only prefs-status", role: "status", "aria-live": "polite" });
+      var status = this._prefsStatus;
       var save = function (body) {
+        status.textContent = "";
         self._api("/preferences", { method: "PATCH", body: body }).then(function (next) {
-          status.textContent = self._t("saved");
           self._renderPrefs(next);
+          status.textContent = self._t("saved");
         }).catch(function (err) { status.textContent = self._t("saveError") + " " + err.message; self._showError(err.message); });
       };
       var channelBox = function (label, checked, disabled, onChange) {

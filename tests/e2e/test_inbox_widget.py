@@ -43,7 +43,7 @@ SCREENSHOT_MAX_BYTES = 300 * 1024
 class _Pages(BaseHTTPRequestHandler):
     pages: dict[str, str] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         body = self.pages.get(self.path.split("?")[0])
         if body is None:
             self.send_error(404)
@@ -296,7 +296,9 @@ def test_reconnects_after_a_server_restart_and_catches_up(
             f"""
             from apps.inbox.models import InboxMessage
             from apps.inbox.services import inbox_message_mark
-            row = InboxMessage.objects.get(subscriber__subscriber_id={subscriber_id!r}, title="Grace commented on Before")
+            row = InboxMessage.objects.get(
+                subscriber__subscriber_id={subscriber_id!r}, title="Grace commented on Before"
+            )
             inbox_message_mark(subscriber=row.subscriber, message_id=row.pk, action="read")
             """,
         )
@@ -395,7 +397,7 @@ def test_actions_archive_snooze_and_preferences(clarion_demo: DemoSystem, host_s
     email = group.get_by_role("checkbox", name="Email")
     expect(email).to_be_checked()
     email.uncheck()
-    expect(page.locator("clarion-inbox [role=status]").last).to_have_text("Saved")
+    expect(page.locator("clarion-inbox .prefs-status")).to_have_text("Saved")
     prefs = inbox_get(clarion_demo, token, "preferences")
     comments = next(c for c in prefs["categories"] if c["key"] == "comments")
     assert comments["channels"]["email"] is False and comments["channels"]["in_app"] is True

@@ -466,12 +466,13 @@ def test_allowed_origin_gets_cors_headers(locked_down, alice_client):
     assert "Origin" in response["Vary"]
 
 
-def test_other_origin_is_refused_without_cors_headers(locked_down, alice_client, alice, make_message):
+def test_other_origin_is_refused_before_anything_happens(locked_down, alice_client, alice, make_message):
     message = make_message(alice)
     response = alice_client.post(f"{MESSAGES}/{message.pk}/read", HTTP_ORIGIN="https://evil.test")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "origin_not_allowed"
-    assert "Access-Control-Allow-Origin" not in response
+    assert response["Access-Control-Allow-Origin"] == "https://evil.test"  # readable refusal, no data
+    assert "data" not in response.json()
     message.refresh_from_db()
     assert message.read_at is None
     assert alice_client.get(MESSAGES, HTTP_ORIGIN="https://evil.test").status_code == 403
@@ -490,7 +491,7 @@ def test_session_checks_the_origin(locked_down, anon_api):
     }
     refused = anon_api.post(f"{BASE}/session", body, format="json", HTTP_ORIGIN="https://evil.test")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
-    assert "Access-Control-Allow-Origin" not in refused
+    assert "token" not in refused.json()
     ok = anon_api.post(f"{BASE}/session", body, format="json", HTTP_ORIGIN="https://app.example.com")
     assert ok.status_code == 201
     assert ok["Access-Control-Allow-Origin"] == "https://app.example.com"
