@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference
+from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference, QuietHours
 
 
 class CategoryAdminForm(forms.ModelForm):
@@ -57,4 +57,19 @@ class PreferenceAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Viewing is allowed through has_view_permission; every field is read-only.
+        return False
+
+
+@admin.register(QuietHours)
+class QuietHoursAdmin(admin.ModelAdmin):
+    list_display = ["subscriber", "start", "end", "timezone", "days", "channels", "updated_at"]
+    list_filter = ["environment"]
+    search_fields = ["subscriber__subscriber_id"]
+    list_select_related = ["subscriber"]
+    readonly_fields = ["environment", "subscriber", "start", "end", "timezone", "days", "channels", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

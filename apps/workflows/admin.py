@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.core.errors import ApiError
-from apps.workflows.models import Run, StepRun, Workflow, WorkflowVersion
+from apps.workflows.models import DigestBucket, FrequencyCap, Run, StepRun, Workflow, WorkflowVersion
 from apps.workflows.services import workflow_publish
 
 
@@ -67,3 +68,51 @@ class RunAdmin(admin.ModelAdmin):
     raw_id_fields = ["event", "subscriber", "workflow_version"]
     readonly_fields = ["step_results", "claim_token", "lease_until", "attempts", "completed_at"]
     inlines = [StepRunInline]
+
+
+@admin.register(DigestBucket)
+class DigestBucketAdmin(admin.ModelAdmin):
+    """Digests as they collect: who, which key, how many events, when they close."""
+
+    list_display = ["pk", "scope", "subscriber", "digest_key", "status", "entry_count", "closes_at", "leader_run"]
+    list_filter = ["status", "environment"]
+    search_fields = ["scope", "digest_key", "subscriber__subscriber_id"]
+    readonly_fields = [f.name for f in DigestBucket._meta.fields]
+    list_select_related = ["subscriber"]
+    actions = ["flush"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.action(description="Send the selected open digests now")
+    def flush(self, request: HttpRequest, queryset: QuerySet[DigestBucket]) -> None:
+        from apps.core.tasks import enqueue_on_commit
+        from apps.workflows.digests import digests_flush
+        from apps.workflows.engine import ADVANCE_TASK, category_digests_send
+
+        woken = 0
+        with transaction.atomic():
+            for bucket in queryset.filter(status=DigestBucket.Status.OPEN):
+                if bucket.workflow_id is None:
+                    woken += category_digests_send(bucket_pks=[bucket.pk])
+                    continue
+                leaders = digests_flush(
+                    environment_id=bucket.environment_id,
+                    workflow_id=bucket.workflow_id,
+                    subscriber_pk=bucket.subscriber_id,
+                    key=bucket.digest_key,
+                )
+                if leaders:
+                    enqueue_on_commit(ADVANCE_TASK, leaders)
+                woken += len(leaders)
+        self.message_user(request, f"{woken} digest(s) sent.", messages.SUCCESS)
+
+
+@admin.register(FrequencyCap)
+class FrequencyCapAdmin(admin.ModelAdmin):
+    list_display = ["environment", "channel", "category", "limit", "window", "active"]
+    list_filter = ["environment", "channel", "active"]
+    raw_id_fields = ["category"]

@@ -685,3 +685,21 @@ def test_delete_event_stops_a_delay(env, api, fire, move, clock):
     assert api.delete("/api/v1/events/tx-later").json()["cancelled_runs"] == 1
     move(START + timedelta(days=2))
     assert InboxMessage.objects.count() == 0
+
+
+def test_admin_lists_digests_and_sends_one_now(
+    digest_flow, env, fire, admin_client, clock, django_capture_on_commit_callbacks
+):
+    digest_flow()
+    SubscriberFactory(environment=env, subscriber_id="u1")
+    fire("comments", ["u1"], {"post": "p1", "comment": "c0"})
+    bucket = DigestBucket.objects.get()
+    assert admin_client.get("/admin/workflows/digestbucket/").status_code == 200
+    assert admin_client.get("/admin/workflows/frequencycap/").status_code == 200
+    assert admin_client.get("/admin/preferences/quiethours/").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/workflows/digestbucket/", {"action": "flush", "_selected_action": [bucket.pk]}, follow=True
+        )
+    assert response.status_code == 200
+    assert [m.subject for m in mail.outbox] == ["1 new comments on p1"]
