@@ -1,30 +1,65 @@
-"""Admin for templates: non-engineers write new translated versions and publish them.
+"""Admin for templates: non-engineers edit translated copy, preview it live and publish it.
 
-Versions are immutable. The change page of a version is read-only and offers "New version from
-this one" (the add form, pre-filled) and "Publish". All writes go through ``services``.
+The change page of a template is the **editor** (``admin/notification_templates/template/editor.html``
+with ``static/clarion/admin/template-editor.js``): per-channel fields in language tabs, a live
+preview, a variable picker, inline validation, test sends, history with diffs and rollback.
+Versions are immutable; their own change page is read-only. All writes go through ``services``.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Max, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Max, Q, QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
-from modeltranslation.admin import TabbedTranslationAdmin
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from modeltranslation.admin import TranslationAdmin
 
 from apps.core.errors import ApiError
-from apps.templates.models import Template, TemplateVersion
-from apps.templates.rendering import TRANSLATED_FIELDS, supported_languages
+from apps.core.sandbox import SandboxError, validate_template
+from apps.subscribers.models import Subscriber
+from apps.templates import editor
+from apps.templates.models import EmailLayout, Template, TemplateVersion
+from apps.templates.rendering import HEX_COLOR, TRANSLATED_FIELDS, default_language, supported_languages
+from apps.templates.selectors import (
+    layout_preview,
+    missing_translation_q,
+    missing_translations,
+    template_variables,
+    template_version_diff,
+    template_versions,
+    version_changes,
+)
 from apps.templates.services import (
+    TEST_SEND_CHANNELS,
+    build_version,
+    layout_delete,
+    layout_upsert,
     template_content_validate,
     template_delete,
     template_publish,
     template_references,
+    template_render_check,
+    template_rollback,
+    template_test_send,
     template_upsert,
     template_version_create,
     version_content,
@@ -51,10 +86,16 @@ class _TemplateChoiceField(forms.ModelChoiceField):
 
 class TemplateVersionAddForm(forms.ModelForm):
     publish = forms.BooleanField(required=False, help_text="Publish this version right away.")
+    body_format = forms.ChoiceField(
+        choices=TemplateVersion.BodyFormat.choices,
+        required=False,
+        initial=TemplateVersion.BodyFormat.MARKDOWN,
+        help_text="Email body: Markdown rendered into the layout, or raw HTML",
+    )
 
     class Meta:
         model = TemplateVersion
-        fields = ["template", "subject", "title", "body", "action_url", "note"]
+        fields = ["template", "subject", "preheader", "title", "body", "body_format", "action_url", "note"]
 
     def content(self) -> dict[str, dict[str, str]]:
         data = self.cleaned_data
@@ -83,11 +124,29 @@ class TemplateVersionAddForm(forms.ModelForm):
                     self.add_error(None, f"{where}: {message}")
             if not details:
                 self.add_error(None, str(exc.detail))
+            return cleaned
+        if cleaned.get("publish"):
+            draft = build_version(
+                template=template,
+                content=self.content(),
+                urls={"action_url": cleaned.get("action_url") or ""},
+                body_format=cleaned.get("body_format") or "",
+            )
+            for where, message in template_render_check(version=draft).items():
+                self._add_located_error(where, message)
         return cleaned
+
+    def _add_located_error(self, where: str, message: str) -> None:
+        language, _, name = where.partition(".")
+        field = f"{name}_{language}" if name else where
+        if field in self.fields:
+            self.add_error(field, message)
+        else:
+            self.add_error(None, f"{where}: {message}")
 
 
 @admin.register(TemplateVersion)
-class TemplateVersionAdmin(TabbedTranslationAdmin):
+class TemplateVersionAdmin(TranslationAdmin):
     form = TemplateVersionAddForm
     list_display = ["__str__", "template_link", "number", "is_published", "note", "created_by", "created_at"]
     list_filter = ["template__channel", "template__environment"]
@@ -95,8 +154,12 @@ class TemplateVersionAdmin(TabbedTranslationAdmin):
     list_select_related = ["template", "created_by"]
     actions = ["publish_selected"]
 
+    class Media:
+        js = ("clarion/admin/translation-tabs.js",)
+        css = {"all": ("clarion/admin/translation-tabs.css",)}
+
     def get_fieldsets(self, request: HttpRequest, obj: TemplateVersion | None = None) -> Any:
-        content: list[str] = ["subject", "title", "body", "action_url"]
+        content: list[str] = ["subject", "preheader", "title", "body", "body_format", "action_url"]
         if obj is None:
             return [
                 (None, {"fields": self.replace_orig_field(["template"])}),
@@ -159,6 +222,7 @@ class TemplateVersionAdmin(TabbedTranslationAdmin):
             note=form.cleaned_data.get("note") or "",
             created_by=request.user,
             publish=bool(form.cleaned_data.get("publish")),
+            body_format=form.cleaned_data.get("body_format") or "",
         )
         # The admin goes on with ``obj`` (messages, log entry, redirect): make it the stored row.
         obj.pk = version.pk
@@ -259,10 +323,35 @@ class TemplateVersionInline(admin.TabularInline):
         return False
 
 
+class MissingTranslationsFilter(admin.SimpleListFilter):
+    """Templates whose published version leaves a field of the default language untranslated."""
+
+    title = "missing translations"
+    parameter_name = "missing_translation"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        names = dict(settings.LANGUAGES)
+        others = [code for code in supported_languages() if code != default_language()]
+        return [("any", "In any language"), *[(code, f"In {names.get(code, code)}") for code in others]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Template]) -> QuerySet[Template]:
+        value = self.value()
+        if not value:
+            return queryset
+        others = [code for code in supported_languages() if code != default_language()]
+        languages = others if value == "any" else [value] if value in others else []
+        if not languages:
+            return queryset
+        condition = Q()
+        for language in languages:
+            condition |= missing_translation_q(language)
+        return queryset.filter(condition)
+
+
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ["key", "name", "channel", "environment", "published", "latest", "updated_at"]
-    list_filter = ["channel", "environment"]
+    list_display = ["key", "name", "channel", "environment", "published", "latest", "translations", "updated_at"]
+    list_filter = ["channel", "environment", MissingTranslationsFilter]
     search_fields = ["key", "name"]
     inlines = [TemplateVersionInline]
     actions = ["publish_latest"]
@@ -330,12 +419,431 @@ class TemplateAdmin(admin.ModelAdmin):
         number = getattr(obj, "latest_number", None)
         return f"v{number}" if number else "—"
 
-    @admin.display(description="new version")
+    @admin.display(description="translations")
+    def translations(self, obj: Template) -> str:
+        if not obj.published_version_id:
+            return "—"
+        missing = missing_translations(version=obj.published_version, channel=obj.channel)
+        others = [code for code in supported_languages() if code != default_language()]
+        return format_html_join(
+            " ",
+            '<span class="{}" title="{}">{}</span>',
+            (
+                (
+                    "ce-missing" if code in missing else "ce-complete",
+                    f"missing: {', '.join(missing[code])}" if code in missing else "complete",
+                    f"{code} {'✗' if code in missing else '✓'}",
+                )
+                for code in others
+            ),
+        )
+
+    @admin.display(description="editor")
     def new_version(self, obj: Template) -> str:
-        url = reverse("admin:notification_templates_templateversion_add")
-        return format_html('<a class="button" href="{}?template={}">Write a new version</a>', url, obj.pk)
+        url = reverse("admin:notification_templates_template_change", args=[obj.pk])
+        return format_html('<a class="button" href="{}">Open the editor</a>', url)
 
     @admin.action(description="Publish the latest version", permissions=["change"])
     def publish_latest(self, request: HttpRequest, queryset: QuerySet[Template]) -> None:
         for template in queryset:
             _publish(self, request, template, None)
+
+    # --- the editor ------------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        def view(func: Any, suffix: str) -> URLPattern:
+            return path(
+                f"<path:object_id>/{suffix}/",
+                self.admin_site.admin_view(func),
+                name=f"notification_templates_template_{suffix.replace('-', '_')}",
+            )
+
+        return [
+            view(self.settings_view, "settings"),
+            view(self.preview_view, "preview"),
+            view(self.test_send_view, "test-send"),
+            view(self.diff_view, "diff"),
+            path(
+                "<path:object_id>/rollback/<int:number>/",
+                self.admin_site.admin_view(self.rollback_view),
+                name="notification_templates_template_rollback",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _template_or_404(self, request: HttpRequest, object_id: str) -> Template:
+        template = self.get_object(request, object_id)
+        if template is None or not self.has_view_permission(request, template):
+            raise Http404("No such template.")
+        return template
+
+    def settings_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The plain change form (name, description, channel)."""
+        return super().changeform_view(request, object_id, extra_context={"editor_url": self._editor_url(object_id)})
+
+    def _editor_url(self, object_id: Any) -> str:
+        return reverse("admin:notification_templates_template_change", args=[object_id])
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        template = self._template_or_404(request, object_id)
+        if request.method == "POST":
+            if not self.has_change_permission(request, template):
+                raise PermissionDenied
+            return self._editor_save(request, template)
+        source = None
+        from_version = request.GET.get("from_version", "")
+        versions = template.versions.select_related("layout")
+        if from_version.isdigit():
+            source = versions.filter(number=int(from_version)).first()
+        if source is None:
+            source = versions.order_by("-number").first()
+        return self._editor_response(request, template, source=source, errors={}, data=None)
+
+    def _editor_save(self, request: HttpRequest, template: Template) -> HttpResponse:
+        draft = editor.parse_draft(template, request.POST)
+        errors = editor.validate_draft(template, draft)
+        publish = request.POST.get("_action") == "publish"
+        if errors:
+            self.message_user(
+                request,
+                "Nothing was saved: fix the fields marked below."
+                if not publish
+                else "Not published: fix the fields marked below.",
+                messages.ERROR,
+            )
+            return self._editor_response(request, template, source=None, errors=errors, data=request.POST)
+        try:
+            with transaction.atomic():
+                template_upsert(environment=template.environment, key=template.key, sample_payload=draft.sample_payload)
+                template.refresh_from_db()
+                version = template_version_create(
+                    template=template,
+                    content=draft.content,
+                    urls=draft.urls,
+                    body_format=draft.body_format,
+                    layout=draft.layout,
+                    note=draft.note,
+                    created_by=request.user,
+                    publish=publish,
+                    check_render=True,
+                )
+        except ApiError as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            errors = {str(k): str(v) for k, v in details.items()} or {"template": str(exc.detail)}
+            self.message_user(request, f"Nothing was saved: {exc.detail}", messages.ERROR)
+            return self._editor_response(request, template, source=None, errors=errors, data=request.POST)
+        verb = "Published" if publish else "Saved draft"
+        self.message_user(request, f"{verb}: {template.key} version {version.number}.", messages.SUCCESS)
+        return HttpResponseRedirect(self._editor_url(template.pk))
+
+    def _editor_response(
+        self,
+        request: HttpRequest,
+        template: Template,
+        *,
+        source: TemplateVersion | None,
+        errors: dict[str, str],
+        data: Any,
+    ) -> HttpResponse:
+        versions = list(template_versions(template=template))
+        changes = version_changes(versions=versions)
+        fields = editor.editor_fields(template, source, errors, data)
+        layouts = list(EmailLayout.objects.filter(environment_id=template.environment_id).order_by("key"))
+        if data is not None:
+            chosen_layout = data.get("layout", "")
+            body_format = data.get("body_format", "markdown")
+            sample_text = data.get("sample_payload", "")
+            note = data.get("note", "")
+        else:
+            if source is not None:
+                chosen_layout = str(source.layout_id or "")
+                body_format = source.body_format
+            else:
+                default = next((layout for layout in layouts if layout.is_default), None)
+                chosen_layout = str(default.pk) if default else ""
+                body_format = TemplateVersion.BodyFormat.MARKDOWN
+            sample_text = json.dumps(template.sample_payload or {}, indent=2, ensure_ascii=False)
+            note = ""
+        known = set()
+        for language in fields["languages"]:
+            known.update(row["error_key"] for row in language["fields"])
+        known.update(row["error_key"] for row in fields["url_fields"])
+        known.update({"sample_payload", "layout", "body_format"})
+        other_errors = {key: value for key, value in errors.items() if key not in known}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Edit “{template.name}”",
+            "subtitle": template.key,
+            "template_obj": template,
+            "channel": template.channel,
+            "source": source,
+            "versions": [
+                {
+                    "version": version,
+                    "changes": changes.get(version.number, []),
+                    "is_published": template.published_version_id == version.pk,
+                }
+                for version in versions
+            ],
+            "layouts": layouts,
+            "chosen_layout": chosen_layout,
+            "body_format": body_format,
+            "sample_text": sample_text,
+            "note": note,
+            "errors": errors,
+            "other_errors": other_errors,
+            "variables": template_variables(template=template),
+            "subscribers": list(
+                Subscriber.objects.filter(environment_id=template.environment_id)
+                .order_by("subscriber_id")
+                .values_list("subscriber_id", flat=True)[:100]
+            ),
+            "can_change": self.has_change_permission(request, template),
+            "can_test_send": template.channel in TEST_SEND_CHANNELS,
+            "preview_url": reverse("admin:notification_templates_template_preview", args=[template.pk]),
+            "test_send_url": reverse("admin:notification_templates_template_test_send", args=[template.pk]),
+            "diff_url": reverse("admin:notification_templates_template_diff", args=[template.pk]),
+            "settings_url": reverse("admin:notification_templates_template_settings", args=[template.pk]),
+            "history_url": reverse("admin:notification_templates_template_history", args=[template.pk]),
+            "media": forms.Media(
+                js=["clarion/admin/template-editor.js"], css={"all": ["clarion/admin/template-editor.css"]}
+            ),
+            **fields,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/notification_templates/template/editor.html", context)
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        template = self._template_or_404(request, object_id)
+        draft = editor.parse_draft(template, request.POST)
+        result = editor.preview_draft(
+            template,
+            draft,
+            language=request.POST.get("preview_locale") or None,
+            subscriber_id=request.POST.get("preview_subscriber", "").strip(),
+        )
+        return JsonResponse(editor.preview_json(template, result))
+
+    def test_send_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        template = self._template_or_404(request, object_id)
+        if not self.has_change_permission(request, template):
+            raise PermissionDenied
+        draft = editor.parse_draft(template, request.POST)
+        errors = editor.validate_draft(template, draft)
+        if errors:
+            return JsonResponse({"ok": False, "message": "Fix the marked fields first.", "errors": errors}, status=422)
+        try:
+            message = template_test_send(
+                version=editor.draft_version(template, draft),
+                to=request.POST.get("test_to", ""),
+                subscriber_id=request.POST.get("test_subscriber", "").strip(),
+                locale=request.POST.get("preview_locale") or None,
+            )
+        except ApiError as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            return JsonResponse({"ok": False, "message": str(exc.detail), "errors": details}, status=422)
+        sent = message.status in {"sent", "delivered", "queued", "sending"}
+        text = (
+            f"Sent to {message.recipient} via {message.provider or 'the default backend'} ({message.status})."
+            if sent
+            else f"Not sent to {message.recipient}: {message.error or message.status}."
+        )
+        return JsonResponse({"ok": sent, "message": text, "status": message.status, "message_id": message.pk})
+
+    def rollback_view(self, request: HttpRequest, object_id: str, number: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        template = self._template_or_404(request, object_id)
+        if not self.has_change_permission(request, template):
+            raise PermissionDenied
+        try:
+            version = template_rollback(template=template, version_number=number, created_by=request.user)
+        except ApiError as exc:
+            self.message_user(request, f"Could not roll back: {exc.detail}", messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Rolled back: version {version.number} (a copy of version {number}) is now published.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(self._editor_url(template.pk))
+
+    def diff_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        template = self._template_or_404(request, object_id)
+        numbers = [request.GET.get("a", ""), request.GET.get("b", "")]
+        if not all(number.isdigit() for number in numbers):
+            self.message_user(request, "Choose two versions to compare.", messages.WARNING)
+            return HttpResponseRedirect(self._editor_url(template.pk))
+        a, b = sorted(int(number) for number in numbers)
+        try:
+            rows = template_version_diff(template=template, a=a, b=b)
+        except ApiError as exc:
+            self.message_user(request, str(exc.detail), messages.ERROR)
+            return HttpResponseRedirect(self._editor_url(template.pk))
+        differ = difflib.HtmlDiff(tabsize=2, wrapcolumn=60)
+        tables = [
+            {
+                **row,
+                "table": mark_safe(
+                    differ.make_table(
+                        row["before"].splitlines() or [""],
+                        row["after"].splitlines() or [""],
+                        fromdesc=f"version {a}",
+                        todesc=f"version {b}",
+                    )
+                ),
+            }
+            for row in rows
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"{template.key}: version {a} → version {b}",
+            "template_obj": template,
+            "a": a,
+            "b": b,
+            "rows": tables,
+            "changed_count": sum(1 for row in rows if row["changed"]),
+            "editor_url": self._editor_url(template.pk),
+            "media": forms.Media(css={"all": ["clarion/admin/template-editor.css"]}),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/notification_templates/template/diff.html", context)
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+
+class EmailLayoutForm(forms.ModelForm):
+    class Meta:
+        model = EmailLayout
+        fields = [
+            "environment",
+            "key",
+            "name",
+            "header",
+            "footer",
+            "brand_color",
+            "logo_url",
+            "css",
+            "show_unsubscribe",
+            "is_default",
+        ]
+        widgets = {"brand_color": forms.TextInput(attrs={"type": "color"})}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for language in supported_languages():
+            for part in ("header", "footer"):
+                name = f"{part}_{language}"
+                source = cleaned.get(name) or ""
+                if not source:
+                    continue
+                try:
+                    validate_template(source)
+                except SandboxError as exc:
+                    self.add_error(name, str(exc))
+        color = cleaned.get("brand_color")
+        if color and not HEX_COLOR.match(color):
+            self.add_error("brand_color", "Use a hex colour such as #4f46e5.")
+        return cleaned
+
+    def layout_kwargs(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "header": {language: data.get(f"header_{language}") or "" for language in supported_languages()},
+            "footer": {language: data.get(f"footer_{language}") or "" for language in supported_languages()},
+            "brand_color": data.get("brand_color") or "#4f46e5",
+            "logo_url": data.get("logo_url") or "",
+            "css": data.get("css") or "",
+            "show_unsubscribe": bool(data.get("show_unsubscribe")),
+            "is_default": bool(data.get("is_default")),
+        }
+
+
+@admin.register(EmailLayout)
+class EmailLayoutAdmin(TranslationAdmin):
+    form = EmailLayoutForm
+    list_display = ["key", "name", "environment", "brand_color", "is_default", "updated_at"]
+    list_filter = ["environment", "is_default"]
+    search_fields = ["key", "name"]
+    change_form_template = "admin/notification_templates/emaillayout/change_form.html"
+
+    class Media:
+        js = ("clarion/admin/translation-tabs.js", "clarion/admin/layout-preview.js")
+        css = {"all": ("clarion/admin/translation-tabs.css", "clarion/admin/template-editor.css")}
+
+    def get_readonly_fields(self, request: HttpRequest, obj: EmailLayout | None = None) -> list[str]:
+        return ["environment", "key"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: EmailLayout, form: Any, change: bool) -> None:
+        layout, _ = layout_upsert(environment=obj.environment, key=obj.key, **form.layout_kwargs())
+        obj.pk = layout.pk
+        obj.created_at = layout.created_at
+        obj.updated_at = layout.updated_at
+
+    def delete_model(self, request: HttpRequest, obj: EmailLayout) -> None:
+        layout_delete(layout=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[EmailLayout]) -> None:
+        for layout in queryset:
+            layout_delete(layout=layout)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<path:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="notification_templates_emaillayout_preview",
+            ),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Render a sample email in the layout as the form currently describes it (unsaved)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        stored = self.get_object(request, object_id)
+        if stored is None or not self.has_view_permission(request, stored):
+            raise Http404("No such layout.")
+        layout = EmailLayout(
+            pk=stored.pk, environment_id=stored.environment_id, key=stored.key, name=stored.name or stored.key
+        )
+        for language in supported_languages():
+            for part in ("header", "footer"):
+                setattr(layout, f"{part}_{language}", request.POST.get(f"{part}_{language}", ""))
+        color = request.POST.get("brand_color", "")
+        layout.brand_color = color if HEX_COLOR.match(color) else stored.brand_color
+        logo = request.POST.get("logo_url", "").strip()
+        layout.logo_url = logo if logo.startswith(("http://", "https://")) else ""
+        layout.css = request.POST.get("css", "")
+        layout.show_unsubscribe = request.POST.get("show_unsubscribe") in {"on", "true", "1"}
+        language = request.POST.get("preview_locale") or None
+        try:
+            rendered = layout_preview(layout=layout, locale=language)
+        except ApiError as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            return JsonResponse({"ok": False, "errors": details or {"layout": str(exc.detail)}})
+        return JsonResponse({"ok": True, "errors": {}, "rendered": {"body": rendered.body, "text": rendered.text}})
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        layout = self.get_object(request, object_id)
+        if request.method == "POST" and layout is not None:
+            try:
+                layout_delete(layout=layout)
+            except ApiError as exc:
+                self.message_user(request, str(exc.detail), messages.ERROR)
+                return HttpResponseRedirect(
+                    reverse("admin:notification_templates_emaillayout_change", args=[layout.pk])
+                )
+            self.message_user(request, f"Deleted layout {layout.key}.", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:notification_templates_emaillayout_changelist"))
+        return super().delete_view(request, object_id, extra_context)

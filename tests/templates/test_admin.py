@@ -141,7 +141,7 @@ def test_existing_versions_are_read_only(admin_client, tenant):
     content = page.content.decode()
     assert 'name="body_en"' not in content  # no inputs: read-only
     assert "Hi {{ subscriber.first_name }}" in content
-    assert "New version from this one" in content
+    assert "Edit from this version" in content
     assert "Publish this version" in content
 
     response = admin_client.post(url, version_form(template, body_en="tampered"))
