@@ -10,11 +10,12 @@ import sys
 import time
 from typing import Any
 
-from bench import fanout, ingest
+from bench import fanout, ingest, websocket
 from bench.common import Installation, database_connections, log, machine_info
 from bench.report import render
 
-BENCHMARKS = ("ingest", "fanout")
+BENCHMARKS = ("ingest", "fanout", "websocket")
+DEFAULT_BENCHMARKS = ("ingest", "fanout")  # websocket needs REDIS_URL: run it by name
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -22,7 +23,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m bench",
         description="Clarion benchmarks: each result is a ratio against a baseline measured in the same run.",
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help="ingest, fanout (default: both)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="ingest, fanout, websocket (default: ingest and fanout)"
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke variant (seconds, not meaningful numbers)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of the measured Clarion path")
@@ -30,11 +33,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="ingest: concurrent connections (default 16)")
     parser.add_argument("--subscribers", type=int, help="fanout: topic size (default 10000)")
     parser.add_argument("--repeats", type=int, help="fanout: alternating repetitions (default 3)")
+    parser.add_argument("--clients", type=int, help="websocket: concurrent sockets (default 1000)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    args.names = [n for n in BENCHMARKS if n in args.names] or list(BENCHMARKS)
+    args.names = [n for n in BENCHMARKS if n in args.names] or list(DEFAULT_BENCHMARKS)
     return args
 
 
@@ -66,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             results["benchmarks"]["fanout"] = fanout.run(installation, config_f, profile=args.profile)
             results["benchmarks"]["fanout"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        if "websocket" in args.names:
+            config_w = websocket.WebsocketConfig.quick() if args.quick else websocket.WebsocketConfig()
+            if args.clients:
+                config_w = websocket.WebsocketConfig(**{**config_w.__dict__, "clients": args.clients})
+            started = time.monotonic()
+            results["benchmarks"]["websocket"] = websocket.run(installation, config_w)
+            results["benchmarks"]["websocket"]["wall_seconds"] = round(time.monotonic() - started, 1)
         results["machine"]["database_connections"] = database_connections()  # Django is set up by now
     finally:
         installation.cleanup()
@@ -79,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(render(results))
+        if "websocket" in results["benchmarks"]:
+            print(websocket.render(results["benchmarks"]["websocket"]))
     return 0
 
 
