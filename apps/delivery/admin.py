@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
 from apps.delivery.providers.base import get_provider, providers_by_channel
@@ -122,7 +123,7 @@ class IntegrationAdmin(admin.ModelAdmin):
         urls = webhook_urls(obj) if obj.pk else {}
         if not urls:
             return "—"
-        return format_html_join(format_html("<br>"), "{}: <code>{}</code>", urls.items())
+        return format_html_join(mark_safe("<br>"), "{}: <code>{}</code>", urls.items())
 
     @admin.action(description="Send a test message")
     def send_test_message(self, request: HttpRequest, queryset: QuerySet[Integration]) -> HttpResponse | None:
