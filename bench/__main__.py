@@ -10,12 +10,12 @@ import sys
 import time
 from typing import Any
 
-from bench import fanout, ingest, websocket
+from bench import digest, fanout, ingest, websocket
 from bench.common import Installation, database_connections, log, machine_info
 from bench.report import render
 
-BENCHMARKS = ("ingest", "fanout", "websocket")
-DEFAULT_BENCHMARKS = ("ingest", "fanout")  # websocket needs REDIS_URL: run it by name
+BENCHMARKS = ("ingest", "fanout", "digest", "websocket")
+DEFAULT_BENCHMARKS = ("ingest", "fanout", "digest")  # websocket needs REDIS_URL: run it by name
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,6 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="ingest: concurrent connections (default 16)")
     parser.add_argument("--subscribers", type=int, help="fanout: topic size (default 10000)")
     parser.add_argument("--repeats", type=int, help="fanout: alternating repetitions (default 3)")
+    parser.add_argument("--digests", type=int, help="digest: subscribers, one digest each (default 10000)")
+    parser.add_argument("--digest-events", type=int, help="digest: triggers to all of them (default 100)")
     parser.add_argument("--clients", type=int, help="websocket: concurrent sockets (default 1000)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -77,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             results["benchmarks"]["websocket"] = websocket.run(installation, config_w)
             results["benchmarks"]["websocket"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        if "digest" in args.names:
+            config_d = digest.DigestConfig.quick() if args.quick else digest.DigestConfig()
+            overrides = {k: v for k, v in (("subscribers", args.digests), ("events", args.digest_events)) if v}
+            config_d = digest.DigestConfig(**{**config_d.__dict__, **overrides})
+            started = time.monotonic()
+            results["benchmarks"]["digest"] = digest.run(installation, config_d)
+            results["benchmarks"]["digest"]["wall_seconds"] = round(time.monotonic() - started, 1)
         results["machine"]["database_connections"] = database_connections()  # Django is set up by now
     finally:
         installation.cleanup()

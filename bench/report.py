@@ -78,4 +78,24 @@ def render(results: dict[str, Any]) -> str:
             for name, value in fan["phases"].items():
                 lines.append(f"    {name:<44} {value:8.2f}")
         lines.append("")
+    if "digest" in benchmarks:
+        dig = benchmarks["digest"]
+        cfg = dig["config"]
+        ingest_row, base_row, flush = dig["ingest"], dig["baseline"], dig["flush"]
+        per_trigger = cfg["subscribers"] / ingest_row["median_trigger_seconds"]
+        ratio = dig["ratio_clarion_over_baseline"]
+        lines += [
+            f"digest: {cfg['triggers']} triggers x {cfg['subscribers']:,} topic subscribers = "
+            f"{cfg['entries']:,} events into {cfg['digests']:,} digests (window {cfg['window']}); push: no-op",
+            f"  {'path (median per trigger)':<46} {'seconds':>9} {'entries/s':>12}",
+            f"  {'baseline (bulk_create Run + DigestEntry)':<46} "
+            f"{_fmt(base_row['median_seconds'], 3):>9} {_fmt(base_row['entries_per_s']):>12}",
+            f"  {'clarion (process_event + advance_runs)':<46} "
+            f"{_fmt(ingest_row['median_trigger_seconds'], 3):>9} {_fmt(per_trigger):>12}",
+            f"  clarion ingest in all: {ingest_row['seconds']:.1f} s, {_fmt(ingest_row['entries_per_s'])} entries/s",
+            f"  ratio clarion/baseline (entries/s): {ratio:.3f}  ({_slower(ratio)})",
+            f"  flush of all {cfg['digests']:,} digests: {flush['seconds']:.1f} s "
+            f"({_fmt(flush['digests_per_s'])} digests/s, {_fmt(flush['entries_per_s'])} entries/s)",
+            "",
+        ]
     return "\n".join(lines)

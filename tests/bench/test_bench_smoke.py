@@ -51,7 +51,7 @@ def test_quick_run_reports_machine_and_installation(quick_results: dict[str, Any
     machine = quick_results["machine"]
     assert machine["database"] == "sqlite" and machine["broker"] == "orm"
     _positive(machine, "cpus")
-    assert set(quick_results["benchmarks"]) == {"ingest", "fanout"}
+    assert set(quick_results["benchmarks"]) == {"ingest", "fanout", "digest"}
 
 
 def test_quick_ingest_measures_trigger_against_bare(quick_results: dict[str, Any]) -> None:
@@ -78,7 +78,19 @@ def test_quick_fanout_measures_engine_against_bulk_create(quick_results: dict[st
     _positive(fanout, "ratio_clarion_over_baseline")
 
 
+def test_quick_digest_measures_ingest_and_flush(quick_results: dict[str, Any]) -> None:
+    digest = quick_results["benchmarks"]["digest"]
+    config = digest["config"]
+    # the run itself checks one message per digest with the full count and no run left waiting
+    assert config["entries"] == config["subscribers"] * config["triggers"] > 0
+    _positive(digest["ingest"], "seconds", "entries_per_s", "median_trigger_seconds")
+    _positive(digest["baseline"], "median_seconds", "entries_per_s")
+    _positive(digest["flush"], "seconds", "digests_per_s", "entries_per_s")
+    _positive(digest, "ratio_clarion_over_baseline")
+
+
 def test_table_renders_both_benchmarks(quick_results: dict[str, Any]) -> None:
     table = render(quick_results)
+    assert "flush of all" in table
     assert "ratio trigger/bare" in table
     assert "ratio clarion/baseline" in table

@@ -1,0 +1,235 @@
+"""Digest ingest and flush: events/s into open digests against a raw ``bulk_create``, and flush time.
+
+In this process (``bench.settings``, the temporary SQLite database or ``DATABASE_URL``), one
+environment holds ``subscribers`` subscribers in one topic and a published workflow
+``digest (window 1h, key payload.thread) → in_app "{{ digest.count }} new replies"``.
+
+* **ingest (clarion)**: ``events`` triggers addressed to the topic, each through
+  ``process_event`` with eager tasks: the fan-out creates one Run per subscriber, and
+  ``advance_runs`` walks each chunk of 500 to the digest step, where the chunk's runs join their
+  subscriber's open bucket (opened by the first event): lock the open buckets, insert the
+  entries, recount, park the runs — in the chunk's one transaction. ``subscribers × events``
+  digest entries in all (100 triggers × 10,000 subscribers = 1,000,000 events-for-a-person into
+  10,000 digests by default).
+* **ingest (baseline)**, interleaved (one baseline repetition after every tenth trigger): one
+  transaction that ``bulk_create``s the least a durable digest membership needs for the same
+  number of recipients — a Run row (status waiting) and a DigestEntry row each, into buckets that
+  already exist. No locks, no fan-out walk, no trace.
+* **flush**: ``POST /api/v1/digests/flush``'s service for the whole environment, then the
+  leaders' runs through the engine (eager, chunks of 500): close each bucket, load its events,
+  render the in-app message with ``digest.count``, complete the other runs (``digest_merged``).
+  Reported: seconds, digests/s and entries/s. Checked afterwards: one message per subscriber
+  with the full count, every run completed.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+from bench.common import Installation, log, median
+
+TOPIC_KEY = "bench-digest-topic"
+WORKFLOW_KEY = "bench-digest"
+TEMPLATE_KEY = "bench-digest-in-app"
+TITLE = "{{ digest.count }} new replies in {{ payload.thread }}"
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    subscribers: int = 10_000  # one digest each
+    events: int = 100  # triggers to the whole topic
+
+    @classmethod
+    def quick(cls) -> DigestConfig:
+        return cls(subscribers=200, events=5)
+
+
+def _setup(config: DigestConfig, tag: str) -> tuple[Any, Any, list[int]]:
+    from django.db import transaction
+
+    from apps.subscribers.models import Subscriber, TopicSubscription
+    from apps.subscribers.services import topic_upsert
+    from apps.templates.services import template_save
+    from apps.tenancy.services import environment_create
+    from apps.workflows.services import workflow_upsert
+
+    with transaction.atomic():
+        environment = environment_create(name=f"bench digest {tag}").environment
+        Subscriber.objects.bulk_create(
+            [
+                Subscriber(environment=environment, subscriber_id=f"dig-{i:06d}", first_name=f"R{i}", locale="en")
+                for i in range(config.subscribers)
+            ],
+            batch_size=1000,
+        )
+        pks = list(Subscriber.objects.filter(environment=environment).order_by("pk").values_list("pk", flat=True))
+        topic, _ = topic_upsert(environment=environment, key=TOPIC_KEY, name="Bench digest topic")
+        TopicSubscription.objects.bulk_create(
+            [TopicSubscription(topic=topic, subscriber_id=pk) for pk in pks], batch_size=1000
+        )
+        template_save(
+            environment=environment,
+            key=TEMPLATE_KEY,
+            channel="in_app",
+            content={"en": {"title": TITLE, "body": ""}},
+            publish=True,
+        )
+        workflow, _ = workflow_upsert(
+            environment=environment,
+            key=WORKFLOW_KEY,
+            name="Bench digest",
+            steps=[
+                {"id": "batch", "type": "digest", "window": "1h", "key": "payload.thread"},
+                {"id": "inbox", "type": "in_app", "template": TEMPLATE_KEY},
+            ],
+            publish=True,
+        )
+        workflow.refresh_from_db()
+    return environment, workflow, pks
+
+
+def _event(environment: Any, workflow: Any, label: str) -> Any:
+    from apps.events.models import Event
+
+    return Event.objects.create(
+        environment=environment,
+        transaction_id=f"digest-{label}",
+        workflow=workflow,
+        workflow_version_id=workflow.published_version_id,
+        payload={"thread": "t-1", "reply": label},
+        recipients=[{"topic": TOPIC_KEY}],
+    )
+
+
+def _baseline_once(environment: Any, workflow: Any, pks: list[int], buckets: list[int], label: str) -> float:
+    """Run + DigestEntry rows for every recipient, into existing buckets, in one transaction."""
+    from django.db import transaction
+
+    from apps.workflows.models import DigestEntry, Run
+
+    event = _event(environment, workflow, f"baseline-{label}")
+    gc.collect()
+    started = time.perf_counter()
+    with transaction.atomic():
+        runs = Run.objects.bulk_create(
+            [
+                Run(
+                    environment=environment,
+                    event=event,
+                    workflow_version_id=workflow.published_version_id,
+                    subscriber_id=pk,
+                    status=Run.Status.WAITING,
+                )
+                for pk in pks
+            ],
+            batch_size=500,
+        )
+        if runs and runs[0].pk is None:  # SQLite before RETURNING support: read them back
+            runs = list(Run.objects.filter(event=event).order_by("subscriber_id"))
+        DigestEntry.objects.bulk_create(
+            [
+                DigestEntry(bucket_id=bucket, run_id=run.pk, step_id="batch")
+                for bucket, run in zip(buckets, runs, strict=True)
+            ],
+            batch_size=1000,
+        )
+    return time.perf_counter() - started
+
+
+def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
+    installation.setup_django()
+    from django.db import transaction
+    from django.test import override_settings
+
+    from apps.inbox.models import InboxMessage
+    from apps.workflows import digests
+    from apps.workflows.engine import advance_runs, process_event
+    from apps.workflows.models import DigestBucket, DigestEntry, Run
+
+    tag = str(int(time.time() * 1000))
+    log(f"digest: {config.subscribers} subscribers in one topic, {config.events} triggers")
+    environment, workflow, pks = _setup(config, tag)
+    n = len(pks)
+    no_push = mock.patch("apps.inbox.realtime.publish_messages_created", lambda messages: None)
+
+    clarion: list[float] = []
+    baseline: list[float] = []
+    buckets: list[int] = []
+    with override_settings(CLARION_TASKS_EAGER=True), no_push:
+        for index in range(config.events):
+            event = _event(environment, workflow, f"{tag}-{index}")
+            gc.collect()
+            started = time.perf_counter()
+            process_event(event.pk)
+            clarion.append(time.perf_counter() - started)
+            if index == 0:
+                buckets = list(
+                    DigestBucket.objects.filter(environment=environment)
+                    .order_by("subscriber_id")
+                    .values_list("pk", flat=True)
+                )
+            if index % 10 == 0:
+                baseline.append(_baseline_once(environment, workflow, pks, buckets, f"{tag}-{index}"))
+                # the baseline's rows must not take part in the flush
+                DigestEntry.objects.filter(run__event__transaction_id=f"digest-baseline-{tag}-{index}").delete()
+            if (index + 1) % 10 == 0 or index + 1 == config.events:
+                done = (index + 1) * n
+                log(f"digest: {done:,} entries in {sum(clarion):7.1f} s ({done / sum(clarion):9.1f} entries/s)")
+
+        entries = DigestEntry.objects.filter(bucket__environment=environment).count()
+        open_buckets = DigestBucket.objects.filter(environment=environment, status="open").count()
+        expected = n * config.events
+        if entries != expected or open_buckets != n:
+            raise RuntimeError(
+                f"digest ingest: {entries} entries in {open_buckets} open buckets, expected {expected} in {n}"
+            )
+
+        gc.collect()
+        started = time.perf_counter()
+        with transaction.atomic():
+            leaders = digests.digests_flush(environment_id=environment.pk, workflow_id=workflow.pk)
+        advance_runs(sorted(leaders))
+        flush_seconds = time.perf_counter() - started
+
+    messages = InboxMessage.objects.filter(environment=environment)
+    titles = set(messages.values_list("title", flat=True))
+    waiting = Run.objects.filter(environment=environment, status=Run.Status.WAITING).exclude(
+        event__transaction_id__startswith="digest-baseline-"
+    )
+    if messages.count() != n or titles != {f"{config.events} new replies in t-1"} or waiting.exists():
+        raise RuntimeError(f"digest flush: {messages.count()} messages {sorted(titles)[:3]}, {waiting.count()} waiting")
+    log(f"digest: flush of {n} digests ({expected:,} entries) {flush_seconds:.1f} s")
+
+    per_event = median(clarion)
+    per_baseline = median(baseline)
+    return {
+        "config": {
+            "subscribers": n,
+            "digests": n,
+            "triggers": config.events,
+            "entries": expected,
+            "window": "1h",
+            "push": "replaced by a no-op (publish_messages_created)",
+            "baseline_inserts": f"{n} Run + {n} DigestEntry rows per trigger (bulk_create, one transaction)",
+        },
+        "ingest": {
+            "seconds": round(sum(clarion), 2),
+            "entries_per_s": round(expected / sum(clarion), 1),
+            "median_trigger_seconds": round(per_event, 3),
+        },
+        "baseline": {
+            "median_seconds": round(per_baseline, 3),
+            "entries_per_s": round(n / per_baseline, 1),
+            "repetitions": len(baseline),
+        },
+        "ratio_clarion_over_baseline": round((n / per_event) / (n / per_baseline), 3),
+        "flush": {
+            "seconds": round(flush_seconds, 2),
+            "digests_per_s": round(n / flush_seconds, 1),
+            "entries_per_s": round(expected / flush_seconds, 1),
+        },
+    }
