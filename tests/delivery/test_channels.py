@@ -24,7 +24,7 @@ from apps.events.services import TriggerRequest, event_trigger
 from apps.subscribers.models import Device
 from tests.delivery.conftest import Reply
 from tests.factories import IntegrationFactory, SubscriberFactory
-from tests.workflows.conftest import make_workflow
+from tests.workflows.conftest import make_workflow, published_template
 
 pytestmark = pytest.mark.django_db
 
@@ -140,6 +140,35 @@ def test_web_push_all_subscriptions_gone_fails_and_push_becomes_unreachable(tena
     assert message.status == "failed" and "gone" in message.error
     assert not Device.objects.exists()
     assert "push" not in reachable_channels(subscribers=[subscriber])[subscriber.pk]
+
+
+def test_push_step_of_a_workflow_reaches_the_subscribers_browser(
+    tenant, fake_server, django_capture_on_commit_callbacks
+):
+    env = tenant.environment
+    browser = PushSubscriber()
+    push_service = fake_server([Reply(status=201, body={})])
+    published_template(env, "ping", "push", title_en="Hi {{ subscriber.first_name }}", body_en="{{ payload.text }}")
+    make_workflow(env, "ping", [{"id": "push", "type": "push", "template": "ping"}])
+    subscriber = SubscriberFactory(environment=env, subscriber_id="u1", first_name="Ada")
+    Device.objects.create(
+        environment=env, subscriber=subscriber, provider="webpush", token=f"{push_service.url}/p", keys=browser.keys
+    )
+    IntegrationFactory(
+        environment=env,
+        channel="push",
+        provider="webpush",
+        credentials={"vapid_private_key": vapid_private_key(), "vapid_subject": "mailto:ops@acme.test"},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        event_trigger(environment=env, request=TriggerRequest("ping", ["u1"], {"text": "Your build passed"}))
+
+    message = Message.objects.get(channel="push")
+    assert message.status == "sent", message.error
+    assert message.recipient == "u1"
+    (request,) = push_service.requests
+    payload = browser.decrypt(request.body)
+    assert payload["title"] == "Hi Ada" and payload["body"] == "Your build passed"
 
 
 # --- FCM ----------------------------------------------------------------------------------------------

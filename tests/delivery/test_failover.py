@@ -428,3 +428,26 @@ def test_suppressed_phone_is_not_reachable_and_not_sent(sms_flow, fake_server, d
     deliver_messages([queued.pk])
     queued.refresh_from_db()
     assert queued.status == "failed" and "inactive" in queued.error and server.requests == []
+
+
+def test_the_sweeper_redrives_a_due_retry(tenant, fake_server):
+    from apps.workflows.engine import sweep
+
+    env = tenant.environment
+    server = fake_server([Reply(body={"id": "swept"})])
+    sms_integration(env, server)
+    due = Message.objects.create(
+        environment=env, step_id="s", channel="sms", recipient="+15550001", body="x",
+        next_attempt_at=timezone.now() - timedelta(seconds=1),
+    )  # fmt: skip
+    not_yet = Message.objects.create(
+        environment=env, step_id="s", channel="sms", recipient="+15550002", body="x",
+        next_attempt_at=timezone.now() + timedelta(minutes=5),
+    )  # fmt: skip
+
+    assert sweep()["messages"] == 1
+
+    due.refresh_from_db()
+    not_yet.refresh_from_db()
+    assert due.status == "sent" and due.provider_message_id == "swept"
+    assert not_yet.status == "queued" and len(server.requests) == 1
