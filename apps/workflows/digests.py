@@ -100,7 +100,10 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
         stale.filter(leader_run__isnull=True).update(status=DigestBucket.Status.EMPTY, closed_at=now)
 
         open_buckets = _lock_open(subscriber_ids, scopes, pending)
-        missing = [g for key, g in pending.items() if key not in open_buckets]
+        # Sorted, so that concurrent chunks insert (and so lock) new buckets in the same order.
+        missing = sorted(
+            (g for key, g in pending.items() if key not in open_buckets), key=lambda g: (g.subscriber_id, g.scope)
+        )
         if missing:
             passthrough = _quiet_groups(missing, now)
             DigestBucket.objects.bulk_create(
