@@ -181,7 +181,9 @@ class _ChunkData:
     caps: dict[int, list[FrequencyCap]] = field(default_factory=dict)
     # (run id, step id) -> engagement levels reached on that step's other-channel messages
     engagement: dict[tuple[int, str], set[str]] = field(default_factory=dict)
-    # bucket pk -> its events; run pk -> buckets it leads or carried
+    # (run id, step id, channel) -> the delivery status of a message sent earlier in the run
+    delivery: dict[tuple[int, str, str], str] = field(default_factory=dict)
+    # bucket pk -> its events (digests being sent or carried by runs in this chunk)
     digest_events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -267,6 +269,7 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
 
     inbox_state: dict[tuple[int, str], InboxMessage] = {}
     engagement: dict[tuple[int, str], set[str]] = defaultdict(set)
+    delivery: dict[tuple[int, str, str], str] = {}
     if resumed:
         rows = InboxMessage.objects.filter(message__run_id__in=resumed).annotate(
             run_pk=F("message__run_id"), step_id=F("message__step_id")
@@ -274,12 +277,18 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
         for inbox in rows:
             inbox_state[(inbox.run_pk, inbox.step_id)] = inbox
             engagement[(inbox.run_pk, inbox.step_id)].update(_inbox_engagement(inbox))
-        for run_pk, step_id, status in (
-            Message.objects.filter(run_id__in=resumed, status__in=ENGAGED_MESSAGE_STATUSES)
+        for run_pk, step_id, channel, status, opened_at, clicked_at in (
+            Message.objects.filter(run_id__in=resumed)
             .exclude(channel="in_app")
-            .values_list("run_id", "step_id", "status")
+            .values_list("run_id", "step_id", "channel", "status", "opened_at", "clicked_at")
         ):
-            engagement[(run_pk, step_id)].update(ENGAGED_MESSAGE_STATUSES[status])
+            delivery[(run_pk, step_id, channel)] = status
+            levels = set(ENGAGED_MESSAGE_STATUSES.get(status, ()))
+            if opened_at is not None:
+                levels.update({"seen", "read"})
+            if clicked_at is not None:
+                levels.update({"seen", "read", "clicked"})
+            engagement[(run_pk, step_id)].update(levels)
 
     subscriber_pks = list({run.subscriber_id for run in runs})
     quiet_hours = {q.subscriber_id: q for q in QuietHours.objects.filter(subscriber_id__in=subscriber_pks)}
@@ -301,6 +310,7 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
         quiet_hours=quiet_hours,
         caps=caps,
         engagement=engagement,
+        delivery=delivery,
         digest_events=digest_events,
     )
 
@@ -332,8 +342,12 @@ def _trace(writes: _ChunkWrites, run: Run, step: dict[str, Any], decision: str, 
 
 
 def _refresh_step_results(run: Run, data: _ChunkData) -> None:
-    """Bring engagement on earlier in-app messages into ``steps.<id>`` for conditions."""
+    """Bring what happened since into ``steps.<id>`` for conditions: engagement on in-app messages,
+    and the delivery status of others (``steps.email.status == "bounced"``)."""
     for step_id, result in run.step_results.items():
+        channel = result.get("channel")
+        if channel and channel != "in_app" and (run.pk, step_id, channel) in data.delivery:
+            result["status"] = data.delivery[(run.pk, step_id, channel)]
         message = data.inbox_state.get((run.pk, step_id))
         if message is not None:
             result["seen"] = message.seen_at is not None
@@ -887,6 +901,10 @@ def _channel_step(
             action_url=rendered.action_url,
             avatar=_actor_avatar(event.actor),
             data={"transaction_id": event.transaction_id, "payload": event.payload},
+            actions=[
+                {"id": f"{action.get('kind') or 'action'}-{index}", **action, "completed_at": None}
+                for index, action in enumerate(getattr(rendered, "actions", []) or [])
+            ],
         )
         writes.inbox.append((inbox, len(writes.messages) - 1, run, step_id))
         result.update({"read": False, "seen": False, "archived": False})

@@ -703,3 +703,91 @@ def test_admin_lists_digests_and_sends_one_now(
         )
     assert response.status_code == 200
     assert [m.subject for m in mail.outbox] == ["1 new comments on p1"]
+
+
+def test_in_app_action_buttons_reach_the_inbox(env, fire, clock):
+    published_template(
+        env,
+        "invite",
+        "in_app",
+        title_en="Join {{ payload.team }}?",
+        body_en="",
+        primary_action_label_en="Accept",
+        primary_action_url="https://app.example.com/invites/{{ payload.id }}/accept",
+        secondary_action_label_en="Decline",
+        secondary_action_url="https://app.example.com/invites/{{ payload.id }}/decline",
+    )
+    make_workflow(env, "invite", [{"id": "n", "type": "in_app", "template": "invite"}])
+    SubscriberFactory(environment=env, subscriber_id="u1")
+    fire("invite", ["u1"], {"team": "Ops", "id": 7})
+    inbox = InboxMessage.objects.get()
+    assert inbox.actions == [
+        {
+            "id": "primary-0",
+            "label": "Accept",
+            "url": "https://app.example.com/invites/7/accept",
+            "kind": "primary",
+            "completed_at": None,
+        },
+        {
+            "id": "secondary-1",
+            "label": "Decline",
+            "url": "https://app.example.com/invites/7/decline",
+            "kind": "secondary",
+            "completed_at": None,
+        },
+    ]
+
+
+def test_branch_sees_the_delivery_status_of_an_earlier_email(env, fire, move, clock):
+    make_workflow(
+        env,
+        "bounce",
+        [
+            {"id": "email", "type": "email", "template": "mail"},
+            {"id": "wait", "type": "delay", "for": "1h"},
+            {
+                "id": "check",
+                "type": "branch",
+                "branches": [
+                    {
+                        "if": "steps.email.status == 'bounced'",
+                        "steps": [{"id": "sms", "type": "sms", "template": "text"}],
+                    }
+                ],
+            },
+        ],
+    )
+    SubscriberFactory(environment=env, subscriber_id="u1", phone="+15550001")
+    SubscriberFactory(environment=env, subscriber_id="u2", phone="+15550002")
+    event = fire("bounce", ["u1", "u2"])
+    Message.objects.filter(run__subscriber__subscriber_id="u1", channel="email").update(status="bounced")
+    move(START + timedelta(hours=1, seconds=1))
+    bounced, delivered = (Run.objects.get(event=event, subscriber__subscriber_id=s) for s in ("u1", "u2"))
+    assert ("sms", "executed", "queued") in decisions(bounced)
+    assert decisions(delivered)[-1] == ("check", "executed", "branch_else")
+    assert bounced.step_results["email"]["status"] == "bounced"
+
+
+def test_escalation_stops_when_an_email_is_opened(env, fire, move, clock):
+    make_workflow(
+        env,
+        "nudge",
+        [
+            {
+                "id": "reach",
+                "type": "escalate",
+                "stop_on": "read",
+                "channels": [
+                    {"channel": "email", "template": "mail"},
+                    {"channel": "sms", "template": "text", "after": "2h"},
+                ],
+            }
+        ],
+    )
+    SubscriberFactory(environment=env, subscriber_id="u1", phone="+15550001")
+    run = Run.objects.get(event=fire("nudge", ["u1"]))
+    Message.objects.filter(run=run, channel="email").update(status="opened", opened_at=START)
+    move(START + timedelta(hours=2))
+    assert not Message.objects.filter(run=run, channel="sms").exists()
+    assert decisions(Run.objects.get(pk=run.pk))[-1] == ("reach", "executed", "escalation_stopped")
