@@ -528,6 +528,7 @@ class TemplateAdmin(admin.ModelAdmin):
                     created_by=request.user,
                     publish=publish,
                     check_render=True,
+                    skip_if_unchanged=True,  # publishing an unchanged draft publishes that draft
                 )
         except ApiError as exc:
             details = exc.details if isinstance(exc.details, dict) else {}
@@ -722,6 +723,8 @@ class TemplateAdmin(admin.ModelAdmin):
 
 
 class EmailLayoutForm(forms.ModelForm):
+    logo_url = forms.URLField(required=False, max_length=2000, assume_scheme="https", label="Logo URL")
+
     class Meta:
         model = EmailLayout
         fields = [
