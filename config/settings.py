@@ -115,7 +115,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNELS_PREFIX", default="clarion")},
+            # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
+            # blocking BZPOPMIN (5 s): an idle consumer's receive then fails with "Timeout reading"
+            # and its websocket closes (redis/redis-py#4091). Read longer than the block.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "prefix": env.str("CHANNELS_PREFIX", default="clarion"),
+            },
         }
     }
 else:
