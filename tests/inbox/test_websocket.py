@@ -6,6 +6,7 @@ Most tests run on the configured channel layer (channels-lite on the embedded de
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -331,3 +332,44 @@ async def test_frames_carry_the_message_cursor():
     assert [f["message"]["id"] for f in frames] == [first.pk, second.pk]  # in cursor order
     assert [f["cursor"] for f in frames] == [first.seq, second.seq]
     assert first.seq < second.seq
+
+
+@LIVE_DB
+async def test_forwarding_frames_costs_no_query():
+    """The consumer is a relay: frames carry everything, so pushing N of them reads nothing."""
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    group = subscriber_group(environment_id=subscriber.environment_id, subscriber_pk=subscriber.pk)
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        capture = await sync_to_async(lambda: CaptureQueriesContext(connections["default"]))()
+        await sync_to_async(capture.__enter__)()
+        try:
+            for n in range(20):
+                frame = {"event": "counts.changed", "cursor": n, "counts": {"unread": n, "unseen": n, "total": n}}
+                await get_channel_layer().group_send(group, {"type": "inbox.event", "frame": frame})
+            received = [await ws.receive_json_from(timeout=FRAME_TIMEOUT) for _ in range(20)]
+        finally:
+            await sync_to_async(capture.__exit__)(None, None, None)
+    assert [f["cursor"] for f in received] == list(range(20))
+    assert capture.captured_queries == []
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+async def test_idle_socket_survives_the_redis_blocking_read():
+    """On channels-redis, a consumer idle for longer than the layer's 5 s BZPOPMIN still gets frames
+    (redis-py 8 reads with a 5 s timeout by default; settings give the layer 15 s)."""
+    if "channels_redis" not in django_settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        pytest.skip("needs the channels-redis layer (REDIS_URL)")
+    subscriber = await make_subscriber()
+    token = await sync_to_async(token_for)(subscriber)
+    group = subscriber_group(environment_id=subscriber.environment_id, subscriber_pk=subscriber.pk)
+    async with socket(f"/ws/inbox/?token={quote(token)}") as ws:
+        assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+        await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+        await asyncio.sleep(7)
+        frame = {"event": "counts.changed", "cursor": 1, "counts": {"unread": 1, "unseen": 1, "total": 1}}
+        await get_channel_layer().group_send(group, {"type": "inbox.event", "frame": frame})
+        assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == frame
