@@ -91,7 +91,9 @@ HARD_BOUNCE = {
 @pytest.mark.parametrize("auth", [None, "hook:wrong", "other:s3cret"])
 def test_tracking_webhook_rejects_missing_or_wrong_secret(sent_email, postmark, auth):
     response = post_postmark(postmark, DELIVERY, auth=auth)
-    assert response.status_code == 403
+    assert response.status_code == (401 if auth is None else 403)
+    if auth is None:
+        assert response["WWW-Authenticate"].startswith("Basic ")
     assert not MessageEvent.objects.exists()
     sent_email.refresh_from_db()
     assert sent_email.status == "sent"
@@ -355,3 +357,14 @@ def test_twilio_failure_after_delivery_is_ignored(sent_sms, twilio):
 def test_twilio_callback_for_another_account_is_rejected(sent_sms, twilio):
     response = post_twilio(twilio, {"MessageSid": "SM0001", "MessageStatus": "delivered", "AccountSid": "ACother"})
     assert response.status_code == 403
+
+
+def test_malformed_payload_is_400(postmark):
+    response = Client().post(
+        reverse("delivery-webhook-email-tracking", kwargs={"key": postmark.webhook_key}),
+        data="not json",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=basic_auth("hook:s3cret"),
+    )
+    assert response.status_code == 400
+    assert not MessageEvent.objects.exists()

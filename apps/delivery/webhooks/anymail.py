@@ -14,7 +14,12 @@ import logging
 import warnings
 from typing import Any
 
-from anymail.exceptions import AnymailConfigurationError, AnymailWarning, AnymailWebhookValidationFailure
+from anymail.exceptions import (
+    AnymailConfigurationError,
+    AnymailError,
+    AnymailWarning,
+    AnymailWebhookValidationFailure,
+)
 from anymail.signals import AnymailTrackingEvent, EventType, RejectReason
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.module_loading import import_string
@@ -139,13 +144,22 @@ def email_tracking(request: HttpRequest, key: str) -> HttpResponse:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AnymailWarning)
             view = view_class(**_view_kwargs(integration))
+    except AnymailConfigurationError as exc:
+        return JsonResponse({"error": {"code": "webhook_misconfigured", "message": str(exc)}}, status=403)
+    if view.basic_auth and not request.META.get("HTTP_AUTHORIZATION"):
+        # A challenge, not a refusal: Amazon SNS only sends the credentials after a 401.
+        response = JsonResponse({"error": {"code": "unauthorized", "message": "Basic auth required."}}, status=401)
+        response["WWW-Authenticate"] = 'Basic realm="Clarion webhook"'
+        return response
+    try:
         view.setup(request, key=key)
         view.run_validators(request)
+        # Parsing also confirms an Amazon SNS subscription (with the integration's AWS credentials).
+        events = [e for e in view.parse_events(request) if isinstance(e, AnymailTrackingEvent)]
     except AnymailWebhookValidationFailure as exc:
         logger.warning("rejected %s webhook for integration %s: %s", integration.provider, integration.pk, exc)
         return JsonResponse({"error": {"code": "invalid_signature", "message": str(exc)}}, status=403)
-    except AnymailConfigurationError as exc:
-        return JsonResponse({"error": {"code": "webhook_misconfigured", "message": str(exc)}}, status=403)
-    events = [e for e in view.parse_events(request) if isinstance(e, AnymailTrackingEvent)]
+    except (AnymailError, ValueError, KeyError, TypeError) as exc:  # a payload the ESP's parser cannot read
+        return JsonResponse({"error": {"code": "invalid_payload", "message": str(exc)[:500]}}, status=400)
     message_events_record(integration=integration, events=[status_event(integration.provider, e) for e in events])
     return HttpResponse()
