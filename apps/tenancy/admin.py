@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.inbox.origins import allowed_origins_forget, origin_entry_valid
 from apps.tenancy.models import ApiKey, Environment, Project
 from apps.tenancy.services import api_key_revoke
 
@@ -25,12 +29,38 @@ class ApiKeyInline(admin.TabularInline):
         return False
 
 
+class EnvironmentForm(forms.ModelForm):
+    class Meta:
+        model = Environment
+        fields = ["project", "name", "slug", "allowed_origins", "branding"]
+        help_texts = {
+            "allowed_origins": 'Sites that may embed the inbox, e.g. ["https://app.example.com", '
+            '"https://*.example.com", "http://localhost:3000"]. Empty: any site.'
+        }
+
+    def clean_allowed_origins(self) -> list[str]:
+        value: Any = self.cleaned_data.get("allowed_origins") or []
+        if not isinstance(value, list):
+            raise forms.ValidationError('A list of origins, e.g. ["https://app.example.com"].')
+        bad = [entry for entry in value if not origin_entry_valid(entry)]
+        if bad:
+            raise forms.ValidationError(
+                f"Not an origin (scheme://host[:port], or scheme://*.domain): {', '.join(map(str, bad))}"
+            )
+        return [entry.strip().rstrip("/").lower() for entry in value]
+
+
 @admin.register(Environment)
 class EnvironmentAdmin(admin.ModelAdmin):
+    form = EnvironmentForm
     list_display = ["name", "project", "slug", "created_at"]
     list_filter = ["project"]
     readonly_fields = ["inbox_hmac_secret", "created_at"]
     inlines = [ApiKeyInline]
+
+    def save_model(self, request: HttpRequest, obj: Environment, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        allowed_origins_forget(obj.pk)  # this process at once; the others within their cache time
 
 
 @admin.register(ApiKey)
