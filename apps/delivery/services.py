@@ -289,6 +289,10 @@ def message_deliver(*, message_id: int, only_integration: Integration | None = N
 
 def _deliver_claimed(message: Message, *, only_integration: Integration | None) -> None:
     cfg = delivery_config()
+    age = (timezone.now() - message.created_at).total_seconds()
+    if age > cfg.message_ttl and only_integration is None:
+        _finish_failed(message, f"expired: not delivered within {cfg.message_ttl:.0f} s ({message.error})".strip())
+        return
     suppression = _suppression_of(message)
     if suppression is not None:
         _finish_failed(message, f"address inactive ({suppression.reason}): {message.recipient}")
@@ -313,9 +317,7 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
         done = _try_integration(message, integration, outcome, cfg)
         if done:
             return
-    now = timezone.now()
-    expired = (now - message.created_at).total_seconds() > cfg.message_ttl
-    if outcome.reopen_at is not None and not expired:
+    if outcome.reopen_at is not None:
         reason = str(outcome.last_error) if outcome.last_error else "every remaining provider's circuit is open"
         _defer(message, until=outcome.reopen_at, error=reason)
         return

@@ -458,3 +458,17 @@ def test_twilio_server_error_fails_over_to_http_gateway(tenant, fake_server):
         ("twilio", "failed", 500),
         ("http", "success", 200),
     ]
+
+
+def test_vapid_key_as_pem_is_accepted():
+    from py_vapid import Vapid
+
+    from apps.delivery.providers.webpush import vapid_key
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    raw = vapid_key(pem)
+    assert Vapid.from_string(raw).private_key.private_numbers() == key.private_numbers()
+    assert vapid_key(f" {raw}\n") == raw

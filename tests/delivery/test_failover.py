@@ -451,3 +451,18 @@ def test_the_sweeper_redrives_a_due_retry(tenant, fake_server):
     not_yet.refresh_from_db()
     assert due.status == "sent" and due.provider_message_id == "swept"
     assert not_yet.status == "queued" and len(server.requests) == 1
+
+
+def test_a_message_too_old_to_matter_fails_instead_of_sending(tenant, fake_server, settings):
+    settings.CLARION_DELIVERY = {"MESSAGE_TTL": 3600}
+    env = tenant.environment
+    server = fake_server()
+    sms_integration(env, server)
+    stale = Message.objects.create(environment=env, step_id="s", channel="sms", recipient="+15550001", body="x")
+    Message.objects.filter(pk=stale.pk).update(created_at=timezone.now() - timedelta(hours=2))
+
+    deliver_messages([stale.pk])
+
+    stale.refresh_from_db()
+    assert stale.status == "failed" and stale.error.startswith("expired")
+    assert server.requests == []

@@ -7,10 +7,13 @@ PushSubscription endpoint, ``keys`` = its ``p256dh`` and ``auth``.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPushException, webpush
 
 from apps.delivery.models import Integration, Message
@@ -26,6 +29,17 @@ from apps.delivery.providers.base import (
 )
 from apps.delivery.providers.fanout import GONE_STATUSES, DeadDestination, Destination, send_to_each
 from apps.subscribers.selectors import devices_for
+
+
+def vapid_key(value: str) -> str:
+    """The VAPID private key as pywebpush reads it (base64url raw); a PEM is converted."""
+    if "-----BEGIN" not in value:
+        return value.strip()
+    key = serialization.load_pem_private_key(value.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ProviderError("the VAPID key must be an EC P-256 key", kind=ErrorKind.CONFIGURATION)
+    raw = key.private_numbers().private_value.to_bytes(32, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def push_payload(message: Message) -> dict[str, Any]:
@@ -54,13 +68,17 @@ class WebPush(Provider):
         creds = integration.credentials
         timeout = self.timeout(integration)
         ttl = int(integration.settings.get("ttl", 24 * 3600))
+        try:
+            private_key = vapid_key(creds["vapid_private_key"])
+        except ValueError as exc:
+            raise ProviderError(f"invalid VAPID private key: {exc}", kind=ErrorKind.CONFIGURATION) from exc
 
         def push(destination: Destination) -> dict[str, Any]:
             try:
                 response = webpush(
                     subscription_info={"endpoint": destination.url, "keys": destination.keys},
                     data=data,
-                    vapid_private_key=creds["vapid_private_key"],
+                    vapid_private_key=private_key,
                     vapid_claims={"sub": creds.get("vapid_subject", "")},
                     timeout=timeout,
                     ttl=ttl,
