@@ -688,7 +688,7 @@ class TemplateAdmin(admin.ModelAdmin):
         except ApiError as exc:
             self.message_user(request, str(exc.detail), messages.ERROR)
             return HttpResponseRedirect(self._editor_url(template.pk))
-        differ = difflib.HtmlDiff(tabsize=2, wrapcolumn=60)
+        differ = difflib.HtmlDiff(tabsize=2)
         tables = [
             {
                 **row,

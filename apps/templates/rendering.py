@@ -247,7 +247,7 @@ _SHELL = """<!DOCTYPE html>
 {% if preheader %}<div class="clarion-preheader">{{ preheader }}</div>{% endif %}
 <table role="presentation" class="clarion-wrapper" width="100%" cellpadding="0" cellspacing="0">
 <tr><td align="center">
-<table role="presentation" class="clarion-container" width="600" cellpadding="0" cellspacing="0">
+<table role="presentation" class="clarion-container" width="100%" cellpadding="0" cellspacing="0">
 <tr><td class="clarion-header">
 {% if logo_url %}<img class="clarion-logo" src="{{ logo_url }}" alt="{{ name }}" height="36">{% endif %}
 {{ header }}
@@ -275,12 +275,14 @@ body { margin: 0; padding: 0; background-color: #f3f4f6; }
 .clarion-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; color: #1f2937; }
 .clarion-preheader { display: none; max-height: 0; overflow: hidden; mso-hide: all; font-size: 1px; color: #f3f4f6; }
 .clarion-wrapper { background-color: #f3f4f6; padding: 24px 0; }
-.clarion-container { background-color: #ffffff; border-radius: 8px; border-top: 4px solid BRAND; max-width: 600px; }
+.clarion-container { background-color: #ffffff; border-radius: 8px; border-top: 4px solid BRAND; max-width: 600px;
+  width: 100%; }
 .clarion-header { padding: 24px 32px 0 32px; font-size: 14px; color: #374151; }
 .clarion-logo { display: block; border: 0; margin-bottom: 8px; }
 .clarion-content { padding: 16px 32px 24px 32px; font-size: 16px; line-height: 1.55; }
 .clarion-content h1, .clarion-content h2 { color: #111827; line-height: 1.25; }
 .clarion-content a { color: BRAND; }
+.clarion-content blockquote { border-left: 3px solid #e5e7eb; margin: 0 0 12px 0; padding: 4px 12px; color: #4b5563; }
 .clarion-content a.button, .clarion-content .button a { display: inline-block; background-color: BRAND; color: #ffffff;
   padding: 10px 18px; border-radius: 6px; text-decoration: none; font-weight: 600; }
 .clarion-footer { padding: 16px 32px 24px 32px; font-size: 12px; line-height: 1.5; color: #6b7280;

@@ -206,6 +206,7 @@
   }
 
   form.addEventListener("input", (event) => {
+    if (event.target.id === "id_sample_payload") refreshPayloadVariables();
     if (event.target.classList.contains("ce-input")) {
       refreshFallbacks();
       refreshCounters();
@@ -230,22 +231,75 @@
   });
 
   // --- variable picker ---------------------------------------------------------------------------
-  root.querySelectorAll(".ce-var").forEach((button) => {
-    button.addEventListener("mousedown", (event) => event.preventDefault()); // keep the field's focus
-    button.addEventListener("click", () => {
-      let target = lastField;
-      if (!target || target.closest("[hidden]")) {
-        target = root.querySelector(`.ce-lang-panel[data-lang="${localeInput.value}"] .ce-input`);
-      }
-      if (!target) return;
-      const snippet = `{{ ${button.dataset.insert} }}`;
-      const start = target.selectionStart ?? target.value.length;
-      const end = target.selectionEnd ?? target.value.length;
-      target.setRangeText(snippet, start, end, "end");
-      target.focus();
-      target.dispatchEvent(new Event("input", { bubbles: true }));
+  const varList = document.getElementById("ce-var-list");
+
+  function flatten(prefix, value, out, depth) {
+    if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length && depth < 6) {
+      Object.entries(value).forEach(([key, item]) => {
+        const name = /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${prefix}.${key}` : `${prefix}[${JSON.stringify(key)}]`;
+        flatten(name, item, out, depth + 1);
+      });
+    } else if (Array.isArray(value) && value.length && depth < 6) {
+      out.push([prefix, `list of ${value.length}`]);
+      flatten(`${prefix}[0]`, value[0], out, depth + 1);
+    } else {
+      out.push([prefix, value === null || value === undefined ? "" : String(value).slice(0, 80)]);
+    }
+  }
+
+  function variableItem(group, name, example) {
+    const item = document.createElement("li");
+    item.dataset.group = group;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "ce-var";
+    button.dataset.insert = name;
+    button.title = example;
+    const code = document.createElement("code");
+    code.textContent = name;
+    const span = document.createElement("span");
+    span.textContent = example.length > 30 ? `${example.slice(0, 29)}…` : example;
+    button.append(code, span);
+    item.appendChild(button);
+    return item;
+  }
+
+  // The payload variables follow the sample payload as it is edited.
+  function refreshPayloadVariables() {
+    const sample = document.getElementById("id_sample_payload");
+    if (!sample || !varList) return;
+    let parsed;
+    try { parsed = JSON.parse(sample.value || "{}"); } catch (error) { return; }
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) return;
+    const rows = [];
+    flatten("payload", parsed, rows, 0);
+    const items = rows.filter(([name]) => name !== "payload").map(([name, example]) => variableItem("payload", name, example));
+    varList.querySelectorAll('li[data-group="payload"]').forEach((item) => item.remove());
+    varList.prepend(...items);
+  }
+
+  function insertVariable(button) {
+    let target = lastField;
+    if (!target || target.closest("[hidden]")) {
+      target = root.querySelector(`.ce-lang-panel[data-lang="${localeInput.value}"] .ce-input`);
+    }
+    if (!target) return;
+    const snippet = `{{ ${button.dataset.insert} }}`;
+    const start = target.selectionStart ?? target.value.length;
+    const end = target.selectionEnd ?? target.value.length;
+    target.setRangeText(snippet, start, end, "end");
+    target.focus();
+    target.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+  if (varList) {
+    varList.addEventListener("mousedown", (event) => {
+      if (event.target.closest(".ce-var")) event.preventDefault(); // keep the field's focus
     });
-  });
+    varList.addEventListener("click", (event) => {
+      const button = event.target.closest(".ce-var");
+      if (button) insertVariable(button);
+    });
+  }
   const filter = document.getElementById("ce-var-filter");
   if (filter) {
     filter.addEventListener("input", () => {
