@@ -118,9 +118,12 @@ if REDIS_URL:
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
             # blocking BZPOPMIN (5 s): an idle consumer's receive then fails with "Timeout reading"
             # and its websocket closes (redis/redis-py#4091). Read longer than the block.
+            # Capacity: every socket of one process shares ONE Redis list, so the default of 100
+            # silently dropped frames of a broadcast beyond the 100th (found by bench websocket).
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": env.str("CHANNELS_PREFIX", default="clarion"),
+                "capacity": env.int("CHANNELS_CAPACITY", default=10000),
             },
         }
     }
