@@ -14,14 +14,14 @@ from apps.delivery import selectors, services
 from apps.delivery.models import Integration
 from apps.delivery.providers.base import get_provider, providers_by_channel
 from apps.delivery.webhooks.urls import webhook_urls
-from apps.preferences.models import CHANNELS
+from apps.preferences.models import CHANNEL_CHOICES, CHANNELS
 from apps.tenancy.auth import request_environment
 
 DELIVERY_CHANNELS = [c for c in CHANNELS if c != "in_app"]
 
 
 class IntegrationInputSerializer(serializers.Serializer):
-    channel = serializers.ChoiceField(choices=DELIVERY_CHANNELS)
+    channel = serializers.ChoiceField(choices=CHANNEL_CHOICES, help_text="Any channel but in_app.")
     provider = serializers.CharField(max_length=50, help_text="See docs/providers.md for each channel's providers.")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     credentials = serializers.DictField(
@@ -33,6 +33,11 @@ class IntegrationInputSerializer(serializers.Serializer):
     active = serializers.BooleanField(required=False)
     retries = serializers.IntegerField(min_value=0, max_value=10, required=False)
     rate_limit = serializers.FloatField(min_value=0.001, max_value=100_000, required=False, allow_null=True)
+
+    def validate_channel(self, value: str) -> str:
+        if value not in DELIVERY_CHANNELS:
+            raise serializers.ValidationError("In-app messages need no integration.")
+        return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         instance: Integration | None = self.context.get("instance")

@@ -102,6 +102,7 @@ def _finish_sent(message: Message, integration: Integration | None, provider: st
     now = timezone.now()
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
         status=Message.Status.SENT,
+        attempts=F("attempts") + 1,
         provider=provider,
         integration=integration,
         provider_message_id=result.provider_message_id[:255],
@@ -139,17 +140,27 @@ def _record_attempt(
         error=str(error)[:5000] if error else "",
         duration_ms=int((time.monotonic() - started) * 1000),
     )
-    # The attempt counter doubles as the heartbeat that keeps the sweeper off a live send.
-    Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1, updated_at=timezone.now())
     message.attempts += 1
+    if error is not None:
+        # The attempt counter doubles as the heartbeat that keeps the sweeper off a live send.
+        # (A success counts it in the UPDATE that marks the message sent.)
+        Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1, updated_at=timezone.now())
 
 
 # --- circuit breaker ----------------------------------------------------------------------------
 
 
-def _circuit_allows(integration: Integration, now: datetime, cfg: DeliveryConfig) -> tuple[bool, datetime | None]:
-    """(may send now, when to look again). Closed: yes. Open: no. Cooled down: one probe, across processes."""
-    open_until = Integration.objects.filter(pk=integration.pk).values_list("circuit_open_until", flat=True).first()
+def _circuit_allows(
+    integration: Integration, now: datetime, cfg: DeliveryConfig, *, just_loaded: bool = False
+) -> tuple[bool, datetime | None]:
+    """(may send now, when to look again). Closed: yes. Open: no. Cooled down: one probe, across processes.
+
+    ``just_loaded``: the row was read moments ago for this message, so its state is used as is.
+    """
+    if just_loaded:
+        open_until = integration.circuit_open_until
+    else:
+        open_until = Integration.objects.filter(pk=integration.pk).values_list("circuit_open_until", flat=True).first()
     if open_until is None:
         return True, None
     if open_until > now:
@@ -336,10 +347,13 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
             f"unknown {message.channel} provider '{provider_name}'", kind=ErrorKind.CONFIGURATION
         )
         return False
+    first_try = True
+    first_ok = outcome.failures[key] == 0  # no failure of this integration in this delivery so far
     while outcome.failures[key] < allowed:
         now = timezone.now()
         if integration is not None:
-            may_send, reopen_at = _circuit_allows(integration, now, cfg)
+            may_send, reopen_at = _circuit_allows(integration, now, cfg, just_loaded=first_try)
+            first_try = False
             if not may_send:
                 if reopen_at and (outcome.reopen_at is None or reopen_at < outcome.reopen_at):
                     outcome.reopen_at = reopen_at
@@ -354,6 +368,7 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
         except ProviderError as exc:
             _record_attempt(message, integration, provider_name, started=started, error=exc)
             outcome.failures[key] += 1
+            first_ok = False
             outcome.last_error = exc
             _remove_dead_devices(exc.dead_devices)
             if integration is not None and exc.kind in CIRCUIT_KINDS:
@@ -384,7 +399,7 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
             _defer(message, until=timezone.now() + timedelta(seconds=delay), error=f"{provider_name}: {exc}")
             return True
         _record_attempt(message, integration, provider_name, started=started, result=result)
-        if integration is not None:
+        if integration is not None and (integration.circuit_failures or integration.circuit_open_until or not first_ok):
             _circuit_success(integration)
         _remove_dead_devices(result.dead_devices)
         _finish_sent(message, integration, provider_name, result)

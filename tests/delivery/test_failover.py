@@ -466,3 +466,15 @@ def test_a_message_too_old_to_matter_fails_instead_of_sending(tenant, fake_serve
     stale.refresh_from_db()
     assert stale.status == "failed" and stale.error.startswith("expired")
     assert server.requests == []
+
+
+def test_hot_path_query_count(tenant, fake_server, django_assert_num_queries):
+    """claim, load, suppression check, integrations, attempt, mark sent, early callbacks."""
+    env = tenant.environment
+    server = fake_server([Reply(body={"id": "gw-1"})])
+    sms_integration(env, server)
+    message = Message.objects.create(environment=env, step_id="s", channel="sms", recipient="+15550001", body="x")
+    with django_assert_num_queries(7):
+        message_deliver(message_id=message.pk)
+    message.refresh_from_db()
+    assert message.status == "sent" and message.attempts == 1
