@@ -352,5 +352,6 @@
 
   refreshFallbacks();
   refreshCounters();
+  refreshPayloadVariables(); // a re-shown form may carry an unsaved sample payload
   schedulePreview(0);
 })();
