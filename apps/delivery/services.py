@@ -275,7 +275,7 @@ def _remove_dead_devices(device_ids: Sequence[int]) -> None:
 @dataclass
 class _Outcome:
     last_error: ProviderError | None = None
-    reopen_at: datetime | None = None  # the earliest time a skipped (circuit-open) integration may be tried
+    reopen_at: datetime | None = None  # the earliest time a paused integration (open circuit, Retry-After) may be tried
     failures: Counter[int | None] = field(default_factory=Counter)
 
 
@@ -328,7 +328,8 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
         done = _try_integration(message, integration, outcome, cfg)
         if done:
             return
-    if outcome.reopen_at is not None:
+    if outcome.reopen_at is not None and (outcome.reopen_at - message.created_at).total_seconds() <= cfg.message_ttl:
+        # Some integration is paused (open circuit, long Retry-After) rather than done: wait for it.
         reason = str(outcome.last_error) if outcome.last_error else "every remaining provider's circuit is open"
         _defer(message, until=outcome.reopen_at, error=reason)
         return
@@ -391,7 +392,12 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
             if outcome.failures[key] >= allowed:
                 return False  # retries used up: fail over
             if exc.retry_after is not None and exc.retry_after > cfg.retry_after_max:
-                return False  # the provider wants a long pause: fail over rather than wait
+                # The provider wants a long pause: fail over rather than wait, and come back to it
+                # then if no other integration could send.
+                wait_until = timezone.now() + timedelta(seconds=exc.retry_after)
+                if outcome.reopen_at is None or wait_until < outcome.reopen_at:
+                    outcome.reopen_at = wait_until
+                return False
             delay = _backoff(outcome.failures[key], exc.retry_after, cfg)
             if delay <= cfg.inline_wait_max:
                 time.sleep(delay)

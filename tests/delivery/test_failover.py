@@ -478,3 +478,17 @@ def test_hot_path_query_count(tenant, fake_server, django_assert_num_queries):
         message_deliver(message_id=message.pk)
     message.refresh_from_db()
     assert message.status == "sent" and message.attempts == 1
+
+
+def test_long_retry_after_on_the_only_provider_defers_rather_than_fails(
+    sms_flow, fake_server, settings, django_capture_on_commit_callbacks
+):
+    settings.CLARION_DELIVERY = {"RETRY_AFTER_MAX": 60}
+    limited = fake_server([Reply(status=429, headers={"Retry-After": "600"})])
+    sms_integration(sms_flow, limited, retries=2)
+
+    message = trigger_sms(sms_flow, django_capture_on_commit_callbacks)
+
+    message.refresh_from_db()
+    assert message.status == "queued" and len(limited.requests) == 1
+    assert timedelta(seconds=595) <= message.next_attempt_at - timezone.now() <= timedelta(seconds=601)
