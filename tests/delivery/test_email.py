@@ -208,3 +208,82 @@ def test_message_send_now_delivers_without_a_run(tenant: Any, mailoutbox: Any) -
     assert message.run_id is None and message.subscriber_id is None
     assert [m.to for m in mailoutbox] == [["pm@example.com"]]
     assert message.attempts_log.get().status == "success"
+
+
+def test_email_uses_text_part_and_extra_headers_from_data(tenant: Any, mailoutbox: Any) -> None:
+    from apps.delivery.services import message_send_now
+
+    message = message_send_now(
+        environment_id=tenant.environment.pk,
+        channel="email",
+        recipient="pm@example.com",
+        subject="Digest",
+        body="<p>Hello</p>",
+        data={
+            "text": "Hello (plain)",
+            "headers": {
+                "List-Unsubscribe": "<https://c.example/unsubscribe/abc>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        },
+    )
+    assert message.status == "sent"
+    (sent,) = mailoutbox
+    assert sent.body == "Hello (plain)"
+    assert sent.extra_headers["List-Unsubscribe"] == "<https://c.example/unsubscribe/abc>"
+    assert sent.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert sent.extra_headers["X-Clarion-Message-Id"] == str(message.pk)
+
+
+def test_smtp_integration_against_a_local_smtp_server(tenant: Any) -> None:
+    """Plain SMTP through Django's backend, to a real SMTP server on loopback."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    received: list[dict[str, Any]] = []
+
+    class Handler:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address.startswith("nobody@"):
+                return "550 5.1.1 No such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session, envelope):
+            received.append({"to": envelope.rcpt_tos, "data": envelope.content.decode()})
+            return "250 Message accepted"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        from apps.delivery.services import message_send_now
+
+        IntegrationFactory(
+            environment=tenant.environment,
+            provider="smtp",
+            credentials={"host": "127.0.0.1", "port": port},
+            settings={"from_email": "Acme <hi@acme.test>"},
+        )
+        ok = message_send_now(
+            environment_id=tenant.environment.pk,
+            channel="email",
+            recipient="ada@example.com",
+            subject="Hi",
+            body="<p>x</p>",
+        )
+        bad = message_send_now(
+            environment_id=tenant.environment.pk,
+            channel="email",
+            recipient="nobody@example.com",
+            subject="Hi",
+            body="x",
+        )
+    finally:
+        controller.stop()
+    assert ok.status == "sent" and received[0]["to"] == ["ada@example.com"]
+    assert "Subject: Hi" in received[0]["data"]
+    assert bad.status == "failed" and bad.attempts_log.get().error_kind == "invalid_address"

@@ -492,3 +492,21 @@ def test_long_retry_after_on_the_only_provider_defers_rather_than_fails(
     message.refresh_from_db()
     assert message.status == "queued" and len(limited.requests) == 1
     assert timedelta(seconds=595) <= message.next_attempt_at - timezone.now() <= timedelta(seconds=601)
+
+
+def test_a_task_past_its_budget_hands_the_rest_to_a_new_task(tenant, fake_server, settings):
+    from unittest import mock
+
+    settings.CLARION_DELIVERY = {"TASK_BUDGET": 0}
+    env = tenant.environment
+    server = fake_server()
+    sms_integration(env, server)
+    ids = [
+        Message.objects.create(environment=env, step_id="s", channel="sms", recipient=f"+1555{i}", body="x").pk
+        for i in range(3)
+    ]
+    with mock.patch("apps.core.tasks.enqueue") as enqueue:
+        deliver_messages(ids)
+    enqueue.assert_called_once_with("apps.delivery.tasks.deliver_messages", ids[1:])
+    assert len(server.requests) == 1
+    assert list(Message.objects.order_by("pk").values_list("status", flat=True)) == ["sent", "queued", "queued"]
