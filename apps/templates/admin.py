@@ -536,6 +536,7 @@ class TemplateAdmin(admin.ModelAdmin):
             self.message_user(request, f"Nothing was saved: {exc.detail}", messages.ERROR)
             return self._editor_response(request, template, source=None, errors=errors, data=request.POST)
         verb = "Published" if publish else "Saved draft"
+        self.log_change(request, template, f"{verb} version {version.number}. {draft.note}".strip())
         self.message_user(request, f"{verb}: {template.key} version {version.number}.", messages.SUCCESS)
         return HttpResponseRedirect(self._editor_url(template.pk))
 
@@ -669,6 +670,7 @@ class TemplateAdmin(admin.ModelAdmin):
         except ApiError as exc:
             self.message_user(request, f"Could not roll back: {exc.detail}", messages.ERROR)
         else:
+            self.log_change(request, template, f"Rolled back to version {number} (published version {version.number}).")
             self.message_user(
                 request,
                 f"Rolled back: version {version.number} (a copy of version {number}) is now published.",

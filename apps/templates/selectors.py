@@ -61,7 +61,10 @@ def template_list(*, environment: Environment, channel: str | None = None) -> Qu
 def template_get(*, environment: Environment, key: str) -> Template:
     """One template with its published version (and that version's author) in one query."""
     template = (
-        template_list(environment=environment).select_related("published_version__created_by").filter(key=key).first()
+        template_list(environment=environment)
+        .select_related("published_version__created_by", "published_version__layout")
+        .filter(key=key)
+        .first()
     )
     if template is None:
         raise NotFound(f"No template with key {key!r}.", code="template_not_found", details={"key": key})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.core import mail
 from django.urls import reverse
 
@@ -91,6 +92,9 @@ def test_save_draft_then_publish(admin_client, admin_user, in_app):
     admin_client.post(editor_url(in_app), form_data(in_app, _action="publish", **fields))
     in_app.refresh_from_db()
     assert in_app.published_version.number == 2  # identical content: the draft itself is published
+    log = LogEntry.objects.filter(object_id=str(in_app.pk)).order_by("id")
+    assert [entry.change_message for entry in log] == ["Saved draft version 2. replied", "Published version 2."]
+    assert log[0].user == admin_user
 
 
 def test_preview_endpoint_renders_the_unsaved_form(admin_client, in_app):

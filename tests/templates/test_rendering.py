@@ -5,7 +5,7 @@ import pytest
 from apps.core.sandbox import MAX_OUTPUT_CHARS, SandboxError
 from apps.templates.rendering import build_render_context, render_version, resolve_language
 from apps.templates.selectors import published_versions_for_keys
-from apps.templates.services import template_version_create
+from apps.templates.services import layout_upsert, template_version_create
 from tests.factories import SubscriberFactory
 from tests.templates.conftest import make_template
 
@@ -164,6 +164,7 @@ def test_published_versions_for_keys_one_query(tenant, other_tenant, django_asse
     _, inbox_v1 = make_template(tenant.environment, "inbox")
     inbox_template = inbox_v1.template
     template_version_create(template=inbox_template, content={"en": {"body": "draft v2"}})  # not published
+    layout_upsert(environment=tenant.environment, key="brand", footer={"en": "Footer"}, is_default=True)
     _, mail = make_template(tenant.environment, "mail", channel="email", content={"en": {"subject": "S", "body": "B"}})
     make_template(tenant.environment, "unpublished", publish=False)
     make_template(other_tenant.environment, "other")
@@ -172,10 +173,13 @@ def test_published_versions_for_keys_one_query(tenant, other_tenant, django_asse
         found = published_versions_for_keys(
             environment=tenant.environment, keys=["inbox", "mail", "unpublished", "other", "missing"]
         )
-        # rendering needs version.template.channel: no extra query
+        # rendering needs version.template.channel and the email's layout: no extra query
         channels = {key: version.template.channel for key, version in found.items()}
-        for version in found.values():
-            render_version(version=version, locale="fr", context=CONTEXT)
+        rendered = {
+            key: render_version(version=version, locale="fr", context=CONTEXT) for key, version in found.items()
+        }
+
+    assert "Footer" in rendered["mail"].body and rendered["mail"].layout == "brand"
 
     assert set(found) == {"inbox", "mail"}
     assert found["inbox"].pk == inbox_v1.pk
