@@ -232,8 +232,14 @@ async def _scenario(server: Server, secret_key: str, groups: dict[str, str], con
                 sent = time.perf_counter()
                 await layer.group_send(groups[client.subscriber_id], {"type": "inbox.event", "frame": frame})
                 waits.append((sent, future))
-            for sent, future in waits:
-                push_latencies.append(await asyncio.wait_for(future, timeout=FRAME_TIMEOUT) - sent)
+            done, pending = await asyncio.wait([f for _, f in waits], timeout=FRAME_TIMEOUT)
+            if pending:
+                closed = sum(1 for c in clients if c.ws is None or c.ws.state.name != "OPEN")
+                raise RuntimeError(
+                    f"push round {round_no}: {len(pending)} of {len(waits)} frames missing after {FRAME_TIMEOUT} s; "
+                    f"{closed} sockets closed"
+                )
+            push_latencies += [future.result() - sent for sent, future in waits]
         push_seconds = time.perf_counter() - push_started
         push_cpu = _cpu_seconds(server.pid) - cpu_before
 

@@ -373,3 +373,31 @@ async def test_idle_socket_survives_the_redis_blocking_read():
         frame = {"event": "counts.changed", "cursor": 1, "counts": {"unread": 1, "unseen": 1, "total": 1}}
         await get_channel_layer().group_send(group, {"type": "inbox.event", "frame": frame})
         assert await ws.receive_json_from(timeout=FRAME_TIMEOUT) == frame
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+async def test_a_burst_to_many_sockets_of_one_process_is_not_dropped():
+    """All sockets of a process share one Redis list in channels-redis; a burst larger than the
+    layer's capacity (100 by default) used to be dropped silently. 150 subscribers, one frame each."""
+    if "channels_redis" not in django_settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        pytest.skip("needs the channels-redis layer (REDIS_URL)")
+    subscribers = [await make_subscriber() for _ in range(150)]
+    sockets = []
+    try:
+        for subscriber in subscribers:
+            token = await sync_to_async(token_for)(subscriber)
+            ws = WebsocketCommunicator(application, f"/ws/inbox/?token={quote(token)}")
+            assert (await ws.connect(timeout=FRAME_TIMEOUT))[0]
+            await ws.receive_json_from(timeout=FRAME_TIMEOUT)
+            sockets.append(ws)
+        layer = get_channel_layer()
+        for n, subscriber in enumerate(subscribers):
+            group = subscriber_group(environment_id=subscriber.environment_id, subscriber_pk=subscriber.pk)
+            frame = {"event": "counts.changed", "cursor": n, "counts": {"unread": 1, "unseen": 1, "total": 1}}
+            await layer.group_send(group, {"type": "inbox.event", "frame": frame})
+        received = [(await ws.receive_json_from(timeout=FRAME_TIMEOUT))["cursor"] for ws in sockets]
+        assert received == list(range(150))
+    finally:
+        for ws in sockets:
+            await ws.disconnect()
