@@ -213,3 +213,16 @@ def test_layout_admin_saves_through_services_and_previews(admin_client, tenant):
     admin_client.post(delete, {"post": "yes"})
     assert EmailLayout.objects.filter(pk=layout.pk).exists()  # used by a version
     assert TemplateVersion.objects.get(template=template).layout_id == layout.pk
+
+
+def test_translation_tabs_come_from_our_static_files_not_a_cdn(admin_client, tenant):
+    template, version = make_template(tenant.environment)
+    layout, _ = layout_upsert(environment=tenant.environment, key="brand")
+    for url in (
+        reverse("admin:notification_templates_templateversion_add") + f"?template={template.pk}",
+        reverse("admin:notification_templates_templateversion_change", args=[version.pk]),
+        reverse("admin:notification_templates_emaillayout_change", args=[layout.pk]),
+    ):
+        page = admin_client.get(url).content.decode()
+        assert "clarion/admin/translation-tabs.js" in page, url
+        assert "code.jquery.com" not in page and "googleapis" not in page and "//cdn" not in page, url
