@@ -33,6 +33,7 @@ class Received:
     path: str
     headers: CaseInsensitiveDict[str]
     body: bytes
+    received_at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
         return json.loads(self.body)
