@@ -50,6 +50,7 @@ FRAME_TIMEOUT = 30.0
 class WebsocketConfig:
     clients: int = 1000
     push_rounds: int = 5
+    single_pushes: int = 300
     triggers: int = 100
     trigger_concurrency: int = 4
     broadcasts: int = 3
@@ -57,7 +58,7 @@ class WebsocketConfig:
 
     @classmethod
     def quick(cls) -> WebsocketConfig:
-        return cls(clients=50, push_rounds=2, triggers=10, broadcasts=1)
+        return cls(clients=50, push_rounds=2, single_pushes=20, triggers=10, broadcasts=1)
 
 
 def _rss_kb(pid: int) -> int:
@@ -232,7 +233,7 @@ async def _scenario(server: Server, secret_key: str, groups: dict[str, str], con
                 sent = time.perf_counter()
                 await layer.group_send(groups[client.subscriber_id], {"type": "inbox.event", "frame": frame})
                 waits.append((sent, future))
-            done, pending = await asyncio.wait([f for _, f in waits], timeout=FRAME_TIMEOUT)
+            _done, pending = await asyncio.wait([f for _, f in waits], timeout=FRAME_TIMEOUT)
             if pending:
                 closed = sum(1 for c in clients if c.ws is None or c.ws.state.name != "OPEN")
                 raise RuntimeError(
@@ -242,6 +243,17 @@ async def _scenario(server: Server, secret_key: str, groups: dict[str, str], con
             push_latencies += [future.result() - sent for sent, future in waits]
         push_seconds = time.perf_counter() - push_started
         push_cpu = _cpu_seconds(server.pid) - cpu_before
+
+        # The same, one frame at a time (no burst queued ahead of it): the relay's own latency.
+        single_latencies: list[float] = []
+        for n in range(config.single_pushes):
+            client = clients[(n * 7919) % len(clients)]
+            bench_id = f"single-{n}"
+            future = client.expect(bench_id)
+            frame = {"event": "counts.changed", "bench_id": bench_id, "cursor": n, "counts": {"unread": n}}
+            sent = time.perf_counter()
+            await layer.group_send(groups[client.subscriber_id], {"type": "inbox.event", "frame": frame})
+            single_latencies.append(await asyncio.wait_for(future, timeout=FRAME_TIMEOUT) - sent)
 
         # Trigger → frame, one recipient per trigger.
         async def trigger_one(n: int) -> float:
@@ -292,6 +304,7 @@ async def _scenario(server: Server, secret_key: str, groups: dict[str, str], con
             "frames_per_s": round(len(push_latencies) / push_seconds, 1),
             "server_cpu_ms_per_frame": round(push_cpu * 1000 / len(push_latencies), 3),
         },
+        "push_single": _stats(single_latencies),
         "trigger_one": _stats(list(trigger_latencies)),
         "broadcast": broadcast,
         "broadcast_last_ms_median": round(median([b["max_ms"] for b in broadcast]), 1) if broadcast else 0.0,
@@ -390,16 +403,18 @@ def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    push, one = result["push"], result["trigger_one"]
+    push, single, one = result["push"], result["push_single"], result["trigger_one"]
     lines = [
         f"websocket: {result['connections']:,} concurrent inbox sockets on one uvicorn process "
         f"({result['connections_open_at_end']:,} still open at the end), opened in {result['connect_seconds']} s",
         f"  server RSS {result['server_rss_before_mb']} MB → {result['server_rss_after_mb']} MB: "
         f"{result['memory_per_connection_kb']} kB per connection",
         f"  {'path':<44} {'frames':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
-        f"  {'push → frame (group_send → socket)':<44} {push['count']:>7} {push['p50_ms']:>8} {push['p99_ms']:>8} "
+        f"  {'push → frame (burst: all N, then wait)':<44} {push['count']:>7} {push['p50_ms']:>8} {push['p99_ms']:>8} "
         f"{push['max_ms']:>8}   ({push['frames_per_s']:,} frames/s, "
         f"{push['server_cpu_ms_per_frame']} ms server CPU/frame)",
+        f"  {'push → frame, one at a time':<44} {single['count']:>7} {single['p50_ms']:>8} {single['p99_ms']:>8} "
+        f"{single['max_ms']:>8}",
         f"  {'trigger → frame (1 recipient, ' + str(cfg['trigger_concurrency']) + ' in flight)':<44} {one['count']:>7} "
         f"{one['p50_ms']:>8} {one['p99_ms']:>8} {one['max_ms']:>8}",
     ]
