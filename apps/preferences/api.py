@@ -14,9 +14,11 @@ from rest_framework.views import APIView
 from apps.core.errors import NotFound
 from apps.core.pagination import AscendingIdCursorPagination
 from apps.preferences import selectors, services
-from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, QuietHours
+from apps.preferences.links import email_links
+from apps.preferences.models import FREQUENCIES, SUBSCRIBER_CHANNELS, Category, PreferenceChange, QuietHours
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
+from apps.workflows.selectors import workflow_get
 
 CHANNELS_HELP = f"Channel -> enabled. Channels: {', '.join(SUBSCRIBER_CHANNELS)}."
 
@@ -72,12 +74,16 @@ class PreferenceCategoryStateSerializer(serializers.Serializer):
     description = serializers.CharField()
     critical = serializers.BooleanField()
     channels = serializers.DictField(child=serializers.BooleanField(), help_text="Effective: may it be sent?")
+    frequency = serializers.ChoiceField(
+        choices=FREQUENCIES, help_text="instant, or gathered into a daily / weekly digest (critical: always instant)"
+    )
 
 
 class PreferencesStateSerializer(serializers.Serializer):
     """``apps.preferences.selectors.subscriber_preferences`` output."""
 
     channels = serializers.DictField(child=serializers.BooleanField(), help_text="Global per-channel switches.")
+    unsubscribed = serializers.BooleanField(help_text="True: nothing but critical categories is sent, on any channel.")
     categories = PreferenceCategoryStateSerializer(many=True)
 
 
@@ -91,6 +97,63 @@ class PreferencesUpdateSerializer(serializers.Serializer):
         if not attrs.get("channels") and not attrs.get("categories"):
             raise serializers.ValidationError("Send 'channels' and/or 'categories'.")
         return attrs
+
+
+class SubscriberPreferencesUpdateSerializer(PreferencesUpdateSerializer):
+    """The server API's PATCH: the inbox widget's fields plus frequencies and "unsubscribe from everything"."""
+
+    frequencies = serializers.DictField(
+        child=serializers.ChoiceField(choices=FREQUENCIES),
+        required=False,
+        help_text='Category key -> instant | daily | weekly, e.g. {"comments": "daily"}.',
+    )
+    unsubscribed = serializers.BooleanField(
+        required=False, help_text="true: stop everything but critical categories; false: undo it."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not any(attrs.get(k) for k in ("channels", "categories", "frequencies")) and "unsubscribed" not in attrs:
+            raise serializers.ValidationError("Send 'channels', 'categories', 'frequencies' and/or 'unsubscribed'.")
+        return attrs
+
+
+class PreferencesBulkItemSerializer(SubscriberPreferencesUpdateSerializer):
+    subscriber_id = serializers.CharField(max_length=200)
+
+
+class PreferencesBulkSerializer(serializers.Serializer):
+    items = PreferencesBulkItemSerializer(many=True, allow_empty=False, max_length=services.BULK_LIMIT)
+
+
+class PreferencesBulkResultSerializer(serializers.Serializer):
+    subscriber_id = serializers.CharField()
+    changes = serializers.IntegerField(help_text="How many settings actually changed")
+
+
+class PreferencesBulkResponseSerializer(serializers.Serializer):
+    data = PreferencesBulkResultSerializer(many=True)
+
+
+class PreferenceChangeSerializer(serializers.ModelSerializer):
+    changes = serializers.ListField(child=serializers.DictField(), help_text="{kind, category, channel, from, to}")
+
+    class Meta:
+        model = PreferenceChange
+        fields = ["id", "source", "changes", "created_at"]
+        read_only_fields = fields
+
+
+class PreferenceLinksSerializer(serializers.Serializer):
+    preferences_url = serializers.URLField()
+    unsubscribe_url = serializers.URLField(allow_null=True)
+    headers = serializers.DictField(child=serializers.CharField())
+
+
+class WorkflowPreferenceSerializer(serializers.Serializer):
+    default_channels = ChannelsField(
+        help_text="Channel -> on by default for this workflow, overriding its category's default "
+        "(a subscriber's own choice still wins). {} removes the override."
+    )
 
 
 def _check_key(key: str) -> None:
@@ -157,21 +220,108 @@ class SubscriberPreferencesView(APIView):
     @extend_schema(
         operation_id="subscribers_preferences_update",
         summary="Change a subscriber's preferences",
-        description="Only the channels sent change. Errors: 400 `unknown_channel` / `validation_error`, "
-        "422 `unknown_category`, 422 `critical_category` (a critical category cannot be turned off).",
-        request=PreferencesUpdateSerializer,
+        description="Only what is sent changes; each real change is recorded in the history (source `api`). "
+        "Errors: 400 `unknown_channel` / `validation_error`, 422 `unknown_category`, 422 `critical_category` "
+        "(a critical category cannot be turned off or digested).",
+        request=SubscriberPreferencesUpdateSerializer,
         responses={200: PreferencesStateSerializer},
     )
     def patch(self, request: Request, subscriber_id: str) -> Response:
         subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
-        serializer = PreferencesUpdateSerializer(data=request.data)
+        serializer = SubscriberPreferencesUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.preferences_update(
             subscriber=subscriber,
             channels=serializer.validated_data.get("channels"),
             categories=serializer.validated_data.get("categories"),
+            frequencies=serializer.validated_data.get("frequencies"),
+            unsubscribed=serializer.validated_data.get("unsubscribed"),
+            source=PreferenceChange.Source.API,
         )
         return Response(selectors.subscriber_preferences(subscriber=subscriber))
+
+
+class PreferencesBulkView(APIView):
+    @extend_schema(
+        operation_id="preferences_bulk_update",
+        summary=f"Change the preferences of up to {services.BULK_LIMIT} subscribers at once",
+        description="All or nothing: any unknown subscriber (422 `unknown_subscriber`), category "
+        "(422 `unknown_category`) or invalid value writes nothing. Each item is applied like PATCH "
+        "/subscribers/{id}/preferences and recorded in that subscriber's history.",
+        request=PreferencesBulkSerializer,
+        responses={200: PreferencesBulkResponseSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = PreferencesBulkSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        results = services.preferences_bulk_update(
+            environment=request_environment(request),
+            items=serializer.validated_data["items"],
+            source=PreferenceChange.Source.API,
+        )
+        return Response({"data": [{"subscriber_id": sid, "changes": len(changes)} for sid, changes in results]})
+
+
+class SubscriberPreferenceHistoryView(generics.ListAPIView):
+    serializer_class = PreferenceChangeSerializer
+
+    def get_queryset(self) -> QuerySet[PreferenceChange]:
+        subscriber = subscriber_get(
+            environment=request_environment(self.request), subscriber_id=self.kwargs["subscriber_id"]
+        )
+        return selectors.preference_changes(subscriber=subscriber)
+
+    @extend_schema(
+        operation_id="subscribers_preferences_history",
+        summary="What changed in a subscriber's preferences, when, and from where (newest first)",
+        description="`source`: api, page (hosted preference center), one_click (unsubscribe link), "
+        "inbox (widget), sms (STOP/START keyword), admin.",
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class SubscriberPreferenceLinksView(APIView):
+    @extend_schema(
+        operation_id="subscribers_preference_links",
+        summary="Signed preference-center and one-click unsubscribe links, for emails you send yourself",
+        description="`category`: the category the unsubscribe link turns email off for; without it the "
+        "link unsubscribes from everything non-critical.",
+        responses={200: PreferenceLinksSerializer},
+    )
+    def get(self, request: Request, subscriber_id: str) -> Response:
+        environment = request_environment(request)
+        subscriber = subscriber_get(environment=environment, subscriber_id=subscriber_id)
+        key = request.query_params.get("category") or None
+        critical = False
+        if key is not None:
+            critical = selectors.category_get(environment=environment, key=key).critical
+        return Response(email_links(subscriber=subscriber, category_key=key, critical=critical))
+
+
+class WorkflowPreferenceView(APIView):
+    @extend_schema(operation_id="workflows_preferences_retrieve", responses={200: WorkflowPreferenceSerializer})
+    def get(self, request: Request, key: str) -> Response:
+        environment = request_environment(request)
+        workflow = workflow_get(environment=environment, key=key)
+        return Response(
+            {"default_channels": selectors.workflow_channel_defaults(environment=environment, workflow=workflow)}
+        )
+
+    @extend_schema(
+        operation_id="workflows_preferences_update",
+        summary="Set a workflow's own channel defaults",
+        request=WorkflowPreferenceSerializer,
+        responses={200: WorkflowPreferenceSerializer},
+    )
+    def put(self, request: Request, key: str) -> Response:
+        workflow = workflow_get(environment=request_environment(request), key=key)
+        serializer = WorkflowPreferenceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        preference = services.workflow_preference_set(
+            workflow=workflow, default_channels=serializer.validated_data["default_channels"]
+        )
+        return Response({"default_channels": preference.default_channels})
 
 
 class QuietHoursSerializer(serializers.Serializer):
@@ -212,11 +362,13 @@ class SubscriberQuietHoursView(APIView):
         subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
         serializer = QuietHoursSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        quiet = services.quiet_hours_set(subscriber=subscriber, **serializer.validated_data)
+        quiet = services.quiet_hours_set(
+            subscriber=subscriber, **serializer.validated_data, source=PreferenceChange.Source.API
+        )
         return Response(QuietHoursSerializer(quiet).data)
 
     @extend_schema(responses={204: None}, summary="Remove a subscriber's quiet hours")
     def delete(self, request: Request, subscriber_id: str) -> Response:
         subscriber = subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
-        services.quiet_hours_clear(subscriber=subscriber)
+        services.quiet_hours_clear(subscriber=subscriber, source=PreferenceChange.Source.API)
         return Response(status=status.HTTP_204_NO_CONTENT)

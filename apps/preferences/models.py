@@ -11,6 +11,21 @@ CHANNELS = ["in_app", "email", "sms", "push", "chat", "webhook"]
 # the person, so it has no subscriber preference (a category's defaults can still turn it off).
 SUBSCRIBER_CHANNELS = [c for c in CHANNELS if c != "webhook"]
 CHANNEL_CHOICES = [(c, c.replace("_", "-")) for c in CHANNELS]
+# A global Preference row (no category) on this pseudo-channel, disabled, means "unsubscribed from
+# everything that isn't critical, on every channel". Keeping it in the same table keeps the
+# resolution of a chunk of recipients to one query.
+ALL_CHANNELS = "all"
+PREFERENCE_CHANNEL_CHOICES = [*CHANNEL_CHOICES, (ALL_CHANNELS, "all channels")]
+
+FREQUENCY_INSTANT = "instant"
+FREQUENCY_DAILY = "daily"
+FREQUENCY_WEEKLY = "weekly"
+FREQUENCIES = [FREQUENCY_INSTANT, FREQUENCY_DAILY, FREQUENCY_WEEKLY]
+FREQUENCY_CHOICES = [
+    (FREQUENCY_INSTANT, "instant"),
+    (FREQUENCY_DAILY, "daily digest"),
+    (FREQUENCY_WEEKLY, "weekly digest"),
+]
 
 
 class Category(models.Model):
@@ -48,7 +63,7 @@ class Preference(models.Model):
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
     subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="preferences")
     category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
-    channel = models.CharField(max_length=20, choices=CHANNEL_CHOICES)
+    channel = models.CharField(max_length=20, choices=PREFERENCE_CHANNEL_CHOICES)
     enabled = models.BooleanField()
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -68,7 +83,68 @@ class Preference(models.Model):
 
     def __str__(self) -> str:
         scope = self.category.key if self.category_id else "all categories"
+        if self.channel == ALL_CHANNELS and not self.category_id:
+            return "unsubscribed from everything non-critical" if not self.enabled else "subscribed"
         return f"{self.channel} for {scope}: {'on' if self.enabled else 'off'}"
+
+
+class CategoryFrequency(models.Model):
+    """How often a subscriber wants a category: at once, or gathered into a daily / weekly digest."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="category_frequencies")
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="+")
+    frequency = models.CharField(max_length=10, choices=FREQUENCY_CHOICES, default=FREQUENCY_INSTANT)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "category frequencies"
+        constraints = [
+            models.UniqueConstraint(fields=["subscriber", "category"], name="uniq_category_frequency"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category_id}: {self.frequency}"
+
+
+class WorkflowPreference(models.Model):
+    """A workflow's own channel defaults, overriding its category's (a subscriber's choice still wins)."""
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    workflow = models.OneToOneField("workflows.Workflow", on_delete=models.CASCADE, related_name="preference")
+    # channel -> enabled by default for this workflow; a channel left out follows the category.
+    default_channels = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"defaults for workflow {self.workflow_id}"
+
+
+class PreferenceChange(models.Model):
+    """One saved change of a subscriber's preferences: what changed, when, and from where."""
+
+    class Source(models.TextChoices):
+        API = "api", "server API"
+        PAGE = "page", "hosted preference page"
+        ONE_CLICK = "one_click", "one-click unsubscribe"
+        INBOX = "inbox", "inbox widget"
+        SMS = "sms", "SMS keyword"
+        ADMIN = "admin", "admin"
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="preference_changes")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    # [{"kind": "channel"|"category"|"frequency"|"unsubscribed"|"quiet_hours", "category": key|null,
+    #   "channel": name|null, "from": old, "to": new}]
+    changes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["subscriber", "-id"], name="prefchange_subscriber_idx")]
+
+    def __str__(self) -> str:
+        return f"{len(self.changes)} change(s) from {self.source}"
 
 
 class QuietHours(models.Model):

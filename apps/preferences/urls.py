@@ -6,7 +6,7 @@ segments never match a '/'.
 
 from django.urls import path
 
-from apps.preferences import api
+from apps.preferences import api, webhooks
 
 urlpatterns = [
     path("categories", api.CategoryListView.as_view(), name="category-list"),
@@ -16,6 +16,19 @@ urlpatterns = [
         api.SubscriberPreferencesView.as_view(),
         name="subscriber-preferences",
     ),
+    path("preferences/bulk", api.PreferencesBulkView.as_view(), name="preferences-bulk"),
+    path(
+        "subscribers/<str:subscriber_id>/preferences/history",
+        api.SubscriberPreferenceHistoryView.as_view(),
+        name="subscriber-preference-history",
+    ),
+    path(
+        "subscribers/<str:subscriber_id>/preference-links",
+        api.SubscriberPreferenceLinksView.as_view(),
+        name="subscriber-preference-links",
+    ),
+    path("workflows/<str:key>/preferences", api.WorkflowPreferenceView.as_view(), name="workflow-preferences"),
+    path("webhooks/twilio/<str:key>/inbound", webhooks.twilio_inbound, name="preferences-webhook-twilio-inbound"),
     path(
         "subscribers/<str:subscriber_id>/quiet-hours",
         api.SubscriberQuietHoursView.as_view(),

@@ -109,8 +109,10 @@ def test_get_preferences(api: Any, tenant: Any) -> None:
             "description": "",
             "critical": False,
             "channels": {"in_app": True, "email": True, "sms": False, "push": True, "chat": False},
+            "frequency": "instant",
         }
     ]
+    assert body["unsubscribed"] is False
 
 
 def test_patch_preferences_returns_the_new_state(api: Any, tenant: Any) -> None:
@@ -200,7 +202,7 @@ def test_get_preferences_query_count(api: Any, tenant: Any, django_assert_num_qu
     for i in range(10):
         category = CategoryFactory(environment=tenant.environment, key=f"c{i}")
         PreferenceFactory(subscriber=subscriber, category=category, channel="email", enabled=False)
-    with django_assert_num_queries(4):  # API key, subscriber, preferences, categories
+    with django_assert_num_queries(5):  # API key, subscriber, preferences, frequencies, categories
         assert len(api.get(prefs_url("u1")).json()["categories"]) == 10
 
 
