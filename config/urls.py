@@ -22,6 +22,7 @@ urlpatterns = [
         name="api-docs",
     ),
     path("", include("apps.inbox.pages")),
+    path("", include("apps.preferences.pages")),
     path("", include("apps.core.urls")),
 ]
 
