@@ -147,6 +147,10 @@ class IntegrationAdmin(admin.ModelAdmin):
         )
 
     def _send_test(self, request: HttpRequest, integration: Integration, recipient: str) -> None:
+        if integration.channel in ("email", "sms", "push") and not recipient:
+            what = {"email": "an email address", "sms": "a phone number", "push": "a subscriber id"}
+            self.message_user(request, f"{integration}: give {what[integration.channel]}.", messages.ERROR)
+            return
         subscriber_pk = None
         if integration.channel in ("push", "chat") and recipient:
             subscriber = Subscriber.objects.filter(

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.delivery import selectors, services
-from apps.delivery.models import Integration
+from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent
 from apps.delivery.providers.base import get_provider, providers_by_channel
 from apps.delivery.webhooks.urls import webhook_urls
 from apps.preferences.models import CHANNEL_CHOICES, CHANNELS
@@ -154,3 +154,111 @@ class IntegrationDetailView(APIView):
         integration = selectors.integration_get(environment=request_environment(request), integration_id=integration_id)
         services.integration_delete(integration=integration)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = [
+            "provider",
+            "status",
+            "response_code",
+            "error_kind",
+            "retryable",
+            "error",
+            "duration_ms",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class MessageEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MessageEvent
+        fields = ["provider", "event_type", "status", "applied", "description", "payload", "occurred_at", "received_at"]
+        read_only_fields = fields
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    subscriber_id = serializers.SerializerMethodField()
+    workflow = serializers.SerializerMethodField()
+    transaction_id = serializers.SerializerMethodField()
+    step = serializers.CharField(source="step_id", read_only=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "channel",
+            "status",
+            "recipient",
+            "subscriber_id",
+            "workflow",
+            "transaction_id",
+            "step",
+            "subject",
+            "provider",
+            "provider_message_id",
+            "error",
+            "attempts",
+            "next_attempt_at",
+            "created_at",
+            "sent_at",
+            "delivered_at",
+            "opened_at",
+            "clicked_at",
+        ]
+        read_only_fields = fields
+
+    def get_subscriber_id(self, obj: Message) -> str | None:
+        return obj.subscriber.subscriber_id if obj.subscriber_id else None
+
+    def get_workflow(self, obj: Message) -> str | None:
+        return (obj.data or {}).get("workflow")
+
+    def get_transaction_id(self, obj: Message) -> str | None:
+        return (obj.data or {}).get("transaction_id")
+
+
+class MessageDetailSerializer(MessageSerializer):
+    """A message with every delivery attempt and every provider callback (raw payload included)."""
+
+    attempts_log = DeliveryAttemptSerializer(many=True, read_only=True)
+    events = MessageEventSerializer(many=True, read_only=True)
+
+    class Meta(MessageSerializer.Meta):
+        fields = [*MessageSerializer.Meta.fields, "body", "attempts_log", "events"]
+        read_only_fields = fields
+
+
+MESSAGE_FILTERS = ("status", "channel", "provider", "subscriber_id", "transaction_id", "workflow")
+
+
+class MessageListView(generics.ListAPIView):
+    serializer_class = MessageSerializer
+
+    def get_queryset(self) -> Any:
+        params = self.request.query_params
+        return selectors.message_list(
+            environment=request_environment(self.request), filters={name: params.get(name) for name in MESSAGE_FILTERS}
+        )
+
+    @extend_schema(
+        operation_id="messages_list",
+        summary="List outbound messages (newest first)",
+        parameters=[
+            OpenApiParameter(name, str, description=f"Only messages with this {name}.") for name in MESSAGE_FILTERS
+        ],
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class MessageDetailView(APIView):
+    @extend_schema(operation_id="messages_retrieve", responses={200: MessageDetailSerializer})
+    def get(self, request: Request, message_id: int) -> Response:
+        message = selectors.message_get(environment=request_environment(request), message_id=message_id)
+        return Response(MessageDetailSerializer(message).data)

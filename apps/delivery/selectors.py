@@ -85,8 +85,32 @@ def integration_by_webhook_key(*, key: str, providers: Sequence[str] | None = No
     return queryset.first()
 
 
-def message_attempt_counts(*, message: Message) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for status in message.attempts_log.values_list("status", flat=True):
-        counts[status] = counts.get(status, 0) + 1
-    return counts
+def message_list(*, environment: Environment, filters: dict[str, str | None] | None = None) -> QuerySet[Message]:
+    """Outbound messages of the environment, newest first. Filters: ``status``, ``channel``,
+    ``subscriber_id``, ``transaction_id``, ``workflow``, ``provider``."""
+    filters = filters or {}
+    queryset = Message.objects.filter(environment=environment).select_related("subscriber")
+    for name, lookup in (
+        ("status", "status"),
+        ("channel", "channel"),
+        ("provider", "provider"),
+        ("subscriber_id", "subscriber__subscriber_id"),
+        ("transaction_id", "data__transaction_id"),
+        ("workflow", "data__workflow"),
+    ):
+        value = filters.get(name)
+        if value:
+            queryset = queryset.filter(**{lookup: value})
+    return queryset
+
+
+def message_get(*, environment: Environment, message_id: int) -> Message:
+    message = (
+        Message.objects.filter(environment=environment, pk=message_id)
+        .select_related("subscriber")
+        .prefetch_related("attempts_log", "events")
+        .first()
+    )
+    if message is None:
+        raise NotFound(f"Message {message_id} was not found.", details={"message_id": message_id})
+    return message

@@ -1,4 +1,4 @@
-"""Delivery routes, mounted under /api/v1/: integrations (secret key) and provider webhooks (verified)."""
+"""Delivery routes, mounted under /api/v1/: integrations and messages (secret key), provider webhooks (verified)."""
 
 from django.urls import path
 
@@ -8,6 +8,8 @@ from apps.delivery.webhooks import anymail, twilio
 urlpatterns = [
     path("integrations", api.IntegrationListView.as_view(), name="integration-list"),
     path("integrations/<int:integration_id>", api.IntegrationDetailView.as_view(), name="integration-detail"),
+    path("messages", api.MessageListView.as_view(), name="message-list"),
+    path("messages/<int:message_id>", api.MessageDetailView.as_view(), name="message-detail"),
     path("webhooks/email/<str:key>/tracking", anymail.email_tracking, name="delivery-webhook-email-tracking"),
     path("webhooks/twilio/<str:key>/status", twilio.status_callback, name="delivery-webhook-twilio-status"),
 ]

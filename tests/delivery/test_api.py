@@ -124,3 +124,51 @@ def test_list_query_count_is_flat(api, tenant, django_assert_num_queries):
         IntegrationFactory(environment=tenant.environment, provider="smtp", credentials={"host": f"h{n}"})
     with django_assert_num_queries(2):  # API key + page
         api.get("/api/v1/integrations")
+
+
+# --- /api/v1/messages ---------------------------------------------------------------------------
+
+
+def test_messages_list_filters_and_detail_with_attempts_and_events(api, tenant, other_tenant):
+    from apps.delivery.models import DeliveryAttempt, Message, MessageEvent
+    from tests.factories import SubscriberFactory
+
+    env = tenant.environment
+    ada = SubscriberFactory(environment=env, subscriber_id="ada")
+    sms = Message.objects.create(
+        environment=env, step_id="text", channel="sms", subscriber=ada, recipient="+1555", status="delivered",
+        provider="twilio", data={"workflow": "login", "transaction_id": "tx-9"},
+    )  # fmt: skip
+    Message.objects.create(environment=env, step_id="mail", channel="email", recipient="a@x.test", status="failed")
+    Message.objects.create(environment=other_tenant.environment, step_id="x", channel="sms", recipient="+1")
+    DeliveryAttempt.objects.create(message=sms, provider="twilio", status="failed", response_code=503, retryable=True)
+    DeliveryAttempt.objects.create(message=sms, provider="twilio", status="success", response_code=201)
+    MessageEvent.objects.create(
+        environment=env, message=sms, provider="twilio", event_type="delivered", status="delivered",
+        dedupe_key="SM1:delivered", payload={"MessageStatus": "delivered"}, applied=True,
+    )  # fmt: skip
+
+    listed = api.get("/api/v1/messages").json()["data"]
+    assert [m["channel"] for m in listed] == ["email", "sms"]  # newest first, own environment only
+    for query in ("status=delivered", "channel=sms", "subscriber_id=ada", "transaction_id=tx-9", "workflow=login",
+                  "provider=twilio"):  # fmt: skip
+        assert [m["id"] for m in api.get(f"/api/v1/messages?{query}").json()["data"]] == [sms.pk], query
+    assert listed[1]["subscriber_id"] == "ada" and listed[1]["workflow"] == "login"
+
+    detail = api.get(f"/api/v1/messages/{sms.pk}").json()
+    assert [(a["status"], a["response_code"]) for a in detail["attempts_log"]] == [("failed", 503), ("success", 201)]
+    assert detail["events"][0]["payload"] == {"MessageStatus": "delivered"}
+    foreign = Message.objects.get(environment=other_tenant.environment)
+    assert_error(api.get(f"/api/v1/messages/{foreign.pk}"), 404, "not_found")
+
+
+def test_messages_list_query_count_is_flat(api, tenant, django_assert_num_queries):
+    from apps.delivery.models import Message
+    from tests.factories import SubscriberFactory
+
+    for n in range(5):
+        subscriber = SubscriberFactory(environment=tenant.environment)
+        Message.objects.create(environment=tenant.environment, step_id="s", channel="sms", subscriber=subscriber,
+                               recipient=f"+1{n}")  # fmt: skip
+    with django_assert_num_queries(2):  # API key + page (subscribers joined)
+        api.get("/api/v1/messages")

@@ -196,6 +196,22 @@ def providers_by_channel() -> dict[str, list[str]]:
     return grouped
 
 
+_loaded = False
+
+
 def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    from apps.delivery.providers import chat, email, fcm, sms, webhook, webpush  # noqa: F401
+    """Import every module of this package once: their ``@register`` decorators fill the registry.
+
+    Adding a provider is adding a module here; nothing else lists it.
+    """
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+    import pkgutil
+
+    import apps.delivery.providers as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    _loaded = True
