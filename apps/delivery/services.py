@@ -191,28 +191,39 @@ def _circuit_success(integration: Integration) -> None:
 # --- rate limit ---------------------------------------------------------------------------------
 
 
-def _rate_limit_wait(integration: Integration, cfg: DeliveryConfig) -> datetime | None:
-    """Reserve the integration's next send slot and sleep until it; ``None`` means "send now".
+def _rate_limit_wait(integration: Integration, cfg: DeliveryConfig) -> tuple[datetime | None, bool]:
+    """Reserve the integration's next send slot and sleep until it: ``(None, slept)`` means "send now".
 
     Slots are ``1 / rate_limit`` seconds apart and reserved with a compare-and-swap on
     ``rate_next_at``, so concurrent workers never share one. When the free slot is further away
-    than ``rate_wait_max``, nothing is reserved and its time is returned: defer until then.
+    than the longest wait allowed, nothing is reserved and its time is returned: defer until then.
     """
     if not integration.rate_limit or integration.rate_limit <= 0:
-        return None
+        return None, False
     interval = timedelta(seconds=1.0 / integration.rate_limit)
+    max_wait = _max_wait(cfg.rate_wait_max)
     for _ in range(50):
         now = timezone.now()
         current = Integration.objects.filter(pk=integration.pk).values_list("rate_next_at", flat=True).first()
         slot = max(now, current) if current else now
         wait = (slot - now).total_seconds()
-        if wait > cfg.rate_wait_max:
-            return slot
+        if wait > max_wait:
+            return slot, False
         if Integration.objects.filter(pk=integration.pk, rate_next_at=current).update(rate_next_at=slot + interval):
             if wait > 0:
                 time.sleep(wait)
-            return None
-    return timezone.now() + interval  # heavy contention: come back shortly
+            return None, wait > 0
+    return timezone.now() + interval, False  # heavy contention: come back shortly
+
+
+def _max_wait(configured: float) -> float:
+    """A worker never sleeps long enough for the sweeper to think the send died (stall / 4 at most)."""
+    return min(configured, settings.CLARION["STALL_SECONDS"] / 4)
+
+
+def _still_ours(message: Message) -> bool:
+    """After a wait: refresh the heartbeat, and make sure the sweeper has not taken the message back."""
+    return bool(Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(updated_at=timezone.now()))
 
 
 # --- delivery -----------------------------------------------------------------------------------
@@ -359,9 +370,11 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
                 if reopen_at and (outcome.reopen_at is None or reopen_at < outcome.reopen_at):
                     outcome.reopen_at = reopen_at
                 return False
-            slot = _rate_limit_wait(integration, cfg)
+            slot, slept = _rate_limit_wait(integration, cfg)
             if slot is not None:
                 _defer(message, until=slot, error=f"rate limit of {integration.rate_limit}/s on {provider_name}")
+                return True
+            if slept and not _still_ours(message):
                 return True
         started = time.monotonic()
         try:
@@ -399,8 +412,10 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
                     outcome.reopen_at = wait_until
                 return False
             delay = _backoff(outcome.failures[key], exc.retry_after, cfg)
-            if delay <= cfg.inline_wait_max:
+            if delay <= _max_wait(cfg.inline_wait_max):
                 time.sleep(delay)
+                if not _still_ours(message):
+                    return True  # the sweeper took it back meanwhile: whoever holds it now sends it
                 continue
             _defer(message, until=timezone.now() + timedelta(seconds=delay), error=f"{provider_name}: {exc}")
             return True

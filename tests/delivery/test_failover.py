@@ -510,3 +510,22 @@ def test_a_task_past_its_budget_hands_the_rest_to_a_new_task(tenant, fake_server
     enqueue.assert_called_once_with("apps.delivery.tasks.deliver_messages", ids[1:])
     assert len(server.requests) == 1
     assert list(Message.objects.order_by("pk").values_list("status", flat=True)) == ["sent", "queued", "queued"]
+
+
+def test_a_send_taken_back_by_the_sweeper_during_a_wait_is_not_continued(tenant, fake_server, monkeypatch):
+    from apps.delivery import services
+
+    env = tenant.environment
+    server = fake_server([Reply(status=500), Reply(body={"id": "would-be-duplicate"})])
+    sms_integration(env, server, retries=2)
+    message = Message.objects.create(environment=env, step_id="s", channel="sms", recipient="+15550001", body="x")
+
+    def sleep_while_the_sweeper_requeues(seconds: float) -> None:
+        Message.objects.filter(pk=message.pk).update(status=Message.Status.QUEUED)
+
+    monkeypatch.setattr(services.time, "sleep", sleep_while_the_sweeper_requeues)
+    message_deliver(message_id=message.pk)
+
+    assert len(server.requests) == 1  # the worker stopped after its wait
+    message.refresh_from_db()
+    assert message.status == "queued"
