@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from apps.preferences.selectors import resolve_preferences, subscriber_preferences
+from apps.preferences.selectors import Resolution, resolve_preferences, subscriber_preferences
 from tests.factories import CategoryFactory, SubscriberFactory
 from tests.preferences.factories import PreferenceFactory
 
@@ -144,3 +144,149 @@ def test_subscriber_preferences_shape(tenant: Any) -> None:
         "push": False,
         "chat": True,
     }
+
+
+# --- unsubscribe from everything, workflow defaults, frequencies -------------------------------
+
+
+def test_unsubscribed_stops_every_channel_but_not_critical(tenant: Any) -> None:
+    from apps.preferences.services import preferences_update
+
+    subscriber = SubscriberFactory(environment=tenant.environment)
+    comments = CategoryFactory(environment=tenant.environment, key="comments")
+    security = CategoryFactory(environment=tenant.environment, key="security", critical=True)
+    # Even an explicit "on" for the category loses to "unsubscribed from everything".
+    preferences_update(subscriber=subscriber, categories={"comments": {"email": True}}, unsubscribed=True)
+    result = resolve(subscriber, comments, ["email", "sms", "in_app", "webhook"])
+    assert {c: (r.allowed, r.reason) for c, r in result.items()} == {
+        "email": (False, "unsubscribed"),
+        "sms": (False, "unsubscribed"),
+        "in_app": (False, "unsubscribed"),
+        "webhook": (True, "category_default"),  # goes to the customer's system, not to the person
+    }
+    assert resolve(subscriber, None, ["push"])["push"].reason == "unsubscribed"
+    assert resolve(subscriber, security, ["email"])["email"] == Resolution(
+        True, "critical", {"channel": "email", "category": "security"}
+    )
+    preferences_update(subscriber=subscriber, unsubscribed=False)
+    assert resolve(subscriber, comments, ["email"])["email"].reason == "subscriber_category"
+
+
+def test_workflow_default_sits_between_subscriber_choice_and_category_default(
+    tenant: Any, django_assert_num_queries: Any
+) -> None:
+    from apps.preferences.services import workflow_preference_set
+    from apps.workflows.models import Workflow
+
+    subscriber = SubscriberFactory(environment=tenant.environment)
+    other = SubscriberFactory(environment=tenant.environment)
+    category = CategoryFactory(environment=tenant.environment, default_channels={"sms": False})
+    workflow = Workflow.objects.create(environment=tenant.environment, key="otp", name="OTP", category=category)
+    workflow_preference_set(workflow=workflow, default_channels={"sms": True, "email": False})
+    PreferenceFactory(subscriber=subscriber, category=category, channel="email", enabled=True)
+    with django_assert_num_queries(2):  # preferences + the workflow's defaults
+        result = resolve_preferences(
+            environment=tenant.environment,
+            subscriber_ids=[subscriber.pk, other.pk],
+            category=category,
+            channels=["email", "sms", "push"],
+            workflow=workflow,
+        )
+    assert (result[subscriber.pk]["email"].allowed, result[subscriber.pk]["email"].reason) == (
+        True,
+        "subscriber_category",
+    )
+    assert (result[other.pk]["email"].allowed, result[other.pk]["email"].reason) == (False, "workflow_default")
+    assert (result[other.pk]["sms"].allowed, result[other.pk]["sms"].reason) == (True, "workflow_default")
+    assert (result[other.pk]["push"].allowed, result[other.pk]["push"].reason) == (True, "category_default")
+    # Without the workflow (or for another one) the category default applies again.
+    assert resolve(other, category, ["sms"])["sms"].allowed is False
+    # A global opt-out still beats the workflow's default.
+    PreferenceFactory(subscriber=other, channel="sms", enabled=False)
+    again = resolve_preferences(
+        environment=tenant.environment,
+        subscriber_ids=[other.pk],
+        category=category,
+        channels=["sms"],
+        workflow=workflow.pk,
+    )
+    assert again[other.pk]["sms"].reason == "subscriber_channel"
+
+
+def test_full_resolution_order(tenant: Any) -> None:
+    """Each rule, removed in turn, reveals the next one."""
+    from apps.preferences.models import Preference
+    from apps.preferences.services import preferences_update, workflow_preference_set
+    from apps.workflows.models import Workflow
+
+    subscriber = SubscriberFactory(environment=tenant.environment)
+    category = CategoryFactory(environment=tenant.environment, key="news", default_channels={"email": False})
+    workflow = Workflow.objects.create(environment=tenant.environment, key="w", name="W", category=category)
+    workflow_preference_set(workflow=workflow, default_channels={"email": True})
+    preferences_update(
+        subscriber=subscriber, channels={"email": False}, categories={"news": {"email": True}}, unsubscribed=True
+    )
+
+    def reason() -> str:
+        return resolve_preferences(
+            environment=tenant.environment,
+            subscriber_ids=[subscriber.pk],
+            category=category,
+            channels=["email"],
+            workflow=workflow,
+        )[subscriber.pk]["email"].reason
+
+    assert reason() == "unsubscribed"
+    preferences_update(subscriber=subscriber, unsubscribed=False)
+    assert reason() == "subscriber_channel"
+    Preference.objects.filter(subscriber=subscriber, category__isnull=True).delete()
+    assert reason() == "subscriber_category"
+    Preference.objects.filter(subscriber=subscriber).delete()
+    assert reason() == "workflow_default"
+    workflow_preference_set(workflow=workflow, default_channels={})
+    assert reason() == "category_default"
+    category.critical = True
+    category.save()
+    assert reason() == "critical"
+
+
+def test_category_frequencies_one_query(tenant: Any, django_assert_num_queries: Any) -> None:
+    from apps.preferences.selectors import category_frequencies
+    from apps.preferences.services import preferences_update
+
+    category = CategoryFactory(environment=tenant.environment, key="comments")
+    other = CategoryFactory(environment=tenant.environment, key="billing")
+    subscribers = SubscriberFactory.create_batch(30, environment=tenant.environment)
+    for subscriber in subscribers[:10]:
+        preferences_update(subscriber=subscriber, frequencies={"comments": "daily", "billing": "weekly"})
+    preferences_update(subscriber=subscribers[10], frequencies={"comments": "weekly"})
+    with django_assert_num_queries(1):
+        result = category_frequencies(
+            environment=tenant.environment, subscriber_ids=[s.pk for s in subscribers], category=category
+        )
+    assert sum(v == "daily" for v in result.values()) == 10
+    assert result[subscribers[10].pk] == "weekly"
+    assert sum(v == "instant" for v in result.values()) == 19
+    assert category_frequencies(environment=tenant.environment, subscriber_ids=[subscribers[0].pk], category=other) == {
+        subscribers[0].pk: "weekly"
+    }
+    with django_assert_num_queries(0):
+        assert category_frequencies(
+            environment=tenant.environment, subscriber_ids=[subscribers[0].pk], category=None
+        ) == {subscribers[0].pk: "instant"}
+
+
+def test_frequency_schedule(tenant: Any) -> None:
+    from apps.core.schedule import parse_schedule
+    from apps.preferences.selectors import frequency_schedule
+
+    category = CategoryFactory(environment=tenant.environment, digest_schedule="weekdays 18:30")
+    assert frequency_schedule("instant", category) is None
+    assert frequency_schedule("daily", category) == "daily 18:30"
+    assert frequency_schedule("weekly", category) == "weekly monday 18:30"
+    assert frequency_schedule("daily", None) == "daily 09:00"
+    assert frequency_schedule("weekly", None) == "weekly monday 09:00"
+    for spec in ("daily 18:30", "weekly monday 09:00"):
+        parse_schedule(spec)  # the engine's grammar accepts them
+    category.digest_schedule = "nonsense"
+    assert frequency_schedule("daily", category) == "daily 09:00"
