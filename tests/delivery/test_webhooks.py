@@ -368,3 +368,65 @@ def test_malformed_payload_is_400(postmark):
     )
     assert response.status_code == 400
     assert not MessageEvent.objects.exists()
+
+
+# --- Amazon SES (SNS) ---------------------------------------------------------------------------
+
+
+def sns_post(integration: Any, ses_event: dict[str, Any], *, sns_id: str, auth: str | None) -> Any:
+    body = {
+        "Type": "Notification",
+        "MessageId": sns_id,
+        "TopicArn": "arn:aws:sns:eu-west-1:123456789012:ses-events",
+        "Message": json.dumps(ses_event),
+        "Timestamp": "2026-11-24T10:00:00.000Z",
+    }
+    headers = {"HTTP_X_AMZ_SNS_MESSAGE_TYPE": "Notification", "HTTP_X_AMZ_SNS_MESSAGE_ID": sns_id}
+    if auth:
+        headers["HTTP_AUTHORIZATION"] = basic_auth(auth)
+    return Client().post(
+        reverse("delivery-webhook-email-tracking", kwargs={"key": integration.webhook_key}),
+        data=json.dumps(body),
+        content_type="text/plain; charset=UTF-8",
+        **headers,
+    )
+
+
+def ses_bounce(bounce_type: str) -> dict[str, Any]:
+    return {
+        "eventType": "Bounce",
+        "mail": {"messageId": "ses-0001", "destination": ["ada@example.com"], "timestamp": "2026-11-24T09:59:00Z"},
+        "bounce": {
+            "bounceType": bounce_type,
+            "bounceSubType": "General",
+            "bouncedRecipients": [{"emailAddress": "ada@example.com", "diagnosticCode": "smtp; 550 5.1.1 unknown"}],
+            "timestamp": "2026-11-24T10:00:00Z",
+        },
+    }
+
+
+@pytest.mark.parametrize(("bounce_type", "suppressed"), [("Permanent", True), ("Transient", False)])
+def test_amazon_ses_sns_bounce(tenant, bounce_type, suppressed):
+    integration = IntegrationFactory(
+        environment=tenant.environment,
+        provider="ses",
+        credentials={
+            "access_key_id": "AKIA",
+            "secret_access_key": "s",
+            "region": "eu-west-1",
+            "webhook_secret": "sns:pw",
+        },
+    )
+    message = Message.objects.create(
+        environment=tenant.environment, step_id="m", channel="email", recipient="ada@example.com", status="sent",
+        provider="ses", provider_message_id="ses-0001",
+    )  # fmt: skip
+
+    challenge = sns_post(integration, ses_bounce(bounce_type), sns_id="sns-1", auth=None)
+    assert challenge.status_code == 401 and challenge["WWW-Authenticate"].startswith("Basic")
+    assert sns_post(integration, ses_bounce(bounce_type), sns_id="sns-1", auth="sns:pw").status_code == 200
+
+    message.refresh_from_db()
+    assert message.status == "bounced"
+    assert "550 5.1.1" in message.error
+    assert Suppression.objects.filter(address="ada@example.com").exists() is suppressed

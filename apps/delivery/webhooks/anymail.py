@@ -97,6 +97,8 @@ def _soft_bounce(provider: str, esp_event: Any) -> bool:
         return esp_event.get("Type") in ("SoftBounce", "Transient", "DnsError")
     if provider == "sendgrid":
         return esp_event.get("type") == "blocked"
+    if provider == "ses":
+        return (esp_event.get("bounce") or {}).get("bounceType") == "Transient"
     return False
 
 
@@ -116,7 +118,11 @@ def status_event(provider: str, event: AnymailTrackingEvent) -> StatusEvent:
         provider_message_id=str(event.message_id or ""),
         event_type=str(event.event_type),
         status=STATUS_FOR_EVENT.get(event.event_type, ""),
-        dedupe_key=f"{event.event_type}:{event.event_id}" if event.event_id else f"sha256:{payload_digest(payload)}",
+        dedupe_key=(
+            f"{event.event_type}:{event.event_id}:{event.recipient or ''}"
+            if event.event_id
+            else f"sha256:{payload_digest(payload)}"
+        ),
         payload=payload if isinstance(payload, dict) else {"event": payload},
         recipient=str(event.recipient or ""),
         description=description,
