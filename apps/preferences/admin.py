@@ -6,7 +6,15 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.preferences.models import SUBSCRIBER_CHANNELS, Category, Preference, QuietHours
+from apps.preferences.models import (
+    SUBSCRIBER_CHANNELS,
+    Category,
+    CategoryFrequency,
+    Preference,
+    PreferenceChange,
+    QuietHours,
+    WorkflowPreference,
+)
 
 
 class CategoryAdminForm(forms.ModelForm):
@@ -73,3 +81,77 @@ class QuietHoursAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Subscribers' own choices: visible to staff, never forged by them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CategoryFrequency)
+class CategoryFrequencyAdmin(_ReadOnlyAdmin):
+    list_display = ["subscriber", "category", "frequency", "updated_at"]
+    list_filter = ["environment", "frequency"]
+    search_fields = ["subscriber__subscriber_id", "category__key"]
+    list_select_related = ["subscriber", "category"]
+    show_full_result_count = False
+
+
+@admin.register(PreferenceChange)
+class PreferenceChangeAdmin(_ReadOnlyAdmin):
+    """The preference history: what changed, when and from where."""
+
+    list_display = ["created_at", "subscriber", "source", "summary"]
+    list_filter = ["environment", "source"]
+    search_fields = ["subscriber__subscriber_id"]
+    list_select_related = ["subscriber"]
+    readonly_fields = ["environment", "subscriber", "source", "changes", "created_at"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="changes")
+    def summary(self, obj: PreferenceChange) -> str:
+        parts = []
+        for change in obj.changes:
+            where = ".".join(str(p) for p in (change.get("category"), change.get("channel")) if p)
+            parts.append(
+                f"{change.get('kind')}{' ' + where if where else ''}: {change.get('from')} → {change.get('to')}"
+            )
+        return "; ".join(parts)
+
+
+class WorkflowPreferenceForm(forms.ModelForm):
+    class Meta:
+        model = WorkflowPreference
+        fields = ["environment", "workflow", "default_channels"]
+        help_texts = {
+            "default_channels": 'Channel → on by default for this workflow, e.g. {"sms": true}; overrides the '
+            "category's default, a subscriber's own choice still wins.",
+        }
+
+    def clean_default_channels(self) -> dict[str, bool]:
+        return CategoryAdminForm.clean_default_channels(self)  # type: ignore[arg-type]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        workflow, environment = data.get("workflow"), data.get("environment")
+        if workflow is not None and environment is not None and workflow.environment_id != environment.pk:
+            raise forms.ValidationError("The workflow belongs to another environment.")
+        return data
+
+
+@admin.register(WorkflowPreference)
+class WorkflowPreferenceAdmin(admin.ModelAdmin):
+    form = WorkflowPreferenceForm
+    list_display = ["workflow", "default_channels", "environment", "updated_at"]
+    list_filter = ["environment"]
+    search_fields = ["workflow__key"]
+    list_select_related = ["workflow", "environment"]

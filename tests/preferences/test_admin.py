@@ -45,3 +45,39 @@ def test_preference_admin_is_read_only(admin_client: Any, tenant: Any) -> None:
     assert response.status_code == 403
     preference.refresh_from_db()
     assert (preference.channel, preference.enabled) == ("email", False)
+
+
+def test_history_and_frequency_admin_are_read_only(admin_client: Any, tenant: Any) -> None:
+    from apps.preferences.models import PreferenceChange
+    from apps.preferences.services import preferences_update
+    from tests.factories import SubscriberFactory
+
+    subscriber = SubscriberFactory(environment=tenant.environment)
+    CategoryFactory(environment=tenant.environment, key="billing")
+    preferences_update(subscriber=subscriber, channels={"sms": False}, frequencies={"billing": "daily"}, source="page")
+    response = admin_client.get("/admin/preferences/preferencechange/")
+    assert response.status_code == 200
+    assert "channel sms: True → False" in response.content.decode()
+    assert "frequency billing: instant → daily" in response.content.decode()
+    change = PreferenceChange.objects.get()
+    assert admin_client.get(f"/admin/preferences/preferencechange/{change.pk}/change/").status_code == 200
+    assert admin_client.get(f"/admin/preferences/preferencechange/{change.pk}/delete/").status_code == 403
+    assert admin_client.get("/admin/preferences/categoryfrequency/").status_code == 200
+    assert admin_client.get("/admin/preferences/categoryfrequency/add/").status_code == 403
+
+
+def test_workflow_preference_admin_validates(admin_client: Any, tenant: Any, other_tenant: Any) -> None:
+    from apps.preferences.models import WorkflowPreference
+    from apps.workflows.models import Workflow
+
+    workflow = Workflow.objects.create(environment=tenant.environment, key="otp", name="OTP")
+    form = {"environment": tenant.environment.pk, "workflow": workflow.pk, "default_channels": '{"fax": true}'}
+    response = admin_client.post("/admin/preferences/workflowpreference/add/", form)
+    assert response.status_code == 200 and b"Unknown channel(s): fax" in response.content
+    form["environment"] = other_tenant.environment.pk
+    form["default_channels"] = '{"sms": false}'
+    response = admin_client.post("/admin/preferences/workflowpreference/add/", form)
+    assert response.status_code == 200 and b"another environment" in response.content
+    form["environment"] = tenant.environment.pk
+    assert admin_client.post("/admin/preferences/workflowpreference/add/", form).status_code == 302
+    assert WorkflowPreference.objects.get().default_channels == {"sms": False}
