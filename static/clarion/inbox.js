@@ -126,7 +126,8 @@
     ".panel[hidden] { display: none; }",
     "header { display: flex; align-items: center; gap: 8px; padding: 12px 14px 8px; }",
     "h2 { font-size: 15px; margin: 0; flex: 1; font-weight: 650; display: flex; align-items: center; gap: 8px; }",
-    ".count { font-size: 12px; font-weight: 600; color: var(--clarion-accent); }",
+    ".count { font-size: 11.5px; font-weight: 700; color: var(--clarion-accent-contrast); background: var(--clarion-accent);",
+    "  border-radius: 10px; padding: 1px 7px; min-width: 20px; text-align: center; }",
     ".icon-btn { border: 0; background: none; width: 30px; height: 30px; border-radius: 8px; display: grid; place-items: center;",
     "  color: var(--clarion-muted); }",
     ".icon-btn:hover { background: var(--clarion-hover); color: var(--clarion-fg); }",
@@ -324,7 +325,7 @@
       this._live = el("div", { className: "sr-only", "aria-live": "polite", role: "status" });
 
       this._title = el("h2", { id: "clarion-title" });
-      this._countLabel = el("span", { className: "count" });
+      this._countLabel = el("span", { className: "count", hidden: true });
       this._readAll = el("button", { type: "button", className: "text-btn", onclick: function () { self.markAllRead(); } });
       this._prefsBtn = el("button", { type: "button", className: "icon-btn", icon: "gear", onclick: function () { self._showPrefs(); } });
       this._closeBtn = el("button", { type: "button", className: "icon-btn", icon: "close", onclick: function () { self.close(true); } });
@@ -826,7 +827,8 @@
       this._badge.hidden = unread === 0;
       this._badge.textContent = unread > 99 ? "99+" : String(unread);
       this._bell.setAttribute("aria-label", unread ? this._t("bellLabel", unread) : this._t("bellLabelNone"));
-      this._countLabel.textContent = unread ? String(unread) : "";
+      this._countLabel.textContent = unread > 99 ? "99+" : String(unread);
+      this._countLabel.hidden = unread === 0;
       this._readAll.disabled = unread === 0;
       this.setAttribute("unread", String(unread));
     }

@@ -1,6 +1,7 @@
-"""The live inbox demo page (/demo/inbox/) in a real Chromium against real uvicorn + qcluster:
-a trigger over HTTP shows up without a reload, read / read-all move the badge and the server
-agrees, and the page catches up with what happened while the web process was down."""
+"""The live inbox demo page (/demo/inbox/), which embeds the <clarion-inbox> widget inline, in a
+real Chromium against real uvicorn + qcluster: a trigger over HTTP shows up without a reload,
+read / read-all move the badge and the server agrees, and the page catches up with what happened
+while the web process was down."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.e2e
 
 DEMO_PAYLOAD = {"post_title": "Hello", "comment": "First!", "author": "Grace"}  # as the page's curl sends it
 UNREAD = re.compile(r"\bunread\b")
+WIDGET = "clarion-inbox"  # Playwright's CSS locators pierce its open shadow root
+BADGE = f"{WIDGET} header .count"  # the demo embeds the widget inline: the unread count sits in its header
 LIVE_WITHIN_MS = 5_000  # trigger → message on screen
 SCREENSHOT_MAX_BYTES = 300 * 1024
 
@@ -31,8 +34,8 @@ SCREENSHOT_MAX_BYTES = 300 * 1024
 def open_demo(page: Page, demo: DemoSystem) -> None:
     """Open the demo page, wait until its websocket is live, and mark the document so a reload shows."""
     page.goto(demo.url("/demo/inbox/"))
-    expect(page.locator("#clarion-status")).to_have_attribute("data-state", "live")
-    expect(page.locator("#clarion-empty")).to_be_visible()  # demo_inbox emptied the inbox
+    expect(page.locator(WIDGET)).to_have_attribute("connection", "live")
+    expect(page.locator(f"{WIDGET} .empty")).to_be_visible()  # demo_inbox emptied the inbox
     page.evaluate("window.__clarionE2eNoReload = true")
 
 
@@ -41,7 +44,7 @@ def assert_not_reloaded(page: Page) -> None:
 
 
 def message_item(page: Page, title: str) -> Locator:
-    return page.locator("#clarion-messages li.message", has=page.locator(".message-title", has_text=title))
+    return page.locator(f"{WIDGET} li.item", has=page.locator(".title", has_text=title))
 
 
 def page_errors(demo: DemoSystem) -> list[str]:
@@ -49,7 +52,7 @@ def page_errors(demo: DemoSystem) -> list[str]:
 
 
 def test_trigger_shows_live_then_read_and_read_all(demo_inbox: DemoSystem, page: Page) -> None:
-    badge = page.locator("#clarion-badge")
+    badge = page.locator(BADGE)
     open_demo(page, demo_inbox)
     expect(badge).to_be_hidden()
 
@@ -62,7 +65,7 @@ def test_trigger_shows_live_then_read_and_read_all(demo_inbox: DemoSystem, page:
     elapsed = time.monotonic() - started
     assert elapsed < LIVE_WITHIN_MS / 1000, f"message + badge took {elapsed:.1f} s"
     expect(first).to_have_class(UNREAD)
-    expect(first.locator(".message-body")).to_have_text("“First!”")
+    expect(first.locator(".body")).to_have_text("“First!”")
     expect(page).to_have_title("(1) Live inbox demo · Clarion")
     assert_not_reloaded(page)
 
@@ -80,14 +83,14 @@ def test_trigger_shows_live_then_read_and_read_all(demo_inbox: DemoSystem, page:
     expect(message_item(page, "Alan commented on Roadmap")).to_be_visible(timeout=LIVE_WITHIN_MS)
     expect(message_item(page, "Ada commented on Release notes")).to_be_visible(timeout=LIVE_WITHIN_MS)
     expect(badge).to_have_text("2")
-    expect(page.locator("#clarion-messages li.message")).to_have_count(3)
-    expect(page.locator("#clarion-summary")).to_have_text("2 unread of 3")
+    expect(page.locator(f"{WIDGET} li.item")).to_have_count(3)
+    expect(page.locator(WIDGET)).to_have_attribute("unread", "2")
 
     # Mark all read → 0, everywhere.
-    page.locator("#clarion-read-all").click()
+    page.locator(f"{WIDGET} header .text-btn").click()
     expect(badge).to_be_hidden()
-    expect(page.locator("#clarion-messages li.message.unread")).to_have_count(0)
-    expect(page.locator("#clarion-read-all")).to_be_disabled()
+    expect(page.locator(f"{WIDGET} li.item.unread")).to_have_count(0)
+    expect(page.locator(f"{WIDGET} header .text-btn")).to_be_disabled()
     counts = demo_inbox.counts()
     assert counts["unread"] == 0 and counts["total"] == 3, counts
     assert_not_reloaded(page)
@@ -95,27 +98,27 @@ def test_trigger_shows_live_then_read_and_read_all(demo_inbox: DemoSystem, page:
 
 
 def test_message_sent_while_web_down_appears_after_reconnect(demo_inbox: DemoSystem, page: Page) -> None:
-    status = page.locator("#clarion-status")
+    widget = page.locator(WIDGET)
     open_demo(page, demo_inbox)
     transaction_ids: list[str] = []
 
     def while_down() -> None:
-        # The page notices the socket is gone ...
-        expect(status).to_have_attribute("data-state", "reconnecting")
+        # The page notices the socket is gone (it polls meanwhile and keeps trying to reconnect) ...
+        expect(widget).not_to_have_attribute("connection", "live")
         # ... and a trigger accepted meanwhile is run by the worker, whose push reaches nobody.
         outage = {"post_title": "Outage", "comment": "Back?", "author": "Linus"}
         transaction_ids.append(demo_inbox.trigger_offline(outage))
         demo_inbox.wait_inbox_row("Linus commented on Outage")
-        expect(status).to_have_attribute("data-state", "reconnecting")
+        expect(widget).not_to_have_attribute("connection", "live")
         expect(message_item(page, "Linus commented on Outage")).to_have_count(0)
 
     demo_inbox.restart_web(down=while_down)
     started = time.monotonic()
 
     missed = message_item(page, "Linus commented on Outage")
-    expect(missed).to_be_visible(timeout=40_000)  # reconnect back-off (≤ 8 s per attempt) + re-sync
-    expect(status).to_have_attribute("data-state", "live")
-    expect(page.locator("#clarion-badge")).to_have_text("1")
+    expect(missed).to_be_visible(timeout=40_000)  # reconnect back-off (≤ 15 s per attempt) + replay
+    expect(widget).to_have_attribute("connection", "live")
+    expect(page.locator(BADGE)).to_have_text("1")
     assert_not_reloaded(page)
 
     # The server tells the same story: one unread message, made by that event.
@@ -128,7 +131,7 @@ def test_message_sent_while_web_down_appears_after_reconnect(demo_inbox: DemoSys
     # And the page is live again: a new trigger arrives without a reload.
     demo_inbox.trigger({"post_title": "Outage", "comment": "Yes, all good.", "author": "Margaret"})
     expect(message_item(page, "Margaret commented on Outage")).to_be_visible(timeout=LIVE_WITHIN_MS)
-    expect(page.locator("#clarion-badge")).to_have_text("2")
+    expect(page.locator(BADGE)).to_have_text("2")
     assert time.monotonic() - started < 60
 
 
@@ -144,7 +147,7 @@ def test_screenshot_demo_inbox(demo_inbox: DemoSystem, page: Page, tmp_path: Pat
     demo_inbox.trigger(DEMO_PAYLOAD)
     expect(message_item(page, "Grace commented on Hello")).to_be_visible(timeout=LIVE_WITHIN_MS)
     expect(message_item(page, "Alan commented on Roadmap")).to_be_visible(timeout=LIVE_WITHIN_MS)
-    expect(page.locator("#clarion-badge")).to_have_text("2")
+    expect(page.locator(BADGE)).to_have_text("2")
     page.wait_for_timeout(1_800)  # let the "fresh" highlight animation finish
 
     folder = Path(os.environ.get("CLARION_E2E_SCREENSHOTS") or tmp_path)
@@ -160,8 +163,9 @@ def test_screenshot_demo_inbox(demo_inbox: DemoSystem, page: Page, tmp_path: Pat
 
 def test_load_older_hidden_without_older_messages(demo_inbox: DemoSystem, page: Page) -> None:
     open_demo(page, demo_inbox)
-    assert page.evaluate("document.getElementById('clarion-more').hidden") is True  # the script did hide it
-    expect(page.locator("#clarion-more")).to_be_hidden(timeout=1_000)
+    more = page.locator(f"{WIDGET} .more")
+    assert more.evaluate("node => node.hidden") is True  # the widget did hide it
+    expect(more).to_be_hidden(timeout=1_000)
 
 
 def test_narrow_viewport_has_no_horizontal_overflow(demo_inbox: DemoSystem, page: Page) -> None:

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 
 LIVE_MS = 1_000  # the bar: trigger → badge and list, without a reload, within a second
 SCREENSHOT_MAX_BYTES = 300 * 1024
+INLINE_BADGE = "clarion-inbox header .count"  # with `inline` the bell is hidden; the count sits in the header
 
 
 # --- the customer's page, on its own origin -----------------------------------------------------
@@ -248,11 +249,11 @@ def test_two_tabs_of_one_subscriber_stay_consistent(
         for author in ("Grace", "Alan"):
             clarion_demo.trigger({"post_title": "Tabs", "comment": "hi", "author": author}, to=subscriber_id)
         for tab in (tab_a, tab_b):
-            expect(tab.locator("clarion-inbox .badge")).to_have_text("2", timeout=5_000)
+            expect(tab.locator(INLINE_BADGE)).to_have_text("2", timeout=5_000)
 
         # Read in tab A → tab B's badge and item follow within a second.
         item(tab_a, "Alan commented on Tabs").click()
-        expect(tab_b.locator("clarion-inbox .badge")).to_have_text("1", timeout=LIVE_MS)
+        expect(tab_b.locator(INLINE_BADGE)).to_have_text("1", timeout=LIVE_MS)
         expect(item(tab_b, "Alan commented on Tabs")).not_to_have_class("item unread", timeout=LIVE_MS)
 
         # Archive in tab B → gone from tab A's inbox too.
@@ -260,13 +261,13 @@ def test_two_tabs_of_one_subscriber_stay_consistent(
         grace_b.hover()
         grace_b.get_by_role("button", name="Archive").click()
         expect(item(tab_a, "Grace commented on Tabs")).to_have_count(0, timeout=LIVE_MS)
-        expect(tab_a.locator("clarion-inbox .badge")).to_be_hidden(timeout=LIVE_MS)
+        expect(tab_a.locator(INLINE_BADGE)).to_be_hidden(timeout=LIVE_MS)
 
         # Mark all read (a bulk change: counts.changed + replay) keeps both at 0.
         clarion_demo.trigger({"post_title": "Tabs", "comment": "again", "author": "Ada"}, to=subscriber_id)
-        expect(tab_b.locator("clarion-inbox .badge")).to_have_text("1", timeout=5_000)
+        expect(tab_b.locator(INLINE_BADGE)).to_have_text("1", timeout=5_000)
         tab_a.locator("clarion-inbox header .text-btn").click()
-        expect(tab_b.locator("clarion-inbox .badge")).to_be_hidden(timeout=LIVE_MS)
+        expect(tab_b.locator(INLINE_BADGE)).to_be_hidden(timeout=LIVE_MS)
         expect(tab_b.locator("clarion-inbox li.item.unread")).to_have_count(0, timeout=LIVE_MS)
         for tab in (tab_a, tab_b):
             assert_not_reloaded(tab)
@@ -284,7 +285,7 @@ def test_reconnects_after_a_server_restart_and_catches_up(
     clarion_demo.trigger({"post_title": "Before", "comment": "x", "author": "Grace"}, to=subscriber_id)
     before = item(page, "Grace commented on Before")
     expect(before).to_be_visible(timeout=5_000)
-    expect(page.locator("clarion-inbox .badge")).to_have_text("1")
+    expect(page.locator(INLINE_BADGE)).to_have_text("1")
 
     def while_down() -> None:
         expect(widget).not_to_have_attribute("connection", "live")  # the widget noticed
@@ -310,13 +311,13 @@ def test_reconnects_after_a_server_restart_and_catches_up(
     expect(missed).to_be_visible(timeout=30_000)  # reconnect back-off (≤ 15 s) + replay
     expect(widget).to_have_attribute("connection", "live")
     expect(before).not_to_have_class("item unread")  # the change made while down was replayed too
-    expect(page.locator("clarion-inbox .badge")).to_have_text("1")  # counts re-synced, not drifted
+    expect(page.locator(INLINE_BADGE)).to_have_text("1")  # counts re-synced, not drifted
     assert_not_reloaded(page)
 
     # Live again.
     clarion_demo.trigger({"post_title": "After", "comment": "y", "author": "Ada"}, to=subscriber_id)
     expect(item(page, "Ada commented on After")).to_be_visible(timeout=5_000)
-    expect(page.locator("clarion-inbox .badge")).to_have_text("2")
+    expect(page.locator(INLINE_BADGE)).to_have_text("2")
 
 
 def test_falls_back_to_polling_when_the_websocket_cannot_connect(
@@ -333,7 +334,7 @@ def test_falls_back_to_polling_when_the_websocket_cannot_connect(
 
     clarion_demo.trigger({"post_title": "Polling", "comment": "z", "author": "Grace"}, to=subscriber_id)
     expect(item(page, "Grace commented on Polling")).to_be_visible(timeout=8_000)
-    expect(page.locator("clarion-inbox .badge")).to_have_text("1")
+    expect(page.locator(INLINE_BADGE)).to_have_text("1")
     assert widget.get_attribute("connection") != "live"
 
 
@@ -363,13 +364,13 @@ def test_actions_archive_snooze_and_preferences(clarion_demo: DemoSystem, host_s
     )
     invitation = item(page, "Invitation to Acme")
     expect(invitation).to_be_visible()
-    expect(page.locator("clarion-inbox .badge")).to_have_text("2")
+    expect(page.locator(INLINE_BADGE)).to_have_text("2")
 
     # Action buttons: complete → done state, message read, persisted.
     invitation.get_by_role("button", name="Accept").click()
     expect(invitation.locator("button.action.primary")).to_have_text("✓ Accept")
     expect(invitation.locator("button.action.primary")).to_be_disabled()
-    expect(page.locator("clarion-inbox .badge")).to_have_text("1")
+    expect(page.locator(INLINE_BADGE)).to_have_text("1")
     token = session_token(clarion_demo, subscriber_id)
     stored = {m["title"]: m for m in inbox_get(clarion_demo, token, "messages")["data"]}
     assert stored["Invitation to Acme"]["actions"][0]["completed_at"] is not None
@@ -380,7 +381,7 @@ def test_actions_archive_snooze_and_preferences(clarion_demo: DemoSystem, host_s
     snooze.hover()
     snooze.get_by_role("button", name="Snooze for an hour").click()
     expect(snooze).to_have_count(0)
-    expect(page.locator("clarion-inbox .badge")).to_be_hidden()
+    expect(page.locator(INLINE_BADGE)).to_be_hidden()
 
     # Archive → the Archived tab has it; the category filter narrows.
     invitation.hover()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import html as html_lib
 import json
 import shlex
+from html.parser import HTMLParser
 
 import pytest
 from django.test import Client
@@ -37,11 +38,27 @@ def demo(var_dir, tenant):
     return data
 
 
+class _WidgetAttrs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attrs: dict[str, str | None] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "clarion-inbox":
+            self.attrs = dict(attrs)
+
+
 def page_config(response):
-    html = response.content.decode()
-    marker = '<script id="clarion-demo-config" type="application/json">'
-    start = html.index(marker) + len(marker)
-    return json.loads(html[start : html.index("</script>", start)])
+    """The widget's configuration as the browser sees it: the <clarion-inbox> element's attributes."""
+    parser = _WidgetAttrs()
+    parser.feed(response.content.decode())
+    assert parser.attrs is not None, "no <clarion-inbox> on the page"
+    return {
+        "publishable_key": parser.attrs["publishable-key"],
+        "subscriber_id": parser.attrs["subscriber-id"],
+        "subscriber_hash": parser.attrs["subscriber-hash"],
+        "inline": "inline" in parser.attrs,
+    }
 
 
 def test_demo_page_renders_with_demo_json(demo, tenant, django_assert_num_queries):
@@ -50,14 +67,13 @@ def test_demo_page_renders_with_demo_json(demo, tenant, django_assert_num_querie
 
     assert response.status_code == 200
     html = response.content.decode()
-    assert "/static/clarion/demo-inbox.js" in html
-    assert 'id="clarion-badge"' in html
+    assert '<script src="/static/clarion/inbox.js" defer></script>' in html  # the one script tag
     config = page_config(response)
     assert config == {
-        "api_base": "/api/v1/inbox",
         "publishable_key": demo["publishable_key"],
         "subscriber_id": "demo-user",
         "subscriber_hash": tenant.subscriber_hash("demo-user"),
+        "inline": True,
     }
     assert demo["inbox_hmac_secret"] not in html  # the secret stays on the server
 
@@ -127,6 +143,8 @@ def test_demo_page_is_get_only(demo):
     assert Client().post(URL).status_code == 405
 
 
-def test_demo_script_is_served(demo):
-    response = Client().get("/static/clarion/demo-inbox.js")
+@pytest.mark.parametrize("script", ["inbox.js", "demo-page.js"])
+def test_demo_scripts_are_served(demo, script):
+    response = Client().get(f"/static/clarion/{script}")
     assert response.status_code == 200
+    assert "javascript" in response["Content-Type"]
