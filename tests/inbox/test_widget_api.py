@@ -3,6 +3,7 @@ action buttons, filtered bulk writes, preferences, server-minted tokens and CORS
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
 
 import pytest
@@ -516,3 +517,23 @@ def test_existing_message_rows_work_without_new_fields(alice_client, alice):
     row = InboxMessage.objects.create(environment=alice.environment, subscriber=alice, title="t")
     item = alice_client.get(MESSAGES).json()["data"][0]
     assert item["id"] == row.pk and item["actions"] == [] and item["tags"] == [] and item["seq"] == row.seq
+
+
+def test_snooze_schedules_its_wake_up(alice_client, alice, make_message, settings, django_capture_on_commit_callbacks):
+    """Outside inline task mode the snooze writes a one-off django-q2 schedule for its end."""
+    from django_q.models import Schedule
+
+    settings.CLARION_TASKS_EAGER = False
+    message = make_message(alice)
+    until = timezone.now() + timedelta(hours=3)
+    with django_capture_on_commit_callbacks(execute=True):
+        alice_client.post(f"{MESSAGES}/{message.pk}/snooze", {"until": until.isoformat()}, format="json")
+    message.refresh_from_db()
+    schedule = Schedule.objects.get(name=f"inbox-snooze-{message.pk}-{message.seq}")
+    assert schedule.func == "apps.inbox.tasks.inbox_snooze_wake_task"
+    assert schedule.schedule_type == Schedule.ONCE
+    assert abs(schedule.next_run - until) < timedelta(seconds=1)
+    from apps.inbox.tasks import inbox_snooze_wake_task
+
+    with time_machine.travel(until + timedelta(seconds=1)):
+        assert inbox_snooze_wake_task(*ast.literal_eval(schedule.args)) is True  # django-q2 keeps args as a repr
