@@ -16,18 +16,19 @@ completed ("merged") when the leader sends.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from apps.workflows.models import DigestBucket, DigestEntry, Run
+from apps.workflows.models import DigestBucket, DigestEntry, Run, StepRun
 
 logger = logging.getLogger(__name__)
 
@@ -278,12 +279,46 @@ def digest_events(*, bucket_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
     return events
 
 
-def digest_members(*, bucket_pks: list[int]) -> dict[int, list[int]]:
-    """bucket pk → pks of the runs waiting in it."""
-    members: dict[int, list[int]] = defaultdict(list)
-    for bucket_pk, run_pk in DigestEntry.objects.filter(bucket_id__in=bucket_pks).values_list("bucket_id", "run_id"):
-        members[bucket_pk].append(run_pk)
-    return members
+def digest_members_complete(*, sent: dict[int, int], now: datetime) -> None:
+    """The leaders (bucket pk → leader run pk) sent their digests: every other waiting run in those
+    buckets is complete, with a ``digest_merged`` decision naming the bucket and the run that sent it.
+
+    Set-based on purpose: a flush completes up to a million runs, so the trace rows are written
+    with one INSERT … SELECT per bucket and the runs with one UPDATE per chunk, instead of building
+    a model instance per row.
+    """
+    if not sent:
+        return
+    quote = connection.ops.quote_name
+    detail = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    sql = (
+        f"INSERT INTO {quote(StepRun._meta.db_table)} "
+        "(run_id, step_id, step_type, decision, reason, detail, created_at) "
+        f"SELECT e.run_id, e.step_id, %s, %s, %s, {detail}, %s "
+        f"FROM {quote(DigestEntry._meta.db_table)} e JOIN {quote(Run._meta.db_table)} r ON r.id = e.run_id "
+        "WHERE e.bucket_id = %s AND e.run_id <> %s AND r.status = %s"
+    )
+    created_at = connection.ops.adapt_datetimefield_value(now)
+    rows = [
+        (
+            "digest",
+            StepRun.Decision.EXECUTED,
+            "digest_merged",
+            json.dumps({"bucket": bucket_pk, "sent_by_run": leader}),
+            created_at,
+            bucket_pk,
+            leader,
+            Run.Status.WAITING,
+        )
+        for bucket_pk, leader in sent.items()
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+    Run.objects.filter(
+        pk__in=DigestEntry.objects.filter(bucket_id__in=list(sent)).values("run_id"), status=Run.Status.WAITING
+    ).exclude(pk__in=list(sent.values())).update(
+        status=Run.Status.COMPLETED, resume_at=None, completed_at=now, updated_at=now
+    )
 
 
 def digests_flush(

@@ -43,7 +43,7 @@ from apps.workflows import digests
 from apps.workflows.definitions import CHANNEL_STEP_TYPES, program_for
 from apps.workflows.digests import DigestJoin
 from apps.workflows.limits import limit_acquire, limit_hits_prune
-from apps.workflows.models import DigestBucket, DigestEntry, FrequencyCap, Run, StepRun
+from apps.workflows.models import DigestBucket, DigestEntry, FrequencyCap, Run, StepRun, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +208,16 @@ def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
         attempts=F("attempts") + 1,
     )
     runs = list(
-        Run.objects.filter(claim_token=token, status=Run.Status.RUNNING)
-        .select_related("subscriber", "event", "workflow_version__workflow")
-        .order_by("pk")
+        Run.objects.filter(claim_token=token, status=Run.Status.RUNNING).select_related("subscriber").order_by("pk")
     )
+    # The runs of a chunk mostly share one event and one version: load each once and share the
+    # instance, instead of decoding the same payload and steps JSON for every run.
+    if runs:
+        events = Event.objects.in_bulk({run.event_id for run in runs})
+        versions = WorkflowVersion.objects.select_related("workflow").in_bulk({run.workflow_version_id for run in runs})
+        for run in runs:
+            run.event = events[run.event_id]
+            run.workflow_version = versions[run.workflow_version_id]
     return token, runs
 
 
@@ -992,7 +998,7 @@ def _commit_chunk(token: Any, runs: list[Run], writes: _ChunkWrites, now: dateti
             wake.extend(_apply_digest_joins(joins, writes, now))
         sent = {bucket: leader for bucket, leader in writes.digests_sent.items() if leader in still_held}
         if sent:
-            _complete_digest_members(sent, writes, now)
+            digests.digest_members_complete(sent=sent, now=now)
         held = [h for h in writes.held if h.run.pk in still_held]
         if held:
             _hold_for_category_digest(held, now)
@@ -1052,42 +1058,6 @@ def _apply_digest_joins(joins: list[DigestJoin], writes: _ChunkWrites, now: date
             closes_at=result.closes_at.isoformat() if result.closes_at else None,
         )
     return wake
-
-
-def _complete_digest_members(sent: dict[int, int], writes: _ChunkWrites, now: datetime) -> None:
-    """The leaders carried their digests on: every other run in those buckets is done."""
-    members = digests.digest_members(bucket_pks=list(sent))
-    finished: list[StepRun] = []
-    member_pks: list[int] = []
-    for bucket_pk, run_pks in members.items():
-        leader = sent[bucket_pk]
-        for run_pk in run_pks:
-            if run_pk == leader:
-                continue
-            member_pks.append(run_pk)
-            finished.append(
-                StepRun(
-                    run_id=run_pk,
-                    step_id=_bucket_step(bucket_pk, writes),
-                    step_type="digest",
-                    decision=StepRun.Decision.EXECUTED,
-                    reason="digest_merged",
-                    detail={"bucket": bucket_pk, "sent_by_run": leader},
-                )
-            )
-    if member_pks:
-        for start in range(0, len(member_pks), 1000):
-            Run.objects.filter(pk__in=member_pks[start : start + 1000], status=Run.Status.WAITING).update(
-                status=Run.Status.COMPLETED, resume_at=None, completed_at=now, updated_at=now
-            )
-        StepRun.objects.bulk_create(finished, batch_size=1000)
-
-
-def _bucket_step(bucket_pk: int, writes: _ChunkWrites) -> str:
-    for step_run in writes.step_runs:
-        if step_run.reason == "digest_sent" and step_run.detail.get("bucket") == bucket_pk:
-            return step_run.step_id
-    return "digest"
 
 
 def _hold_for_category_digest(held: list[_Held], now: datetime) -> None:
