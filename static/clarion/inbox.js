@@ -689,18 +689,27 @@
           break;
         case "counts.changed":
           this._setCounts(frame.counts);
-          this._sync(false); // a bulk change: fetch the rows it touched
+          // A bulk change: fetch the rows it touched (they carry its cursor, which may be below
+          // ours if a later-numbered change was delivered first).
+          this._sync(false, typeof frame.cursor === "number" ? frame.cursor - 1 : undefined);
           break;
       }
     }
 
     _advance(cursor) { if (typeof cursor === "number" && cursor > this._cursor) this._cursor = cursor; }
 
-    _sync(withOverlap) {
+    _sync(withOverlap, from) {
       var self = this;
-      if (this._syncing) { this._syncAgain = { overlap: !!(withOverlap || (this._syncAgain && this._syncAgain.overlap)) }; return this._syncing; }
+      if (this._syncing) {
+        var again = this._syncAgain || { overlap: false, from: undefined };
+        again.overlap = again.overlap || !!withOverlap;
+        if (from !== undefined) again.from = again.from === undefined ? from : Math.min(again.from, from);
+        this._syncAgain = again;
+        return this._syncing;
+      }
       var generation = this._generation;
       var after = Math.max(0, this._cursor - (withOverlap ? this._overlap : 0));
+      if (from !== undefined) after = Math.max(0, Math.min(after, from));
       var pages = 0;
       function step() {
         return self._api("/changes?after=" + after + "&limit=200").then(function (res) {
@@ -715,7 +724,7 @@
       }
       this._syncing = step().catch(function () { /* the next frame, poll or reconnect retries */ }).finally(function () {
         self._syncing = null;
-        if (self._syncAgain) { var again = self._syncAgain.overlap; self._syncAgain = null; self._sync(again); }
+        if (self._syncAgain) { var again = self._syncAgain; self._syncAgain = null; self._sync(again.overlap, again.from); }
       });
       return this._syncing;
     }
