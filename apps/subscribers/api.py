@@ -378,6 +378,9 @@ class DeviceInputSerializer(serializers.Serializer):
                 url.run_validation(token)
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({"token": [f"A {provider} token is a URL."]}) from exc
+            if not token.startswith("https://"):
+                # Clarion POSTs to it: only to TLS endpoints on the internet, never plain HTTP.
+                raise serializers.ValidationError({"token": [f"A {provider} token is an https:// URL."]})
         if provider == "webpush":
             keys = attrs.get("keys") or {}
             missing = [k for k in ("p256dh", "auth") if not keys.get(k)]

@@ -75,6 +75,7 @@ def test_chat_webhook_device(api, subscriber):
         ({"provider": "webpush", "token": "https://push.example/1"}, "keys"),
         ({"provider": "webpush", "token": "not a url", "keys": WEBPUSH["keys"]}, "token"),
         ({"provider": "discord", "token": "nope"}, "token"),
+        ({"provider": "slack", "token": "http://hooks.slack.com/services/T/B/X"}, "token"),
     ],
 )
 def test_validation(api, subscriber, body, field):
