@@ -260,6 +260,18 @@ class MessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # A message is a record: nothing on the page is editable, so offer no save buttons.
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
     @admin.action(description="Resend (as a new message)")
     def resend(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         sent = [message_resend(message=m).pk for m in queryset.exclude(channel="in_app")]
