@@ -96,6 +96,13 @@ def setup_content(demo: Space, tag: str, *, locale: str = "en") -> dict[str, str
         f"/api/v1/subscribers/{subscriber}",
         {"email": address, "first_name": "Pat", "locale": locale, "timezone": "Europe/Paris"},
     )
+    # A default email layout: its footer carries the preference and unsubscribe links.
+    api(
+        demo,
+        "PUT",
+        "/api/v1/layouts/house",
+        {"name": "House", "footer": {"en": "<p>Acme Cloud</p>"}, "is_default": True},
+    )
     news, tips = f"news-{tag}", f"tips-{tag}"
     api(
         demo,
@@ -273,11 +280,24 @@ def test_email_link_to_preferences_then_both_workflows(clarion_demo: DemoSystem,
     time.sleep(2)  # nothing else may arrive meanwhile
     assert [m["Subject"] for m in mails_to(demo, c["address"])] == ["News 1"]
 
-    # 4. The digest goes out when it closes (flushed now instead of tomorrow morning).
-    api(space, "POST", "/api/v1/digests/flush", {"subscriber_id": c["subscriber"]})
+    # 4. The digest goes out when it closes at 09:00 Paris time; an operator sends it now from the
+    #    admin (category digests are closed by the sweeper or this action, not by /digests/flush).
+    page.goto(demo.url("/admin/login/?next=/admin/"))
+    page.fill("#id_username", demo.demo["admin_username"])
+    page.fill("#id_password", demo.demo["admin_password"])
+    page.click("input[type=submit]")
+    page.goto(demo.url(f"/admin/workflows/digestbucket/?q={c['subscriber']}"))
+    rows = page.locator("#result_list tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(c["tips"])
+    rows.first.locator("input.action-select").check()
+    page.select_option("select[name=action]", "flush")
+    page.click("button[name=index]")
+    expect(page.locator(".messagelist")).to_contain_text("1 digest(s) sent.")
     digest = wait_mails(demo, c["address"], 2)[-1]
-    assert "Tip 3" in body_text(digest)
+    assert "Tip 3" in body_text(digest), body_text(digest)
     assert "News 2" not in body_text(digest)
+    assert len(mails_to(demo, c["address"])) == 2  # the first news email and the digest, nothing else
 
     # 5. One-click unsubscribe from the first email's header, as a mail provider does it.
     response = httpx.post(local(demo, unsubscribe.group(1)), data={"List-Unsubscribe": "One-Click"})
