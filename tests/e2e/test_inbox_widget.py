@@ -338,6 +338,38 @@ def test_falls_back_to_polling_when_the_websocket_cannot_connect(
     assert widget.get_attribute("connection") != "live"
 
 
+def test_server_minted_token_and_its_renewal(clarion_demo: DemoSystem, host_site: HostSite, page: Page) -> None:
+    """The other auth: a token minted by the customer's backend (secret key). An expired or bad
+    token fires clarion-inbox:token-expired; the page sets a fresh one and the widget carries on."""
+    subscriber_id = new_subscriber()
+    minted = clarion_demo.system.api(
+        "POST", "/api/v1/inbox/tokens", {"subscriber_id": subscriber_id, "ttl_seconds": 300}
+    )
+    assert minted.status_code == 201, minted.text
+    fresh = minted.json()["token"]
+    page_html = textwrap.dedent(
+        f"""\
+        <!doctype html><html lang="en"><head><meta charset="utf-8"><title>Token</title>
+        <script src="{clarion_demo.base_url}/static/clarion/inbox.js" defer></script></head><body>
+        <clarion-inbox id="inbox" inline token="not-a-valid-token"></clarion-inbox>
+        <script>
+          window.__renewals = 0;
+          document.getElementById("inbox").addEventListener("clarion-inbox:token-expired", function (e) {{
+            window.__renewals += 1;
+            e.target.setAttribute("token", {json.dumps(fresh)});  // as if fetched from the backend
+          }});
+        </script></body></html>
+        """
+    )
+    page.goto(host_site.add(f"/token-{subscriber_id}", page_html))
+    widget = page.locator("clarion-inbox")
+    expect(widget).to_have_attribute("connection", "live")
+    assert page.evaluate("window.__renewals") == 1
+    clarion_demo.trigger({"post_title": "Tokens", "comment": "ok", "author": "Grace"}, to=subscriber_id)
+    expect(item(page, "Grace commented on Tokens")).to_be_visible(timeout=5_000)
+    expect(page.locator(INLINE_BADGE)).to_have_text("1")
+
+
 # --- the panel: actions, archive, preferences, keyboard, locale --------------------------------
 
 
