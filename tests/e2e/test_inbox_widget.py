@@ -439,6 +439,35 @@ def test_actions_archive_snooze_and_preferences(clarion_demo: DemoSystem, host_s
     assert page_errors(clarion_demo) == []
 
 
+def test_infinite_scroll_loads_older_pages(clarion_demo: DemoSystem, host_site: HostSite, page: Page) -> None:
+    subscriber_id = new_subscriber()
+    shell(
+        clarion_demo,
+        f"""
+        from apps.inbox.models import InboxMessage
+        from apps.subscribers.services import subscriber_upsert
+        from apps.tenancy.models import Environment
+        environment = Environment.objects.get(slug={clarion_demo.demo["environment_slug"]!r})
+        subscriber, _ = subscriber_upsert(environment=environment, subscriber_id={subscriber_id!r})
+        InboxMessage.objects.bulk_create(
+            [InboxMessage(environment=environment, subscriber=subscriber, title=f"Older {{n:02d}}") for n in range(45)]
+        )
+        """,
+    )
+    open_widget(
+        page, host_site.add(f"/scroll-{subscriber_id}", embed_page(clarion_demo, subscriber_id, attrs="inline"))
+    )
+    items = page.locator("clarion-inbox li.item")
+    expect(items).to_have_count(20)  # the first page
+    expect(items.first.locator(".title")).to_have_text("Older 44")
+    expect(page.locator(INLINE_BADGE)).to_have_text("45")
+    for expected in (40, 45):
+        page.locator("clarion-inbox .list").evaluate("list => list.scrollTo(0, list.scrollHeight)")
+        expect(items).to_have_count(expected)
+    expect(items.last.locator(".title")).to_have_text("Older 00")
+    expect(page.locator("clarion-inbox .more")).to_be_hidden()  # nothing older
+
+
 def test_keyboard_and_screen_reader_basics_in_french(clarion_demo: DemoSystem, host_site: HostSite, page: Page) -> None:
     subscriber_id = new_subscriber()
     open_widget(page, host_site.add(f"/{subscriber_id}", embed_page(clarion_demo, subscriber_id, attrs='locale="fr"')))
