@@ -1,7 +1,8 @@
-"""Inbox writes: opening a subscriber session and marking messages.
+"""Inbox writes: sessions and minted tokens, marking, snoozing, deleting, action buttons, bulk writes.
 
-Every write runs in a transaction and pushes its realtime frame only after commit, so a
-client never sees a frame for a change that was rolled back.
+Every write runs in a transaction, stamps a new change cursor (``seq``, apps.inbox.sequence) on
+the rows it changes and pushes its realtime frame only after commit, so a client never sees a
+frame for a change that was rolled back, and a client that missed frames can replay them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "inbox_message_mark",
     "inbox_message_snooze",
     "inbox_session_open",
+    "inbox_snooze_wake",
     "inbox_subscriber_hash",
     "inbox_token_issue",
     "inbox_token_mint",
