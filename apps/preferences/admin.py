@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from apps.core.schedule import ScheduleError, parse_schedule
 from apps.preferences.models import (
     SUBSCRIBER_CHANNELS,
     Category,
@@ -20,7 +21,17 @@ from apps.preferences.models import (
 class CategoryAdminForm(forms.ModelForm):
     class Meta:
         model = Category
-        fields = ["environment", "key", "name", "description", "critical", "default_channels", "order"]
+        fields = [
+            "environment",
+            "key",
+            "name",
+            "description",
+            "critical",
+            "default_channels",
+            "order",
+            "digest_schedule",
+            "digest_templates",
+        ]
         help_texts = {
             "default_channels": 'Channel → on by default, e.g. {"email": true, "sms": false}. '
             f"A channel left out is on. Channels: {', '.join(SUBSCRIBER_CHANNELS)}.",
@@ -37,11 +48,30 @@ class CategoryAdminForm(forms.ModelForm):
             raise forms.ValidationError("Each value must be true or false.")
         return value
 
+    def clean_digest_schedule(self) -> str:
+        value = self.cleaned_data.get("digest_schedule") or ""
+        try:
+            parse_schedule(value, forbid_window=True)
+        except ScheduleError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return value
+
+    def clean_digest_templates(self) -> dict[str, str]:
+        value = self.cleaned_data.get("digest_templates") or {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Enter a JSON object of channel → template key, e.g. {"email": "digest"}.')
+        unknown = sorted(set(value) - set(SUBSCRIBER_CHANNELS))
+        if unknown:
+            raise forms.ValidationError(f"Unknown channel(s): {', '.join(unknown)}.")
+        if any(not isinstance(v, str) or not v for v in value.values()):
+            raise forms.ValidationError("Each value must be a template key.")
+        return value
+
 
 @admin.register(Category)
 class CategoryAdmin(admin.ModelAdmin):
     form = CategoryAdminForm
-    list_display = ["key", "name", "critical", "order", "environment"]
+    list_display = ["key", "name", "critical", "order", "digest_schedule", "environment"]
     list_filter = ["environment", "critical"]
     list_editable = ["order"]
     search_fields = ["key", "name"]

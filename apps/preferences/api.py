@@ -57,6 +57,19 @@ class CategoryInputSerializer(serializers.Serializer):
     critical = serializers.BooleanField(required=False, default=False, help_text="Critical messages ignore opt-outs.")
     default_channels = ChannelsField(required=False, default=dict)
     order = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2_147_483_647)
+    digest_schedule = serializers.CharField(
+        required=False,
+        default=services.DEFAULT_DIGEST_SCHEDULE,
+        max_length=60,
+        help_text="When this category's digests go out, in the subscriber's timezone: 'daily 09:00', "
+        "'weekdays 18:00', 'weekly monday 08:30'. Daily/weekly frequencies use its time of day.",
+    )
+    digest_templates = serializers.DictField(
+        child=serializers.SlugField(max_length=100),
+        required=False,
+        default=dict,
+        help_text='Channel -> template key rendering the digest, e.g. {"email": "comments-digest"}.',
+    )
 
 
 class CategorySerializer(serializers.ModelSerializer):
@@ -64,7 +77,17 @@ class CategorySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Category
-        fields = ["key", "name", "description", "critical", "default_channels", "order", "created_at"]
+        fields = [
+            "key",
+            "name",
+            "description",
+            "critical",
+            "default_channels",
+            "order",
+            "digest_schedule",
+            "digest_templates",
+            "created_at",
+        ]
         read_only_fields = fields
 
 

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.errors import ApiError, Unprocessable
-from apps.core.schedule import DAY_NAMES, is_valid_zone
+from apps.core.schedule import DAY_NAMES, ScheduleError, is_valid_zone, parse_schedule
 from apps.preferences.models import (
     ALL_CHANNELS,
     FREQUENCIES,
@@ -28,6 +28,7 @@ from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
 BULK_LIMIT = 1000
+DEFAULT_DIGEST_SCHEDULE = "daily 09:00"
 
 
 def _check_channels(channels: Any, *, where: str) -> None:
@@ -56,16 +57,39 @@ def category_upsert(
     critical: bool = False,
     default_channels: dict[str, bool] | None = None,
     order: int = 0,
+    digest_schedule: str = DEFAULT_DIGEST_SCHEDULE,
+    digest_templates: dict[str, str] | None = None,
 ) -> tuple[Category, bool]:
-    """Create the category or replace all its attributes. Returns ``(category, created)``."""
+    """Create the category or replace all its attributes. Returns ``(category, created)``.
+
+    ``digest_schedule``: when its digests go out, in the subscriber's timezone (``daily 09:00``,
+    ``weekdays 18:00``, ``weekly monday 08:30``); ``digest_templates``: channel -> template key
+    rendering the digest on that channel (a plain list without one). Bad values are a 422
+    ``invalid_category``.
+    """
     default_channels = dict(default_channels or {})
+    digest_templates = dict(digest_templates or {})
     _check_channels(default_channels, where="default_channels")
+    errors: dict[str, str] = {}
+    try:
+        parse_schedule(digest_schedule, forbid_window=True)
+    except ScheduleError as exc:
+        errors["digest_schedule"] = str(exc)
+    unknown = sorted(set(digest_templates) - set(SUBSCRIBER_CHANNELS))
+    if unknown:
+        errors["digest_templates"] = f"unknown channel(s) {unknown}; use {', '.join(SUBSCRIBER_CHANNELS)}"
+    elif any(not isinstance(v, str) or not v for v in digest_templates.values()):
+        errors["digest_templates"] = "each value must be a template key"
+    if errors:
+        raise Unprocessable("This category cannot be saved.", code="invalid_category", details=errors)
     values = {
         "name": name,
         "description": description,
         "critical": critical,
         "default_channels": default_channels,
         "order": order,
+        "digest_schedule": digest_schedule,
+        "digest_templates": digest_templates,
     }
     category = Category.objects.filter(environment=environment, key=key).first()
     if category is None:

@@ -19,6 +19,8 @@ def _form(tenant: Any, default_channels: str) -> dict[str, Any]:
         "description": "",
         "default_channels": default_channels,
         "order": 0,
+        "digest_schedule": "daily 09:00",
+        "digest_templates": "{}",
     }
 
 
@@ -81,3 +83,14 @@ def test_workflow_preference_admin_validates(admin_client: Any, tenant: Any, oth
     form["environment"] = tenant.environment.pk
     assert admin_client.post("/admin/preferences/workflowpreference/add/", form).status_code == 302
     assert WorkflowPreference.objects.get().default_channels == {"sms": False}
+
+
+def test_category_admin_validates_digest_settings(admin_client: Any, tenant: Any) -> None:
+    form = _form(tenant, "{}") | {"digest_schedule": "daily 22:00-07:00", "digest_templates": '{"fax": "x"}'}
+    response = admin_client.post("/admin/preferences/category/add/", form)
+    assert response.status_code == 200
+    assert b"not a range" in response.content and b"Unknown channel(s): fax" in response.content
+    form |= {"digest_schedule": "weekly friday 17:00", "digest_templates": '{"email": "billing-digest"}'}
+    assert admin_client.post("/admin/preferences/category/add/", form).status_code == 302
+    category = Category.objects.get()
+    assert (category.digest_schedule, category.digest_templates) == ("weekly friday 17:00", {"email": "billing-digest"})

@@ -34,6 +34,8 @@ def test_category_crud(api: Any, tenant: Any) -> None:
         "critical": True,
         "default_channels": {"sms": False},
         "order": 3,
+        "digest_schedule": "daily 09:00",
+        "digest_templates": {},
         "created_at": response.json()["created_at"],
     }
     # PUT replaces: fields left out go back to their defaults.
@@ -89,6 +91,29 @@ def test_other_environment_cannot_touch_a_category(tenant: Any, other_tenant: An
     assert theirs.put(f"{CATEGORIES}/billing", {"name": "Theirs"}, format="json").status_code == 201
     category.refresh_from_db()
     assert category.name == "Mine"
+
+
+def test_category_digest_settings(api: Any, tenant: Any) -> None:
+    body = {"name": "Social", "digest_schedule": "weekdays 18:00", "digest_templates": {"email": "social-digest"}}
+    response = api.put(f"{CATEGORIES}/social", body, format="json")
+    assert response.status_code == 201, response.content
+    assert (response.json()["digest_schedule"], response.json()["digest_templates"]) == (
+        "weekdays 18:00",
+        {"email": "social-digest"},
+    )
+    error = assert_error(
+        api.put(f"{CATEGORIES}/social", {"name": "S", "digest_schedule": "sometimes"}, format="json"),
+        422,
+        "invalid_category",
+    )
+    assert "digest_schedule" in error["details"]
+    error = assert_error(
+        api.put(f"{CATEGORIES}/social", {"name": "S", "digest_templates": {"fax": "x"}}, format="json"),
+        422,
+        "invalid_category",
+    )
+    assert "digest_templates" in error["details"]
+    assert Category.objects.get(key="social").digest_schedule == "weekdays 18:00"  # unchanged by the failures
 
 
 # --- subscriber preferences ----------------------------------------------------------------
