@@ -40,15 +40,21 @@ class ArchivedFilter(_StateFilter):
     field = "archived_at"
 
 
+class DeletedFilter(_StateFilter):
+    title = "deleted"
+    parameter_name = "deleted"
+    field = "deleted_at"
+
+
 @admin.register(InboxMessage)
 class InboxMessageAdmin(admin.ModelAdmin):
     list_display = ["title", "subscriber", "environment", "category_key", "created_at", "is_read", "is_seen"]
-    list_filter = [ReadFilter, SeenFilter, ArchivedFilter, "environment", "category_key", "created_at"]
+    list_filter = [ReadFilter, SeenFilter, ArchivedFilter, DeletedFilter, "environment", "category_key", "created_at"]
     list_select_related = ["subscriber", "environment__project"]
     search_fields = ["title", "subscriber__subscriber_id", "workflow_key"]
     raw_id_fields = ["subscriber", "message"]
     date_hierarchy = "created_at"
-    readonly_fields = ["created_at"]
+    readonly_fields = ["created_at", "seq"]  # seq: the change cursor, stamped by the services
     ordering = ["-id"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
