@@ -54,6 +54,7 @@ from apps.inbox.services import (
     inbox_token_mint,
 )
 from apps.preferences.api import PreferencesStateSerializer, PreferencesUpdateSerializer
+from apps.preferences.models import PreferenceChange
 from apps.preferences.selectors import subscriber_preferences
 from apps.preferences.services import preferences_update
 from apps.tenancy.auth import request_environment
@@ -571,5 +572,6 @@ class InboxPreferencesView(InboxView):
             subscriber=subscriber,
             channels=body.validated_data.get("channels"),
             categories=body.validated_data.get("categories"),
+            source=PreferenceChange.Source.INBOX,  # the history says the widget did it
         )
         return Response(subscriber_preferences(subscriber=subscriber))

@@ -16,7 +16,7 @@ from apps.inbox.auth import inbox_token_read
 from apps.inbox.models import InboxMessage
 from apps.inbox.origins import allowed_origins_forget, origin_entry_valid, origin_matches, origin_normalize
 from apps.inbox.services import inbox_snooze_wake
-from apps.preferences.models import Category
+from apps.preferences.models import Category, PreferenceChange
 from tests.inbox.conftest import inbox_client_for
 
 BASE = "/api/v1/inbox"
@@ -365,6 +365,8 @@ def test_preferences_read_and_update(alice_client, alice, tenant):
     assert response.json()["channels"]["sms"] is False
     assert response.json()["categories"][0]["channels"]["email"] is False
     assert alice_client.get(f"{BASE}/preferences").json() == response.json()
+    sources = set(PreferenceChange.objects.filter(subscriber=alice).values_list("source", flat=True))
+    assert sources == {PreferenceChange.Source.INBOX}  # the history names the widget
 
 
 def test_preferences_errors(alice_client, anon_api, tenant):
