@@ -394,14 +394,24 @@ SMS_STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END"
 SMS_START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 
 
-def sms_keyword_apply(*, environment: Environment | int, phone: str, body: str) -> tuple[str, int]:
+def sms_keyword_apply(
+    *, environment: Environment | int, phone: str, body: str, opt_out_type: str = ""
+) -> tuple[str, int]:
     """An inbound SMS from ``phone``: STOP-like keywords turn the SMS channel off for every
     subscriber of the environment with that number, START-like ones turn it back on.
 
-    Returns ``(keyword or "", number of subscribers changed)``; other texts change nothing.
+    The whole message must be the keyword (case, spaces and punctuation aside: "Stop." counts,
+    "stop please" does not), as Twilio's own filtering has it. ``opt_out_type`` is Twilio's
+    ``OptOutType`` (sent with Advanced Opt-Out, which may define custom keywords): ``STOP`` /
+    ``START`` decide on their own. Returns ``(keyword or "", number of subscribers changed)``;
+    other texts change nothing.
     """
     keyword = re.sub(r"[^A-Z]", "", (body or "").strip().upper())
-    if keyword in SMS_STOP_KEYWORDS:
+    opt_out_type = (opt_out_type or "").strip().upper()
+    if opt_out_type in ("STOP", "START"):
+        keyword = keyword or opt_out_type
+        enabled = opt_out_type == "START"
+    elif keyword in SMS_STOP_KEYWORDS:
         enabled = False
     elif keyword in SMS_START_KEYWORDS:
         enabled = True

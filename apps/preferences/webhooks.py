@@ -43,7 +43,10 @@ def twilio_inbound(request: HttpRequest, key: str) -> HttpResponse:
     if not sender:
         return JsonResponse({"error": {"code": "validation_error", "message": "From is required."}}, status=400)
     keyword, changed = sms_keyword_apply(
-        environment=integration.environment_id, phone=sender, body=request.POST.get("Body", "")
+        environment=integration.environment_id,
+        phone=sender,
+        body=request.POST.get("Body", ""),
+        opt_out_type=request.POST.get("OptOutType", ""),
     )
     if keyword:
         logger.info(

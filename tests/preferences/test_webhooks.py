@@ -28,9 +28,18 @@ def twilio(tenant: Any) -> Any:
     )
 
 
-def inbound(twilio: Any, body: str, sender: str = "+15551234567", *, token: str = TOKEN, tamper: bool = False) -> Any:
+def inbound(
+    twilio: Any,
+    body: str,
+    sender: str = "+15551234567",
+    *,
+    token: str = TOKEN,
+    tamper: bool = False,
+    extra: dict[str, str] | None = None,
+) -> Any:
     path = reverse("preferences-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
     form = {"AccountSid": "AC123", "MessageSid": "SM1", "From": sender, "To": "+15550000000", "Body": body}
+    form.update(extra or {})
     signature = RequestValidator(token).compute_signature(f"http://testserver{path}", form)
     if tamper:
         form["From"] = "+15559999999"
@@ -104,3 +113,13 @@ def test_unknown_webhook_key_and_get(twilio: Any) -> None:
     assert Client().post("/api/v1/webhooks/twilio/nope/inbound", {"Body": "STOP"}).status_code == 404
     path = reverse("preferences-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
     assert Client().get(path).status_code == 405
+
+
+def test_advanced_opt_out_type_decides_custom_keywords(tenant: Any, twilio: Any) -> None:
+    subscriber = SubscriberFactory(environment=tenant.environment, phone="+15551234567")
+    assert inbound(twilio, "ARRET", extra={"OptOutType": "STOP"}).status_code == 200
+    assert sms_allowed(subscriber) is False
+    assert inbound(twilio, "HELP", extra={"OptOutType": "HELP"}).status_code == 200  # help changes nothing
+    assert sms_allowed(subscriber) is False
+    assert inbound(twilio, "REPRENDRE", extra={"OptOutType": "START"}).status_code == 200
+    assert sms_allowed(subscriber) is True
