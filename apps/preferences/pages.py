@@ -246,6 +246,7 @@ def _page_context(
         ],
         "rows": rows,
         "timezone": subscriber.timezone or "UTC",
+        "unsubscribed": state.unsubscribed,
     }
 
 

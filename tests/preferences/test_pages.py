@@ -165,6 +165,7 @@ def test_global_switch_and_unsubscribe_all_from_the_page(client: Client, setup: 
     page = client.get(url).content.decode()
     assert "Email turned off for everything" in page
     assert "Unsubscribed from everything except essential messages" in page
+    assert 'id="unsubscribed-notice"' in page  # and the page keeps saying so until undone
 
 
 # --- tokens ------------------------------------------------------------------------------------
