@@ -73,8 +73,11 @@ def test_failover_and_rate_limit_across_worker_processes(clarion_system: Clarion
         assert len(gateway.requests) == COUNT
         assert sorted(r.json()["text"] for r in gateway.requests) == sorted(f"Code {n}" for n in range(COUNT))
         arrivals = [r.received_at for r in gateway.requests]
-        gaps = [b - a for a, b in itertools.pairwise(sorted(arrivals))]
-        assert min(gaps) >= 0.2, gaps  # 250 ms apart, whichever worker process sent them
+        arrivals.sort()
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        # Slots 250 ms apart whichever worker process sent them (jitter on a busy machine allowed).
+        assert arrivals[-1] - arrivals[0] >= (COUNT - 1) / RATE * 0.9, gaps
+        assert min(gaps) >= 0.4 / RATE, gaps
 
         trace = system.api("GET", "/api/v1/events/sys-tx-0").json()
         (message,) = trace["runs"][0]["messages"]
