@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Any
@@ -162,7 +163,7 @@ def preferences_bulk_update(
     if len(items) > BULK_LIMIT:
         raise ApiError(f"At most {BULK_LIMIT} subscribers per call.", code="too_many_items")
     ids = [str(item["subscriber_id"]) for item in items]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ApiError(
             "Each subscriber may appear once.", code="duplicate_subscriber", details={"subscriber_ids": duplicates}
