@@ -32,8 +32,9 @@ from apps.delivery.models import Message
 from apps.delivery.selectors import reachable_channels
 from apps.events.models import Event
 from apps.inbox.models import InboxMessage
+from apps.preferences.links import email_links
 from apps.preferences.models import Category, QuietHours
-from apps.preferences.selectors import Resolution, resolve_preferences
+from apps.preferences.selectors import Resolution, category_frequencies, frequency_schedule, resolve_preferences
 from apps.subscribers.models import Subscriber, TopicSubscription
 from apps.subscribers.services import subscribers_ensure
 from apps.templates.models import TemplateVersion
@@ -178,6 +179,8 @@ class _ChunkData:
     # subscriber pk -> channels the subscriber has an address for
     reachable: dict[int, set[str]]
     quiet_hours: dict[int, QuietHours] = field(default_factory=dict)
+    # (environment, category key) -> subscriber pk -> "instant" | "daily" | "weekly"
+    frequencies: dict[tuple[int, str], dict[int, str]] = field(default_factory=dict)
     caps: dict[int, list[FrequencyCap]] = field(default_factory=dict)
     # (run id, step id) -> engagement levels reached on that step's other-channel messages
     engagement: dict[tuple[int, str], set[str]] = field(default_factory=dict)
@@ -265,12 +268,17 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
     groups: dict[tuple[int, str], set[int]] = defaultdict(set)
     for run in runs:
         groups[(run.environment_id, run.workflow_version.category_key)].add(run.subscriber_id)
+    frequencies: dict[tuple[int, str], dict[int, str]] = {}
     for (environment_id, category_key), subscriber_pks in groups.items():
+        category = categories.get((environment_id, category_key)) if category_key else None
         preferences[(environment_id, category_key)] = resolve_preferences(
             environment=environment_id,
             subscriber_ids=subscriber_pks,
-            category=categories.get((environment_id, category_key)) if category_key else None,
+            category=category,
             channels=sorted(set(CHANNEL_STEP_TYPES.values())),
+        )
+        frequencies[(environment_id, category_key)] = category_frequencies(
+            environment=environment_id, subscriber_ids=subscriber_pks, category=category
         )
 
     inbox_state: dict[tuple[int, str], InboxMessage] = {}
@@ -314,6 +322,7 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
         inbox_state=inbox_state,
         reachable=reachable_channels(subscribers=list({run.subscriber_id: run.subscriber for run in runs}.values())),
         quiet_hours=quiet_hours,
+        frequencies=frequencies,
         caps=caps,
         engagement=engagement,
         delivery=delivery,
@@ -747,6 +756,40 @@ def _cap_for(run: Run, channel: str, category: Category | None, data: _ChunkData
     return best
 
 
+def _hold_reason(
+    run: Run, channel: str, category: Category | None, data: _ChunkData, step_id: str, now: datetime
+) -> dict[str, Any] | None:
+    """Why a non-critical message goes to the category digest instead of out now, if it does.
+
+    The subscriber's own choice of a daily or weekly digest for the category comes first (every
+    channel but in-app, which is the inbox itself); otherwise a frequency cap that is full.
+    """
+    category_key = category.key if category else ""
+    frequency = data.frequencies.get((run.environment_id, category_key), {}).get(run.subscriber_id, "instant")
+    schedule = None if channel == "in_app" else frequency_schedule(frequency, category)
+    if schedule is not None:
+        return {"reason": "frequency_preference", "schedule": schedule, "frequency": frequency}
+    cap = _cap_for(run, channel, category, data)
+    if cap is None:
+        return None
+    limit = limit_acquire(
+        environment_id=run.environment_id,
+        key=f"cap:{channel}:{cap.category_id or '*'}:{run.subscriber_id}",
+        limit=cap.limit,
+        window=parse_duration(cap.window),
+        hit_key=f"run:{run.pk}:{step_id}:{channel}",
+        now=now,
+    )
+    if limit.allowed:
+        return None
+    return {
+        "reason": "frequency_cap",
+        "schedule": category.digest_schedule if category else "daily 09:00",
+        "cap": f"{cap.limit} per {cap.window}",
+        "count": limit.count,
+    }
+
+
 def _channel_step(
     run: Run,
     step: dict[str, Any],
@@ -804,12 +847,19 @@ def _channel_step(
             run.step_results[step_id] = {"status": "failed", "reason": "template_not_published"}
         _trace(writes, run, step, StepRun.Decision.FAILED, "template_not_published", template=template_key)
         return "template_not_published"
+    links = (
+        email_links(subscriber=subscriber, category_key=category_key or None, critical=critical)
+        if channel == "email"
+        else {}
+    )
     rendered: RenderedContent | None = None
     if version is not None:
+        step_context = {**context, "step": {"id": step_id}}
+        for name in ("preferences_url", "unsubscribe_url"):
+            if links.get(name):
+                step_context[name] = links[name]
         try:
-            rendered = render_version(
-                version=version, locale=subscriber.locale, context={**context, "step": {"id": step_id}}
-            )
+            rendered = render_version(version=version, locale=subscriber.locale, context=step_context)
         except SandboxError as exc:
             if record:
                 run.step_results[step_id] = {"status": "failed", "reason": "render_error"}
@@ -821,54 +871,46 @@ def _channel_step(
     subject = (rendered.subject if channel == "email" else rendered.title) if rendered else ""
     body = rendered.body if rendered else ""
 
-    cap = None if critical else _cap_for(run, channel, category, data)
-    if cap is not None:
-        limit = limit_acquire(
-            environment_id=run.environment_id,
-            key=f"cap:{channel}:{cap.category_id or '*'}:{run.subscriber_id}",
-            limit=cap.limit,
-            window=parse_duration(cap.window),
-            hit_key=f"run:{run.pk}:{step_id}:{channel}",
-            now=now,
-        )
-        if not limit.allowed:
-            schedule_spec = category.digest_schedule if category else "daily 09:00"
-            closes_at = parse_schedule(schedule_spec).next_start(now, zone(subscriber.timezone))
-            writes.held.append(
-                _Held(
-                    run=run,
-                    step_id=step_id,
-                    channel=channel,
-                    category_key=category_key,
-                    closes_at=closes_at,
-                    content={
-                        "workflow": workflow_key,
-                        "channel": channel,
-                        "subject": subject,
-                        "body": body,
-                        "action_url": rendered.action_url if rendered else "",
-                        "template": template_key,
-                        "template_version": version.number if version else None,
-                        "locale": rendered.locale if rendered else "",
-                    },
-                )
-            )
-            if record:
-                run.step_results[step_id] = {"status": "held", "reason": "frequency_cap", "channel": channel}
-            _trace(
-                writes,
-                run,
-                step,
-                StepRun.Decision.HELD,
-                "frequency_cap",
+    hold = None if critical else _hold_reason(run, channel, category, data, step_id, now)
+    if hold is not None:
+        schedule_spec = hold.pop("schedule")
+        reason = hold.pop("reason")
+        closes_at = parse_schedule(schedule_spec).next_start(now, zone(subscriber.timezone))
+        writes.held.append(
+            _Held(
+                run=run,
+                step_id=step_id,
                 channel=channel,
-                category=category_key or None,
-                cap=f"{cap.limit} per {cap.window}",
-                count=limit.count,
-                digest_at=closes_at.isoformat(),
-                message=f"over the {channel} cap; held for the next {category_key or 'general'} digest",
+                category_key=category_key,
+                closes_at=closes_at,
+                content={
+                    "workflow": workflow_key,
+                    "channel": channel,
+                    "subject": subject,
+                    "body": body,
+                    "action_url": rendered.action_url if rendered else "",
+                    "template": template_key,
+                    "template_version": version.number if version else None,
+                    "locale": rendered.locale if rendered else "",
+                },
             )
-            return "held"
+        )
+        if record:
+            run.step_results[step_id] = {"status": "held", "reason": reason, "channel": channel}
+        why = f"over the {channel} cap" if reason == "frequency_cap" else f"a {hold['frequency']} digest was chosen"
+        _trace(
+            writes,
+            run,
+            step,
+            StepRun.Decision.HELD,
+            reason,
+            channel=channel,
+            category=category_key or None,
+            **hold,
+            digest_at=closes_at.isoformat(),
+            message=f"{why}; held for the next {category_key or 'general'} digest",
+        )
+        return "held"
 
     is_in_app = channel == "in_app"
     message_data: dict[str, Any] = {"transaction_id": event.transaction_id, "workflow": workflow_key}
@@ -878,6 +920,8 @@ def _channel_step(
         message_data["text"] = rendered.text  # type: ignore[attr-defined]
     if channel == "webhook":
         message_data["payload"] = event.payload
+    if links.get("headers"):
+        message_data["headers"] = links["headers"]
     message = Message(
         environment_id=run.environment_id,
         run=run,

@@ -791,3 +791,48 @@ def test_escalation_stops_when_an_email_is_opened(env, fire, move, clock):
     move(START + timedelta(hours=2))
     assert not Message.objects.filter(run=run, channel="sms").exists()
     assert decisions(Run.objects.get(pk=run.pk))[-1] == ("reach", "executed", "escalation_stopped")
+
+
+def test_a_daily_digest_choice_holds_the_categorys_messages_until_the_subscribers_morning(env, fire, move, clock):
+    from apps.preferences.models import CategoryFrequency
+
+    social = CategoryFactory(environment=env, key="social", digest_schedule="daily 08:00")
+    make_workflow(
+        env,
+        "liked",
+        [{"id": "n", "type": "in_app", "template": "note"}, {"id": "e", "type": "email", "template": "mail"}],
+        "social",
+    )
+    daily = SubscriberFactory(environment=env, subscriber_id="daily", timezone="Europe/Paris")
+    SubscriberFactory(environment=env, subscriber_id="instant")
+    CategoryFrequency.objects.create(environment=env, subscriber=daily, category=social, frequency="daily")
+
+    first = fire("liked", ["daily", "instant"], {"title": "like 1"})
+    fire("liked", ["daily"], {"title": "like 2"})
+    held = Run.objects.get(event=first, subscriber=daily)
+    assert decisions(held) == [("n", "executed", "sent"), ("e", "held", "frequency_preference")]  # the inbox is instant
+    detail = held.step_runs.get(step_id="e").detail
+    assert detail["frequency"] == "daily" and detail["digest_at"] == "2026-03-11T07:00:00+00:00"  # 08:00 in Paris
+    assert [m.subject for m in mail.outbox] == ["like 1"]  # only the instant subscriber's
+
+    move(datetime(2026, 3, 11, 7, 0, 1, tzinfo=UTC))
+    digest = mail.outbox[-1]
+    assert digest.to == [daily.email] and digest.subject == "2 new notifications"
+    assert "like 1" in digest.alternatives[0][0] and "like 2" in digest.alternatives[0][0]
+
+
+def test_every_email_carries_preference_links_and_one_click_unsubscribe_headers(env, fire, clock):
+    CategoryFactory(environment=env, key="social")
+    CategoryFactory(environment=env, key="security", critical=True)
+    make_workflow(env, "liked", [{"id": "e", "type": "email", "template": "mail"}], "social")
+    make_workflow(env, "login", [{"id": "e", "type": "email", "template": "mail"}], "security")
+    SubscriberFactory(environment=env, subscriber_id="u1")
+    fire("liked", ["u1"], {"title": "liked"})
+    fire("login", ["u1"], {"title": "login"})
+    liked, login = mail.outbox
+    assert liked.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/unsubscribe/" in liked.extra_headers["List-Unsubscribe"]
+    headers = Message.objects.get(subject="liked").data["headers"]
+    assert headers["List-Unsubscribe"] == liked.extra_headers["List-Unsubscribe"]
+    # a critical category cannot be unsubscribed from: no one-click header
+    assert "List-Unsubscribe" not in login.extra_headers
