@@ -163,16 +163,24 @@ def run_summary(run: Run) -> dict[str, Any]:
 
 
 class DigestFlushSerializer(serializers.Serializer):
-    workflow = serializers.SlugField(max_length=100, required=False)
+    workflow = serializers.SlugField(max_length=100, required=False, help_text="Only this workflow's digests")
+    category = serializers.SlugField(
+        max_length=100, required=False, help_text="Only this category's digests (messages held back by caps)"
+    )
     subscriber_id = serializers.CharField(max_length=200, required=False)
     key = serializers.CharField(max_length=255, required=False, allow_blank=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("workflow") and attrs.get("category"):
+            raise serializers.ValidationError("Give a workflow or a category, not both.")
+        return attrs
 
 
 class DigestFlushView(APIView):
     @extend_schema(
         request=DigestFlushSerializer,
         responses={200: dict},
-        summary="Close matching open digests now (by workflow, subscriber and/or digest key)",
+        summary="Send matching open digests now (by workflow, category, subscriber and/or digest key)",
     )
     def post(self, request: Request) -> Response:
         serializer = DigestFlushSerializer(data=request.data)
@@ -183,6 +191,7 @@ class DigestFlushView(APIView):
             workflow_key=data.get("workflow"),
             subscriber_id=data.get("subscriber_id"),
             key=data.get("key"),
+            category_key=data.get("category"),
         )
         return Response({"flushed": flushed})
 

@@ -173,7 +173,7 @@ class _ChunkData:
 
     templates: dict[tuple[int, str], TemplateVersion]
     categories: dict[tuple[int, str], Category | None]
-    preferences: dict[tuple[int, str], dict[int, dict[str, Resolution]]]
+    preferences: dict[tuple[int, str, int], dict[int, dict[str, Resolution]]]
     # (run id, step id) -> the in-app message that step created, for engagement in conditions
     inbox_state: dict[tuple[int, str], InboxMessage]
     # subscriber pk -> channels the subscriber has an address for
@@ -264,22 +264,30 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
         for key in keys:
             categories[(environment_id, key)] = found.get(key)
 
-    preferences: dict[tuple[int, str], dict[int, dict[str, Resolution]]] = {}
-    groups: dict[tuple[int, str], set[int]] = defaultdict(set)
+    # Preferences depend on the category and on the workflow's own channel defaults.
+    preferences: dict[tuple[int, str, int], dict[int, dict[str, Resolution]]] = {}
+    groups: dict[tuple[int, str, int], set[int]] = defaultdict(set)
+    by_category: dict[tuple[int, str], set[int]] = defaultdict(set)
     for run in runs:
-        groups[(run.environment_id, run.workflow_version.category_key)].add(run.subscriber_id)
-    frequencies: dict[tuple[int, str], dict[int, str]] = {}
-    for (environment_id, category_key), subscriber_pks in groups.items():
-        category = categories.get((environment_id, category_key)) if category_key else None
-        preferences[(environment_id, category_key)] = resolve_preferences(
+        category_key = run.workflow_version.category_key
+        groups[(run.environment_id, category_key, run.workflow_version.workflow_id)].add(run.subscriber_id)
+        by_category[(run.environment_id, category_key)].add(run.subscriber_id)
+    for (environment_id, category_key, workflow_id), subscriber_pks in groups.items():
+        preferences[(environment_id, category_key, workflow_id)] = resolve_preferences(
             environment=environment_id,
             subscriber_ids=subscriber_pks,
-            category=category,
+            category=categories.get((environment_id, category_key)) if category_key else None,
             channels=sorted(set(CHANNEL_STEP_TYPES.values())),
+            workflow=workflow_id,
         )
-        frequencies[(environment_id, category_key)] = category_frequencies(
-            environment=environment_id, subscriber_ids=subscriber_pks, category=category
+    frequencies: dict[tuple[int, str], dict[int, str]] = {
+        (environment_id, category_key): category_frequencies(
+            environment=environment_id,
+            subscriber_ids=subscriber_pks,
+            category=categories.get((environment_id, category_key)) if category_key else None,
         )
+        for (environment_id, category_key), subscriber_pks in by_category.items()
+    }
 
     inbox_state: dict[tuple[int, str], InboxMessage] = {}
     engagement: dict[tuple[int, str], set[str]] = defaultdict(set)
@@ -756,6 +764,14 @@ def _cap_for(run: Run, channel: str, category: Category | None, data: _ChunkData
     return best
 
 
+PREFERENCE_MESSAGES = {
+    "unsubscribed": "the subscriber unsubscribed from everything non-critical",
+    "subscriber_channel": "{channel} is off for all categories",
+    "workflow_default": "{channel} is off by default for this workflow",
+    "category_default": "{channel} is off by default for category {category}",
+}
+
+
 def _hold_reason(
     run: Run, channel: str, category: Category | None, data: _ChunkData, step_id: str, now: datetime
 ) -> dict[str, Any] | None:
@@ -818,14 +834,16 @@ def _channel_step(
         _trace(writes, run, step, StepRun.Decision.SKIPPED, reason, channel=channel, **detail)
         return reason
 
-    resolution = data.preferences[(run.environment_id, category_key)][run.subscriber_id][channel]
+    preferences = data.preferences[(run.environment_id, category_key, run.workflow_version.workflow_id)]
+    resolution = preferences[run.subscriber_id][channel]
     if not resolution.allowed:
         return skip(
             "preference",
             category=category_key or None,
             rule=resolution.reason,
-            message=f"{channel} is off for "
-            + (f"category {category_key}" if resolution.reason != "subscriber_channel" else "all categories"),
+            message=PREFERENCE_MESSAGES.get(resolution.reason, "{channel} is off for category {category}").format(
+                channel=channel, category=category_key or "-"
+            ),
         )
     subscriber = run.subscriber
     if channel not in data.reachable.get(subscriber.pk, ()):

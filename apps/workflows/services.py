@@ -177,12 +177,20 @@ def digests_flush(
     workflow_key: str | None = None,
     subscriber_id: str | None = None,
     key: str | None = None,
+    category_key: str | None = None,
 ) -> int:
-    """Close the matching open digests now; their leaders send them right away. Returns how many."""
+    """Send matching open digests now. Returns how many.
+
+    Workflow digests (by ``workflow``, ``key``) close and their leaders carry them on at once;
+    category digests (messages held by a frequency cap or a daily/weekly choice, by
+    ``category``) are sent directly. Without ``workflow`` or ``category``, both kinds match.
+    """
     from apps.core.tasks import enqueue_on_commit
     from apps.subscribers.models import Subscriber
+    from apps.workflows.digests import ACTIVE, category_scope
     from apps.workflows.digests import digests_flush as flush_buckets
-    from apps.workflows.engine import ADVANCE_TASK
+    from apps.workflows.engine import ADVANCE_TASK, category_digests_send
+    from apps.workflows.models import DigestBucket
 
     workflow_id = None
     if workflow_key:
@@ -190,6 +198,8 @@ def digests_flush(
         if workflow is None:
             raise NotFound(f"No workflow with key '{workflow_key}' in this environment.", code="workflow_not_found")
         workflow_id = workflow.pk
+    if category_key:
+        _category_for(environment, category_key)
     subscriber_pk = None
     if subscriber_id:
         subscriber_pk = (
@@ -199,10 +209,20 @@ def digests_flush(
         )
         if subscriber_pk is None:
             raise NotFound(f"No subscriber '{subscriber_id}' in this environment.", code="subscriber_not_found")
-    with transaction.atomic():
-        leaders = flush_buckets(
-            environment_id=environment.pk, workflow_id=workflow_id, subscriber_pk=subscriber_pk, key=key
-        )
-        if leaders:
-            enqueue_on_commit(ADVANCE_TASK, leaders)
-    return len(leaders)
+    flushed = 0
+    if not category_key:
+        with transaction.atomic():
+            leaders = flush_buckets(
+                environment_id=environment.pk, workflow_id=workflow_id, subscriber_pk=subscriber_pk, key=key
+            )
+            if leaders:
+                enqueue_on_commit(ADVANCE_TASK, leaders)
+        flushed += len(leaders)
+    if not workflow_key:
+        buckets = DigestBucket.objects.filter(environment=environment, workflow__isnull=True, status__in=ACTIVE)
+        if subscriber_pk is not None:
+            buckets = buckets.filter(subscriber_id=subscriber_pk)
+        if category_key:
+            buckets = buckets.filter(scope__startswith=category_scope(category_key=category_key, channel=""))
+        flushed += category_digests_send(bucket_pks=list(buckets.values_list("pk", flat=True)))
+    return flushed

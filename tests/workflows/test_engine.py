@@ -257,7 +257,7 @@ def test_chunk_queries_do_not_grow_with_recipients(
         ]
     )
     run_ids = list(Run.objects.values_list("pk", flat=True))
-    with django_assert_max_num_queries(22):
+    with django_assert_max_num_queries(23):
         with django_capture_on_commit_callbacks(execute=True):
             engine.advance_runs(run_ids)
     assert InboxMessage.objects.count() == 50

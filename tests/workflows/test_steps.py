@@ -836,3 +836,42 @@ def test_every_email_carries_preference_links_and_one_click_unsubscribe_headers(
     assert headers["List-Unsubscribe"] == liked.extra_headers["List-Unsubscribe"]
     # a critical category cannot be unsubscribed from: no one-click header
     assert "List-Unsubscribe" not in login.extra_headers
+
+
+def test_workflow_defaults_and_unsubscribe_from_everything_are_explained(env, fire, clock):
+    from apps.preferences.models import ALL_CHANNELS, WorkflowPreference
+
+    CategoryFactory(environment=env, key="social")
+    quiet = make_workflow(env, "digesty", [{"id": "e", "type": "email", "template": "mail"}], "social")
+    make_workflow(env, "liked", [{"id": "e", "type": "email", "template": "mail"}], "social")
+    WorkflowPreference.objects.create(environment=env, workflow=quiet, default_channels={"email": False})
+    SubscriberFactory(environment=env, subscriber_id="u1")
+    gone = SubscriberFactory(environment=env, subscriber_id="gone")
+    Preference.objects.create(environment=env, subscriber=gone, channel=ALL_CHANNELS, enabled=False)
+
+    off_by_workflow = Run.objects.get(event=fire("digesty", ["u1"]))
+    step = off_by_workflow.step_runs.get()
+    assert (step.reason, step.detail["rule"]) == ("preference", "workflow_default")
+    assert step.detail["message"] == "email is off by default for this workflow"
+    # the same subscriber, another workflow of the same category: sent
+    assert decisions(Run.objects.get(event=fire("liked", ["u1"]))) == [("e", "executed", "queued")]
+    unsubscribed = Run.objects.get(event=fire("liked", ["gone"])).step_runs.get()
+    assert unsubscribed.detail["rule"] == "unsubscribed"
+    assert unsubscribed.detail["message"] == "the subscriber unsubscribed from everything non-critical"
+
+
+def test_flush_sends_category_digests_too(env, api, fire, clock, django_capture_on_commit_callbacks):
+    CategoryFactory(environment=env, key="social")
+    make_workflow(env, "liked", [{"id": "e", "type": "email", "template": "mail"}], "social")
+    FrequencyCap.objects.create(environment=env, channel="email", limit=1, window="1d")
+    SubscriberFactory(environment=env, subscriber_id="u1")
+    for index in range(3):
+        fire("liked", ["u1"], {"title": f"like {index}"})
+    assert len(mail.outbox) == 1
+    both = api.post("/api/v1/digests/flush", {"workflow": "liked", "category": "social"}, format="json")
+    assert both.status_code == 400
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/v1/digests/flush", {"category": "social", "subscriber_id": "u1"}, format="json")
+    assert response.json() == {"flushed": 1}
+    assert mail.outbox[-1].subject == "2 new notifications"
+    assert api.post("/api/v1/digests/flush", {"category": "nope"}, format="json").status_code == 422
