@@ -211,6 +211,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The same field names carry different choice sets across apps; name each set once.
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelEnum": "apps.preferences.models.CHANNEL_CHOICES",
+        "TemplateChannelEnum": "apps.preferences.models.CHANNELS",
+        "BulkItemStatusEnum": ["accepted", "duplicate", "error"],
+        "MessageStatusEnum": "apps.delivery.models.Message.Status",
+    },
 }
 # The bulk endpoints take up to 1,000 items; single payloads are capped at 512 KB in the API.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=8 * 1024 * 1024)

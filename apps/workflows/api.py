@@ -11,10 +11,10 @@ from rest_framework.views import APIView
 
 from apps.core.pagination import IdCursorPagination
 from apps.events.selectors import run_data
+from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 from apps.workflows import selectors, services
-from apps.workflows.definitions import CHANNEL_STEP_TYPES
 from apps.workflows.models import FrequencyCap, Run, Workflow, WorkflowVersion
 
 KEY_FIELD = serializers.SlugField(max_length=100)
@@ -208,7 +208,7 @@ class FrequencyCapSerializer(serializers.ModelSerializer):
 
 
 class FrequencyCapInputSerializer(serializers.Serializer):
-    channel = serializers.ChoiceField(choices=sorted(CHANNEL_STEP_TYPES))
+    channel = serializers.ChoiceField(choices=CHANNEL_CHOICES)
     category = serializers.SlugField(max_length=100, required=False, allow_null=True)
     limit = serializers.IntegerField(min_value=1, max_value=1_000_000)
     window = serializers.CharField(max_length=20, help_text="A duration: 1h, 1d, PT12H…")
