@@ -1,5 +1,9 @@
 """Delivery through the real processes: uvicorn + qcluster with two worker processes.
 
+It lives here, beside the harness, so that it shares the one session installation: a second
+installation under ``make test-services`` would drop the PostgreSQL database and flush the Redis
+queue under the first one's running processes.
+
 Integrations are created over the API; SMS go to fake gateways on loopback in this test process.
 The rate limit and the failover must hold with several worker processes sharing the database.
 """
@@ -13,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.delivery.conftest import FakeServer, Reply
-from tests.system.conftest import ClarionSystem, clarion_system  # noqa: F401 (the fixture)
+from tests.system.conftest import ClarionSystem
 
 pytestmark = pytest.mark.system
 
@@ -26,7 +30,7 @@ def put(system: ClarionSystem, path: str, body: dict[str, Any]) -> None:
     assert response.status_code in (200, 201), response.text
 
 
-def test_failover_and_rate_limit_across_worker_processes(clarion_system: ClarionSystem) -> None:  # noqa: F811
+def test_failover_and_rate_limit_across_worker_processes(clarion_system: ClarionSystem) -> None:
     system = clarion_system
     down = FakeServer([Reply(status=503, body={"error": "maintenance"})])
     gateway = FakeServer([Reply(body={"id": "gw"})])
