@@ -253,25 +253,25 @@ def test_branch_else_and_earlier_results_in_later_conditions(routed, fire, clock
     ]
 
 
-def test_branch_on_an_earlier_email_status(env, fire, move, clock):
+def email_then_sms_if(env: Any, key: str, condition: str) -> None:
+    """email now; an hour later, SMS when ``condition`` (over the email step's result) holds."""
     make_workflow(
         env,
-        "fallback",
+        key,
         [
             {"id": "email", "type": "email", "template": "mail"},
             {"id": "wait", "type": "delay", "for": "1h"},
             {
                 "id": "check",
                 "type": "branch",
-                "branches": [
-                    {
-                        "if": "steps.email.status == 'skipped'",
-                        "steps": [{"id": "sms", "type": "sms", "template": "text"}],
-                    }
-                ],
+                "branches": [{"if": condition, "steps": [{"id": "sms", "type": "sms", "template": "text"}]}],
             },
         ],
     )
+
+
+def test_branch_on_an_earlier_email_status(env, fire, move, clock):
+    email_then_sms_if(env, "fallback", "steps.email.status == 'skipped'")
     SubscriberFactory(environment=env, subscriber_id="u1", email="", phone="+15550001")
     event = fire("fallback", ["u1"])
     move(START + timedelta(hours=1, seconds=1))
@@ -740,24 +740,7 @@ def test_in_app_action_buttons_reach_the_inbox(env, fire, clock):
 
 
 def test_branch_sees_the_delivery_status_of_an_earlier_email(env, fire, move, clock):
-    make_workflow(
-        env,
-        "bounce",
-        [
-            {"id": "email", "type": "email", "template": "mail"},
-            {"id": "wait", "type": "delay", "for": "1h"},
-            {
-                "id": "check",
-                "type": "branch",
-                "branches": [
-                    {
-                        "if": "steps.email.status == 'bounced'",
-                        "steps": [{"id": "sms", "type": "sms", "template": "text"}],
-                    }
-                ],
-            },
-        ],
-    )
+    email_then_sms_if(env, "bounce", "steps.email.status == 'bounced'")
     SubscriberFactory(environment=env, subscriber_id="u1", phone="+15550001")
     SubscriberFactory(environment=env, subscriber_id="u2", phone="+15550002")
     event = fire("bounce", ["u1", "u2"])
