@@ -18,7 +18,7 @@ from django.db import transaction
 
 from apps.preferences.services import category_upsert
 from apps.subscribers.services import subscriber_upsert
-from apps.templates.services import template_upsert, template_version_create
+from apps.templates.services import layout_upsert, template_upsert, template_version_create
 from apps.tenancy.models import Environment
 from apps.tenancy.services import environment_create
 from apps.workflows.services import workflow_upsert
@@ -108,6 +108,22 @@ class Command(BaseCommand):
             name="Comments",
             description="Replies and comments on your posts",
             default_channels={"in_app": True, "email": True},
+        )
+        # The environment's default email layout: every email version written from now on is framed
+        # by it, with the preference-center and one-click unsubscribe links in its footer.
+        layout_upsert(
+            environment=environment,
+            key="default",
+            name="Demo layout",
+            header={"en": "<strong>Clarion demo</strong>"},
+            footer={
+                "en": "You get this because you follow posts on the Clarion demo.",
+                "fr": "Vous recevez ceci car vous suivez des publications sur la démo Clarion.",
+                "de": "Sie erhalten dies, weil Sie Beiträgen in der Clarion-Demo folgen.",
+            },
+            brand_color="#4f46e5",
+            show_unsubscribe=True,
+            is_default=True,
         )
         for key, name, channel, content in [
             ("comment-in-app", "Comment (in-app)", "in_app", IN_APP),
