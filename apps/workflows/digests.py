@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, OuterRef, Subquery
+from django.db.models import Count, F, Max, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -120,7 +120,7 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
         entries: list[DigestEntry] = []
         full: list[int] = []
         new_leaders: dict[int, int] = {}
-        touched: list[int] = []
+        added: dict[int, int] = {}
         for key, group in list(pending.items()):
             bucket = open_buckets.get(key)
             if bucket is None or not group.joins:
@@ -129,7 +129,7 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
                 continue  # opened and closed by others in between: next round
             room = bucket.max_events - bucket.entry_count if bucket.max_events else len(group.joins)
             placed, group.joins = group.joins[:room], group.joins[room:]
-            touched.append(bucket.pk)
+            added[bucket.pk] = added.get(bucket.pk, 0) + len(placed)
             for join in placed:
                 entries.append(DigestEntry(bucket_id=bucket.pk, run_id=join.run.pk, step_id=join.step_id))
                 if bucket.leader_run_id is None and bucket.pk not in new_leaders:
@@ -149,7 +149,7 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
         DigestEntry.objects.bulk_create(entries, batch_size=1000)
         for bucket_pk, run_pk in new_leaders.items():
             DigestBucket.objects.filter(pk=bucket_pk).update(leader_run_id=run_pk)
-        _refresh_counts(touched, now)
+        _add_counts(added, now)
         if full:
             DigestBucket.objects.filter(pk__in=full).update(status=DigestBucket.Status.CLOSING, closes_at=now)
             for result in results.values():
@@ -214,6 +214,17 @@ def _new_bucket(group: _Group, now: datetime, *, passthrough: bool) -> DigestBuc
         closes_at=first.closes_at,
         last_event_at=now,
     )
+
+
+def _add_counts(added: dict[int, int], now: datetime) -> None:
+    """Bump each bucket's count by what was just added: one UPDATE per distinct increment (a
+    chunk usually adds one event to each of its buckets). Safe because the rows are locked."""
+    by_increment: dict[int, list[int]] = defaultdict(list)
+    for bucket_pk, count in added.items():
+        if count:
+            by_increment[count].append(bucket_pk)
+    for count, bucket_pks in by_increment.items():
+        DigestBucket.objects.filter(pk__in=bucket_pks).update(entry_count=F("entry_count") + count, last_event_at=now)
 
 
 def _refresh_counts(bucket_pks: list[int], now: datetime) -> None:
