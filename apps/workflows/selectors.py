@@ -22,10 +22,6 @@ def workflow_list(*, environment: Environment) -> QuerySet[Workflow]:
     return Workflow.objects.select_related("published_version", "category").filter(environment=environment)
 
 
-def runs_for_subscriber(*, environment: Environment, subscriber_pk: int) -> QuerySet[Run]:
-    return Run.objects.filter(environment=environment, subscriber_id=subscriber_pk)
-
-
 def subscriber_runs(
     *, environment: Environment, subscriber_pk: int, status: str | None = None, workflow_key: str | None = None
 ) -> QuerySet[Run]:
