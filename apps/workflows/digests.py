@@ -161,6 +161,71 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
     return results, woken
 
 
+@dataclass(frozen=True)
+class HeldMessage:
+    """A message kept back (frequency cap, daily/weekly choice) for its category's digest."""
+
+    environment_id: int
+    subscriber_id: int
+    run_id: int
+    step_id: str
+    category_key: str
+    channel: str
+    closes_at: datetime
+    content: dict[str, Any]
+
+
+def digests_hold(*, held: list[HeldMessage], now: datetime) -> None:
+    """Add held messages to the open category digests (opening those missing), inside the caller's
+    transaction: open buckets are created with ON CONFLICT DO NOTHING, then locked, so concurrent
+    chunks share one bucket per subscriber, category and channel."""
+    if not held:
+        return
+
+    def key(item: HeldMessage) -> tuple[int, str]:
+        return item.subscriber_id, category_scope(category_key=item.category_key, channel=item.channel)
+
+    first: dict[tuple[int, str], HeldMessage] = {}
+    for item in held:
+        first.setdefault(key(item), item)
+    DigestBucket.objects.bulk_create(
+        [
+            DigestBucket(
+                environment_id=item.environment_id,
+                subscriber_id=item.subscriber_id,
+                scope=scope,
+                step_id=item.step_id,
+                category_key=item.category_key,
+                channel=item.channel,
+                opened_at=now,
+                closes_at=item.closes_at,
+                last_event_at=now,
+            )
+            for (_, scope), item in sorted(first.items(), key=lambda pair: pair[0])
+        ],
+        ignore_conflicts=True,
+    )
+    buckets = {
+        (bucket.subscriber_id, bucket.scope): bucket.pk
+        for bucket in DigestBucket.objects.select_for_update()
+        .filter(
+            status=DigestBucket.Status.OPEN,
+            workflow__isnull=True,
+            subscriber_id__in={subscriber_id for subscriber_id, _ in first},
+            scope__in={scope for _, scope in first},
+        )
+        .order_by("pk")
+    }
+    added: dict[int, int] = defaultdict(int)
+    entries = []
+    for item in held:
+        bucket_pk = buckets[key(item)]
+        added[bucket_pk] += 1
+        entries.append(DigestEntry(bucket_id=bucket_pk, run_id=item.run_id, step_id=item.step_id, content=item.content))
+    DigestEntry.objects.bulk_create(entries, batch_size=1000)
+    _add_counts(added, now)
+
+
 def _lock_open(
     subscriber_ids: set[int], scopes: set[str], pending: dict[tuple[int, str], _Group]
 ) -> dict[tuple[int, str], DigestBucket]:

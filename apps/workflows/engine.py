@@ -44,7 +44,7 @@ from apps.workflows import digests
 from apps.workflows.definitions import CHANNEL_STEP_TYPES, program_for
 from apps.workflows.digests import DigestJoin
 from apps.workflows.limits import limit_acquire, limit_hits_prune
-from apps.workflows.models import DigestBucket, DigestEntry, FrequencyCap, Run, StepRun, WorkflowVersion
+from apps.workflows.models import DigestBucket, FrequencyCap, Run, StepRun, WorkflowVersion
 
 logger = logging.getLogger(__name__)
 
@@ -1123,38 +1123,24 @@ def _apply_digest_joins(joins: list[DigestJoin], writes: _ChunkWrites, now: date
 
 
 def _hold_for_category_digest(held: list[_Held], now: datetime) -> None:
-    """Messages over a frequency cap join the subscriber's next digest of their category."""
-    for item in held:
-        run = item.run
-        scope = digests.category_scope(category_key=item.category_key, channel=item.channel)
-        bucket = DigestBucket.objects.filter(subscriber_id=run.subscriber_id, scope=scope, status="open").first()
-        if bucket is None:
-            DigestBucket.objects.bulk_create(
-                [
-                    DigestBucket(
-                        environment_id=run.environment_id,
-                        subscriber_id=run.subscriber_id,
-                        scope=scope,
-                        step_id=item.step_id,
-                        category_key=item.category_key,
-                        channel=item.channel,
-                        opened_at=now,
-                        closes_at=item.closes_at,
-                        last_event_at=now,
-                    )
-                ],
-                ignore_conflicts=True,
+    """Held messages join their subscriber's next digest of the category: a fixed number of
+    queries for the whole chunk (see ``digests.digests_hold``)."""
+    digests.digests_hold(
+        held=[
+            digests.HeldMessage(
+                environment_id=item.run.environment_id,
+                subscriber_id=item.run.subscriber_id,
+                run_id=item.run.pk,
+                step_id=item.step_id,
+                category_key=item.category_key,
+                channel=item.channel,
+                closes_at=item.closes_at,
+                content=item.content,
             )
-        bucket = (
-            DigestBucket.objects.select_for_update()
-            .filter(subscriber_id=run.subscriber_id, scope=scope, status="open")
-            .get()
-        )
-        DigestEntry.objects.bulk_create(
-            [DigestEntry(bucket=bucket, run_id=run.pk, step_id=item.step_id, content=item.content)],
-            ignore_conflicts=True,
-        )
-        DigestBucket.objects.filter(pk=bucket.pk).update(entry_count=F("entry_count") + 1, last_event_at=now)
+            for item in held
+        ],
+        now=now,
+    )
 
 
 def _save_runs(runs: list[Run]) -> None:

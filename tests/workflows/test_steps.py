@@ -16,7 +16,7 @@ from apps.events.services import TriggerRequest, event_trigger
 from apps.inbox.models import InboxMessage
 from apps.preferences.models import Preference, QuietHours
 from apps.workflows import engine
-from apps.workflows.models import DigestBucket, FrequencyCap, Run
+from apps.workflows.models import DigestBucket, FrequencyCap, Run, StepRun
 from tests.factories import CategoryFactory, SubscriberFactory
 from tests.workflows.conftest import make_workflow, published_template
 
@@ -858,3 +858,26 @@ def test_flush_sends_category_digests_too(env, api, fire, clock, django_capture_
     assert response.json() == {"flushed": 1}
     assert mail.outbox[-1].subject == "2 new notifications"
     assert api.post("/api/v1/digests/flush", {"category": "nope"}, format="json").status_code == 422
+
+
+def test_holding_a_chunks_messages_for_the_digest_costs_the_same_queries_for_10_or_40(env, fire, clock):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.preferences.models import CategoryFrequency
+
+    social = CategoryFactory(environment=env, key="social")
+    make_workflow(env, "liked", [{"id": "e", "type": "email", "template": "mail"}], "social")
+
+    def held_queries(count: int, prefix: str) -> int:
+        subscribers = [SubscriberFactory(environment=env, subscriber_id=f"{prefix}-{i}") for i in range(count)]
+        CategoryFrequency.objects.bulk_create(
+            [CategoryFrequency(environment=env, subscriber=s, category=social, frequency="daily") for s in subscribers]
+        )
+        with CaptureQueriesContext(connection) as queries:
+            fire("liked", [s.subscriber_id for s in subscribers])
+        return len(queries)
+
+    assert held_queries(10, "a") == held_queries(40, "b")
+    assert DigestBucket.objects.filter(status="open").count() == 50
+    assert StepRun.objects.filter(reason="frequency_preference").count() == 50
