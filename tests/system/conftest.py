@@ -44,7 +44,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = float(os.environ.get("CLARION_SYSTEM_START_TIMEOUT", "90"))
 SYSTEM_DB_NAME = os.environ.get("CLARION_SYSTEM_DB", "clarion_system")
-SYSTEM_REDIS_DB = 15
+SYSTEM_REDIS_DB = int(os.environ.get("CLARION_SYSTEM_REDIS_DB", "15"))
 LOG_TAIL_CHARS = 12_000
 WORKER_READY_MARK = "running."  # django-q2 logs "Q Cluster <name> running." once the sentinel is up
 
