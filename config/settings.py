@@ -99,12 +99,16 @@ else:
     # Persistent connections leak under ASGI (each request's sync work runs on a thread of its
     # own); Django's psycopg pool returns connections at the end of every request instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Each process has its own pool: apps.core.db drops inherited connections in forked workers.
     if env.bool("DB_POOL", default=True):
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
             "timeout": env.int("DB_POOL_TIMEOUT", default=10),
         }
+    # A connection the server dropped (restart, failover, idle kill) is discarded when it is taken
+    # (with the pool: psycopg_pool's check_connection on every checkout) instead of being reused.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USING_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 

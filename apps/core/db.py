@@ -1,0 +1,46 @@
+"""Database connections never cross a fork.
+
+django-q2 forks its workers from the sentinel (at start, after a worker is killed, after a task
+timeout, when a worker is recycled); ``multiprocessing`` and a few tests fork too. A forked child
+inherits the parent's open sockets. With Django's psycopg pool the parent's idle pooled connection
+is *in the pool object the child inherits*, so every child took the same socket: two processes
+reading each other's results ("the last operation didn't produce records", rows of another query,
+"can't change 'autocommit' now"). Closing that connection in the child would be as bad: it would
+send a Terminate message on the parent's socket.
+
+So in every child, right after the fork, the inherited connection wrappers and pools are dropped
+without being closed, and the child opens its own connections on first use. psycopg only finishes
+a libpq connection in the process that opened it, so the dropped objects never touch the
+parent's sessions when they are collected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+_registered = False
+
+
+def discard_inherited_connections() -> None:
+    """Forget every database connection and pool this process inherited (never close them)."""
+    from asgiref.local import Local
+    from django.db import connections
+
+    connections._connections = Local(connections.thread_critical)  # type: ignore[attr-defined]
+    try:
+        from django.db.backends.postgresql.base import DatabaseWrapper
+    except ImportError:  # psycopg is not installed: SQLite only
+        return
+    DatabaseWrapper._connection_pools.clear()
+
+
+def register_fork_safety() -> None:
+    """Install ``discard_inherited_connections`` as an after-fork hook, once per process."""
+    global _registered
+    if _registered:
+        return
+    os.register_at_fork(after_in_child=discard_inherited_connections)
+    _registered = True
