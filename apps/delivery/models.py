@@ -58,6 +58,9 @@ class Message(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
         SENDING = "sending"
+        # The provider may have accepted it: a timeout or a lost connection after the request was
+        # written, or a worker that died mid-call. See ``apps.delivery.services`` (in doubt).
+        IN_DOUBT = "in_doubt"
         SENT = "sent"
         DELIVERED = "delivered"
         OPENED = "opened"
@@ -67,7 +70,8 @@ class Message(models.Model):
         FAILED = "failed"
 
     # One lifecycle for every channel: queued → sending → sent → delivered, then engagement
-    # (opened → clicked); bounced and failed end it. See ``apps.delivery.status``.
+    # (opened → clicked); bounced and failed end it; in_doubt sits between sending and sent until
+    # a callback or a resend settles it. See ``apps.delivery.status``.
     TERMINAL_STATUSES = (
         Status.DELIVERED,
         Status.OPENED,
@@ -96,7 +100,12 @@ class Message(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     provider = models.CharField(max_length=50, blank=True)
     integration = models.ForeignKey(
-        Integration, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", help_text="Sent by"
+        Integration,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+        help_text="Sent (or being sent, or possibly sent when in doubt) by",
     )
     provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
     error = models.TextField(blank=True)
@@ -104,7 +113,14 @@ class Message(models.Model):
     # A retry waiting for its backoff (or a rate-limit slot, or a circuit to close): the sweeper
     # re-drives queued messages whose time has come.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Written just before each provider call and cleared when its answer is recorded: a message
+    # left ``sending`` with this set died mid-call, so the provider may have it (in doubt).
+    send_started_at = models.DateTimeField(null=True, blank=True)
+    # How many times a send of this message ended in doubt. Once non-zero the message is only ever
+    # sent again through ``integration`` (same idempotency key), never failed over.
+    in_doubt_count = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Also the heartbeat of a send in progress (refreshed before every provider call and wait).
     updated_at = models.DateTimeField(auto_now=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -119,6 +135,7 @@ class Message(models.Model):
             models.Index(fields=["status", "updated_at"], name="message_status_idx"),
             models.Index(fields=["status", "next_attempt_at"], name="message_retry_idx"),
             models.Index(fields=["environment", "-id"], name="message_env_idx"),
+            models.Index(fields=["environment", "status"], name="message_env_status_idx"),
         ]
 
     def __str__(self) -> str:
@@ -131,6 +148,7 @@ class DeliveryAttempt(models.Model):
     class Status(models.TextChoices):
         SUCCESS = "success"
         FAILED = "failed"
+        IN_DOUBT = "in_doubt"  # no answer, but the provider may have accepted it
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts_log")
     integration = models.ForeignKey(Integration, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -138,7 +156,9 @@ class DeliveryAttempt(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices)
     response_code = models.IntegerField(null=True, blank=True, help_text="HTTP status (or SMTP code) answered")
     error_kind = models.CharField(
-        max_length=30, blank=True, help_text="timeout, rate_limited, server_error, invalid_address, auth, …"
+        max_length=30,
+        blank=True,
+        help_text="timeout, connection_lost, worker_died, connection, rate_limited, server_error, invalid_address, …",
     )
     retryable = models.BooleanField(default=False)
     response = models.JSONField(default=dict, blank=True)

@@ -1,10 +1,11 @@
 """One message lifecycle for every channel, and the rule that keeps it moving forward only.
 
-    queued → sending → sent → delivered → opened → clicked
-                          ↘ bounced / failed
+    queued → sending → (in_doubt) → sent → delivered → opened → clicked
+                                    ↘ bounced / failed
 
 Delivered, bounced and failed end delivery; opened and clicked (and in-app ``read``) are
-engagement after delivery. A status update is applied only when it moves the message forward, so
+engagement after delivery. ``in_doubt`` is a send whose outcome is unknown (the provider may have
+accepted it): any callback from the provider (sent, delivered, bounced…) moves it on. A status update is applied only when it moves the message forward, so
 a duplicate or late callback ("sent" after "delivered", "delivered" after "opened") changes
 nothing, and nothing leaves bounced or failed.
 """
@@ -18,11 +19,12 @@ S = Message.Status
 RANK: dict[str, int] = {
     S.QUEUED: 0,
     S.SENDING: 1,
-    S.SENT: 2,
-    S.DELIVERED: 3,
-    S.OPENED: 4,
-    S.READ: 4,
-    S.CLICKED: 5,
+    S.IN_DOUBT: 2,
+    S.SENT: 3,
+    S.DELIVERED: 4,
+    S.OPENED: 5,
+    S.READ: 5,
+    S.CLICKED: 6,
 }
 FAILURES = frozenset({S.BOUNCED, S.FAILED})
 ALL_STATUSES = tuple(S.values)

@@ -31,6 +31,7 @@ class CategoryAdminForm(forms.ModelForm):
             "order",
             "digest_schedule",
             "digest_templates",
+            "in_doubt_policy",
         ]
         help_texts = {
             "default_channels": 'Channel → on by default, e.g. {"email": true, "sms": false}. '

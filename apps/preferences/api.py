@@ -15,7 +15,15 @@ from apps.core.errors import NotFound
 from apps.core.pagination import AscendingIdCursorPagination
 from apps.preferences import selectors, services
 from apps.preferences.links import email_links
-from apps.preferences.models import FREQUENCIES, SUBSCRIBER_CHANNELS, Category, PreferenceChange, QuietHours
+from apps.preferences.models import (
+    FREQUENCIES,
+    IN_DOUBT_AUTO,
+    IN_DOUBT_POLICY_CHOICES,
+    SUBSCRIBER_CHANNELS,
+    Category,
+    PreferenceChange,
+    QuietHours,
+)
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 from apps.workflows.selectors import workflow_get
@@ -70,6 +78,14 @@ class CategoryInputSerializer(serializers.Serializer):
         default=dict,
         help_text='Channel -> template key rendering the digest, e.g. {"email": "comments-digest"}.',
     )
+    in_doubt_policy = serializers.ChoiceField(
+        choices=IN_DOUBT_POLICY_CHOICES,
+        required=False,
+        default=IN_DOUBT_AUTO,
+        help_text="A send that may or may not have reached the provider: 'auto' resends it (same provider, same "
+        "idempotency key) if the category is critical or the provider deduplicates, else holds it; 'resend' "
+        "always resends; 'drop' never does.",
+    )
 
 
 class CategorySerializer(serializers.ModelSerializer):
@@ -86,6 +102,7 @@ class CategorySerializer(serializers.ModelSerializer):
             "order",
             "digest_schedule",
             "digest_templates",
+            "in_doubt_policy",
             "created_at",
         ]
         read_only_fields = fields

@@ -28,6 +28,18 @@ FREQUENCY_CHOICES = [
 ]
 
 
+# What delivery does with a send whose outcome is unknown (a timeout after the request went out, a
+# worker that died mid-call): see ``apps.delivery.services``.
+IN_DOUBT_AUTO = "auto"
+IN_DOUBT_RESEND = "resend"
+IN_DOUBT_DROP = "drop"
+IN_DOUBT_POLICY_CHOICES = [
+    (IN_DOUBT_AUTO, "auto: resend if critical or the provider deduplicates, else hold"),
+    (IN_DOUBT_RESEND, "resend through the same provider (at least once)"),
+    (IN_DOUBT_DROP, "never resend (at most once)"),
+]
+
+
 class Category(models.Model):
     """A kind of message (comments, billing…) that subscribers can opt out of per channel."""
 
@@ -43,6 +55,13 @@ class Category(models.Model):
     # in the subscriber's timezone; and per channel, the template that renders it (optional).
     digest_schedule = models.CharField(max_length=60, default="daily 09:00")
     digest_templates = models.JSONField(default=dict, blank=True)
+    in_doubt_policy = models.CharField(
+        max_length=10,
+        choices=IN_DOUBT_POLICY_CHOICES,
+        default=IN_DOUBT_AUTO,
+        help_text="When a send may or may not have reached the provider: resend it (same provider, same "
+        "idempotency key) or hold it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

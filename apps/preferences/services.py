@@ -17,6 +17,8 @@ from apps.preferences.models import (
     ALL_CHANNELS,
     FREQUENCIES,
     FREQUENCY_INSTANT,
+    IN_DOUBT_AUTO,
+    IN_DOUBT_POLICY_CHOICES,
     SUBSCRIBER_CHANNELS,
     Category,
     CategoryFrequency,
@@ -60,6 +62,7 @@ def category_upsert(
     order: int = 0,
     digest_schedule: str = DEFAULT_DIGEST_SCHEDULE,
     digest_templates: dict[str, str] | None = None,
+    in_doubt_policy: str = IN_DOUBT_AUTO,
 ) -> tuple[Category, bool]:
     """Create the category or replace all its attributes. Returns ``(category, created)``.
 
@@ -81,6 +84,8 @@ def category_upsert(
         errors["digest_templates"] = f"unknown channel(s) {unknown}; use {', '.join(SUBSCRIBER_CHANNELS)}"
     elif any(not isinstance(v, str) or not v for v in digest_templates.values()):
         errors["digest_templates"] = "each value must be a template key"
+    if in_doubt_policy not in dict(IN_DOUBT_POLICY_CHOICES):
+        errors["in_doubt_policy"] = f"use one of {', '.join(dict(IN_DOUBT_POLICY_CHOICES))}"
     if errors:
         raise Unprocessable("This category cannot be saved.", code="invalid_category", details=errors)
     values = {
@@ -91,6 +96,7 @@ def category_upsert(
         "order": order,
         "digest_schedule": digest_schedule,
         "digest_templates": digest_templates,
+        "in_doubt_policy": in_doubt_policy,
     }
     category = Category.objects.filter(environment=environment, key=key).first()
     if category is None:
