@@ -87,7 +87,7 @@ class Worker:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
+                [sys.executable, "manage.py", "clarion_worker"],
                 cwd=ROOT,
                 env=self.installation.process_env(CLARION_WORKERS="2", LOG_LEVEL="INFO"),
                 stdin=subprocess.DEVNULL,

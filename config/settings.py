@@ -229,7 +229,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=8 *
 CLARION = {
     "MAX_PAYLOAD_BYTES": 512 * 1024,
     "FANOUT_CHUNK_SIZE": env.int("CLARION_FANOUT_CHUNK_SIZE", default=500),
-    "RUN_LEASE_SECONDS": 300,
+    # A worker holds the runs (and the event fan-out) it works on for this long and renews the
+    # lease every quarter of it while it works; a killed worker's runs resume once it runs out.
+    "RUN_LEASE_SECONDS": env.int("CLARION_RUN_LEASE_SECONDS", default=20),
+    # How often each worker host's ticker starts due work (delays, digest windows, retries, orphans).
+    "TICK_SECONDS": env.float("CLARION_TICK_SECONDS", default=1.0),
     "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=120),
     "INBOX_TOKEN_MAX_AGE": 60 * 60 * 12,
     "SWEEP_INTERVAL_MINUTES": 1,

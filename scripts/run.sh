@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the web process (uvicorn: HTTP + websockets) and the worker (django-q2 qcluster) together
+# Run the web process (uvicorn: HTTP + websockets) and the worker (django-q2 qcluster plus the ticker: manage.py clarion_worker) together
 # in the foreground. Ctrl-C stops both; if either exits, the other is stopped and this script
 # exits non-zero. Used by `make run`.
 set -uo pipefail
@@ -49,7 +49,7 @@ set -m
 
 "$PY" -m uvicorn config.asgi:application --host "$HOST" --port "$PORT" &
 web=$!
-"$PY" manage.py qcluster &
+"$PY" manage.py clarion_worker &
 worker=$!
 # The process groups are set; no job-status chatter ("[1]- Terminated ...") from here on.
 set +m

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +48,32 @@ def register_fork_safety() -> None:
         return
     os.register_at_fork(after_in_child=discard_inherited_connections)
     _registered = True
+
+
+def update_returning_ids(
+    *, table: str, assignments: dict[str, Any], where: str, params: list[Any], order_by: str, limit: int
+) -> list[int]:
+    """``UPDATE table SET … WHERE id IN (the first ``limit`` rows matching ``where``) RETURNING id``.
+
+    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent callers (tickers on several
+    hosts) each take different rows; SQLite serialises writers. ``where`` is repeated on the outer
+    UPDATE so a row another caller changed in between is not taken. Only for fixed SQL fragments
+    written in this code base, never for user input.
+    """
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    set_sql = ", ".join(f"{column} = %s" for column in assignments)
+    set_params = [_adapt(value) for value in assignments.values()]
+    where_params = [_adapt(value) for value in params]
+    sql = (
+        f"UPDATE {table} SET {set_sql} WHERE id IN "
+        f"(SELECT id FROM {table} WHERE {where} ORDER BY {order_by} LIMIT %s{lock}) AND ({where}) RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*set_params, *where_params, limit, *where_params])
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def _adapt(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    return value

@@ -30,6 +30,12 @@ class Event(models.Model):
     recipient_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # The worker fanning the event out holds this lease and renews it; a lease that ran out means
+    # that worker died, and the ticker hands the event to another one.
+    fanout_lease_until = models.DateTimeField(null=True, blank=True)
+    # template key -> TemplateVersion pk, fixed when the fan-out starts: every run of the event
+    # renders these versions, even after a wait during which a new version was published.
+    template_versions = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [
@@ -37,6 +43,11 @@ class Event(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "created_at"], name="event_status_idx"),
+            models.Index(
+                fields=["fanout_lease_until"],
+                condition=models.Q(status="pending", fanout_lease_until__isnull=False),
+                name="event_fanout_lease_idx",
+            ),
             models.Index(
                 fields=["environment", "cancellation_key"],
                 condition=~models.Q(cancellation_key=""),

@@ -112,6 +112,14 @@ def published_versions_for_keys(*, environment: Environment | int, keys: Iterabl
     return {version.template.key: version for version in versions}
 
 
+def pinned_versions(*, pks: Iterable[int]) -> dict[int, TemplateVersion]:
+    """``{pk: TemplateVersion}`` for versions fixed earlier (a run's pins), whatever is published now."""
+    pks = set(pks)
+    if not pks:
+        return {}
+    return TemplateVersion.objects.select_related("template", "layout").in_bulk(pks)
+
+
 def preview_subscriber_context(*, environment: Environment, subscriber_id: str) -> dict[str, Any]:
     """The template context of a stored subscriber, for previews."""
     from apps.subscribers.models import Subscriber

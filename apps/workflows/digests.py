@@ -57,6 +57,7 @@ class DigestJoin:
     closes_at: datetime
     lookback: timedelta | None = None
     max_events: int | None = None
+    reached_at: datetime | None = None  # when the run was due at the step (its trigger time, or a wait's end)
 
 
 @dataclass
@@ -93,9 +94,12 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
             break
         subscriber_ids = {g.subscriber_id for g in pending.values()}
         scopes = {g.scope for g in pending.values()}
-        # A bucket whose window has passed takes no more events, even if its leader is late.
+        # A bucket whose window had passed when these events arrived takes no more of them, even if
+        # its leader is late. "Arrived" is when each run was due at the step, not when a
+        # backlogged worker got to it.
+        arrived = min((j.reached_at or now for g in pending.values() for j in g.joins), default=now)
         stale = DigestBucket.objects.filter(
-            status=DigestBucket.Status.OPEN, subscriber_id__in=subscriber_ids, scope__in=scopes, closes_at__lte=now
+            status=DigestBucket.Status.OPEN, subscriber_id__in=subscriber_ids, scope__in=scopes, closes_at__lte=arrived
         )
         stale.filter(leader_run__isnull=False).update(status=DigestBucket.Status.CLOSING)
         stale.filter(leader_run__isnull=True).update(status=DigestBucket.Status.EMPTY, closed_at=now)
@@ -308,6 +312,59 @@ def _refresh_counts(bucket_pks: list[int], now: datetime) -> None:
 # --------------------------------------------------------------------------------------------
 # Closing
 # --------------------------------------------------------------------------------------------
+
+
+STRAGGLER_GRACE = timedelta(seconds=30)
+
+
+def digests_awaiting_stragglers(
+    *, leader_bucket: dict[int, int], now: datetime, grace: timedelta = STRAGGLER_GRACE
+) -> set[int]:
+    """Buckets whose window is over but that events triggered inside the window have not reached yet.
+
+    Their leaders wait a moment more (at most ``grace`` past the window), so a backlog of workers
+    does not split events sent together into two digests. Two queries for the whole chunk.
+    """
+    if not leader_bucket:
+        return set()
+    buckets = list(
+        DigestBucket.objects.filter(
+            pk__in=set(leader_bucket.values()),
+            status=DigestBucket.Status.OPEN,
+            closes_at__lte=now,
+            closes_at__gt=now - grace,
+        ).values_list("pk", "subscriber_id", "workflow_id", "closes_at")
+    )
+    if not buckets:
+        return set()
+    from apps.events.models import Event
+
+    workflows = {workflow_id for _, _, workflow_id, _ in buckets}
+    latest_close = max(closes_at for *_, closes_at in buckets)
+    unfanned: dict[int, datetime] = {}  # workflow → its oldest event not fanned out yet
+    for workflow_id, created_at in Event.objects.filter(
+        status=Event.Status.PENDING, workflow_id__in=workflows, created_at__lt=latest_close
+    ).values_list("workflow_id", "created_at"):
+        unfanned[workflow_id] = min(created_at, unfanned.get(workflow_id, created_at))
+    on_the_way: dict[tuple[int, int], datetime] = {}  # (subscriber, workflow) → oldest trigger time
+    for subscriber_id, workflow_id, created_at in (
+        Run.objects.filter(
+            subscriber_id__in={subscriber_id for _, subscriber_id, _, _ in buckets},
+            workflow_version__workflow_id__in=workflows,
+            status__in=[Run.Status.PENDING, Run.Status.RUNNING],
+            event__created_at__lt=latest_close,
+        )
+        .exclude(pk__in=set(leader_bucket))
+        .values_list("subscriber_id", "workflow_version__workflow_id", "event__created_at")
+    ):
+        key = (subscriber_id, workflow_id)
+        on_the_way[key] = min(created_at, on_the_way.get(key, created_at))
+    waiting: set[int] = set()
+    for pk, subscriber_id, workflow_id, closes_at in buckets:
+        straggler = on_the_way.get((subscriber_id, workflow_id)) or unfanned.get(workflow_id)
+        if straggler is not None and straggler < closes_at:
+            waiting.add(pk)
+    return waiting
 
 
 def digests_close_for_leaders(*, leader_bucket: dict[int, int], now: datetime) -> dict[int, list[dict[str, Any]]]:

@@ -30,6 +30,7 @@ from apps.core.schedule import parse_schedule, parse_timestamp, zone
 from apps.core.tasks import enqueue, enqueue_on_commit
 from apps.delivery.models import Message
 from apps.delivery.selectors import reachable_channels
+from apps.events.fanout import event_fanout_claim, event_fanout_finish, event_fanout_renew
 from apps.events.models import Event
 from apps.inbox.models import InboxMessage
 from apps.preferences.links import email_links
@@ -39,10 +40,11 @@ from apps.subscribers.models import Subscriber, TopicSubscription
 from apps.subscribers.services import subscribers_ensure
 from apps.templates.models import TemplateVersion
 from apps.templates.rendering import RenderedContent, build_render_context, render_version
-from apps.templates.selectors import published_versions_for_keys
+from apps.templates.selectors import pinned_versions, published_versions_for_keys
 from apps.workflows import digests
-from apps.workflows.definitions import CHANNEL_STEP_TYPES, program_for
+from apps.workflows.definitions import CHANNEL_STEP_TYPES, program_for, template_keys
 from apps.workflows.digests import DigestJoin
+from apps.workflows.leases import LeaseHeartbeat
 from apps.workflows.limits import limit_acquire, limit_hits_prune
 from apps.workflows.models import DigestBucket, FrequencyCap, Run, StepRun, WorkflowVersion
 
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 ADVANCE_TASK = "apps.workflows.tasks.advance_runs"
 DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
 LIMIT_HIT_RETENTION_DAYS = 400
+DIGEST_STRAGGLER_RECHECK = timedelta(seconds=1)
 
 
 def _chunk_size() -> int:
@@ -97,10 +100,17 @@ def _recipient_pk_chunks(event: Event) -> Iterator[list[int]]:
 
 
 def process_event(event_id: int) -> None:
-    """Create one run per recipient (chunk by chunk) and wake the engine for each chunk."""
-    event = Event.objects.select_related("workflow_version", "environment").filter(pk=event_id).first()
+    """Create one run per recipient (chunk by chunk) and wake the engine for each chunk.
+
+    The worker holds a lease on the event while it fans out (renewed per chunk); if it dies, the
+    ticker hands the event to another worker, which resumes where the runs stop.
+    """
+    event = Event.objects.select_related("workflow_version__workflow", "environment").filter(pk=event_id).first()
     if event is None or event.status != Event.Status.PENDING:
         return
+    lease = timedelta(seconds=lease_seconds())
+    if not event_fanout_claim(event=event, lease=lease, template_versions=_template_pins(event)):
+        return  # another worker is fanning it out
     runs_created = 0
     for pks in _recipient_pk_chunks(event):
         if not pks:
@@ -129,12 +139,24 @@ def process_event(event_id: int) -> None:
         runs_created += len(pks)
         if run_ids:
             enqueue(ADVANCE_TASK, run_ids)
-    Event.objects.filter(pk=event.pk, status=Event.Status.PENDING).update(
-        status=Event.Status.PROCESSED,
-        processed_at=timezone.now(),
-        recipient_count=Run.objects.filter(event=event).count(),
-    )
+        event_fanout_renew(event=event, lease=lease)
+    event_fanout_finish(event=event, recipient_count=Run.objects.filter(event=event).count())
     logger.info("event %s fanned out to %d recipients", event.transaction_id, runs_created)
+
+
+def _template_pins(event: Event) -> dict[str, int]:
+    """The published version of every template the workflow uses, fixed for all of the event's runs."""
+    if event.template_versions or event.workflow_version.workflow.use_latest_templates:
+        return {}
+    keys = template_keys(event.workflow_version.steps)
+    if not keys:
+        return {}
+    published = published_versions_for_keys(environment=event.environment_id, keys=keys)
+    return {key: version.pk for key, version in published.items()}
+
+
+def lease_seconds() -> int:
+    return int(settings.CLARION["RUN_LEASE_SECONDS"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,6 +194,8 @@ class _ChunkData:
     """What every run in a chunk needs, loaded once per chunk."""
 
     templates: dict[tuple[int, str], TemplateVersion]
+    # TemplateVersion pk -> version, for the versions the runs' events pinned at fan-out
+    pinned: dict[int, TemplateVersion]
     categories: dict[tuple[int, str], Category | None]
     preferences: dict[tuple[int, str, int], dict[int, dict[str, Resolution]]]
     # (run id, step id) -> the in-app message that step created, for engagement in conditions
@@ -188,6 +212,8 @@ class _ChunkData:
     delivery: dict[tuple[int, str, str], str] = field(default_factory=dict)
     # bucket pk -> its events (digests being sent or carried by runs in this chunk)
     digest_events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # leader runs whose bucket stays open a moment longer: events of its window are still on the way
+    digest_postponed: set[int] = field(default_factory=set)
 
 
 class _Stop(Exception):
@@ -207,7 +233,7 @@ def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
     Run.objects.filter(ready, pk__in=list(run_ids)).update(
         status=Run.Status.RUNNING,
         claim_token=token,
-        lease_until=now + timedelta(seconds=settings.CLARION["RUN_LEASE_SECONDS"]),
+        lease_until=now + timedelta(seconds=lease_seconds()),
         attempts=F("attempts") + 1,
     )
     runs = list(
@@ -236,13 +262,21 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
     resumed: list[int] = []
     leader_bucket: dict[int, int] = {}
     carried_buckets: set[int] = set()
+    pinned_ids: set[int] = set()
     for run in runs:
         version = run.workflow_version
+        pins = run.event.template_versions or {}
         for step in _remaining_steps(run):
+            keys: list[str] = []
             if step.get("type") in CHANNEL_STEP_TYPES and step.get("template"):
-                by_env_keys[run.environment_id].add(step["template"])
+                keys = [step["template"]]
             elif step.get("type") == "escalate":
-                by_env_keys[run.environment_id].update(stage["template"] for stage in step["channels"])
+                keys = [stage["template"] for stage in step["channels"]]
+            for key in keys:
+                if key in pins:
+                    pinned_ids.add(pins[key])
+                else:
+                    by_env_keys[run.environment_id].add(key)
         if version.category_key:
             category_keys[run.environment_id].add(version.category_key)
         if run.step_results:
@@ -253,6 +287,7 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
             elif result.get("type") == "digest" and result.get("bucket"):
                 carried_buckets.add(result["bucket"])
 
+    pinned = pinned_versions(pks=pinned_ids)
     templates: dict[tuple[int, str], TemplateVersion] = {}
     for environment_id, keys in by_env_keys.items():
         for key, template_version in published_versions_for_keys(environment=environment_id, keys=keys).items():
@@ -320,11 +355,15 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
     ).select_related("category"):
         caps[cap.environment_id].append(cap)
 
+    held_open = digests.digests_awaiting_stragglers(leader_bucket=leader_bucket, now=now)
+    digest_postponed = {run_pk for run_pk, bucket_pk in leader_bucket.items() if bucket_pk in held_open}
+    leader_bucket = {run_pk: bucket_pk for run_pk, bucket_pk in leader_bucket.items() if bucket_pk not in held_open}
     digest_events = digests.digests_close_for_leaders(leader_bucket=leader_bucket, now=now)
     if carried_buckets - set(digest_events):
         digest_events.update(digests.digest_events(bucket_pks=sorted(carried_buckets - set(digest_events))))
     return _ChunkData(
         templates=templates,
+        pinned=pinned,
         categories=categories,
         preferences=preferences,
         inbox_state=inbox_state,
@@ -335,6 +374,7 @@ def _load_chunk_data(runs: list[Run], now: datetime) -> _ChunkData:
         engagement=engagement,
         delivery=delivery,
         digest_events=digest_events,
+        digest_postponed=digest_postponed,
     )
 
 
@@ -611,6 +651,8 @@ def _digest(
     result = run.step_results.get(step_id) or {}
     role = result.get("role")
     if result.get("in_progress") and role == digests.ROLE_LEADER:
+        if run.pk in data.digest_postponed:
+            _wait(run, now + DIGEST_STRAGGLER_RECHECK)
         events = data.digest_events.get(result["bucket"], [])
         run.step_results[step_id] = {
             "type": "digest",
@@ -641,9 +683,9 @@ def _digest(
     key_value = _path_value(context, step["key"]) if step.get("key") else ""
     digest_key = "" if key_value is None else str(key_value)
     if "window" in step:
-        closes_at = now + parse_duration(step["window"])
+        closes_at = _reached_at(run, now) + parse_duration(step["window"])
     else:
-        closes_at = parse_schedule(step["schedule"]).next_start(now, _subscriber_zone(run, step))
+        closes_at = parse_schedule(step["schedule"]).next_start(_reached_at(run, now), _subscriber_zone(run, step))
     writes.digest_joins.append(
         DigestJoin(
             run=run,
@@ -653,12 +695,21 @@ def _digest(
             closes_at=closes_at,
             lookback=parse_duration(step["lookback"]) if step.get("lookback") else None,
             max_events=step.get("max_events"),
+            reached_at=_reached_at(run, now),
         )
     )
     # The bucket is chosen when the chunk commits (_apply_digest_joins); until then it waits.
     run.step_results[step_id] = {"type": "digest", "in_progress": True, "key": digest_key}
     _wait(run, None)
     return False  # unreachable
+
+
+def _reached_at(run: Run, now: datetime) -> datetime:
+    """When the run was due to reach its current step: its trigger time, or the end of the wait it
+    just resumed from. Digest windows are measured from here, not from when a (possibly
+    backlogged) worker got to it, so events sent together land in one digest."""
+    candidates = [moment for moment in (run.event.created_at, run.resume_at) if moment is not None and moment <= now]
+    return max(candidates, default=now)
 
 
 def _throttle(run: Run, step: dict[str, Any], context: dict[str, Any], writes: _ChunkWrites, now: datetime) -> None:
@@ -859,7 +910,7 @@ def _channel_step(
             )
             _wait(run, quiet_end)
 
-    version = data.templates.get((run.environment_id, template_key)) if template_key else None
+    version, template_policy = _template_for(run, template_key, data)
     if template_key and version is None:
         if record:
             run.step_results[step_id] = {"status": "failed", "reason": "template_not_published"}
@@ -987,9 +1038,20 @@ def _channel_step(
         channel=channel,
         template=template_key,
         template_version=version.number if version else None,
+        template_policy=template_policy,
         locale=rendered.locale if rendered else None,
     )
     return str(result["status"])
+
+
+def _template_for(run: Run, template_key: str | None, data: _ChunkData) -> tuple[TemplateVersion | None, str]:
+    """The version a run renders: the one its event pinned at fan-out, else the one published now."""
+    if not template_key:
+        return None, ""
+    pinned_pk = (run.event.template_versions or {}).get(template_key)
+    if pinned_pk is not None and pinned_pk in data.pinned:
+        return data.pinned[pinned_pk], "pinned"
+    return data.templates.get((run.environment_id, template_key)), "latest"
 
 
 CHANNEL_ADDRESS = {"email": lambda s: s.email, "sms": lambda s: s.phone}
@@ -1009,6 +1071,18 @@ def _advance_chunk(run_ids: Sequence[int]) -> None:
     token, runs = claim_runs(run_ids)
     if not runs:
         return
+    with LeaseHeartbeat(lambda: runs_renew_lease(token=token), interval=lease_seconds() / 4):
+        _walk_and_commit(token, runs)
+
+
+def runs_renew_lease(*, token: Any) -> int:
+    """Push out the lease of the runs this worker holds under ``token``. Returns how many it still holds."""
+    return Run.objects.filter(claim_token=token, status=Run.Status.RUNNING).update(
+        lease_until=timezone.now() + timedelta(seconds=lease_seconds())
+    )
+
+
+def _walk_and_commit(token: Any, runs: list[Run]) -> None:
     now = timezone.now()
     data = _load_chunk_data(runs, now)
     writes = _ChunkWrites()
@@ -1326,25 +1400,31 @@ def _plain_digest(bucket: DigestBucket, events: list[dict[str, Any]]) -> tuple[s
 
 
 def sweep() -> dict[str, int]:
-    """Re-drive whatever should be moving and is not: due delays, lost tasks, dead workers."""
+    """Re-drive whatever should be moving and is not: lost tasks, and (as every tick does) due
+    delays, retries and dead workers' work, for deployments that run no ticker."""
+    from apps.workflows.ticker import tick
+
     now = timezone.now()
     stall = now - timedelta(seconds=settings.CLARION["STALL_SECONDS"])
-    counts = {"events": 0, "runs": 0, "messages": 0, "digests": 0}
+    ticked = tick(now=now)
+    counts = {
+        "events": ticked["events_orphaned"],
+        "runs": ticked["runs_due"] + ticked["runs_orphaned"],
+        "messages": ticked["messages"],
+        "digests": 0,
+    }
 
-    for event_id in Event.objects.filter(status=Event.Status.PENDING, created_at__lt=stall).values_list(
-        "pk", flat=True
-    )[:1000]:
+    # A fan-out nobody ever claimed: its task was lost (a crash between commit and enqueue).
+    for event_id in Event.objects.filter(
+        status=Event.Status.PENDING, fanout_lease_until__isnull=True, created_at__lt=stall
+    ).values_list("pk", flat=True)[:1000]:
         enqueue("apps.workflows.tasks.process_event", event_id)
         counts["events"] += 1
 
-    due = Run.objects.filter(
-        Q(status=Run.Status.WAITING, resume_at__lte=now)
-        | Q(status=Run.Status.PENDING, updated_at__lt=stall)
-        | Q(status=Run.Status.RUNNING, lease_until__lt=now)
-    ).order_by("pk")
+    stalled = Run.objects.filter(status=Run.Status.PENDING, updated_at__lt=stall).order_by("pk")
     after = 0
     while True:
-        ids = list(due.filter(pk__gt=after).values_list("pk", flat=True)[: _chunk_size()])
+        ids = list(stalled.filter(pk__gt=after).values_list("pk", flat=True)[: _chunk_size()])
         if not ids:
             break
         enqueue(ADVANCE_TASK, ids)
@@ -1365,7 +1445,7 @@ def sweep() -> dict[str, int]:
     message_ids = messages_requeue_stalled(stalled_before=stall)
     for start in range(0, len(message_ids), _chunk_size()):
         enqueue(DELIVER_TASK, message_ids[start : start + _chunk_size()])
-    counts["messages"] = len(message_ids)
+    counts["messages"] += len(message_ids)
     if any(counts.values()):
         logger.info("sweep re-drove %s", counts)
     return counts

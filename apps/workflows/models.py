@@ -18,6 +18,9 @@ class Workflow(models.Model):
     description = models.TextField(blank=True)
     category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     active = models.BooleanField(default=True)
+    # Off: a run renders the template versions that were published when its event's fan-out
+    # started, even after a delay. On: every message renders the version published at send time.
+    use_latest_templates = models.BooleanField(default=False)
     draft_steps = models.JSONField(default=list, blank=True)
     payload_schema = models.JSONField(null=True, blank=True)
     published_version = models.ForeignKey(

@@ -1,7 +1,7 @@
 """System-test harness: the REAL web and worker processes, talked to over HTTP and websockets.
 
 ``clarion_system`` (session scope) prepares a throwaway installation and starts
-``uvicorn config.asgi:application`` and ``manage.py qcluster`` as subprocesses:
+``uvicorn config.asgi:application`` and ``manage.py clarion_worker`` (the qcluster plus the ticker) as subprocesses:
 
 * embedded default (no ``DATABASE_URL`` in the test run's environment): SQLite files and
   channels-lite in a temporary ``CLARION_VAR_DIR``, the django-q2 ORM broker;
@@ -336,7 +336,7 @@ def clarion_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion
 def running_system(
     *, mode: str, env: dict[str, str], var_dir: Path, port: int, environment: dict[str, Any], keys: dict[str, str]
 ) -> Iterator[ClarionSystem]:
-    """Start uvicorn + qcluster on a migrated installation, wait until both are ready, stop them after."""
+    """Start uvicorn + the worker (clarion_worker) on a migrated installation, wait until both are ready, stop them after."""
     base_url = f"http://127.0.0.1:{port}"
     web = ManagedProcess(
         name="web",
@@ -345,7 +345,7 @@ def running_system(
         log_path=var_dir / "web.log",
     )
     worker = ManagedProcess(
-        name="worker", argv=[sys.executable, "manage.py", "qcluster"], env=env, log_path=var_dir / "worker.log"
+        name="worker", argv=[sys.executable, "manage.py", "clarion_worker"], env=env, log_path=var_dir / "worker.log"
     )
     system = ClarionSystem(
         mode=mode,

@@ -1,0 +1,65 @@
+"""The fan-out lease on an event: which worker is creating its runs, and until when.
+
+Written only here (the events app owns the Event table). A worker claims the event before it fans
+it out and renews the lease per chunk; if the worker dies, the lease runs out and the ticker hands
+the event to another worker, which resumes the fan-out (runs already created are skipped by their
+unique constraint).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.core.db import update_returning_ids
+from apps.events.models import Event
+
+
+def event_fanout_claim(*, event: Event, lease: timedelta, template_versions: dict[str, int] | None = None) -> bool:
+    """Take the event's fan-out if nobody holds it. The first claim also pins its template versions."""
+    now = timezone.now()
+    updates: dict[str, Any] = {"fanout_lease_until": now + lease}
+    if template_versions and not event.template_versions:
+        updates["template_versions"] = template_versions
+    claimed = (
+        Event.objects.filter(pk=event.pk, status=Event.Status.PENDING)
+        .filter(Q(fanout_lease_until__isnull=True) | Q(fanout_lease_until__lt=now))
+        .update(**updates)
+    )
+    if claimed and "template_versions" in updates:
+        event.template_versions = updates["template_versions"]
+    return bool(claimed)
+
+
+def event_fanout_renew(*, event: Event, lease: timedelta) -> None:
+    Event.objects.filter(pk=event.pk, status=Event.Status.PENDING).update(fanout_lease_until=timezone.now() + lease)
+
+
+def event_fanout_finish(*, event: Event, recipient_count: int) -> bool:
+    """Mark the event processed (every recipient has a run). False if it was cancelled meanwhile."""
+    return bool(
+        Event.objects.filter(pk=event.pk, status=Event.Status.PENDING).update(
+            status=Event.Status.PROCESSED,
+            processed_at=timezone.now(),
+            recipient_count=recipient_count,
+            fanout_lease_until=None,
+        )
+    )
+
+
+def events_take_orphaned(*, now: datetime, limit: int = 1000) -> list[int]:
+    """Events whose fan-out lease ran out (their worker died): released, returned to be enqueued again.
+
+    Each is returned by one caller only, however many tickers run at once.
+    """
+    return update_returning_ids(
+        table=Event._meta.db_table,
+        assignments={"fanout_lease_until": None},
+        where="status = %s AND fanout_lease_until IS NOT NULL AND fanout_lease_until < %s",
+        params=[Event.Status.PENDING, now],
+        order_by="fanout_lease_until",
+        limit=limit,
+    )
