@@ -336,7 +336,7 @@ def clarion_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion
 def running_system(
     *, mode: str, env: dict[str, str], var_dir: Path, port: int, environment: dict[str, Any], keys: dict[str, str]
 ) -> Iterator[ClarionSystem]:
-    """Start uvicorn + the worker (clarion_worker) on a migrated installation, wait until both are ready, stop them after."""
+    """Start uvicorn + the worker (clarion_worker) on a migrated installation; stop them after."""
     base_url = f"http://127.0.0.1:{port}"
     web = ManagedProcess(
         name="web",
