@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import DataError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,27 @@ def envelope(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
 
 
+def database_input_error(exc: Exception) -> tuple[str, str] | None:
+    """(code, message) when the database refused a value the request carried, else None.
+
+    The last line of defence behind the parser and the middleware (apps.core.parsers,
+    apps.core.middleware): PostgreSQL refuses NUL in text and jsonb (psycopg's DataError, or
+    ValueError from other drivers), no UTF-8 database stores an unpaired surrogate
+    (UnicodeEncodeError while binding), and PostgreSQL enforces lengths and ranges that SQLite
+    does not (DataError).
+    """
+    text = str(exc)
+    if (isinstance(exc, UnicodeEncodeError) and "surrogates not allowed" in text) or (
+        isinstance(exc, DataError) and "surrogate" in text
+    ):
+        return "invalid_characters", "The request holds text with an unpaired surrogate, which cannot be stored."
+    if isinstance(exc, DataError | ValueError) and ("NUL" in text or "\\u0000" in text):
+        return "invalid_characters", "The request holds text with a NUL character (\\u0000), which cannot be stored."
+    if isinstance(exc, DataError):
+        return "invalid_data", "The request holds a value the database cannot store (too long, out of range…)."
+    return None
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
@@ -84,7 +106,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
     response = exception_handler(exc, context)
     if response is None:
-        return None
+        refused = database_input_error(exc)
+        if refused is None:
+            return None
+        logger.warning("The database refused a value from the request: %s", exc, exc_info=exc)
+        set_rollback()
+        return Response(envelope(*refused), status=status.HTTP_400_BAD_REQUEST)
 
     if isinstance(exc, ApiError):
         response.data = envelope(exc.error_code, str(exc.detail), exc.details)

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.errors import Unprocessable
+from apps.core.parsers import MAX_DEPTH, json_problem
 from apps.events import selectors, services
 from apps.events.idempotency import idempotent
 from apps.subscribers.api import SubscriberInputSerializer
@@ -89,10 +90,17 @@ class TriggerResponseSerializer(serializers.Serializer):
 class BulkTriggerSerializer(serializers.Serializer):
     events = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=MAX_BULK_EVENTS)
 
-    def validate_events(self, value: list[dict[str, Any]]) -> list[services.TriggerRequest]:
-        requests: list[services.TriggerRequest] = []
+    def validate_events(self, value: list[dict[str, Any]]) -> list[services.TriggerRequest | services.BulkItemResult]:
+        """Trigger requests in order; an item holding text no database can store (or nested too
+        deep) becomes its error result here, and the others are still accepted."""
+        requests: list[services.TriggerRequest | services.BulkItemResult] = []
         errors: dict[str, Any] = {}
         for index, item in enumerate(value):
+            # Levels 1 and 2 are the body and the events list (StrictJSONParser left the items to us).
+            problem = json_problem(item, path=f"events[{index}]", max_depth=MAX_DEPTH - 2)
+            if problem:
+                requests.append(services.BulkItemResult(None, "error", problem.as_dict()))
+                continue
             serializer = TriggerSerializer(data=item)
             try:
                 valid = serializer.is_valid()
@@ -130,6 +138,8 @@ class TriggerView(APIView):
 
 
 class BulkTriggerView(APIView):
+    json_items_key = "events"  # BulkTriggerSerializer checks each item: a bad one alone is an error
+
     @extend_schema(
         request=BulkTriggerSerializer,
         responses={202: BulkItemSerializer(many=True)},
@@ -140,9 +150,14 @@ class BulkTriggerView(APIView):
     def post(self, request: Request) -> Response:
         serializer = BulkTriggerSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        results = services.event_trigger_bulk(
-            environment=request_environment(request), requests=serializer.validated_data["events"]
+        items = serializer.validated_data["events"]
+        accepted = iter(
+            services.event_trigger_bulk(
+                environment=request_environment(request),
+                requests=[item for item in items if isinstance(item, services.TriggerRequest)],
+            )
         )
+        results = [item if isinstance(item, services.BulkItemResult) else next(accepted) for item in items]
         data = [{"transaction_id": r.transaction_id, "status": r.status, "error": r.error} for r in results]
         return Response({"data": data}, status=status.HTTP_202_ACCEPTED)
 
