@@ -4,9 +4,11 @@ from typing import Any
 
 import pytest
 
+from apps.core import sandbox
 from apps.templates.models import Template, TemplateVersion
 from apps.templates.services import template_upsert, template_version_create
 from apps.tenancy.models import Environment
+from tests.templates.limits import CountingClock
 
 
 def make_template(
@@ -37,3 +39,11 @@ def make_template(
 @pytest.fixture
 def template_factory() -> Any:
     return make_template
+
+
+@pytest.fixture
+def counting_clock(monkeypatch: pytest.MonkeyPatch) -> CountingClock:
+    """The sandbox's clock, moving 1 ms per deadline check (see ``tests/templates/limits.py``)."""
+    clock = CountingClock()
+    monkeypatch.setattr(sandbox, "_clock", clock)
+    return clock
