@@ -69,6 +69,10 @@ def update_returning_ids(
         f"(SELECT id FROM {table} WHERE {where} ORDER BY {order_by} LIMIT %s{lock}) AND ({where}) RETURNING id"
     )
     with connection.cursor() as cursor:
+        # Nothing due is the common case: answer it with a read, not a write lock (SQLite has one).
+        cursor.execute(f"SELECT 1 FROM {table} WHERE {where} LIMIT 1", where_params)
+        if cursor.fetchone() is None:
+            return []
         cursor.execute(sql, [*set_params, *where_params, limit, *where_params])
         return [int(row[0]) for row in cursor.fetchall()]
 

@@ -88,6 +88,8 @@ def deferred_tasks_flush(*, now: datetime | None = None, limit: int = 500) -> in
     from apps.core.models import DeferredTask
 
     now = now or timezone.now()
+    if not DeferredTask.objects.filter(next_try_at__lte=now).exists():
+        return 0  # the common case, without taking a write lock
     sent: list[int] = []
     with transaction.atomic():
         rows = list(

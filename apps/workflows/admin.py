@@ -24,7 +24,7 @@ class WorkflowVersionInline(admin.TabularInline):
 
 @admin.register(Workflow)
 class WorkflowAdmin(admin.ModelAdmin):
-    list_display = ["key", "name", "environment", "category", "active", "published_version"]
+    list_display = ["key", "name", "environment", "category", "active", "use_latest_templates", "published_version"]
     list_filter = ["environment", "active"]
     search_fields = ["key", "name"]
     readonly_fields = ["published_version", "created_at", "updated_at"]

@@ -39,6 +39,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
             "description",
             "category",
             "active",
+            "use_latest_templates",
             "steps",
             "payload_schema",
             "published_version",
@@ -57,6 +58,11 @@ class WorkflowInputSerializer(serializers.Serializer):
     steps = serializers.JSONField(required=False, help_text="Ordered list of step objects (docs/workflows.md)")
     payload_schema = serializers.JSONField(required=False, allow_null=True)
     active = serializers.BooleanField(required=False)
+    use_latest_templates = serializers.BooleanField(
+        required=False,
+        help_text="Off (default): a run renders the template versions published when its event started, "
+        "even after a delay. On: each message renders the version published when it is sent.",
+    )
     publish = serializers.BooleanField(default=False, help_text="Publish a new version right away")
 
 
@@ -84,6 +90,7 @@ class WorkflowDetailView(APIView):
             "description": data.get("description"),
             "steps": data.get("steps"),
             "active": data.get("active"),
+            "use_latest_templates": data.get("use_latest_templates"),
             "publish": data["publish"],
         }
         if "category" in data:

@@ -41,6 +41,7 @@ def workflow_upsert(
     steps: list[dict[str, Any]] | None = None,
     payload_schema: dict[str, Any] | None = _UNSET,
     active: bool | None = None,
+    use_latest_templates: bool | None = None,
     publish: bool = False,
 ) -> tuple[Workflow, bool]:
     if steps is not None:
@@ -69,6 +70,8 @@ def workflow_upsert(
         workflow.payload_schema = payload_schema
     if active is not None:
         workflow.active = active
+    if use_latest_templates is not None:
+        workflow.use_latest_templates = use_latest_templates
     workflow.save()
     if publish:
         workflow_publish(workflow=workflow)

@@ -256,3 +256,10 @@ def test_renewing_a_lease_touches_only_the_runs_held_under_that_token(delayed, f
     second.refresh_from_db()
     assert first.lease_until == START + timedelta(seconds=36)
     assert second.lease_until == START + timedelta(seconds=26)
+
+
+def test_the_template_policy_is_set_through_the_api(delayed, tenant):
+    response = tenant.client.put("/api/v1/workflows/later", {"use_latest_templates": True}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["use_latest_templates"] is True
+    assert tenant.client.get("/api/v1/workflows/later").json()["use_latest_templates"] is True
