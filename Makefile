@@ -10,6 +10,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
+# Django refuses to start without SECRET_KEY. migrate, seed and run use the exported one, or else
+# a random key generated once into $(SECRET_KEY_FILE) (0600) and kept.
+SECRET_KEY_FILE := $(or $(CLARION_VAR_DIR),var)/secret_key
+WITH_KEY = SECRET_KEY="$${SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))}"
+
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="tests/inbox -x"`.
 PYTEST_ARGS ?=
 # The services run (make test-services): PostgreSQL + Redis on this machine.
@@ -31,17 +36,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
-migrate: venv ## Apply migrations (and the channels-lite database on the embedded default)
-	$(PY) manage.py migrate --noinput
-	@if [ -z "$$REDIS_URL" ]; then $(PY) manage.py migrate --database channels --noinput -v0; fi
+$(SECRET_KEY_FILE):
+	@mkdir -p $(@D)
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@.tmp && mv $@.tmp $@
+	@echo "Generated a SECRET_KEY for this installation in $@"
+
+migrate: venv $(SECRET_KEY_FILE) ## Apply migrations (and the channels-lite database on the embedded default)
+	$(WITH_KEY) $(PY) manage.py migrate --noinput
+	@if [ -z "$$REDIS_URL" ]; then $(WITH_KEY) $(PY) manage.py migrate --database channels --noinput -v0; fi
 
 seed: migrate ## Create the demo environment, templates, workflow and admin user (var/demo.json)
-	$(PY) manage.py seed_demo
+	$(WITH_KEY) $(PY) manage.py seed_demo
 
 run: venv migrate ## Migrate, seed the demo, then run web (uvicorn) + worker (qcluster); Ctrl-C stops both
-	$(PY) manage.py collectstatic --noinput -v0
-	$(PY) manage.py seed_demo
-	@PY=$(PY) scripts/run.sh  # prints the banner (scripts/banner.py) once the web process is up
+	$(WITH_KEY) $(PY) manage.py collectstatic --noinput -v0
+	$(WITH_KEY) $(PY) manage.py seed_demo
+	@$(WITH_KEY) PY=$(PY) scripts/run.sh  # prints the banner (scripts/banner.py) once the web process is up
 
 test: venv ## Run the test suite on the embedded default (SQLite), system tests included, e2e excluded
 	env -u DATABASE_URL -u REDIS_URL $(VENV)/bin/pytest -q -m "not e2e and not services" $(PYTEST_ARGS)

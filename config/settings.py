@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -19,12 +20,43 @@ VAR_DIR = Path(env.str("CLARION_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="clarion-insecure-development-key-change-me-in-production")
+# No default: every process refuses to start without a key of its own. `make run` / `make migrate`
+# / `make seed` export a random one kept in var/secret_key; pytest sets one (pyproject.toml).
+SECRET_KEY = env.str("SECRET_KEY", default="")
+# Old keys still accepted for signatures (preference links, inbox tokens) while rotating keys.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+# The key older releases fell back to: public, so as good as none.
+_public_development_keys = frozenset({"clarion-insecure-development-key-change-me-in-production"})
+if not SECRET_KEY or SECRET_KEY in _public_development_keys:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is "
+        + ("not set" if not SECRET_KEY else "the public development key")
+        + ". Set the SECRET_KEY environment variable to a long random value, the same for every web and "
+        "worker process (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(50))'). "
+        "`make run`, `make migrate` and `make seed` use one kept in var/secret_key."
+    )
+if _public_development_keys.intersection(SECRET_KEY_FALLBACKS):
+    raise ImproperlyConfigured("SECRET_KEY_FALLBACKS holds the public development key; remove it.")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # /demo/inbox/ shows the demo environment's keys: on for `make run`, off unless asked for.
 CLARION_DEMO_PAGE = env.bool("CLARION_DEMO_PAGE", default=DEBUG)
 PUBLIC_URL = env.str("CLARION_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+# HTTPS (docs/deployment.md): on by default when the public URL is https://, each one overridable.
+_https = PUBLIC_URL.startswith("https://")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_https)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_https)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if _https else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_https)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_https)
+# The header a TLS-terminating proxy sets to "https", e.g. X-Forwarded-Proto. Only behind a proxy
+# that always sets (or strips) it: otherwise clients could claim HTTPS themselves.
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
 
 INSTALLED_APPS = [
     "modeltranslation",  # must precede django.contrib.admin

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet, Subquery
 
 from apps.core.errors import NotFound
 from apps.delivery.models import Integration, Message, Suppression
+from apps.preferences.models import Category
 from apps.subscribers.models import Device, Subscriber
 from apps.tenancy.models import Environment
 
@@ -114,3 +115,26 @@ def message_get(*, environment: Environment, message_id: int) -> Message:
     if message is None:
         raise NotFound(f"Message {message_id} was not found.", details={"message_id": message_id})
     return message
+
+
+def message_category(*, message: Message) -> Category | None:
+    """The category of a message, in one query: its run's workflow version's, or (a category digest)
+    the one named in its data. None for a message without one (an admin test send)."""
+    from apps.workflows.models import Run
+
+    categories = Category.objects.filter(environment_id=message.environment_id)
+    if message.run_id is not None:
+        key = Run.objects.filter(pk=message.run_id).values("workflow_version__category_key")[:1]
+        return categories.filter(key=Subquery(key)).first()
+    key = (message.data or {}).get("category")
+    return categories.filter(key=key).first() if isinstance(key, str) and key else None
+
+
+def message_status_counts(*, environment_id: int) -> dict[str, int]:
+    """Messages of the environment by status, every status present (``in_doubt`` included), in one
+    query over the (environment, status) index."""
+    counts = dict.fromkeys(Message.Status.values, 0)
+    rows = Message.objects.filter(environment_id=environment_id).values_list("status").annotate(n=Count("id"))
+    for status, n in rows.order_by():
+        counts[status] = n
+    return counts

@@ -3,15 +3,25 @@
 The database is the source of truth. A message is claimed ``queued → sending`` by one conditional
 UPDATE, so a task that runs twice finds nothing to claim and a provider never gets it twice from
 that. A retry that must wait longer than a moment goes back to ``queued`` with
-``next_attempt_at``; the sweeper (``messages_requeue_stalled``, every minute) re-drives it. The
-circuit breaker and the rate limiter keep their state on the Integration row and change it only
-with conditional UPDATEs, so they hold across worker processes on SQLite and PostgreSQL alike.
+``next_attempt_at``; ``messages_redrive`` (every second) hands it out when due. The circuit breaker
+and the rate limiter keep their state on the Integration row and change it only with conditional
+UPDATEs, so they hold across worker processes on SQLite and PostgreSQL alike.
+
+In doubt. Before each provider call the message records which integration it is calling
+(``send_started_at``, ``integration``) and refreshes its heartbeat (``updated_at``). A send whose
+outcome is unknown — a timeout or a broken connection after the request was written, or a worker
+that died mid-call (found ``sending`` with a stale heartbeat) — is never failed over: the first
+provider may still deliver it. Its category's ``in_doubt_policy`` decides: resend through the same
+integration with the same idempotency key (critical categories, or a provider that deduplicates
+on that key), or hold it ``in_doubt`` until a provider callback settles it. A refused connection
+or a DNS failure sent nothing and is retried and failed over as before.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,13 +30,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
-from apps.delivery.providers.base import ErrorKind, Provider, ProviderError, SendResult, get_provider
+from apps.delivery.providers.base import (
+    ErrorKind,
+    Provider,
+    ProviderError,
+    SendResult,
+    get_provider,
+    heartbeat_during,
+    max_call_seconds,
+    send_heartbeat_seconds,
+)
+from apps.delivery.selectors import message_category
 from apps.delivery.status import FAILURES, statuses_that_may_move_to
+from apps.preferences.models import IN_DOUBT_DROP, IN_DOUBT_RESEND
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +56,7 @@ DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
 # message: try the next integration at once.
 FAILOVER_KINDS = frozenset({ErrorKind.CONFIGURATION, ErrorKind.NO_DESTINATION})
 # Errors that count against the integration's circuit breaker.
-CIRCUIT_KINDS = ErrorKind.RETRYABLE | {ErrorKind.AUTH}
+CIRCUIT_KINDS = ErrorKind.RETRYABLE | {ErrorKind.AUTH, ErrorKind.TIMEOUT, ErrorKind.CONNECTION_LOST}
 SUPPRESSIBLE_CHANNELS = ("email", "sms")
 
 
@@ -53,6 +74,7 @@ class DeliveryConfig:
     task_budget: float = 200.0  # a delivery task hands what is left to a fresh task after this long
     message_ttl: float = 24 * 3600.0  # a message still undelivered after this long fails
     default_retries: int = 2  # retries on Django's default email backend (no integration)
+    in_doubt_resends: int = 2  # resends of a message in doubt (same integration, same key) before it is held
 
 
 def delivery_config() -> DeliveryConfig:
@@ -84,39 +106,53 @@ def _claim(message_id: int, now: datetime) -> bool:
 def _finish_failed(message: Message, error: str) -> None:
     now = timezone.now()
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
-        status=Message.Status.FAILED, error=error[:5000], next_attempt_at=None, updated_at=now
+        status=Message.Status.FAILED, error=error[:5000], next_attempt_at=None, send_started_at=None, updated_at=now
     )
     message.status, message.error = Message.Status.FAILED, error[:5000]
 
 
 def _defer(message: Message, *, until: datetime, error: str) -> None:
-    """Back to queued until ``until``: the sweeper (or the next task) sends it then."""
+    """Back to queued until ``until``: ``messages_redrive`` (or the next task) sends it then."""
     Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
-        status=Message.Status.QUEUED, next_attempt_at=until, error=error[:5000], updated_at=timezone.now()
+        status=Message.Status.QUEUED,
+        next_attempt_at=until,
+        error=error[:5000],
+        send_started_at=None,
+        updated_at=timezone.now(),
     )
     message.status, message.next_attempt_at = Message.Status.QUEUED, until
     logger.info("message %s deferred until %s: %s", message.pk, until.isoformat(), error[:200])
 
 
+# A success may be recorded while the message is in doubt (its worker was presumed dead but was only
+# slow), or queued for a resend of an in-doubt send: the provider's answer settles it.
+_SETTLEABLE_BY_SUCCESS = Q(status__in=[Message.Status.SENDING, Message.Status.IN_DOUBT]) | Q(
+    status=Message.Status.QUEUED, in_doubt_count__gt=0
+)
+
+
 def _finish_sent(message: Message, integration: Integration | None, provider: str, result: SendResult) -> None:
     now = timezone.now()
-    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+    provider_id = result.provider_message_id[:255]
+    moved = Message.objects.filter(_SETTLEABLE_BY_SUCCESS, pk=message.pk).update(
         status=Message.Status.SENT,
         attempts=F("attempts") + 1,
         provider=provider,
         integration=integration,
-        provider_message_id=result.provider_message_id[:255],
+        provider_message_id=provider_id,
         sent_at=now,
         error="",
         next_attempt_at=None,
+        send_started_at=None,
         updated_at=now,
     )
-    message.status, message.provider, message.provider_message_id = (
-        Message.Status.SENT,
-        provider,
-        result.provider_message_id[:255],
-    )
-    message.integration, message.sent_at, message.error = integration, now, ""
+    if not moved and provider_id:
+        # A callback got there first (delivered, opened…): keep the provider's id for the next ones.
+        Message.objects.filter(pk=message.pk, provider_message_id="").update(
+            provider_message_id=provider_id, provider=provider, integration=integration, sent_at=now
+        )
+    message.status, message.provider, message.provider_message_id = Message.Status.SENT, provider, provider_id
+    message.integration, message.sent_at, message.error, message.send_started_at = integration, now, "", None
 
 
 def _record_attempt(
@@ -128,11 +164,15 @@ def _record_attempt(
     result: SendResult | None = None,
     error: ProviderError | None = None,
 ) -> None:
+    if error is None:
+        status = DeliveryAttempt.Status.SUCCESS
+    else:
+        status = DeliveryAttempt.Status.IN_DOUBT if error.in_doubt else DeliveryAttempt.Status.FAILED
     DeliveryAttempt.objects.create(
         message=message,
         integration=integration,
         provider=provider,
-        status=DeliveryAttempt.Status.SUCCESS if error is None else DeliveryAttempt.Status.FAILED,
+        status=status,
         response_code=(result.status_code if result else error.status_code if error else None),
         error_kind=error.kind if error else "",
         retryable=bool(error and error.retryable),
@@ -142,9 +182,11 @@ def _record_attempt(
     )
     message.attempts += 1
     if error is not None:
-        # The attempt counter doubles as the heartbeat that keeps the sweeper off a live send.
-        # (A success counts it in the UPDATE that marks the message sent.)
-        Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1, updated_at=timezone.now())
+        # The call is over (a heartbeat too). A success is counted by the UPDATE that marks it sent.
+        Message.objects.filter(pk=message.pk).update(
+            attempts=F("attempts") + 1, send_started_at=None, updated_at=timezone.now()
+        )
+        message.send_started_at = None
 
 
 # --- circuit breaker ----------------------------------------------------------------------------
@@ -217,13 +259,142 @@ def _rate_limit_wait(integration: Integration, cfg: DeliveryConfig) -> tuple[dat
 
 
 def _max_wait(configured: float) -> float:
-    """A worker never sleeps long enough for the sweeper to think the send died (stall / 4 at most)."""
-    return min(configured, settings.CLARION["STALL_SECONDS"] / 4)
+    """A worker never sleeps long enough for its send to be presumed dead (a third of the heartbeat timeout)."""
+    return min(configured, max_call_seconds())
 
 
 def _still_ours(message: Message) -> bool:
-    """After a wait: refresh the heartbeat, and make sure the sweeper has not taken the message back."""
+    """After a wait: refresh the heartbeat, and make sure the message was not presumed dead meanwhile."""
     return bool(Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(updated_at=timezone.now()))
+
+
+def _begin_call(message: Message, integration: Integration | None, provider_name: str) -> bool:
+    """Write ahead of a provider call: the heartbeat, and which integration is about to get the message.
+
+    If the worker dies during the call, ``messages_redrive`` finds this and puts the message in
+    doubt (rather than sending it again elsewhere). False: the message is no longer ours.
+    """
+    now = timezone.now()
+    ours = Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        send_started_at=now, integration=integration, provider=provider_name, updated_at=now
+    )
+    if ours:
+        message.send_started_at, message.integration, message.provider = now, integration, provider_name
+    return bool(ours)
+
+
+# --- in doubt -----------------------------------------------------------------------------------
+
+
+def _in_doubt_decision(
+    message: Message,
+    *,
+    provider: Provider | None,
+    provider_name: str,
+    integration: Integration | None,
+    rounds: int,
+    elapsed: float,
+    cfg: DeliveryConfig,
+) -> tuple[bool, str]:
+    """(resend?, why) for a message whose ``rounds``-th send ended in doubt.
+
+    The category's ``in_doubt_policy``: ``drop`` never resends, ``resend`` always does, ``auto``
+    (the default) resends when the category is critical (at least once) or when the provider
+    drops a second request with the same idempotency key (within its window), else holds it (at
+    most once). Never more than ``IN_DOUBT_RESENDS`` resends.
+    """
+    category = message_category(message=message)
+    named = f"category '{category.key}'" if category else "no category"
+    policy = category.in_doubt_policy if category else ""
+    if rounds > cfg.in_doubt_resends:
+        return False, f"resent {rounds - 1} time(s) already, the most allowed (IN_DOUBT_RESENDS)"
+    if policy == IN_DOUBT_DROP:
+        return False, f"{named} never resends (in_doubt_policy drop: at most once)"
+    if policy == IN_DOUBT_RESEND:
+        return True, f"{named} resends (in_doubt_policy resend: at least once)"
+    dedupes = provider is not None and provider.deduplicates_for(integration)
+    window = provider.dedupe_window if provider is not None else None
+    # A resend comes at most BACKOFF_MAX later: it must still fall within the provider's memory.
+    if dedupes and (window is None or elapsed + cfg.backoff_max < window):
+        return True, f"{provider_name} drops a second request with the same idempotency key"
+    if category is not None and category.critical:
+        return True, f"{named} is critical (at least once)"
+    return False, f"{named} is not critical and {provider_name} does not deduplicate (at most once)"
+
+
+def _settle_in_doubt(
+    message: Message,
+    *,
+    integration: Integration | None,
+    provider_name: str,
+    evidence: str,
+    started_at: datetime | None,
+    now: datetime | None = None,
+    guard: Q | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """A send of this message may have reached ``integration``: resend it there later, or hold it.
+
+    One conditional UPDATE from ``sending`` (plus ``guard``), so two processes settling the same
+    message cannot both win. Returns whether this call settled it. The message's ``error`` says
+    what happened and why it is (not) resent: the trace shows it.
+    """
+    cfg = delivery_config()
+    now = now or timezone.now()
+    rounds = message.in_doubt_count + 1
+    elapsed = (now - started_at).total_seconds() if started_at else 0.0
+    resend, why = _in_doubt_decision(
+        message,
+        provider=get_provider(message.channel, integration.provider if integration else "smtp"),
+        provider_name=provider_name,
+        integration=integration,
+        rounds=rounds,
+        elapsed=elapsed,
+        cfg=cfg,
+    )
+    updates: dict[str, Any] = {
+        "in_doubt_count": F("in_doubt_count") + 1,
+        "send_started_at": None,
+        "integration": integration,
+        "provider": provider_name,
+        "updated_at": now,
+        **(extra or {}),
+    }
+    if resend:
+        at = now + timedelta(seconds=_backoff(rounds, None, cfg))
+        updates.update(status=Message.Status.QUEUED, next_attempt_at=at)
+        error = f"in doubt: {evidence}; resending through {provider_name} with the same idempotency key: {why}"
+    else:
+        updates.update(status=Message.Status.IN_DOUBT, next_attempt_at=None)
+        error = f"in doubt: {evidence}; not resent: {why}"
+    updates["error"] = error[:5000]
+    queryset = Message.objects.filter(pk=message.pk, status=Message.Status.SENDING)
+    if guard is not None:
+        queryset = queryset.filter(guard)
+    if not queryset.update(**updates):
+        return False
+    message.status = updates["status"]
+    message.in_doubt_count, message.error, message.send_started_at = rounds, updates["error"], None
+    message.next_attempt_at, message.integration, message.provider = (
+        updates["next_attempt_at"],
+        integration,
+        provider_name,
+    )
+    logger.warning("message %s in doubt (%s): %s", message.pk, "resend" if resend else "held", error[:300])
+    return True
+
+
+def _hold_in_doubt(message: Message, reason: str) -> None:
+    """A message already in doubt that cannot be resent now: it stays in doubt, saying why."""
+    error = f"in doubt: {reason}"[:5000]
+    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
+        status=Message.Status.IN_DOUBT,
+        next_attempt_at=None,
+        send_started_at=None,
+        error=error,
+        updated_at=timezone.now(),
+    )
+    message.status, message.error = Message.Status.IN_DOUBT, error
 
 
 # --- delivery -----------------------------------------------------------------------------------
@@ -288,6 +459,8 @@ class _Outcome:
     last_error: ProviderError | None = None
     reopen_at: datetime | None = None  # the earliest time a paused integration (open circuit, Retry-After) may be tried
     failures: Counter[int | None] = field(default_factory=Counter)
+    # The message is in doubt at this integration: only it may send it again, never another.
+    pinned: bool = False
 
 
 def message_deliver(*, message_id: int, only_integration: Integration | None = None) -> Message | None:
@@ -300,20 +473,36 @@ def message_deliver(*, message_id: int, only_integration: Integration | None = N
     """
     if not _claim(message_id, timezone.now()):
         return None
-    message = Message.objects.select_related("subscriber").get(pk=message_id)
+    message = Message.objects.select_related("subscriber", "integration").get(pk=message_id)
     try:
         _deliver_claimed(message, only_integration=only_integration)
-    except Exception as exc:  # a bug must not leave the message in sending until the sweeper
+    except Exception as exc:  # a bug must not leave the message in sending until it is presumed dead
         logger.exception("message %s: delivery crashed", message.pk)
-        _defer(message, until=timezone.now() + timedelta(seconds=60), error=f"{type(exc).__name__}: {exc}")
+        what = f"{type(exc).__name__}: {exc}"
+        if message.send_started_at is not None:
+            # Crashed during or right after a provider call, before its answer was recorded.
+            _settle_in_doubt(
+                message,
+                integration=message.integration,
+                provider_name=message.provider or "default",
+                evidence=f"delivery crashed during the {message.provider or 'default'} call ({what})",
+                started_at=message.send_started_at,
+            )
+        else:
+            _defer(message, until=timezone.now() + timedelta(seconds=60), error=what)
     return message
 
 
 def _deliver_claimed(message: Message, *, only_integration: Integration | None) -> None:
     cfg = delivery_config()
+    pinned = message.in_doubt_count > 0 and only_integration is None
     age = (timezone.now() - message.created_at).total_seconds()
     if age > cfg.message_ttl and only_integration is None:
-        _finish_failed(message, f"expired: not delivered within {cfg.message_ttl:.0f} s ({message.error})".strip())
+        expired = f"expired: not delivered within {cfg.message_ttl:.0f} s ({message.error})".strip()
+        if pinned:
+            _hold_in_doubt(message, f"{expired}; an earlier send may still have reached {message.provider}")
+        else:
+            _finish_failed(message, expired)
         return
     suppression = _suppression_of(message)
     if suppression is not None:
@@ -321,6 +510,20 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
         return
     if only_integration is not None:
         candidates: list[Integration | None] = [only_integration]
+    elif pinned:
+        # An earlier send may have reached this integration: only it may send the message again
+        # (with the same idempotency key), never the next one in the failover order.
+        integration = message.integration
+        if integration is None and message.provider != "default":
+            _hold_in_doubt(message, f"the integration that may have it ({message.provider}) was deleted; not resent")
+            return
+        if integration is not None and not integration.active:
+            _hold_in_doubt(
+                message,
+                f"{integration.provider} (integration {integration.pk}), which may have it, is inactive; not resent",
+            )
+            return
+        candidates = [integration]
     else:
         candidates = list(integrations_for(environment_id=message.environment_id, channel=message.channel))
         if not candidates and message.channel == "email":
@@ -328,13 +531,18 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
     if not candidates:
         _finish_failed(message, f"no active {message.channel} integration")
         return
-    outcome = _Outcome()
+    outcome = _Outcome(pinned=pinned)
     if message.attempts:  # a re-driven message resumes where it left off
-        outcome.failures.update(
-            DeliveryAttempt.objects.filter(message=message, status=DeliveryAttempt.Status.FAILED).values_list(
-                "integration_id", flat=True
-            )
-        )
+        for integration_id, status in (
+            DeliveryAttempt.objects.filter(message=message)
+            .exclude(status=DeliveryAttempt.Status.SUCCESS)
+            .order_by("id")
+            .values_list("integration_id", "status")
+        ):
+            if status == DeliveryAttempt.Status.IN_DOUBT:
+                outcome.failures.clear()  # a resend gets its integration's retries afresh
+            else:
+                outcome.failures[integration_id] += 1
     for integration in candidates:
         done = _try_integration(message, integration, outcome, cfg)
         if done:
@@ -345,6 +553,23 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
         _defer(message, until=outcome.reopen_at, error=reason)
         return
     error = str(outcome.last_error) if outcome.last_error else "no provider could send"
+    if pinned:
+        integration = candidates[0]
+        name = integration.provider if integration else "default"
+        if outcome.last_error is not None and outcome.last_error.retryable:
+            # This round surely sent nothing, but an earlier one may have: the policy decides again.
+            _settle_in_doubt(
+                message,
+                integration=integration,
+                provider_name=name,
+                evidence=f"the resend through {name} did not get through ({error}); an earlier send may have",
+                started_at=None,
+            )
+        else:
+            _hold_in_doubt(
+                message, f"the resend through {name} was refused ({error}); an earlier send may have reached it"
+            )
+        return
     _finish_failed(message, error)
 
 
@@ -370,24 +595,35 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
                 if reopen_at and (outcome.reopen_at is None or reopen_at < outcome.reopen_at):
                     outcome.reopen_at = reopen_at
                 return False
-            slot, slept = _rate_limit_wait(integration, cfg)
+            slot, _slept = _rate_limit_wait(integration, cfg)
             if slot is not None:
                 _defer(message, until=slot, error=f"rate limit of {integration.rate_limit}/s on {provider_name}")
                 return True
-            if slept and not _still_ours(message):
-                return True
+        if not _begin_call(message, integration, provider_name):
+            return True  # presumed dead during a wait and taken over: whoever holds it now sends it
+        call_started_at = message.send_started_at
         started = time.monotonic()
         try:
             result = _send(provider, message, integration)
         except ProviderError as exc:
             _record_attempt(message, integration, provider_name, started=started, error=exc)
-            outcome.failures[key] += 1
-            first_ok = False
             outcome.last_error = exc
             _remove_dead_devices(exc.dead_devices)
             if integration is not None and exc.kind in CIRCUIT_KINDS:
                 _circuit_failure(integration, cfg)
             logger.warning("message %s: %s failed (%s): %s", message.pk, provider_name, exc.kind, exc)
+            if exc.in_doubt:
+                # The provider may have it: no retry elsewhere, no failover; the policy decides.
+                _settle_in_doubt(
+                    message,
+                    integration=integration,
+                    provider_name=provider_name,
+                    evidence=f"{provider_name}: {exc}",
+                    started_at=call_started_at,
+                )
+                return True
+            outcome.failures[key] += 1
+            first_ok = False
             if exc.kind in FAILOVER_KINDS:
                 return False
             if not exc.retryable:
@@ -400,6 +636,8 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
                         detail=str(exc),
                         message=message,
                     )
+                elif outcome.pinned:
+                    return False  # refused, but an earlier send may have gone through: held
                 _finish_failed(message, f"{provider_name}: {exc}")
                 return True
             if outcome.failures[key] >= allowed:
@@ -415,7 +653,7 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
             if delay <= _max_wait(cfg.inline_wait_max):
                 time.sleep(delay)
                 if not _still_ours(message):
-                    return True  # the sweeper took it back meanwhile: whoever holds it now sends it
+                    return True  # presumed dead meanwhile and taken over: whoever holds it now sends it
                 continue
             _defer(message, until=timezone.now() + timedelta(seconds=delay), error=f"{provider_name}: {exc}")
             return True
@@ -432,12 +670,14 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
 
 def _send(provider: Provider, message: Message, integration: Integration | None) -> SendResult:
     try:
-        return provider.send(message, integration)
+        with heartbeat_during(lambda: _still_ours(message)):
+            return provider.send(message, integration)
     except ProviderError:
         raise
     except Exception as exc:  # a provider library raising something unexpected: keep it on the attempt
         logger.exception("message %s: provider %s raised", message.pk, provider.name)
-        raise ProviderError(f"{type(exc).__name__}: {exc}", kind=ErrorKind.CONNECTION) from exc
+        # Unknown when it failed, so possibly after the request went out: in doubt.
+        raise ProviderError(f"{type(exc).__name__}: {exc}", kind=ErrorKind.UNKNOWN) from exc
 
 
 def message_send_now(
@@ -537,24 +777,120 @@ def messages_deliver(*, message_ids: Sequence[int]) -> None:
         message_deliver(message_id=message_id)
 
 
-def messages_requeue_stalled(*, stalled_before: datetime) -> list[int]:
-    """What the sweeper should (re-)deliver: due retries, lost tasks, sends interrupted by a dead worker.
+def messages_redrive(*, now: datetime, limit: int = 5000) -> list[int]:
+    """The message ids to enqueue now; called every second on every worker host (the ticker).
 
-    A message left in ``sending`` is put back to ``queued``: the worker died before recording
-    the provider's answer, and a retry is preferable to a silent loss. (A live send keeps its
-    ``updated_at`` fresh with every attempt.)
+    1. Sends presumed dead (``sending`` with no heartbeat for ``SEND_HEARTBEAT_SECONDS``): one that
+       died during a provider call goes in doubt and its category's policy decides (resend to the
+       same integration later, or hold); one that died outside a call is simply queued again.
+    2. Queued messages whose ``next_attempt_at`` has come (deferred retries, resends): marked as
+       handed out (``next_attempt_at`` cleared) in the same statement that selects them, so
+       concurrent callers never get the same id, and the next call does not return it again unless
+       it becomes due again. Each step is one indexed query when there is nothing to do.
+    """
+    stale_before = now - timedelta(seconds=send_heartbeat_seconds())
+    _settle_dead_sends(stale_before=stale_before, now=now, limit=min(limit, 500))
+    return _take_due(now=now, limit=limit)
+
+
+def messages_requeue_stalled(*, stalled_before: datetime) -> list[int]:
+    """What the minute sweeper should (re-)deliver: due retries and lost tasks (queued, not handed
+    out since ``stalled_before``), after settling dead sends by the same in-doubt rule as
+    ``messages_redrive`` (never a send whose heartbeat is fresher than ``SEND_HEARTBEAT_SECONDS``).
     """
     now = timezone.now()
-    Message.objects.filter(status=Message.Status.SENDING, updated_at__lt=stalled_before).update(
-        status=Message.Status.QUEUED, next_attempt_at=None, updated_at=now
-    )
-    return list(
-        Message.objects.filter(status=Message.Status.QUEUED)
-        .filter(Q(next_attempt_at__isnull=True, created_at__lt=stalled_before) | Q(next_attempt_at__lte=now))
+    stale_before = min(stalled_before, now - timedelta(seconds=send_heartbeat_seconds()))
+    _settle_dead_sends(stale_before=stale_before, now=now, limit=5000)
+    due = _take_due(now=now, limit=5000)
+    lost = list(
+        Message.objects.filter(
+            status=Message.Status.QUEUED, next_attempt_at__isnull=True, updated_at__lt=stalled_before
+        )
         .exclude(channel="in_app")
         .order_by("pk")
         .values_list("pk", flat=True)[:5000]
     )
+    return sorted({*due, *lost})
+
+
+def _settle_dead_sends(*, stale_before: datetime, now: datetime, limit: int) -> None:
+    """``sending`` messages whose heartbeat stopped before ``stale_before``: their worker is gone."""
+    rows = list(
+        Message.objects.filter(status=Message.Status.SENDING, updated_at__lt=stale_before)
+        .select_related("integration")
+        .order_by("updated_at")[:limit]
+    )
+    if not rows:
+        return
+    idle = [m.pk for m in rows if m.send_started_at is None]
+    if idle:  # died between calls (claiming, waiting): nothing reached a provider since the last answer
+        Message.objects.filter(
+            pk__in=idle, status=Message.Status.SENDING, updated_at__lt=stale_before, send_started_at__isnull=True
+        ).update(status=Message.Status.QUEUED, next_attempt_at=now, updated_at=now)
+    for message in rows:
+        started_at = message.send_started_at
+        if started_at is None:
+            continue
+        name = message.provider or (message.integration.provider if message.integration else "default")
+        evidence = (
+            f"the worker stopped during the {name} call started at {started_at.isoformat()} "
+            f"(no heartbeat since {message.updated_at.isoformat()})"
+        )
+        settled = _settle_in_doubt(
+            message,
+            integration=message.integration,
+            provider_name=name,
+            evidence=evidence,
+            started_at=started_at,
+            now=now,
+            guard=Q(updated_at__lt=stale_before, send_started_at=started_at),
+            extra={"attempts": F("attempts") + 1},
+        )
+        if settled:
+            DeliveryAttempt.objects.create(
+                message=message,
+                integration=message.integration,
+                provider=name,
+                status=DeliveryAttempt.Status.IN_DOUBT,
+                error_kind=ErrorKind.WORKER_DIED,
+                error=evidence,
+                duration_ms=max(0, int((message.updated_at - started_at).total_seconds() * 1000)),
+            )
+
+
+_RETURNING = connection.vendor == "postgresql" or sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _take_due(*, now: datetime, limit: int) -> list[int]:
+    """Queued messages due by ``now``: clear their ``next_attempt_at`` and return their ids, at once.
+
+    ``UPDATE … RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` subquery on PostgreSQL (concurrent
+    callers take disjoint rows without waiting); on SQLite writers are serialized, so the same
+    statement is atomic there too.
+    """
+    if not _RETURNING:  # pragma: no cover - SQLite older than 3.35
+        ids = list(
+            Message.objects.filter(status=Message.Status.QUEUED, next_attempt_at__lte=now)
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        Message.objects.filter(pk__in=ids, status=Message.Status.QUEUED, next_attempt_at__lte=now).update(
+            next_attempt_at=None, updated_at=now
+        )
+        return sorted(ids)
+    table = connection.ops.quote_name(Message._meta.db_table)
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    at = connection.ops.adapt_datetimefield_value(now)
+    queued = Message.Status.QUEUED.value
+    sql = (
+        f"UPDATE {table} SET next_attempt_at = NULL, updated_at = %s "
+        f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND next_attempt_at <= %s "
+        f"ORDER BY next_attempt_at LIMIT %s{lock}) "
+        "AND status = %s AND next_attempt_at <= %s RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [at, queued, at, limit, queued, at])
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 # --- statuses from provider callbacks -----------------------------------------------------------
@@ -645,6 +981,12 @@ def message_events_record(*, integration: Integration, events: Sequence[StatusEv
         except IntegrityError:
             logger.info("duplicate %s event %s ignored", event.provider, event.dedupe_key)
             continue
+        if message is not None and event.provider_message_id and not message.provider_message_id:
+            # Matched by Clarion's id: the send's answer was never recorded (in doubt, or not yet).
+            Message.objects.filter(pk=message.pk, provider_message_id="").update(
+                provider_message_id=event.provider_message_id[:255]
+            )
+            message.provider_message_id = event.provider_message_id[:255]
         if message is not None and event.status:
             row.applied = message_status_apply(
                 message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description

@@ -5,9 +5,10 @@
 
 Delivered, bounced and failed end delivery; opened and clicked (and in-app ``read``) are
 engagement after delivery. ``in_doubt`` is a send whose outcome is unknown (the provider may have
-accepted it): any callback from the provider (sent, delivered, bounced…) moves it on. A status update is applied only when it moves the message forward, so
-a duplicate or late callback ("sent" after "delivered", "delivered" after "opened") changes
-nothing, and nothing leaves bounced or failed.
+accepted it): any callback from the provider (sent, delivered, bounced…) moves it on. A status
+update is applied only when it moves the message forward, so a duplicate or late callback ("sent"
+after "delivered", "delivered" after "opened") changes nothing, and nothing leaves bounced or
+failed.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from apps.delivery.models import Message, Suppression
+from apps.delivery.providers.base import idempotency_key
 from apps.delivery.providers.webhook import SIGNATURE_HEADER, verify
 from apps.delivery.selectors import reachable_channels
 from apps.delivery.services import message_send_now
@@ -296,6 +297,7 @@ def test_chat_posts_to_the_subscribers_webhook_or_the_integrations(tenant, fake_
         assert second == {
             "text": "plain text",
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "plain text"}}],
+            "metadata": {"event_type": "clarion_notification", "event_payload": {"clarion_message_id": str(m2.pk)}},
         }
     elif provider == "discord":
         assert first["embeds"] == [{"title": "Deploy", "description": "v2 is live", "url": "https://a.test"}]
@@ -373,7 +375,7 @@ def test_webhook_channel_posts_signed_payload_from_a_workflow(tenant, fake_serve
     t, s = request.headers[SIGNATURE_HEADER].split(",")
     assert t.startswith("t=") and s.startswith("s=") and len(s) == 2 + 64
     assert request.headers["X-Team"] == "growth"
-    assert request.headers["Idempotency-Key"] == f"clarion-message-{message.pk}"
+    assert request.headers["Idempotency-Key"] == idempotency_key(message)
     body = request.json()
     assert body["subscriber_id"] == "u1" and body["workflow"] == "order-shipped"
     assert body["transaction_id"] == "tx-1" and body["payload"] == {"order": 42}
@@ -417,6 +419,7 @@ def test_twilio_sends_with_status_callback(tenant, settings):
     assert form["To"] == ["+15557654321"] and form["From"] == ["+15550001111"] and form["Body"] == ["Hello"]
     assert form["StatusCallback"] == [
         f"https://clarion.example.com/api/v1/webhooks/twilio/{integration.webhook_key}/status"
+        f"?clarion_message_id={message.pk}"
     ]
     assert responses.calls[0].request.headers["Authorization"].startswith("Basic ")
 

@@ -180,9 +180,10 @@ def test_interrupted_send_is_requeued(email_flow, settings):
 
     process_event(Event.objects.get().pk)
     message = Message.objects.get()
-    Message.objects.filter(pk=message.pk).update(status=Message.Status.SENDING)
-    later = timezone.now() + timedelta(minutes=10)
-    assert messages_requeue_stalled(stalled_before=later) == [message.pk]
+    # A worker claimed it and died before calling any provider (no send_started_at): queued again.
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.SENDING, updated_at=long_ago)
+    assert messages_requeue_stalled(stalled_before=timezone.now() - timedelta(minutes=2)) == [message.pk]
     message_deliver(message_id=message.pk)
     assert Message.objects.get().status == Message.Status.SENT
 

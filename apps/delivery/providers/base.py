@@ -2,40 +2,60 @@
 
 A provider is a class with a ``channel``, a ``name`` and ``send(message, integration)``; adding
 one is one module that defines it and decorates it with ``@register``. ``send`` returns a
-``SendResult`` or raises ``ProviderError`` saying whether the failure is worth retrying.
+``SendResult`` or raises ``ProviderError`` saying whether the failure is worth retrying, and
+whether the request may have reached the provider anyway (``in_doubt``).
+
+Every request carries Clarion's message id: as the API's idempotency key where it has one
+(``idempotency_key``), and as metadata the provider echoes in its callbacks. A provider class says
+how (``idempotency_field``, ``metadata_field``) and whether its API drops a second request with the
+same key (``deduplicates``): the in-doubt policy resends safely only then.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
-from collections.abc import Mapping
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
+import urllib3.exceptions
+from django.conf import settings
 
 if TYPE_CHECKING:
     from apps.delivery.models import Integration, Message
 
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_SEND_HEARTBEAT_SECONDS = 30.0
 
 
 class ErrorKind:
-    """Why a send failed. The first group is retryable, the second terminal."""
+    """Why a send failed: retryable (nothing was sent), in doubt (it may have been), or terminal."""
 
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
+    # Nothing reached the provider, or it answered "not now": retry, then fail over.
+    CONNECTION = "connection"  # refused, DNS failure, connect timeout, TLS certificate
     RATE_LIMITED = "rate_limited"
     SERVER_ERROR = "server_error"
+    # The request may have reached the provider, which may have accepted it.
+    TIMEOUT = "timeout"  # no answer in time after the request was written (or HTTP 504)
+    CONNECTION_LOST = "connection_lost"  # the connection broke after the request was written
+    WORKER_DIED = "worker_died"  # the worker stopped during the provider call
+    UNKNOWN = "unknown"  # the provider library failed in an unexpected way
+    # Terminal.
     INVALID_ADDRESS = "invalid_address"  # bad email, invalid phone number, dead push token
     AUTH = "auth"  # wrong or revoked credentials
     REJECTED = "rejected"  # the provider refused this message (content, policy, 4xx)
     CONFIGURATION = "configuration"  # the integration is missing something
     NO_DESTINATION = "no_destination"  # nothing to send to (no device, no webhook URL)
 
-    RETRYABLE = frozenset({TIMEOUT, CONNECTION, RATE_LIMITED, SERVER_ERROR})
+    RETRYABLE = frozenset({CONNECTION, RATE_LIMITED, SERVER_ERROR})
+    IN_DOUBT = frozenset({TIMEOUT, CONNECTION_LOST, WORKER_DIED, UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -70,18 +90,76 @@ class ProviderError(Exception):
     def retryable(self) -> bool:
         return self.kind in ErrorKind.RETRYABLE
 
+    @property
+    def in_doubt(self) -> bool:
+        """The provider may have accepted the message: sending it again may duplicate it."""
+        return self.kind in ErrorKind.IN_DOUBT
+
 
 def kind_for_status(status_code: int | None) -> str:
-    """Classify an HTTP status: 429 and 5xx (and 408) retry, 401/403 are credentials, other 4xx stop."""
+    """Classify an HTTP status: 429, 408 and 5xx retry, 401/403 are credentials, other 4xx stop.
+
+    504 is a gateway that gave up waiting for the provider, which may still have accepted the
+    message: in doubt. 408 is the server saying it never got the whole request: safe to retry.
+    """
     if status_code is None:
         return ErrorKind.CONNECTION
+    if 200 <= status_code < 300:
+        return ErrorKind.UNKNOWN  # accepted, but the answer could not be read
     if status_code == 429:
         return ErrorKind.RATE_LIMITED
+    if status_code == 504:
+        return ErrorKind.TIMEOUT
     if status_code == 408 or status_code >= 500:
-        return ErrorKind.SERVER_ERROR if status_code != 408 else ErrorKind.TIMEOUT
+        return ErrorKind.SERVER_ERROR
     if status_code in (401, 403):
         return ErrorKind.AUTH
     return ErrorKind.REJECTED
+
+
+def _not_sent_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [
+        requests.exceptions.ConnectTimeout,
+        requests.exceptions.ProxyError,
+        urllib3.exceptions.ConnectTimeoutError,  # NewConnectionError and NameResolutionError too
+        socket.gaierror,
+        ConnectionRefusedError,
+        ssl.SSLCertVerificationError,
+    ]
+    try:
+        from botocore import exceptions as boto
+
+        types += [boto.ConnectTimeoutError, boto.EndpointConnectionError]
+    except ImportError:  # pragma: no cover - boto3 comes with the SES extra
+        pass
+    return tuple(types)
+
+
+# Failures that happen before a request is written: connecting, resolving, the TLS handshake.
+NOT_SENT_ERRORS = _not_sent_types()
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it wraps: ``__cause__``, urllib3's ``reason``, exceptions in ``args``.
+
+    Not ``__context__``: an unrelated error handled earlier (a first connect attempt refused)
+    must not make a later in-doubt failure look safe.
+    """
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < 25:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = (current.__cause__, getattr(current, "reason", None), *current.args)
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def nothing_was_sent(exc: BaseException) -> bool:
+    """Whether a network failure certainly happened before the request was written."""
+    return any(isinstance(cause, NOT_SENT_ERRORS) for cause in _causes(exc))
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -120,11 +198,64 @@ def error_from_response(response: requests.Response, *, what: str) -> ProviderEr
 
 
 def error_from_requests_exception(exc: requests.RequestException, *, what: str) -> ProviderError:
-    if isinstance(exc, requests.Timeout):
-        return ProviderError(f"{what} timed out: {exc}", kind=ErrorKind.TIMEOUT)
+    """Refused / DNS / connect timeout: nothing sent (retry, fail over). A timeout or a broken
+    connection once the request was written: in doubt."""
     if exc.response is not None:
         return error_from_response(exc.response, what=what)
-    return ProviderError(f"{what} unreachable: {exc}", kind=ErrorKind.CONNECTION)
+    if nothing_was_sent(exc):
+        return ProviderError(f"{what} unreachable: {exc}", kind=ErrorKind.CONNECTION)
+    if isinstance(exc, requests.Timeout):
+        return ProviderError(f"{what} did not answer in time after the request was sent: {exc}", kind=ErrorKind.TIMEOUT)
+    if isinstance(exc, ValueError):  # InvalidURL, MissingSchema…: raised before anything is sent
+        return ProviderError(f"{what}: {exc}", kind=ErrorKind.CONFIGURATION)
+    return ProviderError(f"{what}: connection lost after the request was sent: {exc}", kind=ErrorKind.CONNECTION_LOST)
+
+
+def idempotency_key(message: Message) -> str:
+    """The message's idempotency key: the same on every retry and resend of that message.
+
+    Its id, plus its creation time in microseconds, so that two installations (or a re-created
+    database) sending through one provider account never present the same key for different
+    messages: a provider that deduplicates would silently drop the second.
+    """
+    stamp = int(message.created_at.timestamp() * 1_000_000) if message.created_at else 0
+    return f"clarion-message-{message.pk}-{stamp}"
+
+
+def send_heartbeat_seconds() -> float:
+    """How long a send may go without a heartbeat before it is presumed dead (its worker gone)."""
+    return float(settings.CLARION.get("SEND_HEARTBEAT_SECONDS", DEFAULT_SEND_HEARTBEAT_SECONDS))
+
+
+def max_call_seconds() -> float:
+    """The longest timeout a provider call may have: a third of the heartbeat timeout.
+
+    Timeouts apply per socket operation, so one call can take about twice its timeout (connecting,
+    then waiting for the answer); a third leaves a margin for the database writes around it.
+    """
+    return send_heartbeat_seconds() / 3
+
+
+_heartbeat: ContextVar[Callable[[], bool] | None] = ContextVar("clarion_send_heartbeat", default=None)
+
+
+@contextmanager
+def heartbeat_during(beat: Callable[[], bool]) -> Iterator[None]:
+    """Make ``beat`` what ``heartbeat()`` calls while a provider sends (set by the delivery service)."""
+    token = _heartbeat.set(beat)
+    try:
+        yield
+    finally:
+        _heartbeat.reset(token)
+
+
+def heartbeat() -> bool:
+    """Between two calls of one send (one per device): refresh the message's heartbeat.
+
+    False when the message is no longer this worker's (it was presumed dead): stop sending.
+    """
+    beat = _heartbeat.get()
+    return True if beat is None else beat()
 
 
 def http_post(
@@ -156,18 +287,33 @@ class Provider:
     name: ClassVar[str]
     # Credential keys that are required; checked when an integration is saved through the API.
     required_credentials: ClassVar[tuple[str, ...]] = ()
+    # Whether the API drops a second request carrying the same idempotency key (for how long, in
+    # seconds, when it does): only then is resending a message in doubt free of duplicates.
+    deduplicates: ClassVar[bool] = False
+    dedupe_window: ClassVar[float | None] = None
+    # How the idempotency key travels ("" when the API has none) and where the message id goes as
+    # metadata; docs/providers.md lists both per provider (a test keeps it in step).
+    idempotency_field: ClassVar[str] = ""
+    metadata_field: ClassVar[str] = ""
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         raise NotImplementedError
 
+    def deduplicates_for(self, integration: Integration | None) -> bool:
+        return self.deduplicates
+
     @staticmethod
     def timeout(integration: Integration | None) -> float:
-        if integration is None:
-            return DEFAULT_TIMEOUT
-        try:
-            return float(integration.settings.get("timeout", DEFAULT_TIMEOUT))
-        except (TypeError, ValueError):
-            return DEFAULT_TIMEOUT
+        """Seconds per provider call: the integration's ``timeout`` setting, never above ``max_call_seconds()``."""
+        configured = DEFAULT_TIMEOUT
+        if integration is not None:
+            try:
+                configured = float(integration.settings.get("timeout", DEFAULT_TIMEOUT))
+            except (TypeError, ValueError):
+                configured = DEFAULT_TIMEOUT
+            if configured <= 0:
+                configured = DEFAULT_TIMEOUT
+        return min(configured, max_call_seconds())
 
 
 _REGISTRY: dict[tuple[str, str], Provider] = {}

@@ -52,6 +52,7 @@ def _text(message: Message) -> str:
 @register
 class Slack(ChatProvider):
     name = "slack"
+    metadata_field = "metadata.event_payload.clarion_message_id"
 
     def payload(self, message: Message) -> dict[str, Any]:
         text = _text(message)
@@ -67,7 +68,15 @@ class Slack(ChatProvider):
                     "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open"}, "url": action_url}],
                 }
             )
-        return {"text": f"{message.subject}\n{text}" if message.subject and message.body else text, "blocks": blocks}
+        return {
+            "text": f"{message.subject}\n{text}" if message.subject and message.body else text,
+            "blocks": blocks,
+            # Message metadata (incoming webhooks accept it): apps reading the channel see the id.
+            "metadata": {
+                "event_type": "clarion_notification",
+                "event_payload": {"clarion_message_id": str(message.pk)},
+            },
+        }
 
 
 @register

@@ -5,6 +5,12 @@ backend as keyword arguments (Anymail backends accept their settings as kwargs, 
 or ``server_token``; Django's SMTP backend takes ``host``, ``port``, ``username``, ``password``,
 ``use_tls``…). With no integration, Django's configured backend sends (the file backend on the
 embedded default).
+
+Every email carries Clarion's message id in an ``X-Clarion-Message-Id`` header and (for ESPs whose
+Anymail backend supports it) as Anymail metadata ``clarion_message_id``, which the ESP echoes in its
+tracking webhooks. Two ESPs deduplicate on an idempotency key: Resend (``Idempotency-Key`` HTTP
+header, 24 hours) and Brevo (``idempotencyKey`` in the message's ``headers``, a UUID, at least 15
+minutes); ``EMAIL_SPECS`` says which does what.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ import html
 import re
 import smtplib
 import socket
-import ssl
+import traceback
+import uuid
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import requests
+from anymail.backends.resend import EmailBackend as AnymailResendBackend
 from anymail.exceptions import AnymailAPIError, AnymailError, AnymailNotSupportedWarning, AnymailRecipientsRefused
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends import smtp as django_smtp
 from django.utils.html import strip_tags
 
 from apps.delivery.models import Integration, Message
@@ -29,7 +39,9 @@ from apps.delivery.providers.base import (
     Provider,
     ProviderError,
     SendResult,
+    idempotency_key,
     kind_for_status,
+    nothing_was_sent,
     parse_retry_after,
     register,
 )
@@ -40,7 +52,7 @@ EMAIL_BACKENDS: dict[str, str] = {
     "mailgun": "anymail.backends.mailgun.EmailBackend",
     "postmark": "anymail.backends.postmark.EmailBackend",
     "ses": "anymail.backends.amazon_ses.EmailBackend",
-    "resend": "anymail.backends.resend.EmailBackend",
+    "resend": "apps.delivery.providers.email.ResendBackend",
     "brevo": "anymail.backends.brevo.EmailBackend",
     "mailjet": "anymail.backends.mailjet.EmailBackend",
     "sparkpost": "anymail.backends.sparkpost.EmailBackend",
@@ -60,6 +72,56 @@ _SES_SESSION_KEYS = {
 }
 # Amazon SES error codes that mean "slow down" (HTTP 400 from SES, but retryable).
 _SES_THROTTLING = {"Throttling", "ThrottlingException", "TooManyRequestsException", "LimitExceededException"}
+
+
+@dataclass(frozen=True)
+class EmailSpec:
+    """What one ESP's API offers for Clarion's message id (see docs/providers.md)."""
+
+    metadata_field: str  # where Anymail puts ``metadata`` in that ESP's API ("" = not supported)
+    idempotency_field: str = ""
+    dedupe_window: float | None = None  # seconds the ESP remembers an idempotency key
+
+    @property
+    def deduplicates(self) -> bool:
+        return bool(self.idempotency_field)
+
+
+EMAIL_SPECS: dict[str, EmailSpec] = {
+    "smtp": EmailSpec(metadata_field=""),
+    "sendgrid": EmailSpec(metadata_field="custom_args"),
+    "mailgun": EmailSpec(metadata_field="v:clarion_message_id (user variable)"),
+    "postmark": EmailSpec(metadata_field="Metadata"),
+    "ses": EmailSpec(metadata_field="X-Metadata header"),
+    "resend": EmailSpec(
+        metadata_field="X-Metadata header", idempotency_field="Idempotency-Key HTTP header", dedupe_window=24 * 3600.0
+    ),
+    # Brevo documents a TTL of 15 minutes (elsewhere 30): the shorter one is assumed.
+    "brevo": EmailSpec(
+        metadata_field="X-Mailin-custom header", idempotency_field="headers.idempotencyKey (UUID)", dedupe_window=900.0
+    ),
+    "mailjet": EmailSpec(metadata_field="EventPayload"),
+    "sparkpost": EmailSpec(metadata_field="metadata"),
+    "mailersend": EmailSpec(metadata_field=""),  # Anymail has no metadata for MailerSend
+}
+
+
+class ResendBackend(AnymailResendBackend):
+    """Anymail's Resend backend plus Resend's ``Idempotency-Key`` request header."""
+
+    def build_message_payload(self, message: Any, defaults: Any) -> Any:
+        payload = super().build_message_payload(message, defaults)
+        key = getattr(message, "clarion_idempotency_key", "")
+        if key:
+            payload.headers["Idempotency-Key"] = key
+        return payload
+
+
+def brevo_idempotency_key(message: Message) -> str:
+    """Brevo wants a UUID: one derived from the message's idempotency key (stable across resends)."""
+    derived = uuid.uuid5(uuid.NAMESPACE_URL, f"clarion:{idempotency_key(message)}")
+    return str(uuid.UUID(bytes=derived.bytes, version=4))
+
 
 _BLOCK_END = re.compile(r"(?i)<br\s*/?>|</(p|div|h[1-6]|li|tr|table|blockquote)>")
 _LINK = re.compile(r'(?is)<a\s[^>]*href="([^"]+)"[^>]*>(.*?)</a>')
@@ -84,10 +146,22 @@ def backend_kwargs(integration: Integration) -> dict[str, Any]:
         if session:
             kwargs["session_params"] = session
     timeout = Provider.timeout(integration)
-    if integration.provider == "smtp":
-        kwargs.setdefault("timeout", timeout)
-    elif integration.provider != "ses":
-        kwargs.setdefault("timeout", timeout)  # Anymail requests-based backends: seconds per API call
+    if integration.provider == "ses":
+        # boto3 would wait 60 s and retry a timed-out SendEmail by itself (SES has no idempotency
+        # key, so a retry may duplicate): one attempt, bounded like every other provider call.
+        client_params = dict(kwargs.get("client_params") or {})
+        config = client_params.get("config")
+        config = dict(config) if isinstance(config, dict) else config
+        if config is None or isinstance(config, dict):
+            config = config or {}
+            config.setdefault("connect_timeout", timeout)
+            config.setdefault("read_timeout", timeout)
+            config.setdefault("retries", {"total_max_attempts": 1})
+            client_params["config"] = config
+        kwargs["client_params"] = client_params
+    else:
+        # Django's SMTP backend: seconds per socket operation; Anymail's: seconds per API call.
+        kwargs["timeout"] = min(float(kwargs.get("timeout") or timeout), timeout)
     return kwargs
 
 
@@ -110,6 +184,9 @@ def build_email(message: Message, integration: Integration | None) -> EmailMulti
     data = message.data or {}
     headers = {str(k): str(v) for k, v in (data.get("headers") or {}).items()}
     headers["X-Clarion-Message-Id"] = str(message.pk)
+    provider = integration.provider if integration else ""
+    if provider == "brevo":
+        headers["idempotencyKey"] = brevo_idempotency_key(message)
     text = data.get("text") or html_to_text(message.body)
     email = EmailMultiAlternatives(
         subject=message.subject,
@@ -122,13 +199,45 @@ def build_email(message: Message, integration: Integration | None) -> EmailMulti
     if reply_to:
         email.reply_to = [reply_to]
     email.attach_alternative(message.body, "text/html")
-    # Anymail: tag the message with its id so tracking webhooks can be matched by metadata too.
-    email.metadata = {"clarion_message_id": str(message.pk)}  # type: ignore[attr-defined]
+    # Anymail: tag the message with its id so tracking webhooks can be matched by metadata too
+    # (not for MailerSend, whose Anymail backend refuses metadata).
+    if provider != "mailersend":
+        email.metadata = {"clarion_message_id": str(message.pk)}  # type: ignore[attr-defined]
+    email.clarion_idempotency_key = idempotency_key(message)  # type: ignore[attr-defined]
     return email
 
 
+def _smtp_stage(exc: BaseException) -> str:
+    """Where an SMTP failure came from once the message may have been handed over: ``"data"`` (the
+    body was being sent or its answer awaited), ``"close"`` (after the send), else ``""``."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        if code.co_name == "close" and code.co_filename == django_smtp.__file__:
+            return "close"
+        if code.co_name == "data" and code.co_filename == smtplib.__file__:
+            return "data"
+    return ""
+
+
+def _boto_failure(text: str, cause: BaseException) -> ProviderError | None:
+    """Amazon SES: a botocore network failure before or after the request was written."""
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # pragma: no cover
+        return None
+    if not isinstance(cause, boto.BotoCoreError):
+        return None
+    if nothing_was_sent(cause):
+        return ProviderError(text, kind=ErrorKind.CONNECTION)
+    if isinstance(cause, boto.ReadTimeoutError):
+        return ProviderError(text, kind=ErrorKind.TIMEOUT)
+    if isinstance(cause, boto.HTTPClientError):
+        return ProviderError(text, kind=ErrorKind.CONNECTION_LOST)
+    return ProviderError(text, kind=ErrorKind.CONFIGURATION)  # credentials, parameters
+
+
 def _classify(exc: Exception) -> ProviderError:
-    """Every backend raises its own types: sort them into retryable and terminal."""
+    """Every backend raises its own types: sort them into retryable, in doubt and terminal."""
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, AnymailRecipientsRefused):
         return ProviderError(text[:2000], kind=ErrorKind.INVALID_ADDRESS)
@@ -138,6 +247,10 @@ def _classify(exc: Exception) -> ProviderError:
         retry_after = parse_retry_after(http.headers.get("Retry-After")) if hasattr(http, "headers") else None
         response: dict[str, Any] = {"status_code": status_code} if status_code else {}
         cause = exc.__cause__
+        if cause is not None and status_code is None:
+            boto = _boto_failure(text[:2000], cause)
+            if boto is not None:
+                return boto
         boto_error = getattr(cause, "response", None)
         if isinstance(boto_error, dict):  # Amazon SES (botocore ClientError)
             code = boto_error.get("Error", {}).get("Code", "")
@@ -145,13 +258,19 @@ def _classify(exc: Exception) -> ProviderError:
             response = {"status_code": status_code, "code": code}
             kind = ErrorKind.RATE_LIMITED if code in _SES_THROTTLING else kind_for_status(status_code)
             return ProviderError(text[:2000], kind=kind, status_code=status_code, response=response)
-        # Anymail re-raises a requests failure as a class that is both its error and requests'.
-        if isinstance(exc, requests.Timeout):
-            return ProviderError(text[:2000], kind=ErrorKind.TIMEOUT)
+        # Anymail re-raises a requests failure as a class that is both its error and requests'
+        # (the original is its cause): refused / DNS → not sent; timeout or reset → in doubt.
         if isinstance(exc, requests.RequestException) and status_code is None:
-            return ProviderError(text[:2000], kind=ErrorKind.CONNECTION)
+            if nothing_was_sent(exc):
+                kind = ErrorKind.CONNECTION
+            elif isinstance(exc, requests.Timeout):
+                kind = ErrorKind.TIMEOUT
+            else:
+                kind = ErrorKind.CONNECTION_LOST
+            return ProviderError(f"{text} ({cause})"[:2000], kind=kind)
         if status_code is None and isinstance(exc, AnymailAPIError) and isinstance(cause, OSError):
-            return ProviderError(text[:2000], kind=ErrorKind.CONNECTION)
+            kind = ErrorKind.CONNECTION if nothing_was_sent(cause) else ErrorKind.CONNECTION_LOST
+            return ProviderError(text[:2000], kind=kind)
         if status_code is None:
             return ProviderError(text[:2000], kind=ErrorKind.CONFIGURATION)
         return ProviderError(
@@ -168,11 +287,16 @@ def _classify(exc: Exception) -> ProviderError:
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return ProviderError(text[:2000], kind=ErrorKind.AUTH, status_code=exc.smtp_code)
     if isinstance(exc, smtplib.SMTPResponseException):
+        if _smtp_stage(exc) == "close":  # the server had accepted the message; closing failed
+            return ProviderError(text[:2000], kind=ErrorKind.UNKNOWN, status_code=exc.smtp_code)
+        # A definite answer, to a command or to the message itself.
         kind = ErrorKind.SERVER_ERROR if 400 <= exc.smtp_code < 500 else ErrorKind.REJECTED
         return ProviderError(text[:2000], kind=kind, status_code=exc.smtp_code)
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return ProviderError(text[:2000], kind=ErrorKind.TIMEOUT)
-    if isinstance(exc, smtplib.SMTPServerDisconnected | ConnectionError | ssl.SSLError | OSError):
+    if isinstance(exc, socket.timeout | TimeoutError | smtplib.SMTPServerDisconnected | OSError):
+        if _smtp_stage(exc):
+            kind = ErrorKind.TIMEOUT if isinstance(exc, socket.timeout | TimeoutError) else ErrorKind.CONNECTION_LOST
+            return ProviderError(text[:2000], kind=kind)
+        # Connecting, greeting, authenticating, MAIL/RCPT: the message itself was not sent yet.
         return ProviderError(text[:2000], kind=ErrorKind.CONNECTION)
     return ProviderError(text[:2000], kind=ErrorKind.REJECTED)
 
@@ -204,10 +328,20 @@ class EmailProvider(Provider):
 
 
 def _email_provider(provider_name: str, required: tuple[str, ...] = ()) -> type[Provider]:
+    spec = EMAIL_SPECS[provider_name]
+    header = "X-Clarion-Message-Id header"
     cls = type(
         f"{provider_name.title()}EmailProvider",
         (EmailProvider,),
-        {"name": provider_name, "required_credentials": required, "__module__": __name__},
+        {
+            "name": provider_name,
+            "required_credentials": required,
+            "deduplicates": spec.deduplicates,
+            "dedupe_window": spec.dedupe_window,
+            "idempotency_field": spec.idempotency_field,
+            "metadata_field": f"{header}; {spec.metadata_field}" if spec.metadata_field else header,
+            "__module__": __name__,
+        },
     )
     return register(cls)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from apps.delivery.providers.base import ErrorKind, ProviderError, SendResult
+from apps.delivery.providers.base import ErrorKind, ProviderError, SendResult, heartbeat
 
 # A push service or chat webhook that says the endpoint is gone: remove it from the subscriber.
 GONE_STATUSES = frozenset({404, 410})
@@ -31,14 +31,20 @@ class DeadDestination(ProviderError):
 def send_to_each(destinations: list[Destination], send_one: Callable[[Destination], dict[str, Any]]) -> SendResult:
     """Send to every destination. Success when at least one accepted; dead devices are reported.
 
-    When none accepted, raise the error that decides what happens next: a retryable one if any
-    (so the whole message is retried), else the first terminal one.
+    When none accepted, raise the error that decides what happens next: one in doubt if any (a
+    device may have it), else a retryable one (so the whole message is retried), else the first
+    terminal one. Between destinations the message's heartbeat is refreshed; if the message is no
+    longer this worker's, the remaining destinations are left alone.
     """
     results: list[dict[str, Any]] = []
     errors: list[ProviderError] = []
     dead: list[int] = []
     provider_ids: list[str] = []
+    tried = 0
     for destination in destinations:
+        if tried and not heartbeat():
+            break
+        tried += 1
         try:
             outcome = send_one(destination)
         except ProviderError as exc:
@@ -51,15 +57,16 @@ def send_to_each(destinations: list[Destination], send_one: Callable[[Destinatio
         results.append({"device": destination.device_id, **outcome})
         if outcome.get("id"):
             provider_ids.append(str(outcome["id"]))
-    if len(errors) < len(destinations):
+    if len(errors) < tried:
         return SendResult(
             provider_message_id=",".join(provider_ids)[:255],
             response={"destinations": results},
             status_code=200,
             dead_devices=tuple(dead),
         )
+    doubtful = [e for e in errors if e.in_doubt]
     retryable = [e for e in errors if e.retryable]
-    chosen = retryable[0] if retryable else errors[0]
+    chosen = doubtful[0] if doubtful else retryable[0] if retryable else errors[0]
     if not retryable and dead and len(dead) == len(destinations):
         chosen = ProviderError(
             f"every endpoint of the subscriber is gone: {errors[0]}",

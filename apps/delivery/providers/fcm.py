@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import firebase_admin
+import requests
 from firebase_admin import credentials as fb_credentials
 from firebase_admin import exceptions as fb_exceptions
 from firebase_admin import messaging
@@ -24,6 +25,7 @@ from apps.delivery.providers.base import (
     Provider,
     ProviderError,
     SendResult,
+    error_from_requests_exception,
     parse_retry_after,
     register,
 )
@@ -84,6 +86,11 @@ def fcm_error(exc: fb_exceptions.FirebaseError) -> ProviderError:
         return DeadDestination(text, status_code=status or 404)
     if isinstance(exc, fb_exceptions.InvalidArgumentError) and "registration token" in str(exc).lower():
         return DeadDestination(text, status_code=status or 400)
+    cause = exc.cause
+    if http is None and isinstance(cause, requests.RequestException):
+        # No answer: firebase-admin wraps the requests failure (refused → UNAVAILABLE, timeout →
+        # DEADLINE_EXCEEDED); whether the push may have gone out depends on when it failed.
+        return error_from_requests_exception(cause, what="FCM")
     for cls, kind in {**_RETRYABLE, **_TERMINAL}.items():
         if isinstance(exc, cls):
             return ProviderError(text, kind=kind, status_code=status, retry_after=retry_after)
@@ -95,6 +102,7 @@ class FirebaseCloudMessaging(Provider):
     channel = "push"
     name = "fcm"
     required_credentials = ("service_account",)
+    metadata_field = "message_id in the data payload"
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         if integration is None:

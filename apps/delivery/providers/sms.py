@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 from django.conf import settings
@@ -19,6 +20,7 @@ from apps.delivery.providers.base import (
     SendResult,
     error_from_requests_exception,
     http_post,
+    idempotency_key,
     kind_for_status,
     register,
 )
@@ -43,9 +45,12 @@ TWILIO_AUTH_CODES = frozenset({20003, 20005, 20008})
 TWILIO_RATE_CODES = frozenset({20429, 14107, 30022})
 
 
-def twilio_status_callback_url(integration: Integration) -> str:
+def twilio_status_callback_url(integration: Integration, message: Message | None = None) -> str:
+    """The status callback URL; per message it carries ``clarion_message_id``, so a callback is
+    matched even when the send's answer (the Message SID) was never recorded (in doubt)."""
     path = reverse("delivery-webhook-twilio-status", kwargs={"key": integration.webhook_key})
-    return f"{settings.PUBLIC_URL}{path}"
+    query = f"?{urlencode({'clarion_message_id': message.pk})}" if message is not None else ""
+    return f"{settings.PUBLIC_URL}{path}{query}"
 
 
 def twilio_error(exc: TwilioRestException) -> ProviderError:
@@ -76,6 +81,8 @@ class TwilioSms(Provider):
     channel = "sms"
     name = "twilio"
     required_credentials = ("account_sid",)
+    # Twilio's Messages API takes no idempotency key: a resend is a second SMS.
+    metadata_field = "clarion_message_id in the StatusCallback URL"
 
     def client(self, integration: Integration) -> Client:
         creds = integration.credentials
@@ -92,7 +99,7 @@ class TwilioSms(Provider):
         params: dict[str, Any] = {
             "to": message.recipient,
             "body": message.body,
-            "status_callback": twilio_status_callback_url(integration),
+            "status_callback": twilio_status_callback_url(integration, message),
         }
         if integration.settings.get("messaging_service_sid"):
             params["messaging_service_sid"] = integration.settings["messaging_service_sid"]
@@ -120,20 +127,25 @@ class HttpSms(Provider):
     Credentials: ``url``; optional ``auth_token`` (sent as ``Authorization: Bearer``), or
     ``username`` + ``password`` (basic auth), and ``headers``. Settings: optional ``from``,
     ``id_field`` (where the gateway's answer carries its message id, default ``id``),
-    ``timeout``. The body is ``{"to", "from", "text", "message_id"}``; an
-    ``Idempotency-Key`` header lets the gateway drop a retried duplicate.
+    ``timeout``, ``deduplicates`` (true when the gateway drops a second request with the same
+    ``Idempotency-Key``). The body is ``{"to", "from", "text", "message_id"}``.
     """
 
     channel = "sms"
     name = "http"
     required_credentials = ("url",)
+    idempotency_field = "Idempotency-Key header"
+    metadata_field = "message_id in the body"
+
+    def deduplicates_for(self, integration: Integration | None) -> bool:
+        return bool(integration is not None and integration.settings.get("deduplicates") is True)
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         if integration is None or not integration.credentials.get("url"):
             raise ProviderError("the http SMS provider needs a url", kind=ErrorKind.CONFIGURATION)
         creds = integration.credentials
         headers = {str(k): str(v) for k, v in (creds.get("headers") or {}).items()}
-        headers["Idempotency-Key"] = f"clarion-message-{message.pk}"
+        headers["Idempotency-Key"] = idempotency_key(message)
         if creds.get("auth_token"):
             headers["Authorization"] = f"Bearer {creds['auth_token']}"
         auth = (creds["username"], creds.get("password", "")) if creds.get("username") else None

@@ -3,7 +3,9 @@
 The ``Clarion-Signature`` header is ``t=<unix seconds>,s=<hex HMAC-SHA256 of "<t>.<raw body>">``
 keyed with the integration's ``secret`` (Stripe's scheme): the receiver recomputes it, compares in
 constant time and rejects old timestamps to stop replays. ``Idempotency-Key`` is the same on
-every retry of one message, so a receiver can drop duplicates.
+every retry and resend of one message, so a receiver can drop duplicates; an integration whose
+receiver does says so with the setting ``deduplicates: true`` (resends of a send in doubt are then
+safe).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 
 from apps.delivery.models import Integration, Message
-from apps.delivery.providers.base import ErrorKind, Provider, ProviderError, SendResult, http_post, register
+from apps.delivery.providers.base import (
+    ErrorKind,
+    Provider,
+    ProviderError,
+    SendResult,
+    http_post,
+    idempotency_key,
+    register,
+)
 
 SIGNATURE_HEADER = "Clarion-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
@@ -63,11 +73,16 @@ def webhook_body(message: Message) -> dict[str, Any]:
 
 @register
 class SignedWebhook(Provider):
-    """Credentials: ``url`` and ``secret``. Settings: optional ``headers``, ``timeout``."""
+    """Credentials: ``url`` and ``secret``. Settings: optional ``headers``, ``timeout``, ``deduplicates``."""
 
     channel = "webhook"
     name = "webhook"
     required_credentials = ("url", "secret")
+    idempotency_field = "Idempotency-Key header"
+    metadata_field = "id in the body (msg_<id>)"
+
+    def deduplicates_for(self, integration: Integration | None) -> bool:
+        return bool(integration is not None and integration.settings.get("deduplicates") is True)
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         if integration is None or not integration.credentials.get("url") or not integration.credentials.get("secret"):
@@ -78,7 +93,7 @@ class SignedWebhook(Provider):
             {
                 "Content-Type": "application/json",
                 "User-Agent": "Clarion-Webhook/1",
-                "Idempotency-Key": f"clarion-message-{message.pk}",
+                "Idempotency-Key": idempotency_key(message),
                 SIGNATURE_HEADER: sign(integration.credentials["secret"], body),
             }
         )

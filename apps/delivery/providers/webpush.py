@@ -55,6 +55,10 @@ class WebPush(Provider):
     channel = "push"
     name = "webpush"
     required_credentials = ("vapid_private_key", "vapid_subject")
+    # RFC 8030 ``Topic``: a second push with the same topic replaces one the push service still
+    # holds for an offline browser, but one already delivered is shown again: no deduplication.
+    idempotency_field = "Topic header (replaces an undelivered copy only)"
+    metadata_field = "message_id in the payload"
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         if integration is None or not integration.credentials.get("vapid_private_key"):
@@ -82,7 +86,10 @@ class WebPush(Provider):
                     vapid_claims={"sub": creds.get("vapid_subject", "")},
                     timeout=timeout,
                     ttl=ttl,
-                    headers={"Urgency": integration.settings.get("urgency", "normal")},
+                    headers={
+                        "Urgency": integration.settings.get("urgency", "normal"),
+                        "Topic": f"clarion-{message.pk}",
+                    },
                 )
             except WebPushException as exc:
                 status = getattr(exc.response, "status_code", None)
