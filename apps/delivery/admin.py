@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
-from apps.delivery.providers.base import get_provider, providers_by_channel
+from apps.delivery.providers.base import get_provider, integration_settings_errors, providers_by_channel
 from apps.delivery.services import integration_send_test, message_resend
 from apps.delivery.webhooks.urls import webhook_urls
 from apps.subscribers.models import Subscriber
@@ -90,6 +90,9 @@ class IntegrationAdminForm(forms.ModelForm):
                 missing = [k for k in provider.required_credentials if not (cleaned.get("credentials") or {}).get(k)]
                 if missing:
                     self.add_error("credentials", f"Missing: {', '.join(missing)}.")
+        values = cleaned.get("settings")
+        for error in integration_settings_errors(values if isinstance(values, dict) else {}):
+            self.add_error("settings", error)
         return cleaned
 
 
@@ -196,6 +199,23 @@ class MessageEventInline(admin.TabularInline):
         return False
 
 
+class InDoubtFilter(admin.SimpleListFilter):
+    """Sends whose outcome is unknown: held now, or ever (resent or settled since)."""
+
+    title = "in doubt"
+    parameter_name = "in_doubt"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("now", "in doubt now"), ("ever", "ever in doubt")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        if self.value() == "now":
+            return queryset.filter(status=Message.Status.IN_DOUBT)
+        if self.value() == "ever":
+            return queryset.filter(in_doubt_count__gt=0)
+        return queryset
+
+
 class WorkflowFilter(admin.SimpleListFilter):
     title = "workflow"
     parameter_name = "workflow"
@@ -214,8 +234,8 @@ class WorkflowFilter(admin.SimpleListFilter):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["pk", "channel", "recipient", "status", "provider", "workflow", "attempts", "created_at"]
-    list_filter = ["status", "channel", "provider", WorkflowFilter, "environment"]
+    list_display = ["pk", "channel", "recipient", "status_badge", "provider", "workflow", "attempts", "created_at"]
+    list_filter = ["status", InDoubtFilter, "channel", "provider", WorkflowFilter, "environment"]
     search_fields = ["recipient", "provider_message_id", "run__event__transaction_id"]
     raw_id_fields = ["run", "subscriber", "template_version", "integration"]
     readonly_fields = [
@@ -236,6 +256,8 @@ class MessageAdmin(admin.ModelAdmin):
         "provider_message_id",
         "error",
         "attempts",
+        "in_doubt_count",
+        "send_started_at",
         "next_attempt_at",
         "created_at",
         "updated_at",
@@ -248,6 +270,18 @@ class MessageAdmin(admin.ModelAdmin):
     inlines = [DeliveryAttemptInline, MessageEventInline]
     actions = ["resend"]
     show_full_result_count = False
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Message) -> str:
+        if obj.status == Message.Status.IN_DOUBT:
+            return format_html(
+                '<span title="{}" style="background:#b45309;color:#fff;padding:1px 6px;border-radius:8px">'
+                "in doubt</span>",
+                obj.error[:300],
+            )
+        if obj.in_doubt_count:
+            return format_html('{} <span title="{}">(was in doubt)</span>', obj.status, obj.error[:300])
+        return obj.status
 
     @admin.display(description="workflow")
     def workflow(self, obj: Message) -> str:

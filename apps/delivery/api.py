@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from apps.delivery import selectors, services
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent
-from apps.delivery.providers.base import get_provider, providers_by_channel
+from apps.delivery.providers.base import get_provider, integration_settings_errors, providers_by_channel
 from apps.delivery.webhooks.urls import webhook_urls
 from apps.preferences.models import CHANNEL_CHOICES, CHANNELS
 from apps.tenancy.auth import request_environment
@@ -28,7 +28,11 @@ class IntegrationInputSerializer(serializers.Serializer):
         required=False,
         help_text="Write-only. On update, keys given replace those stored; a key set to null is removed.",
     )
-    settings = serializers.DictField(required=False, help_text="Sender settings, e.g. from_email, from_number.")
+    settings = serializers.DictField(
+        required=False,
+        help_text="Sender settings, e.g. from_email, from_number; timeout (seconds per provider call); "
+        "deduplicates (http SMS and webhook: the receiver drops a repeated Idempotency-Key).",
+    )
     priority = serializers.IntegerField(min_value=0, max_value=10_000, required=False)
     active = serializers.BooleanField(required=False)
     retries = serializers.IntegerField(min_value=0, max_value=10, required=False)
@@ -37,6 +41,12 @@ class IntegrationInputSerializer(serializers.Serializer):
     def validate_channel(self, value: str) -> str:
         if value not in DELIVERY_CHANNELS:
             raise serializers.ValidationError("In-app messages need no integration.")
+        return value
+
+    def validate_settings(self, value: dict[str, Any]) -> dict[str, Any]:
+        errors = integration_settings_errors(value)
+        if errors:
+            raise serializers.ValidationError(errors)
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +214,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "provider_message_id",
             "error",
             "attempts",
+            "in_doubt_count",
             "next_attempt_at",
             "created_at",
             "sent_at",

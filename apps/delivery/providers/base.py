@@ -236,6 +236,22 @@ def max_call_seconds() -> float:
     return send_heartbeat_seconds() / 3
 
 
+def integration_settings_errors(values: Mapping[str, Any]) -> list[str]:
+    """What is wrong with an integration's delivery settings (``timeout``, ``deduplicates``)."""
+    errors: list[str] = []
+    if "timeout" in values:
+        timeout = values["timeout"]
+        limit = max_call_seconds()
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= limit:
+            errors.append(
+                f"timeout must be a number of seconds above 0 and at most {limit:g} "
+                "(a third of CLARION_SEND_HEARTBEAT_SECONDS, so a live send is never presumed dead)."
+            )
+    if "deduplicates" in values and not isinstance(values["deduplicates"], bool):
+        errors.append("deduplicates must be true or false.")
+    return errors
+
+
 _heartbeat: ContextVar[Callable[[], bool] | None] = ContextVar("clarion_send_heartbeat", default=None)
 
 

@@ -98,6 +98,9 @@ def status_callback(request: HttpRequest, key: str) -> HttpResponse:
         recipient=post.get("To", ""),
         description=description,
         suppress_reason="invalid_address" if invalid_number else "",
+        # In the StatusCallback URL Clarion gave Twilio (signed with it): matches a message whose
+        # send timed out before Twilio's answer (the Message SID) was recorded.
+        clarion_message_id=request.GET.get("clarion_message_id", ""),
     )
     message_events_record(integration=integration, events=[event])
     return HttpResponse(status=204)
