@@ -418,6 +418,26 @@ def _refresh_step_results(run: Run, data: _ChunkData) -> None:
             result["archived"] = message.archived_at is not None
 
 
+def _trace_ended_delays(run: Run, writes: _ChunkWrites, now: datetime) -> None:
+    """A delay's trace ends with when it really ended: ``resumed``, with how late that was."""
+    for step_id, result in run.step_results.items():
+        if result.get("status") != "waited" or "resumed_at" in result:
+            continue
+        result["resumed_at"] = now.isoformat()
+        until = parse_timestamp(result.get("until"))
+        late = round((now - until).total_seconds(), 3) if until else None
+        writes.step_runs.append(
+            StepRun(
+                run=run,
+                step_id=step_id,
+                step_type="delay",
+                decision=StepRun.Decision.RESUMED,
+                reason="delay_ended",
+                detail={"until": result.get("until"), "resumed_at": now.isoformat(), "late_seconds": late},
+            )
+        )
+
+
 def _wait(run: Run, until: datetime | None) -> None:
     run.status = Run.Status.WAITING
     run.resume_at = until
@@ -479,6 +499,7 @@ def _walk_program(run: Run, data: _ChunkData, writes: _ChunkWrites, now: datetim
     program = program_for(run.workflow_version)
     event = run.event
     _refresh_step_results(run, data)
+    _trace_ended_delays(run, writes, now)
     context = build_render_context(payload=event.payload, subscriber=run.subscriber.as_context(), actor=event.actor)
     digest = _digest_context(run, data)
     if digest is not None:

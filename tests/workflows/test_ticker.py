@@ -80,6 +80,15 @@ def test_a_delay_resumes_on_the_first_tick_after_it_is_due_and_only_once(delayed
     assert run.status == Run.Status.COMPLETED
     assert InboxMessage.objects.count() == 1
     assert ticks() == {"tasks": 0, "events_orphaned": 0, "runs_due": 0, "runs_orphaned": 0, "messages": 0}
+    # The trace says when the wait really ended, and how late that was.
+    assert [(s.step_id, s.decision, s.reason) for s in run.step_runs.order_by("id")] == [
+        ("wait", "waiting", "delay"),
+        ("wait", "resumed", "delay_ended"),
+        ("n", "executed", "sent"),
+    ]
+    resumed = run.step_runs.get(decision="resumed")
+    assert resumed.detail["late_seconds"] == 0.1
+    assert resumed.detail["until"] == (START + timedelta(seconds=5)).isoformat()
 
 
 def test_a_due_run_is_handed_to_one_ticker_only(delayed, fire, clock):
