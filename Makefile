@@ -78,5 +78,12 @@ fmt: venv ## Fix what ruff can fix and format the code
 bench: venv ## Run the benchmark suite (python -m bench)
 	$(PY) -m bench
 
+.PHONY: chaos chaos-short
+chaos: venv ## Fault suite (≤ 15 min; CHAOS_PROFILE=short for the CI variant): see docs/reliability.md
+	$(PY) -m bench.chaos --profile $${CHAOS_PROFILE:-full}
+
+chaos-short: venv ## Fault suite, short variant for CI (≤ 4 min)
+	$(PY) -m bench.chaos --profile short
+
 clean: ## Remove var/ (local databases, mail, static files, demo keys)
 	rm -rf var/

@@ -153,7 +153,7 @@ class Managed:
 def postgres_bindir() -> Path | None:
     initdb = shutil.which("initdb")
     if initdb:
-        return Path(initdb).parent
+        return Path(initdb).resolve().parent  # Debian links a few binaries into /usr/local/bin
     candidates = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: [int(n) for n in re.findall(r"\d+", Path(p).parent.parent.name)],
