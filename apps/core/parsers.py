@@ -31,9 +31,14 @@ MAX_DEPTH = 64
 
 # After json.loads a surrogate pair is one code point, so any surrogate left is unpaired.
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
-# Bad text can only come from a \u escape (raw control characters are invalid JSON) or, with an
-# exotic charset, raw in the decoded text: without either, no string needs a look.
-_SUSPECT = re.compile(r"\\u|[\x00\ud800-\udfff]")
+# In JSON text, NUL and surrogates are spelled as these escapes (a raw control character is invalid
+# JSON), or stand raw (an exotic request charset; json.dumps(ensure_ascii=False), which escapes NUL).
+# Neither: no string needs a look. Either may be innocent (a surrogate pair, an escaped backslash).
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _suspect(text: str) -> bool:
+    return ("\\u" in text and _SUSPECT_ESCAPE.search(text) is not None) or _BAD_CHAR.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -69,34 +74,44 @@ def _join(path: str, step: str | int) -> str:
     return f"{path}.{_printable(step)}" if path else _printable(step)
 
 
-def _has_problem(value: Any, max_depth: int, strings: bool) -> bool:
-    """The fast pass: no recursion, no paths."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children = node.values()
-            if strings and _BAD_CHAR.search("".join(node)):
-                return True
-        elif isinstance(node, list):
-            children = node
-        else:
-            if strings and isinstance(node, str) and _BAD_CHAR.search(node):
-                return True
-            continue
+_CONTAINERS = (dict, list)
+
+
+def _too_deep(value: Any, max_depth: int) -> bool:
+    """Level by level, containers only: no recursion, no paths (json.loads makes exact dicts and
+    lists)."""
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 1
+    while level:
         if depth > max_depth:
             return True
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-            elif strings and isinstance(child, str) and _BAD_CHAR.search(child):
+        deeper: list[Any] = []
+        for node in level:
+            deeper += [child for child in (node.values() if type(node) is dict else node) if type(child) in _CONTAINERS]
+        level = deeper
+        depth += 1
+    return False
+
+
+def _bad_text(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _BAD_CHAR.search(node):
                 return True
+        elif isinstance(node, dict):
+            if _BAD_CHAR.search("".join(node)):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return False
 
 
 def _locate(value: Any, path: str, depth: int, max_depth: int, strings: bool) -> JsonProblem | None:
-    """The slow pass, only once the fast one found something: depth-first, so the first problem
-    in document order is named. Recursion is bounded by ``max_depth``."""
+    """The slow pass, only once a fast one found something: depth-first, so the first problem in
+    document order is named. Recursion is bounded by ``max_depth``."""
     if isinstance(value, str):
         match = _BAD_CHAR.search(value) if strings else None
         if match:
@@ -135,9 +150,26 @@ def json_problem(value: Any, *, path: str = "", max_depth: int = MAX_DEPTH, stri
     """In a value parsed from JSON: the first string or key holding NUL or an unpaired surrogate,
     or the first place nested deeper than ``max_depth`` (the value itself is level 1); None when
     the value is fine."""
-    if not _has_problem(value, max_depth, strings):
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):
+        return _problem(value, path, max_depth, strings)
+    return _problem_in_text(text, value, path, max_depth, strings)
+
+
+def _problem_in_text(text: str, value: Any, path: str, max_depth: int, strings: bool) -> JsonProblem | None:
+    """Quick checks on the value's JSON text first (regex and counts run in C): most values need
+    no walk at all."""
+    strings = strings and _suspect(text)
+    if not strings and text.count("{") + text.count("[") <= max_depth:
         return None
-    return _locate(value, path, 1, max_depth, strings)
+    return _problem(value, path, max_depth, strings)
+
+
+def _problem(value: Any, path: str, max_depth: int, strings: bool) -> JsonProblem | None:
+    if (strings and _bad_text(value)) or _too_deep(value, max_depth):
+        return _locate(value, path, 1, max_depth, strings)
+    return None
 
 
 class StrictJSONParser(parsers.JSONParser):
@@ -158,16 +190,12 @@ class StrictJSONParser(parsers.JSONParser):
             )
             raise too_deep.as_error() from exc
 
-        strings = _SUSPECT.search(text) is not None
-        if not strings and text.count("{") + text.count("[") <= MAX_DEPTH:
-            return data
-        view = parser_context.get("view")
-        items_key = getattr(view, "json_items_key", None)
+        items_key = getattr(parser_context.get("view"), "json_items_key", None)
         if items_key and isinstance(data, dict) and isinstance(data.get(items_key), list):
             # The view checks each item (json_problem) and reports a bad one alone.
-            problem = json_problem({k: v for k, v in data.items() if k != items_key}, strings=strings)
+            problem = json_problem({k: v for k, v in data.items() if k != items_key})
         else:
-            problem = json_problem(data, strings=strings)
+            problem = _problem_in_text(text, data, "", MAX_DEPTH, strings=True)
         if problem:
             raise problem.as_error()
         return data

@@ -375,3 +375,22 @@ def test_json_problem_names_the_first_problem_in_document_order():
     assert json_problem({"a": "fine", "b": ["fine", {"c": 1.5, "d": None, "e": True}]}) is None
     assert json_problem(NUL).path == ""
     assert json_problem({"x": NUL}, path="events[3]").path == "events[3].x"
+
+
+def test_the_quick_checks_do_not_refuse_innocent_lookalikes(api):
+    """A literal backslash before "u0000", many brackets side by side: fine."""
+    assert json_problem({"a": "\\u0000", "b": "\\ud800"}) is None
+    assert json_problem({"many": [{} for _ in range(500)]}) is None
+    body = '{"data": {"path": "C:\\\\u0000\\\\ud800", "rows": [' + ",".join(["[]"] * 200) + "]}}"
+    response = api.generic("PUT", "/api/v1/subscribers/u1", body, content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert Subscriber.objects.get().data["path"] == "C:\\u0000\\ud800"
+
+
+def test_a_raw_surrogate_through_an_exotic_charset_is_refused(api):
+    """charset=unicode_escape turns the bytes \\ud800 into a raw surrogate before JSON parsing."""
+    body = b'{"data": {"x": "\\ud800"}}'
+    content_type = "application/json; charset=unicode_escape"
+    response = api.generic("PUT", "/api/v1/subscribers/u1", body, content_type=content_type)
+    error = assert_error(response, 400, "invalid_json")
+    assert error["details"]["path"] == "data.x"
