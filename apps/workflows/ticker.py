@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from apps.core.db import update_returning_ids
 from apps.core.tasks import deferred_tasks_flush, enqueue
+from apps.delivery.services import messages_redrive
 from apps.events.fanout import events_take_orphaned
 from apps.workflows.engine import ADVANCE_TASK, DELIVER_TASK
 from apps.workflows.models import Run
@@ -76,10 +77,7 @@ def tick(*, now: datetime | None = None) -> dict[str, int]:
     _enqueue_chunks(ADVANCE_TASK, sorted(due + orphaned))
     counts["runs_due"], counts["runs_orphaned"] = len(due), len(orphaned)
 
-    from apps.delivery import services as delivery
-
-    redrive = getattr(delivery, "messages_redrive", None)  # TODO(lead): direct call once delivery lands it
-    messages = redrive(now=now) if redrive is not None else []
+    messages = messages_redrive(now=now)
     _enqueue_chunks(DELIVER_TASK, messages)
     counts["messages"] = len(messages)
 
