@@ -26,6 +26,7 @@ class Reply:
     body: Any = field(default_factory=lambda: {"id": "ok"})
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to sleep before answering (a timeout, when longer than the client's)
+    drop: bool = False  # read the request, then close the connection without answering
 
 
 @dataclass
@@ -65,6 +66,9 @@ class FakeServer:
                         reply = outer.handler(received)
                     else:
                         reply = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 if reply.delay:
                     time.sleep(reply.delay)
                 data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()

@@ -105,6 +105,7 @@ def test_web_push_encrypts_signs_and_removes_gone_subscriptions(tenant, fake_ser
     live_request = next(r for r in push_service.requests if r.path == "/push/live")
     assert live_request.headers["Content-Encoding"] == "aes128gcm"
     assert live_request.headers["Authorization"].startswith("vapid t=")
+    assert live_request.headers["Topic"] == f"clarion-{message.pk}"  # a resend replaces an undelivered copy
     assert browser.decrypt(live_request.body) == {
         "title": "Build done",
         "body": "main is green",

@@ -294,7 +294,9 @@ def _classify(exc: Exception) -> ProviderError:
         return ProviderError(text[:2000], kind=kind, status_code=exc.smtp_code)
     if isinstance(exc, socket.timeout | TimeoutError | smtplib.SMTPServerDisconnected | OSError):
         if _smtp_stage(exc):
-            kind = ErrorKind.TIMEOUT if isinstance(exc, socket.timeout | TimeoutError) else ErrorKind.CONNECTION_LOST
+            # smtplib reports a read timeout as "Connection unexpectedly closed" (the timeout as its context).
+            timed_out = isinstance(exc, socket.timeout | TimeoutError) or isinstance(exc.__context__, TimeoutError)
+            kind = ErrorKind.TIMEOUT if timed_out else ErrorKind.CONNECTION_LOST
             return ProviderError(text[:2000], kind=kind)
         # Connecting, greeting, authenticating, MAIL/RCPT: the message itself was not sent yet.
         return ProviderError(text[:2000], kind=ErrorKind.CONNECTION)
