@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.db import DataError
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -107,6 +107,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response = exception_handler(exc, context)
     if response is None:
         refused = database_input_error(exc)
+        if refused is None and isinstance(exc, OperationalError | InterfaceError):
+            # The database is unreachable or busy (restart, failover, lock timeout): nothing of the
+            # request was kept, and the same request will work again shortly.
+            logger.warning("Database unavailable: %s", exc, exc_info=exc)
+            set_rollback()
+            return Response(
+                envelope("service_unavailable", "The service is briefly unavailable; retry the request."),
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "2"},
+            )
         if refused is None:
             return None
         logger.warning("The database refused a value from the request: %s", exc, exc_info=exc)
@@ -125,6 +135,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, exceptions.ParseError):
         message = f"The request body is not valid JSON: {exc.detail}"
         details = {}
+    elif isinstance(exc, exceptions.Throttled):
+        # DRF set the Retry-After header from exc.wait; apps.core.throttling names the scope.
+        message = "Too many requests. Retry after the number of seconds in Retry-After."
+        details = {"retry_after": exc.wait, "scope": getattr(exc, "scope", None)}
     else:
         message = str(getattr(exc, "detail", exc))
         details = {}
