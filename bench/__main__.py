@@ -10,11 +10,11 @@ import sys
 import time
 from typing import Any
 
-from bench import digest, fanout, ingest, websocket
+from bench import digest, fanout, ingest, recovery, websocket
 from bench.common import Installation, database_connections, log, machine_info
 from bench.report import render
 
-BENCHMARKS = ("ingest", "fanout", "digest", "websocket")
+BENCHMARKS = ("ingest", "fanout", "digest", "websocket", "recovery")
 DEFAULT_BENCHMARKS = ("ingest", "fanout", "digest")  # websocket needs REDIS_URL: run it by name
 
 
@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             results["benchmarks"]["digest"] = digest.run(installation, config_d)
             results["benchmarks"]["digest"]["wall_seconds"] = round(time.monotonic() - started, 1)
+        if "recovery" in args.names:  # run by name: it kills and restarts a real worker process
+            config_r = recovery.RecoveryConfig.quick() if args.quick else recovery.RecoveryConfig()
+            started = time.monotonic()
+            results["benchmarks"]["recovery"] = recovery.run(installation, config_r)
+            results["benchmarks"]["recovery"]["wall_seconds"] = round(time.monotonic() - started, 1)
         results["machine"]["database_connections"] = database_connections()  # Django is set up by now
     finally:
         installation.cleanup()
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render(results))
         if "websocket" in results["benchmarks"]:
             print(websocket.render(results["benchmarks"]["websocket"]))
+        if "recovery" in results["benchmarks"]:
+            print(recovery.render(results["benchmarks"]["recovery"]))
     return 0
 
 
