@@ -7,6 +7,7 @@ PostgreSQL, the django-q2 Redis broker and channels-redis. Nothing else differs.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
     "channels",
     "django_q",
     "anymail",
+    "axes",
     "apps.core",
     "apps.tenancy",
     "apps.subscribers",
@@ -94,6 +96,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -146,6 +150,28 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USING_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 REDIS_URL = env.str("REDIS_URL", default="")
+
+# --- Cache (rate-limit counters, apps.core.throttling) ------------------------------------------
+if REDIS_URL:
+    # Shared by every process. Its own key prefix; CACHE_REDIS_URL may name another Redis database.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env.str("CACHE_REDIS_URL", default=REDIS_URL),
+            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="clarion-cache"),
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    # Per process: `make run` serves HTTP from one process, so its counters are the installation's.
+    # A database cache would put a write under SQLite's one write lock on every API request.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "clarion",
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    }
 
 # --- Channel layer --------------------------------------------------------------------------
 if REDIS_URL:
@@ -229,7 +255,19 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+
 # --- API -------------------------------------------------------------------------------------
+def _rate(name: str, default: str) -> str | None:
+    """A rate limit from the environment: "N/second|minute|hour|day", or "off"."""
+    value = env.str(name, default=default).strip().lower()
+    if value in ("off", "none", "0"):
+        return None
+    count, _, period = value.partition("/")
+    if not count.isdigit() or period not in ("s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"):
+        raise ImproperlyConfigured(f'{name}={value!r}: use "N/second", "N/minute", "N/hour", "N/day" or "off".')
+    return value
+
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.tenancy.auth.SecretKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["apps.tenancy.auth.HasEnvironment"],
@@ -238,6 +276,22 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.IdCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.api_exception_handler",
+    # Rate limits (apps.core.throttling): each request counts against one scope, in one cache trip.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "apps.core.throttling.TriggerRateThrottle",
+        "apps.core.throttling.ManagementRateThrottle",
+        "apps.core.throttling.InboxRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "trigger": _rate("CLARION_RATE_TRIGGER", "60000/minute"),
+        "management": _rate("CLARION_RATE_MANAGEMENT", "30000/minute"),
+        "inbox": _rate("CLARION_RATE_INBOX", "60000/minute"),
+        "inbox_session_subscriber": _rate("CLARION_RATE_INBOX_SESSION_SUBSCRIBER", "60/minute"),
+        "inbox_session_ip": _rate("CLARION_RATE_INBOX_SESSION_IP", "600/minute"),
+    },
+    # The client address is REMOTE_ADDR (behind a proxy, uvicorn's --forwarded-allow-ips sets it);
+    # X-Forwarded-For is never trusted, or a client could pick its own rate-limit key.
+    "NUM_PROXIES": 0,
     "UNAUTHENTICATED_USER": None,
     "PAGE_SIZE": 50,
 }
@@ -279,6 +333,19 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Admin login lockout (django-axes) ---------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed logins of one username from one address lock that pair out for the cool-off time; the
+# same client address as the API's rate limits (REMOTE_ADDR, never X-Forwarded-For).
+AXES_FAILURE_LIMIT = env.int("CLARION_ADMIN_LOGIN_FAILURES", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("CLARION_ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "apps.core.throttling.client_ip"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.errors import ApiError
+from apps.core.throttling import InboxSessionIpThrottle, InboxSessionSubscriberThrottle
 from apps.inbox.auth import InboxTokenAuthentication, IsInboxSubscriber, request_inbox_principal
 from apps.inbox.models import InboxMessage
 from apps.inbox.origins import origin_allowed
@@ -325,6 +326,7 @@ _FORBIDDEN = OpenApiResponse(description="Origin not in the environment's allowe
 class InboxSessionView(InboxCorsMixin, APIView):
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
+    throttle_classes = [InboxSessionIpThrottle, InboxSessionSubscriberThrottle]
 
     @extend_schema(
         tags=["inbox"],

@@ -1,27 +1,38 @@
 """The live inbox websocket (``/ws/inbox/?token=...``): a thin relay of the subscriber's group.
 
-Authentication reads the signed session token only (no database query); the ``Origin`` of the
-handshake is checked against the environment's allowed origins (cached). Frames are pushed by
-``apps.inbox.realtime`` through the channel layer as ``{"type": "inbox.event", "frame": ...}``.
+The handshake reads the signed session token, checks that the session still stands
+(``inbox_session_current``: from the process's memory of recently checked sessions when it can,
+then once more against the database when that memory runs out; otherwise one query) and checks
+the ``Origin`` against the environment's allowed origins (cached). Frames are pushed by
+``apps.inbox.realtime`` through the channel layer as ``{"type": "inbox.event", "frame": ...}``;
+pushed frames cost no query.
+
+Revocation: the socket is in its subscriber's group and its environment's group. A
+``{"type": "inbox.revoke"}`` message on either (deleted subscriber; key revoked or HMAC secret
+rotated) makes it send ``{"event": "session.revoked", "reason": ...}`` and close with ``4401``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from apps.inbox.auth import inbox_token_read
+from apps.inbox.auth import InboxTokenClaims, inbox_session_current, inbox_session_remembered, inbox_token_claims
 from apps.inbox.origins import aorigin_allowed
-from apps.inbox.realtime import subscriber_group
+from apps.inbox.realtime import environment_group, subscriber_group
 from apps.inbox.sequence import inbox_seq_next
 
 logger = logging.getLogger(__name__)
 
-# Application close codes (4000-4999): the client opens a new session on 4401, and would stop on 4403.
+# Application close codes (4000-4999): the client opens a new session on 4401 (token invalid,
+# expired or revoked), and would stop on 4403.
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 MAX_CLIENT_FRAME = 4096
@@ -29,6 +40,10 @@ MAX_CLIENT_FRAME = 4096
 
 class InboxConsumer(AsyncJsonWebsocketConsumer):
     group_name: str | None = None
+    environment_group_name: str | None = None
+    session_version: int = 0
+    claims: InboxTokenClaims | None = None
+    recheck_task: asyncio.Task[None] | None = None
 
     def _token(self) -> str | None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -55,24 +70,70 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=code)
 
     async def connect(self) -> None:
-        identity = inbox_token_read(self._token())
-        if identity is None:
+        claims = inbox_token_claims(self._token())
+        if claims is None:
             await self._reject(CLOSE_UNAUTHORIZED)
             return
-        environment_id, subscriber_pk = identity
-        if not await self.origin_allowed(environment_id):
+        if not await self.origin_allowed(claims.environment_id):
             await self._reject(CLOSE_FORBIDDEN_ORIGIN)
             return
-        self.group_name = subscriber_group(environment_id=environment_id, subscriber_pk=subscriber_pk)
-        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        self.session_version = claims.session_version
+        self.group_name = subscriber_group(environment_id=claims.environment_id, subscriber_pk=claims.subscriber_pk)
+        self.environment_group_name = environment_group(environment_id=claims.environment_id)
+        # Join before checking the session: a revocation committed after the check still reaches us.
+        await self._join_groups()
+        self.claims = claims
+        remembered_until = inbox_session_remembered(
+            environment_id=claims.environment_id,
+            subscriber_pk=claims.subscriber_pk,
+            session_version=claims.session_version,
+        )
+        if remembered_until is None and not await self._session_current():
+            await self._leave_groups()
+            await self._reject(CLOSE_UNAUTHORIZED)
+            return
         await self.accept()
+        if remembered_until is not None:
+            # Let in from this process's memory: a revocation made in another process shortly
+            # before we joined the groups reached no socket of ours, and the memory may not know
+            # of it yet. Ask the database once the memory runs out.
+            delay = max(0.0, remembered_until - time.monotonic())
+            self.recheck_task = asyncio.get_running_loop().create_task(self._recheck_after(delay))
         # The server's current cursor: a client that has nothing yet replays changes from here.
         await self.send_json({"event": "ready", "cursor": inbox_seq_next()})
 
+    async def _session_current(self) -> bool:
+        claims = self.claims
+        if claims is None:
+            return False
+        return await database_sync_to_async(inbox_session_current)(
+            environment_id=claims.environment_id,
+            subscriber_pk=claims.subscriber_pk,
+            session_version=claims.session_version,
+            remembered=False,
+        )
+
+    async def _recheck_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.group_name is not None and not await self._session_current():
+            await self.inbox_revoke({"type": "inbox.revoke", "reason": "session_revoked"})
+
+    async def _join_groups(self) -> None:
+        for group in (self.group_name, self.environment_group_name):
+            if group is not None:
+                await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _leave_groups(self) -> None:
+        for group in (self.group_name, self.environment_group_name):
+            if group is not None:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.group_name = self.environment_group_name = None
+
     async def disconnect(self, code: int) -> None:
-        if self.group_name is not None:
-            await self.channel_layer.group_discard(self.group_name, self.channel_name)
-            self.group_name = None
+        if self.recheck_task is not None:
+            self.recheck_task.cancel()
+            self.recheck_task = None
+        await self._leave_groups()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         if self.group_name is None:
@@ -91,11 +152,22 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "ping":
             # Group memberships expire in the channel layer (a day by default); the client's
             # periodic ping renews ours so a long-open tab keeps receiving frames.
-            if self.group_name is not None:
-                await self.channel_layer.group_add(self.group_name, self.channel_name)
+            await self._join_groups()
             await self.send_json({"event": "pong"})
             return
         await self.send_json({"event": "error", "code": "unknown_type"})
 
     async def inbox_event(self, event: dict[str, Any]) -> None:
         await self.send_json(event["frame"])
+
+    async def inbox_revoke(self, event: dict[str, Any]) -> None:
+        """The session was revoked (``apps.inbox.realtime.publish_sessions_revoked``)."""
+        if self.group_name is None:
+            return
+        version = event.get("version")
+        # An environment-wide revocation ends the sessions issued before it, not newer ones.
+        if isinstance(version, int) and self.session_version >= version:
+            return
+        await self._leave_groups()
+        await self.send_json({"event": "session.revoked", "reason": event.get("reason", "")})
+        await self.close(code=CLOSE_UNAUTHORIZED)

@@ -17,6 +17,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from apps.inbox.auth import inbox_sessions_forget
 from apps.inbox.models import InboxMessage
 from apps.inbox.selectors import inbox_counts, inbox_message_data
 
@@ -25,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 def subscriber_group(*, environment_id: int, subscriber_pk: int) -> str:
     return f"inbox.{environment_id}.{subscriber_pk}"
+
+
+def environment_group(*, environment_id: int) -> str:
+    """Every open inbox socket of the environment: only session revocations are sent here."""
+    return f"inbox.{environment_id}"
 
 
 def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
@@ -79,3 +85,28 @@ def publish_counts(
     if change is not None:
         frame["change"] = change
     _send_all([(subscriber_group(environment_id=environment_id, subscriber_pk=subscriber_pk), frame)])
+
+
+def publish_sessions_revoked(
+    *, environment_id: int, subscriber_pk: int | None = None, version: int | None = None, reason: str
+) -> None:
+    """After a revocation committed: forget the sessions this process remembered as valid
+    (apps.inbox.auth) and close the open inbox sockets it ended (the consumer closes with 4401).
+
+    With ``subscriber_pk``: that subscriber's sockets (the subscriber was deleted). Without it:
+    every socket of the environment whose token carries a session version below ``version``.
+    """
+    inbox_sessions_forget(environment_id=environment_id, subscriber_pk=subscriber_pk)
+    message: dict[str, Any] = {"type": "inbox.revoke", "reason": reason}
+    if subscriber_pk is not None:
+        group = subscriber_group(environment_id=environment_id, subscriber_pk=subscriber_pk)
+    else:
+        group = environment_group(environment_id=environment_id)
+        message["version"] = version
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:  # the sockets' next request or reconnect is refused anyway (token version)
+        logger.exception("inbox revocation push failed for %s", group)

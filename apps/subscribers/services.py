@@ -144,8 +144,17 @@ def subscribers_ensure(*, environment: Environment, subscriber_ids: list[str]) -
 
 
 def subscriber_delete(*, subscriber: Subscriber) -> None:
-    """Delete the subscriber with its preferences, topic memberships, runs and messages."""
+    """Delete the subscriber with its preferences, topic memberships, runs and messages. Its inbox
+    sessions end with the row (apps.inbox.auth); its open sockets are closed after commit."""
+    from apps.inbox.realtime import publish_sessions_revoked  # inbox builds on subscribers
+
+    environment_id, subscriber_pk = subscriber.environment_id, subscriber.pk
     subscriber.delete()
+    transaction.on_commit(
+        lambda: publish_sessions_revoked(
+            environment_id=environment_id, subscriber_pk=subscriber_pk, reason="subscriber_deleted"
+        )
+    )
 
 
 def topic_upsert(*, environment: Environment, key: str, name: str | None = None) -> tuple[Topic, bool]:

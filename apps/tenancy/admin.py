@@ -9,7 +9,7 @@ from django.http import HttpRequest
 
 from apps.inbox.origins import allowed_origins_forget, origin_entry_valid
 from apps.tenancy.models import ApiKey, Environment, Project
-from apps.tenancy.services import api_key_revoke
+from apps.tenancy.services import api_key_revoke, environment_inbox_secret_rotate
 
 
 @admin.register(Project)
@@ -57,10 +57,23 @@ class EnvironmentAdmin(admin.ModelAdmin):
     list_filter = ["project"]
     readonly_fields = ["inbox_hmac_secret", "created_at"]
     inlines = [ApiKeyInline]
+    actions = ["rotate_inbox_secret"]
 
     def save_model(self, request: HttpRequest, obj: Environment, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         allowed_origins_forget(obj.pk)  # this process at once; the others within their cache time
+
+    @admin.action(description="Rotate the inbox HMAC secret (ends open inbox sessions)")
+    def rotate_inbox_secret(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
+        rotated = 0
+        for environment in queryset:
+            environment_inbox_secret_rotate(environment=environment)
+            rotated += 1
+        self.message_user(
+            request,
+            f"Rotated the inbox HMAC secret of {rotated} environment(s): sign subscriber ids with the new one.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(ApiKey)

@@ -28,6 +28,9 @@ class Environment(models.Model):
     # widget can prove who it is showing messages for. It must be readable to verify.
     inbox_hmac_secret = models.CharField(max_length=100, default=_new_inbox_secret)
     allowed_origins = models.JSONField(default=list, blank=True)
+    # Stamped into every inbox session token (apps.inbox.auth); revoking a key of the environment
+    # or rotating the HMAC secret bumps it, which ends every open inbox session at once.
+    inbox_session_version = models.PositiveIntegerField(default=1)
     branding = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -5,10 +5,11 @@ import secrets
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
-from apps.tenancy.models import ApiKey, Environment, Project
+from apps.tenancy.models import ApiKey, Environment, Project, _new_inbox_secret
 
 KEY_PREFIXES = {ApiKey.Kind.SECRET: "sk_", ApiKey.Kind.PUBLISHABLE: "pk_"}
 
@@ -43,11 +44,42 @@ def api_key_create(*, environment: Environment, kind: str, name: str = "") -> Is
     return IssuedKey(api_key=api_key, raw=raw)
 
 
+def environment_inbox_sessions_revoke(*, environment_id: int, reason: str) -> int:
+    """End every open inbox session of the environment: bump its session version (tokens carry
+    the version they were issued under) and, after commit, close its open sockets. Returns the
+    new version. Widgets open a new session by themselves (with a key and HMAC that still work)."""
+    # Imported here: the inbox app builds on tenancy (tenancy.auth is loaded with DRF's settings).
+    from apps.inbox.realtime import publish_sessions_revoked
+
+    Environment.objects.filter(pk=environment_id).update(inbox_session_version=F("inbox_session_version") + 1)
+    version = Environment.objects.filter(pk=environment_id).values_list("inbox_session_version", flat=True).get()
+    transaction.on_commit(
+        lambda: publish_sessions_revoked(environment_id=environment_id, version=version, reason=reason)
+    )
+    return version
+
+
+@transaction.atomic
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke the key. Any key ends the environment's inbox sessions: a publishable key opened
+    them, and a secret key can mint inbox tokens (``POST /api/v1/inbox/tokens``)."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+        environment_inbox_sessions_revoke(environment_id=api_key.environment_id, reason="api_key_revoked")
     return api_key
+
+
+@transaction.atomic
+def environment_inbox_secret_rotate(*, environment: Environment) -> Environment:
+    """A new inbox HMAC secret: subscriber hashes made with the old one stop opening sessions,
+    and the sessions they opened end now. The customer's backend must sign with the new one."""
+    environment.inbox_hmac_secret = _new_inbox_secret()
+    environment.save(update_fields=["inbox_hmac_secret"])
+    environment.inbox_session_version = environment_inbox_sessions_revoke(
+        environment_id=environment.pk, reason="inbox_secret_rotated"
+    )
+    return environment
 
 
 def _unique_slug(model: type[Project] | type[Environment], base: str) -> str:

@@ -1,0 +1,197 @@
+"""Rate limits for the API: DRF throttles counting in Django's cache.
+
+Scopes (``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``, from the ``CLARION_RATE_*`` variables in
+docs/deployment.md), each counted per environment or per caller:
+
+* ``trigger`` — ``POST /events/trigger`` and ``/events/bulk`` (views with ``throttle_scope =
+  "trigger"`` too), per environment of the secret key;
+* ``management`` — every other server-API call, per environment of the secret key;
+* ``inbox`` — the inbox endpoints (session token), per environment;
+* ``inbox_session_subscriber`` / ``inbox_session_ip`` — ``POST /inbox/session``, per publishable
+  key + subscriber id and per client IP (IPv6 per /64: one host usually holds the whole /64).
+
+A refusal is ``429`` with ``Retry-After`` and the error envelope's ``details``
+``{"retry_after": seconds, "scope": scope}`` (apps.core.errors).
+
+Counting: DRF's ``SimpleRateThrottle`` keeps a list of timestamps per key and reads then rewrites
+it (two cache round trips, a pickled list as long as the limit, and lost updates between
+processes). These classes keep DRF's rates, scopes, keys and ``Throttled`` plumbing but count in
+fixed windows with one atomic increment: on Redis ``INCR`` + ``EXPIRE`` in one pipeline (one
+round trip per request), in the per-process cache of the embedded default an add-or-increment.
+A cache that cannot be reached lets requests through (logged): rate limits must not take the API
+down with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.redis import RedisCache
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
+
+from apps.inbox.auth import InboxPrincipal
+from apps.tenancy.auth import EnvironmentPrincipal
+
+logger = logging.getLogger(__name__)
+
+CACHE_ALIAS = "default"
+# URL names of the trigger endpoints (apps.events.urls); a view may also say ``throttle_scope``.
+TRIGGER_URL_NAMES = frozenset({"event-trigger", "event-bulk", "event-broadcast"})
+
+
+class RateLimited(exceptions.Throttled):
+    """``Throttled`` that knows which limit was hit (the envelope's ``details.scope``)."""
+
+    def __init__(self, *, wait: float, scope: str) -> None:
+        super().__init__(wait=wait)
+        self.scope = scope
+
+
+def client_ip(request: HttpRequest | Request) -> str | None:
+    """The client's address: ``REMOTE_ADDR`` unless ``NUM_PROXIES`` says how many proxies put
+    theirs in ``X-Forwarded-For``. Also django-axes' ``AXES_CLIENT_IP_CALLABLE``."""
+    return BaseThrottle().get_ident(request)
+
+
+def _ip_ident(address: str | None) -> str:
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def window_hit(cache: BaseCache, key: str, ttl: int) -> int:
+    """Count one hit on ``key`` (a key naming one window) and return the window's count."""
+    if isinstance(cache, RedisCache):
+        full_key = cache.make_and_validate_key(key)
+        client = cache._cache.get_client(full_key, write=True)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.incr(full_key)
+            pipe.expire(full_key, ttl)
+            count, _ = pipe.execute()
+        return int(count)
+    if cache.add(key, 1, ttl):
+        return 1
+    try:
+        return int(cache.incr(key))
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, ttl)
+        return 1
+
+
+class ClarionRateThrottle(SimpleRateThrottle):
+    """A DRF rate throttle that counts in fixed windows (see the module docstring)."""
+
+    cache_format = "throttle:%(scope)s:%(ident)s"
+
+    def get_rate(self) -> str | None:
+        # Read on every request, not at import, so settings changes (tests) apply.
+        rates = api_settings.DEFAULT_THROTTLE_RATES
+        if not self.scope or self.scope not in rates:
+            raise ImproperlyConfigured(f"No throttle rate for the scope {self.scope!r} (DEFAULT_THROTTLE_RATES).")
+        return rates[self.scope]
+
+    def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
+        if rate is None:
+            return None, None
+        num, period = rate.split("/")
+        duration = {"s": 1, "m": 60, "h": 3600, "d": 86400}[period.strip()[0]]
+        return int(num), duration
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        if self.rate is None or self.num_requests is None or self.duration is None:
+            return True
+        ident = self.get_cache_key(request, view)
+        if ident is None:
+            return True
+        now = self.timer()
+        window = math.floor(now / self.duration)
+        try:
+            count = window_hit(caches[CACHE_ALIAS], f"{ident}:{window}", self.duration + 1)
+        except Exception:
+            logger.warning("rate limit %s not checked: the cache is unavailable", self.scope, exc_info=True)
+            return True
+        if count > self.num_requests:
+            raise RateLimited(wait=(window + 1) * self.duration - now, scope=str(self.scope))
+        return True
+
+    def key_for(self, ident: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def endpoint_class(request: Request, view: Any) -> tuple[str, int] | None:
+    """``(scope, environment_id)`` of an authenticated API request; ``None`` for anonymous ones."""
+    principal = request.user
+    if isinstance(principal, InboxPrincipal):
+        return "inbox", principal.environment_id
+    if isinstance(principal, EnvironmentPrincipal):
+        scope = getattr(view, "throttle_scope", None)
+        if scope is None:
+            match = getattr(request, "resolver_match", None)
+            scope = "trigger" if match is not None and match.url_name in TRIGGER_URL_NAMES else "management"
+        return scope, principal.environment.pk
+    return None
+
+
+class EnvironmentRateThrottle(ClarionRateThrottle):
+    """Counts the requests of one endpoint class (the subclass's ``scope``) per environment."""
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        found = endpoint_class(request, view)
+        if found is None or found[0] != self.scope:
+            return None
+        return self.key_for(f"env{found[1]}")
+
+
+class TriggerRateThrottle(EnvironmentRateThrottle):
+    scope = "trigger"
+
+
+class ManagementRateThrottle(EnvironmentRateThrottle):
+    scope = "management"
+
+
+class InboxRateThrottle(EnvironmentRateThrottle):
+    scope = "inbox"
+
+
+class InboxSessionSubscriberThrottle(ClarionRateThrottle):
+    """``POST /inbox/session`` per publishable key + subscriber id (before anything is looked up)."""
+
+    scope = "inbox_session_subscriber"
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        data = request.data
+        if not isinstance(data, Mapping):
+            return None
+        key, subscriber_id = data.get("publishable_key"), data.get("subscriber_id")
+        if not isinstance(key, str) or not isinstance(subscriber_id, str):
+            return None  # the view answers 400
+        digest = hashlib.sha256(f"{key.strip()}\0{subscriber_id}".encode(errors="replace")).hexdigest()[:32]
+        return self.key_for(digest)
+
+
+class InboxSessionIpThrottle(ClarionRateThrottle):
+    """``POST /inbox/session`` per client IP (IPv6 per /64)."""
+
+    scope = "inbox_session_ip"
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.key_for(_ip_ident(client_ip(request)))
