@@ -8,6 +8,8 @@ from django.http import HttpRequest
 
 from apps.core.schedule import ScheduleError, parse_schedule
 from apps.preferences.models import (
+    IN_DOUBT_AUTO,
+    IN_DOUBT_POLICY_CHOICES,
     SUBSCRIBER_CHANNELS,
     Category,
     CategoryFrequency,
@@ -19,6 +21,13 @@ from apps.preferences.models import (
 
 
 class CategoryAdminForm(forms.ModelForm):
+    in_doubt_policy = forms.ChoiceField(
+        choices=IN_DOUBT_POLICY_CHOICES,
+        required=False,
+        initial=IN_DOUBT_AUTO,
+        help_text=Category._meta.get_field("in_doubt_policy").help_text,
+    )
+
     class Meta:
         model = Category
         fields = [
@@ -48,6 +57,9 @@ class CategoryAdminForm(forms.ModelForm):
         if any(not isinstance(v, bool) for v in value.values()):
             raise forms.ValidationError("Each value must be true or false.")
         return value
+
+    def clean_in_doubt_policy(self) -> str:
+        return self.cleaned_data.get("in_doubt_policy") or IN_DOUBT_AUTO
 
     def clean_digest_schedule(self) -> str:
         value = self.cleaned_data.get("digest_schedule") or ""

@@ -36,6 +36,7 @@ def test_category_crud(api: Any, tenant: Any) -> None:
         "order": 3,
         "digest_schedule": "daily 09:00",
         "digest_templates": {},
+        "in_doubt_policy": "auto",
         "created_at": response.json()["created_at"],
     }
     # PUT replaces: fields left out go back to their defaults.
