@@ -44,8 +44,9 @@ INBOX_TOKEN_SALT = "clarion.inbox.session"
 SESSION_CHECK_SECONDS = 10.0
 _SESSIONS_REMEMBERED_MAX = 100_000
 
-# (environment_id, subscriber_pk, session_version) -> time.monotonic() until which it stands
+# (environment_id, subscriber_pk, session_version) -> _clock() until which it stands
 _sessions: dict[tuple[int, int, int], float] = {}
+_clock = time.monotonic  # tests replace it
 _sessions_lock = threading.Lock()
 
 
@@ -134,7 +135,7 @@ def inbox_token_read(token: str | None) -> tuple[int, int] | None:
 
 
 def _remember(key: tuple[int, int, int]) -> None:
-    now = time.monotonic()
+    now = _clock()
     with _sessions_lock:
         if len(_sessions) >= _SESSIONS_REMEMBERED_MAX:
             for stale in [k for k, until in _sessions.items() if until <= now]:
@@ -145,10 +146,10 @@ def _remember(key: tuple[int, int, int]) -> None:
 
 
 def inbox_session_remembered(*, environment_id: int, subscriber_pk: int, session_version: int) -> float | None:
-    """Until when (``time.monotonic()``) this process knows the session stands; ``None`` if it
-    does not. No database."""
-    until = _sessions.get((environment_id, subscriber_pk, session_version))
-    return until if until is not None and until > time.monotonic() else None
+    """For how many more seconds this process knows the session stands; ``None`` if it does not.
+    No database."""
+    left = _sessions.get((environment_id, subscriber_pk, session_version), 0.0) - _clock()
+    return left if left > 0 else None
 
 
 def inbox_session_current(

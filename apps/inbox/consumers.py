@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -83,22 +82,21 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         # Join before checking the session: a revocation committed after the check still reaches us.
         await self._join_groups()
         self.claims = claims
-        remembered_until = inbox_session_remembered(
+        remembered_for = inbox_session_remembered(
             environment_id=claims.environment_id,
             subscriber_pk=claims.subscriber_pk,
             session_version=claims.session_version,
         )
-        if remembered_until is None and not await self._session_current():
+        if remembered_for is None and not await self._session_current():
             await self._leave_groups()
             await self._reject(CLOSE_UNAUTHORIZED)
             return
         await self.accept()
-        if remembered_until is not None:
+        if remembered_for is not None:
             # Let in from this process's memory: a revocation made in another process shortly
             # before we joined the groups reached no socket of ours, and the memory may not know
             # of it yet. Ask the database once the memory runs out.
-            delay = max(0.0, remembered_until - time.monotonic())
-            self.recheck_task = asyncio.get_running_loop().create_task(self._recheck_after(delay))
+            self.recheck_task = asyncio.get_running_loop().create_task(self._recheck_after(remembered_for))
         # The server's current cursor: a client that has nothing yet replays changes from here.
         await self.send_json({"event": "ready", "cursor": inbox_seq_next()})
 
