@@ -649,8 +649,16 @@ def test_brevo_gets_a_uuid_idempotency_key_stable_across_resends(tenant, fake_se
             Reply(body={"id": "<m@acme.test>", "message": "Queued"}),
             lambda body, pk: f"v:clarion_message_id={pk}" in body,
         ),
+        (
+            "mailersend",  # its Anymail backend refuses metadata: none is set, so it sends
+            {"api_token": "ms"},
+            Reply(status=202, body={}, headers={"X-Message-Id": "ms-1"}),
+            lambda body, pk: (
+                "metadata" not in body and {"name": "X-Clarion-Message-Id", "value": str(pk)} in body["headers"]
+            ),
+        ),
     ],
-    ids=["postmark", "sendgrid", "mailgun"],
+    ids=["postmark", "sendgrid", "mailgun", "mailersend"],
 )
 def test_esps_without_idempotency_carry_the_message_id_as_metadata(
     tenant, fake_server, provider, credentials, reply, carries_id
