@@ -118,16 +118,22 @@ def message_get(*, environment: Environment, message_id: int) -> Message:
 
 
 def message_category(*, message: Message) -> Category | None:
-    """The category of a message, in one query: its run's workflow version's, or (a category digest)
-    the one named in its data. None for a message without one (an admin test send)."""
-    from apps.workflows.models import Run
+    """The category of a message, in one query: its run's workflow version's; without a run, the one
+    named in its data (a category digest) or its workflow's (a resend copy). None for a message
+    without one (an admin test send)."""
+    from apps.workflows.models import Run, Workflow
 
     categories = Category.objects.filter(environment_id=message.environment_id)
     if message.run_id is not None:
         key = Run.objects.filter(pk=message.run_id).values("workflow_version__category_key")[:1]
         return categories.filter(key=Subquery(key)).first()
-    key = (message.data or {}).get("category")
-    return categories.filter(key=key).first() if isinstance(key, str) and key else None
+    data = message.data or {}
+    if isinstance(data.get("category"), str) and data["category"]:
+        return categories.filter(key=data["category"]).first()
+    if isinstance(data.get("workflow"), str) and data["workflow"]:
+        workflow = Workflow.objects.filter(environment_id=message.environment_id, key=data["workflow"])
+        return categories.filter(pk=Subquery(workflow.values("category_id")[:1])).first()
+    return None
 
 
 def message_status_counts(*, environment_id: int) -> dict[str, int]:

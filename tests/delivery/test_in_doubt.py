@@ -776,3 +776,22 @@ def test_docs_list_every_providers_idempotency_key_and_metadata_as_the_code_decl
 def test_deliver_attempt_statuses_are_the_three_known(tenant):
     assert set(DeliveryAttempt.Status.values) == {"success", "failed", "in_doubt"}
     assert re.fullmatch(r"clarion-message-\d+-\d+", idempotency_key(Message(pk=7, created_at=timezone.now())))
+
+
+def test_message_category_from_its_run_its_digest_or_its_workflow(
+    tenant, fake_server, django_capture_on_commit_callbacks
+):
+    from apps.delivery.selectors import message_category
+
+    env = tenant.environment
+    category = sms_flow(env, critical=True)
+    sms_integration(env, fake_server())
+    from_run = trigger(env, django_capture_on_commit_callbacks)
+
+    def bare(**data: Any) -> Message:
+        return Message.objects.create(environment=env, step_id="s", channel="sms", body="x", data=data)
+
+    assert message_category(message=from_run) == category
+    assert message_category(message=bare(category="alerts")) == category  # a category digest
+    assert message_category(message=bare(workflow="login-code", resend_of=from_run.pk)) == category
+    assert message_category(message=bare(test=True)) is None
