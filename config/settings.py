@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -69,6 +70,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "django_filters",
     "channels",
     "django_q",
@@ -87,6 +89,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "apps.core.middleware.HostileInputMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -275,6 +278,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["apps.core.parsers.StrictJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.IdCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Rejects query parameters the operation does not declare (apps.core.query_params).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "apps.core.query_params.StrictQueryContentNegotiation",
     "EXCEPTION_HANDLER": "apps.core.errors.api_exception_handler",
     # Rate limits (apps.core.throttling): each request counts against one scope, in one cache trip.
     "DEFAULT_THROTTLE_CLASSES": [
@@ -301,7 +306,14 @@ SPECTACULAR_SETTINGS = {
     "templates, preferences and the in-app inbox.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The error envelope on every operation (apps.core.schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.core.schema.error_responses_hook",
+    ],
     # The same field names carry different choice sets across apps; name each set once.
     "ENUM_NAME_OVERRIDES": {
         "ChannelEnum": "apps.preferences.models.CHANNEL_CHOICES",
@@ -310,6 +322,27 @@ SPECTACULAR_SETTINGS = {
         "MessageStatusEnum": "apps.delivery.models.Message.Status",
     },
 }
+# Content-Security-Policy on every response (django-csp). No inline script anywhere: pages load
+# their scripts from /static/. The one inline <style> (the preference center's brand colour) carries
+# the request's nonce. The template editor's and layout's email previews (srcdoc iframes inherit
+# this policy) add 'unsafe-inline' to style-src on those admin pages only: email HTML is styled
+# inline by nature (apps.templates.admin).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", NONCE],
+        # Logos and avatars are customers' URLs; Swagger UI draws its icons as data: URLs.
+        "img-src": ["'self'", "data:", "https:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
 # The bulk endpoints take up to 1,000 items; single payloads are capped at 512 KB in the API.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=8 * 1024 * 1024)
 

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
+
+from apps.core.errors import ApiError
 
 
 class IdCursorPagination(CursorPagination):
@@ -13,6 +17,37 @@ class IdCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 200
+
+    def get_page_size(self, request: Request) -> int:
+        """``?limit=`` is an integer from 1 to ``max_page_size``; anything else is a 400, never ignored."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= self.max_page_size):
+            raise ApiError(
+                f"`limit` must be an integer from 1 to {self.max_page_size}.",
+                code="validation_error",
+                details={"limit": [f"An integer from 1 to {self.max_page_size}, got {raw!r}."]},
+            )
+        return int(raw)
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ApiError(
+                "The cursor is not valid: pass the `next_cursor` (or follow the `next` link) of a previous page.",
+                code="invalid_cursor",
+                details={"cursor": ["Not a cursor this API issued."]},
+            ) from None
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": self.max_page_size}
+                parameter["description"] = f"Page size, 1 to {self.max_page_size} (default {self.page_size})."
+        return parameters
 
     def get_paginated_response(self, data: Any) -> Response:
         return Response(

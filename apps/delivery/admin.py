@@ -271,12 +271,14 @@ class MessageAdmin(admin.ModelAdmin):
     actions = ["resend"]
     show_full_result_count = False
 
+    class Media:
+        css = {"all": ("clarion/admin/admin.css",)}  # no inline styles: the admin has a CSP
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Message) -> str:
         if obj.status == Message.Status.IN_DOUBT:
             return format_html(
-                '<span title="{}" style="background:#b45309;color:#fff;padding:1px 6px;border-radius:8px">'
-                "in doubt</span>",
+                '<span title="{}" class="clarion-badge-warn">in doubt</span>',
                 obj.error[:300],
             )
         if obj.in_doubt_count:

@@ -7,6 +7,7 @@ browser only what the widget needs, plus a curl command that triggers the demo w
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shlex
 from pathlib import Path
@@ -52,10 +53,28 @@ def trigger_curl(*, trigger_url: str, secret_key: str, subscriber_id: str) -> st
     )
 
 
+FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+
+
+def loopback_client(request: HttpRequest) -> bool:
+    """The request comes from this machine, directly: a loopback peer address and no header a
+    proxy adds (behind a reverse proxy on the same host every client would look local)."""
+    if any(header in request.META for header in FORWARDING_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
 @require_GET
 def demo_inbox(request: HttpRequest) -> HttpResponse:
+    # It shows a secret key: only when turned on (`make run` does) AND asked for from this machine,
+    # so a server started with the flag by mistake, or behind a proxy, still shows nothing.
     if not settings.CLARION_DEMO_PAGE:
         raise Http404("The demo page is off (set CLARION_DEMO_PAGE=1 to turn it on).")
+    if not loopback_client(request):
+        raise Http404("The demo page answers only requests from this machine (127.0.0.1 / ::1), not proxied.")
     demo, problem = demo_config()
     if demo is None:
         return render(request, "inbox/demo_missing.html", {"problem": problem}, status=404)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -327,6 +327,7 @@ class SubscriberPreferenceLinksView(APIView):
         summary="Signed preference-center and one-click unsubscribe links, for emails you send yourself",
         description="`category`: the category the unsubscribe link turns email off for; without it the "
         "link unsubscribes from everything non-critical.",
+        parameters=[OpenApiParameter("category", str, description="A category key.")],
         responses={200: PreferenceLinksSerializer},
     )
     def get(self, request: Request, subscriber_id: str) -> Response:

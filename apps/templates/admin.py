@@ -72,6 +72,15 @@ TEMPLATE_HELP = (
 )
 
 
+def allow_email_preview_styles(response: HttpResponse) -> HttpResponse:
+    """The page's Content-Security-Policy with inline styles allowed (scripts stay 'self' only).
+
+    The email preview is a sandboxed ``srcdoc`` iframe, which inherits the page's policy, and
+    email HTML is styled inline by nature (style attributes, ``<style>`` in the head)."""
+    response._csp_replace = {"style-src": ["'self'", "'unsafe-inline'"]}  # type: ignore[attr-defined]
+    return response
+
+
 def _template_label(template: Template) -> str:
     return f"{template.environment} / {template.key} ({template.get_channel_display()})"
 
@@ -616,7 +625,9 @@ class TemplateAdmin(admin.ModelAdmin):
             **fields,
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/notification_templates/template/editor.html", context)
+        return allow_email_preview_styles(
+            TemplateResponse(request, "admin/notification_templates/template/editor.html", context)
+        )
 
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if request.method != "POST":
@@ -788,6 +799,11 @@ class EmailLayoutAdmin(TranslationAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmailLayout | None = None) -> list[str]:
         return ["environment", "key"] if obj is not None else []
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        return allow_email_preview_styles(super().change_view(request, object_id, form_url, extra_context))
 
     def save_model(self, request: HttpRequest, obj: EmailLayout, form: Any, change: bool) -> None:
         layout, _ = layout_upsert(environment=obj.environment, key=obj.key, **form.layout_kwargs())

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.pagination import IdCursorPagination
+from apps.core.schema import paginated_schema, pagination_parameters
 from apps.events.selectors import run_data
 from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.selectors import subscriber_get
@@ -134,11 +135,11 @@ class SubscriberRunsView(generics.GenericAPIView):
     pagination_class = IdCursorPagination
 
     @extend_schema(
-        responses={200: dict},
+        responses={200: paginated_schema({"type": "object", "additionalProperties": True})},
         parameters=[
             OpenApiParameter("status", str, enum=[s.value for s in Run.Status]),
             OpenApiParameter("workflow", str, description="Only runs of this workflow key"),
-            OpenApiParameter("limit", int, description="Page size (default 50, at most 200)"),
+            *pagination_parameters(),
         ],
         summary="A subscriber's runs, newest first, with every step decision and message",
     )

@@ -182,6 +182,7 @@
     ".pref-channels { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 4px; }",
     ".pref label { display: inline-flex; align-items: center; gap: 4px; font-size: 12.5px; }",
     ".pref input { accent-color: var(--clarion-accent); }",
+    ".list-view { display: contents; }",
   ].join("\n");
 
   var ICONS = {
@@ -217,6 +218,21 @@
     }
     (children || []).forEach(function (c) { if (c) node.appendChild(c); });
     return node;
+  }
+
+  // Constructable stylesheets need nothing from the host page's Content-Security-Policy; a <style>
+  // element (the fallback for old browsers) needs style-src 'unsafe-inline' there.
+  var SHEET = null;
+  function adoptStyles(root) {
+    if (root.adoptedStyleSheets !== undefined && typeof CSSStyleSheet === "function" && "replaceSync" in CSSStyleSheet.prototype) {
+      if (!SHEET) {
+        SHEET = new CSSStyleSheet();
+        SHEET.replaceSync(CSS);
+      }
+      root.adoptedStyleSheets = [SHEET];
+    } else {
+      root.appendChild(el("style", { text: CSS }));
+    }
   }
 
   function safeUrl(url) {
@@ -315,7 +331,7 @@
     _build() {
       if (this._panel) return;
       var self = this;
-      this._root.appendChild(el("style", { text: CSS }));
+      adoptStyles(this._root);
       this._badge = el("span", { className: "badge", hidden: true, "aria-hidden": "true" });
       this._bell = el("button", {
         type: "button", className: "bell", part: "bell", "aria-haspopup": "dialog", "aria-expanded": "false",
@@ -354,7 +370,7 @@
       this._list.addEventListener("keydown", this._onListKey.bind(this));
       this._empty = el("div", { className: "empty", hidden: true });
       this._more = el("div", { className: "more", hidden: true });
-      this._listView = el("div", { style: "display:contents" }, [
+      this._listView = el("div", { className: "list-view" }, [
         el("div", { className: "bar" }, [this._tabs, this._categorySelect]), this._error, this._list, this._empty,
       ]);
       this._list.appendChild(this._more);
