@@ -10,6 +10,7 @@ binaries, ``redis-server``) is skipped with a note, unless ``CHAOS_REQUIRE_ALL=1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,6 +32,10 @@ class Watchdog(Exception):
 
 def _alarm(_signum: int, _frame: Any) -> None:
     raise Watchdog("the chaos run exceeded its time budget")
+
+
+def _terminated(_signum: int, _frame: Any) -> None:
+    raise Watchdog("stopped by SIGTERM")
 
 
 def _n(value: Any) -> str:
@@ -127,8 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get("CHAOS_PROFILE", "full"))
     parser.add_argument("--modes", default="", help="comma-separated subset of services,embedded")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "0")) or int(time.time()) % 10_000)
+    parser.add_argument("--rate", type=float, help="override: triggers per second (every mode)")
+    parser.add_argument("--recipients", type=int, help="override: recipients per trigger (every mode)")
+    parser.add_argument("--notifications", type=int, help="override: notifications per mode")
     args = parser.parse_args(argv)
     profile: Profile = PROFILES[args.profile]
+    overrides = {
+        k: v
+        for k, v in (
+            ("rate", args.rate),
+            ("recipients_per_trigger", args.recipients),
+            ("notifications", args.notifications),
+        )
+        if v
+    }
+    if overrides:
+        profile = dataclasses.replace(
+            profile, plans=tuple(dataclasses.replace(plan, **overrides) for plan in profile.plans)
+        )
     wanted = [m for m in args.modes.split(",") if m] or [p.mode for p in profile.plans]
     base = Path(os.environ.get("CHAOS_DIR", "/tmp")) / f"clarion-chaos-{time.strftime('%Y%m%d-%H%M%S')}"
     base.mkdir(parents=True, exist_ok=True)
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(BUDGET_SECONDS[profile.name])
-    signal.signal(signal.SIGTERM, lambda *_: _alarm(0, None))
+    signal.signal(signal.SIGTERM, _terminated)
 
     results: list[dict[str, Any]] = []
     notes: list[str] = []

@@ -259,6 +259,31 @@ class EspSequence:
             self._set(len(self.MODES) - 1)
 
 
+class Supervisor(threading.Thread):
+    """During the drain: restart the web or worker process if it exits, as systemd's Restart=always would."""
+
+    def __init__(self, web: Managed, worker: Managed, timeline: Timeline, counts: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.processes = {"web": web, "worker": worker}
+        self.timeline = timeline
+        self.counts = counts
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.5):
+            for name, process in self.processes.items():
+                if not process.alive():
+                    code = process.proc.returncode if process.proc else None
+                    self.counts[f"{name}_died"] = self.counts.get(f"{name}_died", 0) + 1
+                    self.timeline.add(f"{name} exited by itself during the drain (status {code}); restarted")
+                    time.sleep(SUPERVISOR_RESTART_DELAY)
+                    process.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
+
+
 def set_esp_mode(name: str, mode: str) -> None:
     body = {"mode": mode, "hang_seconds": HANG_SECONDS, "retry_after": RETRY_AFTER}
     httpx.post(f"http://127.0.0.1:{ESP_PORTS[name]}/_chaos/mode", json=body, timeout=5).raise_for_status()
@@ -535,6 +560,8 @@ class ModeRun:
         self.timeline.add("load finished; faults stop; draining")
 
         verify_out = self.run_dir / "verify.json"
+        supervisor = Supervisor(web, worker, self.timeline, kills)
+        supervisor.start()
         verify = subprocess.run(
             [
                 sys.executable,
@@ -560,6 +587,7 @@ class ModeRun:
             stdin=subprocess.DEVNULL,
             timeout=self.profile.drain_timeout + 300,
         )
+        supervisor.stop()
         watch.stop()
         if verify.returncode != 0 or not verify_out.exists():
             raise RuntimeError("bench.chaos.verify failed (see its output above)")
@@ -593,7 +621,7 @@ class ModeRun:
         next_kill = rng.uniform(*self.profile.kill_every)
         kill_group = True
         restart_worker_at: float | None = None
-        kills = {"group": 0, "child": 0, "worker_died_by_itself": 0, "web_died": 0}
+        kills = {"group": 0, "child": 0, "worker_died": 0, "web_died": 0}
         redis_at = self.profile.redis_at * load if self.plan.mode == "services" else None
         postgres_at = self.profile.postgres_at * load if self.plan.mode == "services" else None
         redis_back_at: float | None = None
@@ -607,7 +635,7 @@ class ModeRun:
                 restart_worker_at = None
                 self.timeline.add(f"worker restarted (pid {worker.pid})")
             elif restart_worker_at is None and not worker.alive():
-                kills["worker_died_by_itself"] += 1
+                kills["worker_died"] += 1
                 code = worker.proc.returncode if worker.proc else None
                 self.timeline.add(f"worker exited by itself (status {code}); the supervisor restarts it")
                 restart_worker_at = now + SUPERVISOR_RESTART_DELAY
@@ -625,6 +653,10 @@ class ModeRun:
                     restart_worker_at = now + SUPERVISOR_RESTART_DELAY
                 else:
                     victim = worker.kill_one_child(rng)
+                    if victim is None:  # just restarted: no children yet; try again shortly
+                        next_kill = now + 2
+                        time.sleep(0.2)
+                        continue
                     kills["child"] += 1
                     self.timeline.add(f"SIGKILL one worker child (pid {victim})")
                 kill_group = not kill_group
