@@ -311,6 +311,7 @@ class ModeRun:
     processes: list[Managed] = field(default_factory=list)
     postgres: OwnPostgres | None = None
     redis: OwnRedis | None = None
+    no_faults: bool = False  # the control run: the same load, no fault at all
 
     # --- setup -----------------------------------------------------------------------------
 
@@ -597,6 +598,7 @@ class ModeRun:
                 "mode": self.plan.mode,
                 "profile": self.profile.name,
                 "worker_command": worker_command,
+                "faults": not self.no_faults,
                 "setup_seconds": round(setup_seconds, 1),
                 "load_seconds": round(load_seconds, 1),
                 "kills": kills,
@@ -618,18 +620,20 @@ class ModeRun:
     def _fault_loop(self, loadgen: Managed, web: Managed, worker: Managed, esp: EspSequence) -> dict[str, int]:
         rng = random.Random(self.seed)
         load = self.plan.load_seconds
-        next_kill = rng.uniform(*self.profile.kill_every)
+        faults = not self.no_faults
+        next_kill = rng.uniform(*self.profile.kill_every) if faults else float("inf")
         kill_group = True
         restart_worker_at: float | None = None
         kills = {"group": 0, "child": 0, "worker_died": 0, "web_died": 0}
-        redis_at = self.profile.redis_at * load if self.plan.mode == "services" else None
-        postgres_at = self.profile.postgres_at * load if self.plan.mode == "services" else None
+        redis_at = self.profile.redis_at * load if self.plan.mode == "services" and faults else None
+        postgres_at = self.profile.postgres_at * load if self.plan.mode == "services" and faults else None
         redis_back_at: float | None = None
         postgres_back_at: float | None = None
         hard_stop = load + 120
         while loadgen.alive() and self.timeline.now() < hard_stop:
             now = self.timeline.now()
-            esp.tick()
+            if faults:
+                esp.tick()
             if restart_worker_at is not None and now >= restart_worker_at:
                 worker.start()
                 restart_worker_at = None
