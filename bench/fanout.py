@@ -182,7 +182,7 @@ def _phase_timer(phases: dict[str, float]) -> Iterator[None]:
     it and in the fan-out, every bulk_create / bulk_update by model."""
     from django.db.models import QuerySet
 
-    from apps.workflows import engine
+    from apps.workflows.engine import chunks
 
     def timed(name: str, func: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -201,10 +201,10 @@ def _phase_timer(phases: dict[str, float]) -> Iterator[None]:
         return wrapper
 
     with (
-        mock.patch.object(engine, "claim_runs", timed("claim_runs", engine.claim_runs)),
-        mock.patch.object(engine, "_load_chunk_data", timed("_load_chunk_data", engine._load_chunk_data)),
-        mock.patch.object(engine, "_walk", timed("_walk (render, decide)", engine._walk)),
-        mock.patch.object(engine, "_commit_chunk", timed("_commit_chunk (all writes)", engine._commit_chunk)),
+        mock.patch.object(chunks, "claim_runs", timed("claim_runs", chunks.claim_runs)),
+        mock.patch.object(chunks, "load_chunk", timed("load_chunk", chunks.load_chunk)),
+        mock.patch.object(chunks, "walk", timed("walk (render, decide)", chunks.walk)),
+        mock.patch.object(chunks, "commit_chunk", timed("commit_chunk (all writes)", chunks.commit_chunk)),
         mock.patch.object(QuerySet, "bulk_create", by_model("  bulk_create", QuerySet.bulk_create)),
         mock.patch.object(QuerySet, "bulk_update", by_model("  bulk_update", QuerySet.bulk_update)),
     ):

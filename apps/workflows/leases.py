@@ -13,9 +13,14 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
+from django.conf import settings
 from django.db import DatabaseError, connections
 
 logger = logging.getLogger(__name__)
+
+
+def lease_seconds() -> int:
+    return int(settings.CLARION["RUN_LEASE_SECONDS"])
 
 
 class LeaseHeartbeat:

@@ -169,7 +169,7 @@ def test_worker_dying_mid_run_is_recovered_by_sweeper_without_duplicates(
     SubscriberFactory(environment=env, subscriber_id="u1")
     SubscriberFactory(environment=env, subscriber_id="u2")
 
-    original_commit = engine._commit_chunk
+    original_commit = engine.chunks.commit_chunk
     calls = {"n": 0}
 
     def dying_commit(*args: Any, **kwargs: Any) -> None:
@@ -178,7 +178,7 @@ def test_worker_dying_mid_run_is_recovered_by_sweeper_without_duplicates(
             raise WorkerKilled()
         original_commit(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_commit_chunk", dying_commit)
+    monkeypatch.setattr(engine.chunks, "commit_chunk", dying_commit)
     with pytest.raises(WorkerKilled):
         trigger(env, django_capture_on_commit_callbacks, to=["u1", "u2"])
 

@@ -121,7 +121,7 @@ def test_a_run_whose_worker_died_resumes_after_its_lease_and_the_dead_worker_can
     assert run.status == Run.Status.COMPLETED
     assert InboxMessage.objects.count() == 1
     # The "dead" worker wakes up and tries to commit what it had: nothing is written twice.
-    engine._commit_chunk(dead_token, claimed, engine._ChunkWrites(), START)
+    engine.commit_chunk(dead_token, claimed, engine.ChunkWrites(), START)
     assert InboxMessage.objects.count() == 1
     assert StepRun.objects.filter(run=run, reason="sent").count() == 1
 

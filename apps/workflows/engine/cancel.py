@@ -1,0 +1,75 @@
+"""Cancellation: stop the unfinished runs of events, wherever they wait."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core.tasks import enqueue_on_commit
+from apps.events.models import Event
+from apps.workflows import digests
+from apps.workflows.definitions import program_for
+from apps.workflows.engine.fanout import ADVANCE_TASK
+from apps.workflows.models import Run, StepRun
+
+
+def event_cancel_runs(*, event: Event) -> int:
+    """Stop every run of the event that has not finished. Returns how many were cancelled."""
+    return events_cancel_runs(events=[event], reason="cancelled_by_api")
+
+
+def events_cancel_runs(*, events: Sequence[Event], reason: str) -> int:
+    """Stop the unfinished runs of these events, wherever they wait (delay, digest, escalation).
+
+    A run waiting in a digest leaves its bucket; if it was the bucket's leader, the next run in
+    the bucket takes over, so the other events are still sent.
+    """
+    now = timezone.now()
+    event_pks = [event.pk for event in events]
+    wake: list[int] = []
+    with transaction.atomic():
+        Event.objects.filter(pk__in=event_pks, status=Event.Status.PENDING).update(status=Event.Status.CANCELLED)
+        runs = list(
+            Run.objects.select_for_update()
+            .filter(event_id__in=event_pks, status__in=[Run.Status.PENDING, Run.Status.WAITING, Run.Status.RUNNING])
+            .select_related("workflow_version")
+            .order_by("pk")
+        )
+        for run in runs:
+            run.status = Run.Status.CANCELLED
+            run.resume_at = None
+            run.claim_token = None
+            run.lease_until = None
+            run.completed_at = now
+        Run.objects.bulk_update(runs, ["status", "resume_at", "claim_token", "lease_until", "completed_at"])
+        StepRun.objects.bulk_create(
+            [
+                StepRun(
+                    run=run,
+                    step_id=_next_step_id(run),
+                    step_type="cancel",
+                    decision=StepRun.Decision.CANCELLED,
+                    reason=reason,
+                )
+                for run in runs
+            ]
+        )
+        if runs:
+            wake = digests.digests_release_cancelled(run_pks=[run.pk for run in runs], now=now)
+            Event.objects.filter(pk__in={run.event_id for run in runs}).exclude(status=Event.Status.CANCELLED).update(
+                status=Event.Status.CANCELLED
+            )
+        if wake:
+            enqueue_on_commit(ADVANCE_TASK, wake)
+    return len(runs)
+
+
+def _next_step_id(run: Run) -> str:
+    if not run.workflow_version_id:
+        return "-"
+    program = program_for(run.workflow_version)
+    if run.step_index < len(program) and "step" in program[run.step_index]:
+        return str(program[run.step_index]["step"]["id"])
+    return "-"

@@ -1,0 +1,218 @@
+"""Chunks of runs: claimed under a lease, walked with data loaded once, committed in one transaction.
+
+Safe to run twice with the same ids: runs are claimed by one conditional UPDATE that writes this
+worker's token and a lease (renewed by a heartbeat while the chunk is worked); everything the
+chunk writes — messages, inbox rows, trace, digest entries, run state — commits in one
+transaction, and only for the runs the worker still holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import OperationalError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.core.tasks import enqueue_on_commit
+from apps.delivery.models import Message
+from apps.events.models import Event
+from apps.inbox.models import InboxMessage
+from apps.templates.models import TemplateVersion
+from apps.templates.selectors import pinned_versions, published_versions_for_keys
+from apps.workflows.definitions import program_for
+from apps.workflows.engine.fanout import ADVANCE_TASK, chunk_size
+from apps.workflows.engine.walk import walk
+from apps.workflows.leases import LeaseHeartbeat, lease_seconds
+from apps.workflows.models import Run, StepRun, WorkflowVersion
+from apps.workflows.steps import ChunkData, ChunkPlan, ChunkWrites, all_step_types, known_step_types, step_type
+
+logger = logging.getLogger(__name__)
+
+DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
+
+
+def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
+    """Atomically take the runs that are ready and not held by a live worker."""
+    now = timezone.now()
+    token = Run.new_claim_token()
+    ready = (
+        Q(status=Run.Status.PENDING, lease_until__isnull=True)
+        | Q(status=Run.Status.PENDING, lease_until__lt=now)
+        | Q(status=Run.Status.WAITING, resume_at__lte=now)
+        | Q(status=Run.Status.RUNNING, lease_until__lt=now)
+    )
+    Run.objects.filter(ready, pk__in=list(run_ids)).update(
+        status=Run.Status.RUNNING,
+        claim_token=token,
+        lease_until=now + timedelta(seconds=lease_seconds()),
+        attempts=F("attempts") + 1,
+    )
+    runs = list(
+        Run.objects.filter(claim_token=token, status=Run.Status.RUNNING).select_related("subscriber").order_by("pk")
+    )
+    # The runs of a chunk mostly share one event and one version: load each once and share the
+    # instance, instead of decoding the same payload and steps JSON for every run.
+    if runs:
+        events = Event.objects.in_bulk({run.event_id for run in runs})
+        versions = WorkflowVersion.objects.select_related("workflow").in_bulk({run.workflow_version_id for run in runs})
+        for run in runs:
+            run.event = events[run.event_id]
+            run.workflow_version = versions[run.workflow_version_id]
+    return token, runs
+
+
+def remaining_steps(run: Run) -> Iterator[dict[str, Any]]:
+    for instruction in program_for(run.workflow_version)[run.step_index :]:
+        if "step" in instruction:
+            yield instruction["step"]
+
+
+def load_chunk(runs: list[Run], now: datetime) -> ChunkData:
+    """Everything the chunk's runs need, in a fixed number of queries: the template versions their
+    steps ahead render (pinned or published), then each step type's own part."""
+    plan = ChunkPlan(runs=runs, ahead={run.pk: list(remaining_steps(run)) for run in runs})
+    by_env_keys: dict[int, set[str]] = defaultdict(set)
+    pinned_ids: set[int] = set()
+    known = known_step_types()
+    for run in runs:
+        pins = run.event.template_versions or {}
+        for step in plan.ahead[run.pk]:
+            if step.get("type") not in known:
+                continue
+            for key in step_type(step["type"]).template_keys(step):
+                if key in pins:
+                    pinned_ids.add(pins[key])
+                else:
+                    by_env_keys[run.environment_id].add(key)
+    templates: dict[tuple[int, str], TemplateVersion] = {}
+    for environment_id, keys in by_env_keys.items():
+        for key, template_version in published_versions_for_keys(environment=environment_id, keys=keys).items():
+            templates[(environment_id, key)] = template_version
+    data = ChunkData(templates=templates, pinned=pinned_versions(pks=pinned_ids))
+    for kind in all_step_types():
+        kind.prepare(plan, data, now)
+    return data
+
+
+def advance_runs(run_ids: Sequence[int]) -> None:
+    """Walk the given runs as far as they can go now. Safe to call twice."""
+    for start in range(0, len(run_ids), chunk_size()):
+        _advance_chunk(run_ids[start : start + chunk_size()])
+
+
+def _advance_chunk(run_ids: Sequence[int]) -> None:
+    token, runs = claim_runs(run_ids)
+    if not runs:
+        return
+    with LeaseHeartbeat(lambda: runs_renew_lease(token=token), interval=lease_seconds() / 4):
+        walk_and_commit(token, runs)
+
+
+def runs_renew_lease(*, token: Any) -> int:
+    """Push out the lease of the runs this worker holds under ``token``. Returns how many it still holds."""
+    return Run.objects.filter(claim_token=token, status=Run.Status.RUNNING).update(
+        lease_until=timezone.now() + timedelta(seconds=lease_seconds())
+    )
+
+
+def walk_and_commit(token: Any, runs: list[Run]) -> None:
+    now = timezone.now()
+    data = load_chunk(runs, now)
+    writes = ChunkWrites()
+    for run in runs:
+        try:
+            walk(run, data, writes, now)
+        except Exception as exc:  # a bug for one run must not block the chunk
+            logger.exception("run %s failed", run.pk)
+            run.status = Run.Status.FAILED
+            run.completed_at = now
+            writes.step_runs.append(
+                StepRun(
+                    run=run,
+                    step_id="-",
+                    step_type="engine",
+                    decision=StepRun.Decision.FAILED,
+                    reason="engine_error",
+                    detail={"error": f"{type(exc).__name__}: {exc}"},
+                )
+            )
+    for attempt in range(3):
+        try:
+            commit_chunk(token, runs, writes, now)
+            return
+        except OperationalError:  # a deadlock or lock timeout between concurrent chunks: try again
+            if attempt == 2:
+                raise
+            logger.warning("chunk commit hit a lock conflict; retrying", exc_info=True)
+            for obj in [*writes.messages, *writes.step_runs, *(row for row, *_ in writes.inbox)]:
+                obj.pk = None
+                obj._state.adding = True
+            time.sleep(0.05 * (attempt + 1))
+
+
+def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime) -> None:
+    with transaction.atomic():
+        # Only write for runs this worker still holds (a lease may have expired meanwhile).
+        still_held = set(
+            Run.objects.select_for_update()
+            .filter(pk__in=[r.pk for r in runs], claim_token=token)
+            .values_list("pk", flat=True)
+        )
+        if len(still_held) != len(runs):
+            logger.warning("lost the claim on %d run(s); skipping their writes", len(runs) - len(still_held))
+        held_runs = [r for r in runs if r.pk in still_held]
+        wake: list[int] = []
+        for kind in sorted(all_step_types(), key=lambda kind: kind.commit_order):
+            wake.extend(kind.commit(writes, still_held, now))
+        messages = [m for m in writes.messages if m.run_id in still_held]
+        Message.objects.bulk_create(messages, batch_size=500)
+        inbox_rows: list[InboxMessage] = []
+        for inbox, message_index, run, _step_id in writes.inbox:
+            if run.pk not in still_held:
+                continue
+            inbox.message = writes.messages[message_index]
+            inbox_rows.append(inbox)
+        InboxMessage.objects.bulk_create(inbox_rows, batch_size=500)
+        StepRun.objects.bulk_create([s for s in writes.step_runs if s.run_id in still_held], batch_size=1000)
+        _save_runs(held_runs)
+        outbound_ids = [m.pk for m in messages if m.channel != "in_app"]
+        if inbox_rows:
+            from apps.inbox.realtime import publish_messages_created
+
+            transaction.on_commit(lambda: publish_messages_created(inbox_rows))
+        if outbound_ids:
+            enqueue_on_commit(DELIVER_TASK, outbound_ids)
+        if wake:
+            enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
+
+
+def _save_runs(runs: list[Run]) -> None:
+    """Write the runs' new state with one UPDATE per distinct state.
+
+    Runs of one chunk usually went through the same steps and stopped at the same place with the
+    same results (ids of what they created live in Message rows, not here), so a chunk of 500
+    runs is typically one statement instead of a 500-row ``bulk_update``.
+    """
+    now = timezone.now()
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    states: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for run in runs:
+        status = Run.Status.PENDING if run.status == Run.Status.RUNNING else run.status
+        key = (status, run.step_index, run.resume_at, run.completed_at, json.dumps(run.step_results, sort_keys=True))
+        groups[key].append(run.pk)
+        states[key] = {
+            "status": status,
+            "step_index": run.step_index,
+            "resume_at": run.resume_at,
+            "completed_at": run.completed_at,
+            "step_results": run.step_results,
+        }
+    for key, pks in groups.items():
+        Run.objects.filter(pk__in=pks).update(claim_token=None, lease_until=None, updated_at=now, **states[key])

@@ -1,0 +1,118 @@
+"""Fan-out: one run per recipient of an event, created chunk by chunk under a lease on the event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+
+from apps.core.tasks import enqueue
+from apps.events.fanout import event_fanout_claim, event_fanout_finish, event_fanout_renew
+from apps.events.models import Event
+from apps.subscribers.models import Subscriber, TopicSubscription
+from apps.subscribers.services import subscribers_ensure
+from apps.templates.selectors import published_versions_for_keys
+from apps.workflows.definitions import template_keys
+from apps.workflows.leases import lease_seconds
+from apps.workflows.models import Run
+
+logger = logging.getLogger(__name__)
+
+ADVANCE_TASK = "apps.workflows.tasks.advance_runs"
+
+
+def chunk_size() -> int:
+    return int(settings.CLARION["FANOUT_CHUNK_SIZE"])
+
+
+def _recipient_pk_chunks(event: Event) -> Iterator[list[int]]:
+    """Subscriber pks for the event, in chunks; big topics are streamed by keyset pagination.
+
+    Subscriber ids nobody has created yet get a bare subscriber, like Novu. Duplicates across
+    chunks are harmless: the run's unique constraint absorbs them.
+    """
+    size = chunk_size()
+    direct_ids = [r["subscriber_id"] for r in event.recipients if "subscriber_id" in r]
+    for start in range(0, len(direct_ids), size):
+        batch = direct_ids[start : start + size]
+        subscribers_ensure(environment=event.environment, subscriber_ids=batch)
+        yield list(
+            Subscriber.objects.filter(environment_id=event.environment_id, subscriber_id__in=batch).values_list(
+                "pk", flat=True
+            )
+        )
+    actor_id = event.actor.get("subscriber_id") if isinstance(event.actor, dict) else None
+    topic_keys = [r["topic"] for r in event.recipients if "topic" in r]
+    for topic_key in topic_keys:
+        after = 0
+        while True:
+            rows = TopicSubscription.objects.filter(
+                topic__environment_id=event.environment_id, topic__key=topic_key, subscriber_id__gt=after
+            )
+            if actor_id:
+                # Like Novu, the actor of a topic trigger does not notify themselves.
+                rows = rows.exclude(subscriber__subscriber_id=actor_id)
+            pks = list(rows.order_by("subscriber_id").values_list("subscriber_id", flat=True)[:size])
+            if not pks:
+                break
+            yield pks
+            after = pks[-1]
+
+
+def process_event(event_id: int) -> None:
+    """Create one run per recipient (chunk by chunk) and wake the engine for each chunk.
+
+    The worker holds a lease on the event while it fans out (renewed per chunk); if it dies, the
+    ticker hands the event to another worker, which resumes where the runs stop.
+    """
+    event = Event.objects.select_related("workflow_version__workflow", "environment").filter(pk=event_id).first()
+    if event is None or event.status != Event.Status.PENDING:
+        return
+    lease = timedelta(seconds=lease_seconds())
+    if not event_fanout_claim(event=event, lease=lease, template_versions=_template_pins(event)):
+        return  # another worker is fanning it out
+    runs_created = 0
+    for pks in _recipient_pk_chunks(event):
+        if not pks:
+            continue
+        with transaction.atomic():
+            if Event.objects.filter(pk=event.pk, status=Event.Status.CANCELLED).exists():
+                return
+            Run.objects.bulk_create(
+                [
+                    Run(
+                        environment_id=event.environment_id,
+                        event_id=event.pk,
+                        workflow_version_id=event.workflow_version_id,
+                        subscriber_id=pk,
+                    )
+                    for pk in pks
+                ],
+                ignore_conflicts=True,
+                batch_size=500,
+            )
+        run_ids = list(
+            Run.objects.filter(event=event, subscriber_id__in=pks, status=Run.Status.PENDING).values_list(
+                "pk", flat=True
+            )
+        )
+        runs_created += len(pks)
+        if run_ids:
+            enqueue(ADVANCE_TASK, run_ids)
+        event_fanout_renew(event=event, lease=lease)
+    event_fanout_finish(event=event, recipient_count=Run.objects.filter(event=event).count())
+    logger.info("event %s fanned out to %d recipients", event.transaction_id, runs_created)
+
+
+def _template_pins(event: Event) -> dict[str, int]:
+    """The published version of every template the workflow uses, fixed for all of the event's runs."""
+    if event.template_versions or event.workflow_version.workflow.use_latest_templates:
+        return {}
+    keys = template_keys(event.workflow_version.steps)
+    if not keys:
+        return {}
+    published = published_versions_for_keys(environment=event.environment_id, keys=keys)
+    return {key: version.pk for key, version in published.items()}
