@@ -15,7 +15,7 @@ from django.conf import settings
 from django.http import QueryDict
 
 from apps.core.errors import ApiError
-from apps.core.sandbox import SandboxError
+from apps.core.sandbox import SandboxError, time_limit
 from apps.templates import selectors, services
 from apps.templates.models import EmailLayout, Template, TemplateVersion
 from apps.templates.rendering import (
@@ -180,15 +180,16 @@ def preview_draft(template: Template, draft: Draft, *, language: str | None, sub
         errors.update({str(key): str(value) for key, value in details.items()})
     context = selectors.sample_render_context(template=version.template, subscriber=subscriber)
     rendered = None
-    for strict in (True, False):
-        try:
-            rendered = render_version(version=version, locale=language, context=context, strict=strict)
-            break
-        except SandboxError as exc:
-            if strict:
-                errors.update(services._render_errors(exc))
-            else:
-                errors.setdefault("template", str(exc))
+    with time_limit():  # the strict and the lenient attempt share one limit
+        for strict in (True, False):
+            try:
+                rendered = render_version(version=version, locale=language, context=context, strict=strict)
+                break
+            except SandboxError as exc:
+                if strict:
+                    errors.update(services._render_errors(exc))
+                else:
+                    errors.setdefault("template", str(exc))
     return PreviewResult(rendered=rendered, errors=errors, language=language)
 
 

@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from apps.core.errors import Conflict, NotFound, Unprocessable
-from apps.core.sandbox import MAX_SOURCE_CHARS, SandboxError, validate_template
+from apps.core.sandbox import MAX_SOURCE_CHARS, SandboxError, time_limit, validate_template
 from apps.preferences.models import CHANNELS
 from apps.templates.models import EmailLayout, Template, TemplateVersion
 from apps.templates.rendering import (
@@ -376,15 +376,16 @@ def template_render_check(*, version: TemplateVersion, payload: dict[str, Any] |
 
     context = sample_render_context(template=version.template, payload=payload)
     errors: dict[str, str] = {}
-    for language in supported_languages():
-        own = any(getattr(version, f"{name}_{language}", None) for name in TRANSLATED_FIELDS)
-        if not own and language != default_language():
-            continue
-        try:
-            render_version(version=version, locale=language, context=context, strict=True)
-        except SandboxError as exc:
-            for where, message in _render_errors(exc).items():
-                errors.setdefault(where, message)
+    with time_limit():  # one limit for all languages, not one per language
+        for language in supported_languages():
+            own = any(getattr(version, f"{name}_{language}", None) for name in TRANSLATED_FIELDS)
+            if not own and language != default_language():
+                continue
+            try:
+                render_version(version=version, locale=language, context=context, strict=True)
+            except SandboxError as exc:
+                for where, message in _render_errors(exc).items():
+                    errors.setdefault(where, message)
     return errors
 
 
@@ -668,22 +669,23 @@ def template_save(
         sample_payload=sample_payload,
     )
     version: TemplateVersion | None = None
-    if content is not None:
-        version = template_version_create(
-            template=template,
-            content=content,
-            action_url=action_url,
-            note=note,
-            created_by=created_by,
-            publish=publish,
-            skip_if_unchanged=True,
-            urls=urls,
-            body_format=body_format,
-            layout=layout,
-        )
-    elif publish:
-        template_publish(template=template)
-        version = template.published_version
+    with time_limit():  # validating a new version and publishing it share one render limit
+        if content is not None:
+            version = template_version_create(
+                template=template,
+                content=content,
+                action_url=action_url,
+                note=note,
+                created_by=created_by,
+                publish=publish,
+                skip_if_unchanged=True,
+                urls=urls,
+                body_format=body_format,
+                layout=layout,
+            )
+        elif publish:
+            template_publish(template=template)
+            version = template.published_version
     return SavedTemplate(template=template, created=created, version=version)
 
 

@@ -94,7 +94,7 @@ def test_known_escapes_leak_nothing_when_lenient(source: str) -> None:
 def test_resource_exhaustion_is_refused_before_it_is_built(source: str) -> None:
     error, peak = traced_peak(lambda: render_string(source, CONTEXT))
     assert isinstance(error, SandboxError)
-    assert peak < 8 * MIB
+    assert peak < 2 * MIB
 
 
 def test_output_limit_message() -> None:
