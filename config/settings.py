@@ -379,6 +379,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.int("CLARION_ADMIN_LOGIN_COOLOFF_MINUT
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "apps.core.throttling.client_ip"
+AXES_VERBOSE = False  # no banner on every start; failures and lockouts are still logged
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
