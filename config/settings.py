@@ -354,6 +354,9 @@ CLARION = {
     "RUN_LEASE_SECONDS": env.int("CLARION_RUN_LEASE_SECONDS", default=20),
     # How often each worker host's ticker starts due work (delays, digest windows, retries, orphans).
     "TICK_SECONDS": env.float("CLARION_TICK_SECONDS", default=1.0),
+    # A send whose heartbeat is older than this died with its worker: it goes in doubt (if it was
+    # inside a provider call) or back to the queue. Provider timeouts are capped at a third of it.
+    "SEND_HEARTBEAT_SECONDS": env.int("CLARION_SEND_HEARTBEAT_SECONDS", default=30),
     "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=120),
     "INBOX_TOKEN_MAX_AGE": 60 * 60 * 12,
     "SWEEP_INTERVAL_MINUTES": 1,
