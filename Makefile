@@ -10,10 +10,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-# Django refuses to start without SECRET_KEY. migrate, seed and run use the exported one, or else
-# a random key generated once into $(SECRET_KEY_FILE) (0600) and kept.
+# Django refuses to start without SECRET_KEY and CLARION_ENCRYPTION_KEYS. migrate, seed and run use
+# the exported ones, or else random keys generated once into $(SECRET_KEY_FILE) and
+# $(ENCRYPTION_KEY_FILE) (0600) and kept.
 SECRET_KEY_FILE := $(or $(CLARION_VAR_DIR),var)/secret_key
-WITH_KEY = SECRET_KEY="$${SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))}"
+ENCRYPTION_KEY_FILE := $(or $(CLARION_VAR_DIR),var)/encryption_key
+WITH_KEY = SECRET_KEY="$${SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))}" \
+	CLARION_ENCRYPTION_KEYS="$${CLARION_ENCRYPTION_KEYS:-$$(cat $(ENCRYPTION_KEY_FILE))}"
 
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="tests/inbox -x"`.
 PYTEST_ARGS ?=
@@ -41,7 +44,13 @@ $(SECRET_KEY_FILE):
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@.tmp && mv $@.tmp $@
 	@echo "Generated a SECRET_KEY for this installation in $@"
 
-migrate: venv $(SECRET_KEY_FILE) ## Apply migrations (and the channels-lite database on the embedded default)
+# A Fernet key: 32 random bytes, url-safe base64. Losing it loses the secrets it encrypted.
+$(ENCRYPTION_KEY_FILE):
+	@mkdir -p $(@D)
+	@umask 077 && $(PYTHON) -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())' > $@.tmp && mv $@.tmp $@
+	@echo "Generated CLARION_ENCRYPTION_KEYS for this installation in $@"
+
+migrate: venv $(SECRET_KEY_FILE) $(ENCRYPTION_KEY_FILE) ## Apply migrations (and the channels-lite database on the embedded default)
 	$(WITH_KEY) $(PY) manage.py migrate --noinput
 	@if [ -z "$$REDIS_URL" ]; then $(WITH_KEY) $(PY) manage.py migrate --database channels --noinput -v0; fi
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import platform
@@ -40,6 +41,7 @@ class Installation:
     database_url: str = ""
     redis_url: str = ""
     secret_key: str = field(default_factory=lambda: "bench-" + secrets.token_urlsafe(32))
+    encryption_key: str = field(default_factory=lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     _django_ready: bool = False
 
     @classmethod
@@ -74,6 +76,8 @@ class Installation:
                 "CLARION_VAR_DIR": str(self.var_dir),
                 "DEBUG": "0",
                 "SECRET_KEY": self.secret_key,
+                "CLARION_ENCRYPTION_KEYS": self.encryption_key,
+                "CLARION_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,::1/128",  # fakes on loopback
                 "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
                 "LOG_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1",

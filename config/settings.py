@@ -7,10 +7,12 @@ PostgreSQL, the django-q2 Redis broker and channels-redis. Nothing else differs.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+from cryptography.fernet import Fernet
 from csp.constants import NONCE
 from django.core.exceptions import ImproperlyConfigured
 
@@ -39,6 +41,32 @@ if not SECRET_KEY or SECRET_KEY in _public_development_keys:
     )
 if _public_development_keys.intersection(SECRET_KEY_FALLBACKS):
     raise ImproperlyConfigured("SECRET_KEY_FALLBACKS holds the public development key; remove it.")
+# Provider credentials and inbox HMAC secrets are encrypted at rest (apps.core.fields): Fernet
+# keys, the first encrypts, all decrypt; `manage.py rotate_encryption_key` re-encrypts with the
+# first. No default, like SECRET_KEY: `make run` keeps one in var/encryption_key, pytest sets one.
+CLARION_ENCRYPTION_KEYS = env.list("CLARION_ENCRYPTION_KEYS", default=[])
+for _key in CLARION_ENCRYPTION_KEYS or [""]:
+    try:
+        Fernet(_key)
+    except ValueError:
+        raise ImproperlyConfigured(
+            "CLARION_ENCRYPTION_KEYS is "
+            + ("not set" if not CLARION_ENCRYPTION_KEYS else "not a list of Fernet keys (32 url-safe base64 bytes)")
+            + ". Set it to one or more comma-separated Fernet keys, the same for every web and worker process "
+            "(a new one: python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'). "
+            "The first key encrypts, every key decrypts. `make run`, `make migrate` and `make seed` use one kept "
+            "in var/encryption_key."
+        ) from None
+# Outbound requests to customer-configured URLs never reach private, loopback, link-local or
+# metadata addresses (apps.core.net) except in these networks (CIDRs, comma-separated).
+CLARION_ALLOWED_PRIVATE_NETWORKS = env.list("CLARION_ALLOWED_PRIVATE_NETWORKS", default=[])
+for _network in CLARION_ALLOWED_PRIVATE_NETWORKS:
+    try:
+        ipaddress.ip_network(_network.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"CLARION_ALLOWED_PRIVATE_NETWORKS: {_network!r} is not a network in CIDR notation (e.g. 10.0.0.0/8)"
+        ) from None
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # /demo/inbox/ shows the demo environment's keys: on for `make run`, off unless asked for.

@@ -16,6 +16,7 @@ PostgreSQL on 5499 + own Redis on 6399):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -327,6 +328,7 @@ class ModeRun:
                 "CLARION_VAR_DIR": str(var_dir),
                 "DEBUG": "0",
                 "SECRET_KEY": "chaos-" + secrets.token_urlsafe(32),
+                "CLARION_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
                 "ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "CLARION_PUBLIC_URL": f"http://127.0.0.1:{WEB_PORT}",
                 "CLARION_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",

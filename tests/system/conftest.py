@@ -21,6 +21,7 @@ crashed machine) and ``start()`` / ``restart()``; after the test the worker runs
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -301,6 +302,8 @@ def _process_env(var_dir: Path, port: int) -> dict[str, str]:
             "CLARION_VAR_DIR": str(var_dir),
             "DEBUG": "0",
             "SECRET_KEY": "system-test-" + secrets.token_urlsafe(32),
+            "CLARION_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            "CLARION_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,::1/128",  # the fake providers on loopback
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "CLARION_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "CLARION_STALL_SECONDS": "5",
