@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from django.db.models import Count, QuerySet, Subquery
 
 from apps.core.errors import NotFound
+from apps.delivery.addresses import SUPPRESSIBLE_CHANNELS, address_normalize, channel_address
 from apps.delivery.models import Integration, Message, Suppression
 from apps.preferences.models import Category
 from apps.subscribers.models import Device, Subscriber
@@ -26,14 +27,18 @@ def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[st
     if not subscribers:
         return {}
     env_ids = {s.environment_id for s in subscribers}
-    addresses = {s.email.strip().lower() for s in subscribers if s.email} | {
-        s.phone.strip() for s in subscribers if s.phone
-    }
+    own: dict[int, dict[str, str]] = {}
+    for subscriber in subscribers:
+        for channel in SUPPRESSIBLE_CHANNELS:
+            address = channel_address(subscriber=subscriber, channel=channel)
+            if address:
+                own.setdefault(subscriber.pk, {})[channel] = address_normalize(channel=channel, address=address)
+    addresses = {address for by_channel in own.values() for address in by_channel.values()}
     suppressed: set[tuple[int, str, str]] = set()
     if addresses:
         suppressed = set(
             Suppression.objects.filter(
-                environment_id__in=env_ids, channel__in=("email", "sms"), address__in=addresses
+                environment_id__in=env_ids, channel__in=SUPPRESSIBLE_CHANNELS, address__in=addresses
             ).values_list("environment_id", "channel", "address")
         )
     device_channels: dict[int, set[str]] = {}
@@ -55,10 +60,9 @@ def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[st
     for subscriber in subscribers:
         channels = {"in_app", "webhook"} | device_channels.get(subscriber.pk, set())
         env = subscriber.environment_id
-        if subscriber.email and (env, "email", subscriber.email.strip().lower()) not in suppressed:
-            channels.add("email")
-        if subscriber.phone and (env, "sms", subscriber.phone.strip()) not in suppressed:
-            channels.add("sms")
+        for channel, address in own.get(subscriber.pk, {}).items():
+            if (env, channel, address) not in suppressed:
+                channels.add(channel)
         if env in envs_with_chat_channel:
             channels.add("chat")
         reachable[subscriber.pk] = channels

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,6 @@ from apps.events.models import Event
 from apps.subscribers.models import Subscriber, Topic
 from apps.subscribers.services import subscriber_bulk_upsert
 from apps.tenancy.models import Environment
-from apps.workflows.engine import event_cancel_runs, events_cancel_runs
 from apps.workflows.models import Workflow
 from apps.workflows.payloads import payload_errors
 
@@ -179,7 +179,19 @@ def _error_dict(exc: Any) -> dict[str, Any]:
     return {"code": exc.error_code, "message": str(exc.detail), "details": exc.details}
 
 
+def events_mark_cancelled(*, event_ids: Iterable[int], only_pending: bool = False) -> int:
+    """Mark events cancelled; returns how many changed. ``only_pending``: only those whose fan-out
+    has not finished (it stops at its next chunk); otherwise every one not cancelled yet (some of
+    its runs were stopped). Called by the engine's cancellation, in its transaction."""
+    events = Event.objects.filter(pk__in=list(event_ids))
+    if only_pending:
+        return events.filter(status=Event.Status.PENDING).update(status=Event.Status.CANCELLED)
+    return events.exclude(status=Event.Status.CANCELLED).update(status=Event.Status.CANCELLED)
+
+
 def event_cancel(*, event: Event) -> int:
+    from apps.workflows.engine import event_cancel_runs  # the engine imports this module
+
     if event.status == Event.Status.FAILED:
         raise Conflict("This event failed and has nothing left to cancel.", code="event_not_cancellable")
     return event_cancel_runs(event=event)
@@ -193,6 +205,8 @@ def events_cancel_by_key(
     Returns (events matched, runs cancelled). Cancelling twice is harmless: the second call finds
     nothing left to stop.
     """
+    from apps.workflows.engine import events_cancel_runs  # the engine imports this module
+
     events = Event.objects.filter(environment=environment, cancellation_key=cancellation_key).exclude(
         status=Event.Status.FAILED
     )

@@ -12,7 +12,6 @@ from django.utils import timezone
 
 from apps.core.errors import NotFound
 from apps.inbox.models import InboxMessage
-from apps.inbox.sequence import SYNC_OVERLAP_US
 from apps.subscribers.models import Subscriber
 
 MAX_COUNT_FILTERS = 10
@@ -165,11 +164,6 @@ def inbox_changes_after(*, subscriber: Any, after: int, limit: int = 100) -> Inb
     has_more = len(rows) > limit
     rows = rows[:limit]
     return InboxChanges(messages=rows, cursor=rows[-1].seq if rows else after, has_more=has_more)
-
-
-def inbox_resume_point(cursor: int) -> int:
-    """Where a client that held ``cursor`` before a gap should replay from (see apps.inbox.sequence)."""
-    return max(0, cursor - SYNC_OVERLAP_US)
 
 
 def inbox_subscriber(*, principal: Any) -> Subscriber:

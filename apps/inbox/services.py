@@ -1,4 +1,5 @@
-"""Inbox writes: sessions and minted tokens, marking, snoozing, deleting, action buttons, bulk writes.
+"""Inbox writes: new in-app messages, sessions and minted tokens, marking, snoozing, deleting,
+action buttons, bulk writes.
 
 Every write runs in a transaction, stamps a new change cursor (``seq``, apps.inbox.sequence) on
 the rows it changes and pushes its realtime frame only after commit, so a client never sees a
@@ -8,10 +9,11 @@ frame for a change that was rolled back, and a client that missed frames can rep
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -38,8 +40,12 @@ from apps.subscribers.services import subscriber_upsert
 from apps.tenancy.models import ApiKey, Environment
 from apps.tenancy.selectors import api_key_for_raw
 
+if TYPE_CHECKING:
+    from apps.delivery.models import Message
+
 __all__ = [
     "InboxAction",
+    "InboxItem",
     "InboxSession",
     "inbox_archive_all",
     "inbox_mark_all_read",
@@ -48,6 +54,7 @@ __all__ = [
     "inbox_message_delete",
     "inbox_message_mark",
     "inbox_message_snooze",
+    "inbox_messages_create",
     "inbox_session_open",
     "inbox_snooze_wake",
     "inbox_subscriber_hash",
@@ -81,6 +88,48 @@ class InboxSession:
     @property
     def websocket_url(self) -> str:
         return f"{WEBSOCKET_PATH}?{urlencode({'token': self.token})}"
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """The content of one in-app notification, before its inbox row exists."""
+
+    environment_id: int
+    subscriber_id: int
+    title: str = ""
+    body: str = ""
+    action_url: str = ""
+    avatar: str = ""
+    workflow_key: str = ""
+    category_key: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def inbox_messages_create(*, items: Sequence[tuple[InboxItem, Message]]) -> list[InboxMessage]:
+    """Put in-app messages in their subscribers' inboxes: each item with the (saved) delivery
+    Message it belongs to. One INSERT per 500 rows, in the caller's transaction; after it commits,
+    one ``message.created`` frame per row goes to its subscriber's open inboxes."""
+    rows = [
+        InboxMessage(
+            environment_id=item.environment_id,
+            subscriber_id=item.subscriber_id,
+            message=message,
+            workflow_key=item.workflow_key,
+            category_key=item.category_key,
+            title=item.title,
+            body=item.body,
+            action_url=item.action_url,
+            avatar=item.avatar,
+            data=item.data,
+            actions=item.actions,
+        )
+        for item, message in items
+    ]
+    InboxMessage.objects.bulk_create(rows, batch_size=500)
+    if rows:
+        transaction.on_commit(lambda: realtime.publish_messages_created(rows))
+    return rows
 
 
 def inbox_subscriber_hash(*, environment: Environment, subscriber_id: str) -> str:

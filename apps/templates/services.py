@@ -708,7 +708,7 @@ def template_test_send(
     ``to`` is an address (email, phone number, chat/webhook URL…); ``subscriber_id`` renders as
     that stored subscriber and sends to their address. Returns the Message (its status says
     whether the provider took it)."""
-    from apps.delivery.services import message_send_now
+    from apps.delivery.services import message_send_now, subscriber_recipient
     from apps.subscribers.models import Subscriber
     from apps.templates.selectors import sample_render_context
 
@@ -732,9 +732,7 @@ def template_test_send(
             )
     recipient = (to or "").strip()
     if not recipient and subscriber is not None:
-        recipient = {"email": subscriber.email, "sms": subscriber.phone}.get(template.channel, "") or (
-            subscriber.subscriber_id
-        )
+        recipient = subscriber_recipient(subscriber=subscriber, channel=template.channel)
     if not recipient:
         raise Unprocessable(
             "Give an address to send to, or a subscriber.", code="recipient_required", details={"to": "Required."}

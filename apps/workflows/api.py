@@ -11,7 +11,6 @@ from rest_framework.views import APIView
 
 from apps.core.pagination import IdCursorPagination
 from apps.core.schema import paginated_schema, pagination_parameters
-from apps.events.selectors import run_data
 from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
@@ -166,7 +165,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "workflow_version": run.workflow_version.number,
         "transaction_id": run.event.transaction_id,
         "created_at": run.created_at,
-        **run_data(run),
+        **selectors.run_data(run),
     }
 
 

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Prefetch, QuerySet
 
 from apps.core.errors import NotFound
+from apps.delivery.models import DeliveryAttempt, Message
+from apps.events.models import Event
 from apps.tenancy.models import Environment
 from apps.workflows.models import FrequencyCap, Run, StepRun, Workflow
 
@@ -22,23 +26,26 @@ def workflow_list(*, environment: Environment) -> QuerySet[Workflow]:
     return Workflow.objects.select_related("published_version", "category").filter(environment=environment)
 
 
+def _with_trace(runs: QuerySet[Run]) -> QuerySet[Run]:
+    """Runs with what ``run_data`` shows prefetched: decisions, messages and their attempts."""
+    return runs.prefetch_related(
+        Prefetch("step_runs", queryset=StepRun.objects.order_by("id")),
+        Prefetch(
+            "messages",
+            queryset=Message.objects.order_by("id").prefetch_related(
+                Prefetch("attempts_log", queryset=DeliveryAttempt.objects.order_by("id"))
+            ),
+        ),
+    )
+
+
 def subscriber_runs(
     *, environment: Environment, subscriber_pk: int, status: str | None = None, workflow_key: str | None = None
 ) -> QuerySet[Run]:
     """A subscriber's runs, newest first, with their decisions and messages prefetched."""
-    from apps.delivery.models import DeliveryAttempt, Message
-
-    runs = (
-        Run.objects.filter(environment=environment, subscriber_id=subscriber_pk)
-        .select_related("subscriber", "event", "workflow_version__workflow")
-        .prefetch_related(
-            Prefetch("step_runs", queryset=StepRun.objects.order_by("id")),
-            Prefetch(
-                "messages",
-                queryset=Message.objects.order_by("id").prefetch_related(
-                    Prefetch("attempts_log", queryset=DeliveryAttempt.objects.order_by("id"))
-                ),
-            ),
+    runs = _with_trace(
+        Run.objects.filter(environment=environment, subscriber_id=subscriber_pk).select_related(
+            "subscriber", "event", "workflow_version__workflow"
         )
     )
     if status:
@@ -46,6 +53,65 @@ def subscriber_runs(
     if workflow_key:
         runs = runs.filter(workflow_version__workflow__key=workflow_key)
     return runs
+
+
+def event_runs_data(*, event: Event, subscriber_id: str | None = None, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` runs of an event (or one recipient's), as the trace shows them
+    (``run_data``). A fixed number of queries whatever the number of runs."""
+    runs = _with_trace(Run.objects.filter(event=event).select_related("subscriber")).order_by("id")
+    if subscriber_id:
+        runs = runs.filter(subscriber__subscriber_id=subscriber_id)
+    return [run_data(run) for run in runs[:limit]]
+
+
+def run_data(run: Run) -> dict[str, Any]:
+    """One run as the trace and the subscriber's run list show it (prefetch with ``_with_trace``)."""
+    return {
+        "subscriber_id": run.subscriber.subscriber_id,
+        "status": run.status,
+        "step_index": run.step_index,
+        "resume_at": run.resume_at,
+        "completed_at": run.completed_at,
+        "steps": [
+            {
+                "step": s.step_id,
+                "type": s.step_type,
+                "decision": s.decision,
+                "reason": s.reason,
+                "detail": s.detail,
+                "at": s.created_at,
+            }
+            for s in run.step_runs.all()
+        ],
+        "messages": [
+            {
+                "id": m.pk,
+                "step": m.step_id,
+                "channel": m.channel,
+                "status": m.status,
+                "recipient": m.recipient,
+                "subject": m.subject,
+                "locale": m.locale,
+                "provider": m.provider,
+                "provider_message_id": m.provider_message_id,
+                "error": m.error,
+                "created_at": m.created_at,
+                "sent_at": m.sent_at,
+                "attempts": [
+                    {
+                        "provider": a.provider,
+                        "status": a.status,
+                        "error": a.error,
+                        "duration_ms": a.duration_ms,
+                        "response": a.response,
+                        "at": a.created_at,
+                    }
+                    for a in m.attempts_log.all()
+                ],
+            }
+            for m in run.messages.all()
+        ],
+    }
 
 
 def frequency_cap_list(*, environment: Environment) -> QuerySet[FrequencyCap]:

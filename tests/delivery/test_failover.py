@@ -515,7 +515,7 @@ def test_a_task_past_its_budget_hands_the_rest_to_a_new_task(tenant, fake_server
 
 
 def test_a_send_taken_back_by_the_sweeper_during_a_wait_is_not_continued(tenant, fake_server, monkeypatch):
-    from apps.delivery import services
+    from apps.delivery.services import sending as services
 
     env = tenant.environment
     server = fake_server([Reply(status=500), Reply(body={"id": "would-be-duplicate"})])

@@ -351,7 +351,7 @@ def test_the_category_policy_decides(tenant, fake_server, critical, policy, dedu
 
 def test_the_database_failing_after_the_provider_accepted_is_in_doubt_not_resent(tenant, fake_server, monkeypatch):
     """The original duplicate: the ESP took it, Clarion could not record it."""
-    from apps.delivery import services
+    from apps.delivery.services import sending as services
 
     env = tenant.environment
     server = fake_server([Reply(body={"id": "accepted"})])
@@ -519,7 +519,7 @@ def test_any_provider_status_moves_in_doubt_on(tenant, status):
 
 def test_a_late_success_from_a_worker_presumed_dead_settles_the_message(tenant, fake_server, monkeypatch):
     """A slow call outlives the heartbeat; the redrive puts it in doubt; then the answer arrives."""
-    from apps.delivery import services
+    from apps.delivery.services import sending as services
 
     env = tenant.environment
     server = fake_server([Reply(body={"id": "late-ok"})])

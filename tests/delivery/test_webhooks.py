@@ -191,7 +191,8 @@ def test_callback_before_the_send_is_recorded_is_applied_after(tenant, postmark)
     assert event.message_id is None
 
     from apps.delivery.providers.base import SendResult
-    from apps.delivery.services import _apply_early_events, _finish_sent
+    from apps.delivery.services.sending import _finish_sent
+    from apps.delivery.services.statuses import _apply_early_events
 
     message = Message.objects.create(
         environment=tenant.environment, step_id="m", channel="email", recipient="a@b.c", status="sending"

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.core.tasks import enqueue_on_commit
 from apps.events.models import Event
+from apps.events.services import events_mark_cancelled
 from apps.workflows import digests
 from apps.workflows.definitions import program_for
 from apps.workflows.engine.fanout import ADVANCE_TASK
@@ -30,7 +31,7 @@ def events_cancel_runs(*, events: Sequence[Event], reason: str) -> int:
     event_pks = [event.pk for event in events]
     wake: list[int] = []
     with transaction.atomic():
-        Event.objects.filter(pk__in=event_pks, status=Event.Status.PENDING).update(status=Event.Status.CANCELLED)
+        events_mark_cancelled(event_ids=event_pks, only_pending=True)
         runs = list(
             Run.objects.select_for_update()
             .filter(event_id__in=event_pks, status__in=[Run.Status.PENDING, Run.Status.WAITING, Run.Status.RUNNING])
@@ -58,9 +59,7 @@ def events_cancel_runs(*, events: Sequence[Event], reason: str) -> int:
         )
         if runs:
             wake = digests.digests_release_cancelled(run_pks=[run.pk for run in runs], now=now)
-            Event.objects.filter(pk__in={run.event_id for run in runs}).exclude(status=Event.Status.CANCELLED).update(
-                status=Event.Status.CANCELLED
-            )
+            events_mark_cancelled(event_ids={run.event_id for run in runs})
         if wake:
             enqueue_on_commit(ADVANCE_TASK, wake)
     return len(runs)

@@ -10,15 +10,13 @@ from django.utils import timezone
 from django.utils.html import escape, strip_tags
 
 from apps.core.tasks import enqueue_on_commit
-from apps.delivery.models import Message
-from apps.inbox.models import InboxMessage
+from apps.delivery.services import DELIVER_TASK, message_build, messages_create_bulk
+from apps.inbox.services import InboxItem, inbox_messages_create
 from apps.preferences.models import Category
 from apps.templates.rendering import build_render_context, render_version
 from apps.templates.selectors import published_versions_for_keys
 from apps.workflows import digests
-from apps.workflows.engine.chunks import DELIVER_TASK
 from apps.workflows.models import DigestBucket
-from apps.workflows.steps.channel import CHANNEL_ADDRESS
 
 
 def category_digests_send(*, bucket_pks: Sequence[int]) -> int:
@@ -57,36 +55,29 @@ def _send_category_digest(bucket: DigestBucket, events: list[dict[str, Any]]) ->
         body, locale, action_url = rendered.body, rendered.locale, rendered.action_url
     else:
         subject, body = _plain_digest(bucket, events)
-    is_in_app = bucket.channel == "in_app"
-    message = Message.objects.create(
+    message = message_build(
         environment_id=bucket.environment_id,
         channel=bucket.channel,
         subscriber=subscriber,
         step_id=f"digest:{bucket.category_key or 'general'}",
         template_version=version,
         locale=locale,
-        recipient=CHANNEL_ADDRESS.get(bucket.channel, lambda s: "")(subscriber) or subscriber.subscriber_id,
         subject=subject,
         body=body,
         data={"digest_bucket": bucket.pk, "category": bucket.category_key, "count": len(events)},
-        status=Message.Status.SENT if is_in_app else Message.Status.QUEUED,
-        provider="inbox" if is_in_app else "",
-        sent_at=timezone.now() if is_in_app else None,
     )
-    if is_in_app:
-        inbox = InboxMessage.objects.create(
+    messages_create_bulk(messages=[message])
+    if bucket.channel == "in_app":
+        inbox = InboxItem(
             environment_id=bucket.environment_id,
-            subscriber=subscriber,
-            message=message,
+            subscriber_id=subscriber.pk,
             category_key=bucket.category_key,
             title=subject,
             body=body,
             action_url=action_url,
             data={"digest_bucket": bucket.pk, "count": len(events)},
         )
-        from apps.inbox.realtime import publish_messages_created
-
-        transaction.on_commit(lambda: publish_messages_created([inbox]))
+        inbox_messages_create(items=[(inbox, message)])
     else:
         enqueue_on_commit(DELIVER_TASK, [message.pk])
 

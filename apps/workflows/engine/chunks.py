@@ -21,9 +21,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.core.tasks import enqueue_on_commit
-from apps.delivery.models import Message
+from apps.delivery.services import DELIVER_TASK, messages_create_bulk
 from apps.events.models import Event
-from apps.inbox.models import InboxMessage
+from apps.inbox.services import inbox_messages_create
 from apps.templates.models import TemplateVersion
 from apps.templates.selectors import pinned_versions, published_versions_for_keys
 from apps.workflows.definitions import program_for
@@ -34,8 +34,6 @@ from apps.workflows.models import Run, StepRun, WorkflowVersion
 from apps.workflows.steps import ChunkData, ChunkPlan, ChunkWrites, all_step_types, known_step_types, step_type
 
 logger = logging.getLogger(__name__)
-
-DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
 
 
 def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
@@ -151,7 +149,7 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
             if attempt == 2:
                 raise
             logger.warning("chunk commit hit a lock conflict; retrying", exc_info=True)
-            for obj in [*writes.messages, *writes.step_runs, *(row for row, *_ in writes.inbox)]:
+            for obj in [*writes.messages, *writes.step_runs]:
                 obj.pk = None
                 obj._state.adding = True
             time.sleep(0.05 * (attempt + 1))
@@ -171,22 +169,17 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         wake: list[int] = []
         for kind in sorted(all_step_types(), key=lambda kind: kind.commit_order):
             wake.extend(kind.commit(writes, still_held, now))
-        messages = [m for m in writes.messages if m.run_id in still_held]
-        Message.objects.bulk_create(messages, batch_size=500)
-        inbox_rows: list[InboxMessage] = []
-        for inbox, message_index, run, _step_id in writes.inbox:
-            if run.pk not in still_held:
-                continue
-            inbox.message = writes.messages[message_index]
-            inbox_rows.append(inbox)
-        InboxMessage.objects.bulk_create(inbox_rows, batch_size=500)
+        messages = messages_create_bulk(messages=[m for m in writes.messages if m.run_id in still_held])
+        inbox_messages_create(
+            items=[
+                (item, writes.messages[message_index])
+                for item, message_index, run, _step_id in writes.inbox
+                if run.pk in still_held
+            ]
+        )
         StepRun.objects.bulk_create([s for s in writes.step_runs if s.run_id in still_held], batch_size=1000)
         _save_runs(held_runs)
         outbound_ids = [m.pk for m in messages if m.channel != "in_app"]
-        if inbox_rows:
-            from apps.inbox.realtime import publish_messages_created
-
-            transaction.on_commit(lambda: publish_messages_created(inbox_rows))
         if outbound_ids:
             enqueue_on_commit(DELIVER_TASK, outbound_ids)
         if wake:

@@ -30,6 +30,7 @@ from apps.workflows.models import Run, StepRun
 if TYPE_CHECKING:
     from apps.delivery.models import Message
     from apps.inbox.models import InboxMessage
+    from apps.inbox.services import InboxItem
     from apps.preferences.models import Category, QuietHours
     from apps.preferences.selectors import Resolution
     from apps.templates.models import TemplateVersion
@@ -62,8 +63,8 @@ class ChunkWrites:
 
     step_runs: list[StepRun] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
-    # (inbox row, index of its Message in ``messages``, run, step id)
-    inbox: list[tuple[InboxMessage, int, Run, str]] = field(default_factory=list)
+    # (inbox item, index of its Message in ``messages``, run, step id)
+    inbox: list[tuple[InboxItem, int, Run, str]] = field(default_factory=list)
     digest_joins: list[DigestJoin] = field(default_factory=list)
     # runs that carried a digest out: bucket pk → leader run pk (its members complete now)
     digests_sent: dict[int, int] = field(default_factory=dict)

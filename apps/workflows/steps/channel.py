@@ -3,7 +3,8 @@
 A channel step resolves the subscriber's preferences, checks there is an address, waits out quiet
 hours, renders the template version (the one pinned at fan-out unless the workflow uses the
 latest), holds the message for the category digest when a frequency cap or a digest choice says
-so, and otherwise creates the message (in-app: the inbox row too) in the chunk's writes.
+so, and otherwise builds the message (``delivery.services.message_build``; in-app: the inbox item too)
+into the chunk's writes, which the chunk's commit hands to the delivery and inbox services.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from django.db.models import F
-from django.utils import timezone
 
 from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError
 from apps.core.schedule import parse_schedule, zone
 from apps.delivery.models import Message
 from apps.delivery.selectors import reachable_channels
+from apps.delivery.services import message_build
 from apps.inbox.models import InboxMessage
+from apps.inbox.services import InboxItem
 from apps.preferences.links import email_links
 from apps.preferences.models import Category, QuietHours
 from apps.preferences.selectors import category_frequencies, frequency_schedule, resolve_preferences
@@ -411,7 +413,7 @@ def send_channel(
         message_data["payload"] = event.payload
     if links.get("headers"):
         message_data["headers"] = links["headers"]
-    message = Message(
+    message = message_build(
         environment_id=run.environment_id,
         run=run,
         step_id=step_id,
@@ -419,20 +421,16 @@ def send_channel(
         subscriber=subscriber,
         template_version=version,
         locale=rendered.locale if rendered else "",
-        recipient=CHANNEL_ADDRESS.get(channel, lambda s: "")(subscriber) or subscriber.subscriber_id,
         subject=subject,
         body=body,
         data=message_data,
-        status=Message.Status.SENT if is_in_app else Message.Status.QUEUED,
-        provider="inbox" if is_in_app else "",
-        sent_at=timezone.now() if is_in_app else None,
     )
     writes.messages.append(message)
     result: dict[str, Any] = {"status": "sent" if is_in_app else "queued", "channel": channel}
     if is_in_app and rendered is not None:
-        inbox = InboxMessage(
+        inbox = InboxItem(
             environment_id=run.environment_id,
-            subscriber=subscriber,
+            subscriber_id=subscriber.pk,
             workflow_key=workflow_key,
             category_key=category_key,
             title=rendered.title,
@@ -472,9 +470,6 @@ def template_for(run: Run, template_key: str | None, data: ChunkData) -> tuple[T
     if pinned_pk is not None and pinned_pk in data.pinned:
         return data.pinned[pinned_pk], "pinned"
     return data.templates.get((run.environment_id, template_key)), "latest"
-
-
-CHANNEL_ADDRESS = {"email": lambda s: s.email, "sms": lambda s: s.phone}
 
 
 def _actor_avatar(actor: Any) -> str:

@@ -1,11 +1,10 @@
-"""Writes for delivery: sending with retries, failover, circuit breaker and rate limit; statuses.
+"""Sending: the one Message constructor, and delivery with retries, failover and the in-doubt rule.
 
 The database is the source of truth. A message is claimed ``queued → sending`` by one conditional
 UPDATE, so a task that runs twice finds nothing to claim and a provider never gets it twice from
 that. A retry that must wait longer than a moment goes back to ``queued`` with
 ``next_attempt_at``; ``messages_redrive`` (every second) hands it out when due. The circuit breaker
-and the rate limiter keep their state on the Integration row and change it only with conditional
-UPDATEs, so they hold across worker processes on SQLite and PostgreSQL alike.
+and the rate limiter (``circuit``) are consulted before every provider call.
 
 In doubt. Before each provider call the message records which integration it is calling
 (``send_started_at``, ``integration``) and refreshes its heartbeat (``updated_at``). A send whose
@@ -27,14 +26,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
+from apps.delivery.addresses import subscriber_recipient
+from apps.delivery.models import DeliveryAttempt, Integration, Message
 from apps.delivery.providers.base import (
     ErrorKind,
     Provider,
@@ -42,12 +41,25 @@ from apps.delivery.providers.base import (
     SendResult,
     get_provider,
     heartbeat_during,
-    max_call_seconds,
     send_heartbeat_seconds,
 )
 from apps.delivery.selectors import message_category
-from apps.delivery.status import FAILURES, statuses_that_may_move_to
+from apps.delivery.services.circuit import (
+    _circuit_allows,
+    _circuit_failure,
+    _circuit_success,
+    _max_wait,
+    _rate_limit_wait,
+)
+from apps.delivery.services.config import DeliveryConfig, delivery_config
+from apps.delivery.services.statuses import _apply_early_events
+from apps.delivery.services.suppressions import _suppression_of, address_suppress
 from apps.preferences.models import IN_DOUBT_DROP, IN_DOUBT_RESEND
+
+if TYPE_CHECKING:
+    from apps.subscribers.models import Subscriber
+    from apps.templates.models import TemplateVersion
+    from apps.workflows.models import Run
 
 logger = logging.getLogger(__name__)
 
@@ -57,29 +69,64 @@ DELIVER_TASK = "apps.delivery.tasks.deliver_messages"
 FAILOVER_KINDS = frozenset({ErrorKind.CONFIGURATION, ErrorKind.NO_DESTINATION})
 # Errors that count against the integration's circuit breaker.
 CIRCUIT_KINDS = ErrorKind.RETRYABLE | {ErrorKind.AUTH, ErrorKind.TIMEOUT, ErrorKind.CONNECTION_LOST}
-SUPPRESSIBLE_CHANNELS = ("email", "sms")
 
 
-@dataclass(frozen=True)
-class DeliveryConfig:
-    """Tunables, overridable with ``settings.CLARION_DELIVERY = {"BACKOFF_BASE": 0.5, ...}``."""
-
-    backoff_base: float = 1.0  # seconds before the first retry; doubles each time
-    backoff_max: float = 300.0
-    inline_wait_max: float = 2.0  # waits up to this long are slept in the worker; longer ones are deferred
-    retry_after_max: float = 900.0  # a provider asking for a longer pause is failed over instead
-    circuit_threshold: int = 5  # consecutive failures that open an integration's circuit
-    circuit_cooldown: float = 60.0  # seconds a circuit stays open before one probe is let through
-    rate_wait_max: float = 10.0  # longest wait for a rate-limit slot inside a worker
-    task_budget: float = 200.0  # a delivery task hands what is left to a fresh task after this long
-    message_ttl: float = 24 * 3600.0  # a message still undelivered after this long fails
-    default_retries: int = 2  # retries on Django's default email backend (no integration)
-    in_doubt_resends: int = 2  # resends of a message in doubt (same integration, same key) before it is held
+# --- creating messages ----------------------------------------------------------------------------
 
 
-def delivery_config() -> DeliveryConfig:
-    overrides = getattr(settings, "CLARION_DELIVERY", None) or {}
-    return DeliveryConfig(**{key.lower(): value for key, value in overrides.items()})
+def message_build(
+    *,
+    environment_id: int,
+    channel: str,
+    subscriber: Subscriber | None = None,
+    subscriber_id: int | None = None,
+    recipient: str | None = None,
+    run: Run | None = None,
+    step_id: str = "",
+    template_version: TemplateVersion | None = None,
+    template_version_id: int | None = None,
+    locale: str = "",
+    subject: str = "",
+    body: str = "",
+    data: dict[str, Any] | None = None,
+) -> Message:
+    """A new Message, not saved yet (save many with ``messages_create_bulk``).
+
+    ``recipient`` defaults to the subscriber's address on the channel (``subscriber_recipient``).
+    An in-app message is delivered by writing its inbox row: it starts ``sent`` through ``inbox``;
+    every other channel starts ``queued`` for ``message_deliver``.
+    """
+    if recipient is None:
+        recipient = subscriber_recipient(subscriber=subscriber, channel=channel) if subscriber is not None else ""
+    fields: dict[str, Any] = {}
+    if subscriber is not None:
+        fields["subscriber"] = subscriber
+    elif subscriber_id is not None:
+        fields["subscriber_id"] = subscriber_id
+    if template_version is not None:
+        fields["template_version"] = template_version
+    elif template_version_id is not None:
+        fields["template_version_id"] = template_version_id
+    if run is not None:
+        fields["run"] = run
+    if channel == "in_app":
+        fields.update(status=Message.Status.SENT, provider="inbox", sent_at=timezone.now())
+    return Message(
+        environment_id=environment_id,
+        channel=channel,
+        step_id=step_id,
+        locale=locale,
+        recipient=recipient,
+        subject=subject,
+        body=body,
+        data=data if data is not None else {},
+        **fields,
+    )
+
+
+def messages_create_bulk(*, messages: Sequence[Message]) -> list[Message]:
+    """Insert messages built by ``message_build``: one INSERT per 500, primary keys set on them."""
+    return Message.objects.bulk_create(messages, batch_size=500)
 
 
 def integrations_for(*, environment_id: int, channel: str) -> list[Integration]:
@@ -187,80 +234,6 @@ def _record_attempt(
             attempts=F("attempts") + 1, send_started_at=None, updated_at=timezone.now()
         )
         message.send_started_at = None
-
-
-# --- circuit breaker ----------------------------------------------------------------------------
-
-
-def _circuit_allows(
-    integration: Integration, now: datetime, cfg: DeliveryConfig, *, just_loaded: bool = False
-) -> tuple[bool, datetime | None]:
-    """(may send now, when to look again). Closed: yes. Open: no. Cooled down: one probe, across processes.
-
-    ``just_loaded``: the row was read moments ago for this message, so its state is used as is.
-    """
-    if just_loaded:
-        open_until = integration.circuit_open_until
-    else:
-        open_until = Integration.objects.filter(pk=integration.pk).values_list("circuit_open_until", flat=True).first()
-    if open_until is None:
-        return True, None
-    if open_until > now:
-        return False, open_until
-    # Half-open: whoever moves the deadline first gets the single probe; the others wait.
-    probe_until = now + timedelta(seconds=cfg.circuit_cooldown)
-    won = Integration.objects.filter(pk=integration.pk, circuit_open_until=open_until).update(
-        circuit_open_until=probe_until
-    )
-    return bool(won), None if won else probe_until
-
-
-def _circuit_failure(integration: Integration, cfg: DeliveryConfig) -> None:
-    Integration.objects.filter(pk=integration.pk).update(circuit_failures=F("circuit_failures") + 1)
-    opened = Integration.objects.filter(pk=integration.pk, circuit_failures__gte=cfg.circuit_threshold).update(
-        circuit_open_until=timezone.now() + timedelta(seconds=cfg.circuit_cooldown)
-    )
-    if opened:
-        logger.warning("integration %s (%s): circuit open", integration.pk, integration.provider)
-
-
-def _circuit_success(integration: Integration) -> None:
-    Integration.objects.filter(pk=integration.pk).filter(
-        Q(circuit_failures__gt=0) | Q(circuit_open_until__isnull=False)
-    ).update(circuit_failures=0, circuit_open_until=None)
-
-
-# --- rate limit ---------------------------------------------------------------------------------
-
-
-def _rate_limit_wait(integration: Integration, cfg: DeliveryConfig) -> tuple[datetime | None, bool]:
-    """Reserve the integration's next send slot and sleep until it: ``(None, slept)`` means "send now".
-
-    Slots are ``1 / rate_limit`` seconds apart and reserved with a compare-and-swap on
-    ``rate_next_at``, so concurrent workers never share one. When the free slot is further away
-    than the longest wait allowed, nothing is reserved and its time is returned: defer until then.
-    """
-    if not integration.rate_limit or integration.rate_limit <= 0:
-        return None, False
-    interval = timedelta(seconds=1.0 / integration.rate_limit)
-    max_wait = _max_wait(cfg.rate_wait_max)
-    for _ in range(50):
-        now = timezone.now()
-        current = Integration.objects.filter(pk=integration.pk).values_list("rate_next_at", flat=True).first()
-        slot = max(now, current) if current else now
-        wait = (slot - now).total_seconds()
-        if wait > max_wait:
-            return slot, False
-        if Integration.objects.filter(pk=integration.pk, rate_next_at=current).update(rate_next_at=slot + interval):
-            if wait > 0:
-                time.sleep(wait)
-            return None, wait > 0
-    return timezone.now() + interval, False  # heavy contention: come back shortly
-
-
-def _max_wait(configured: float) -> float:
-    """A worker never sleeps long enough for its send to be presumed dead (a third of the heartbeat timeout)."""
-    return min(configured, max_call_seconds())
 
 
 def _still_ours(message: Message) -> bool:
@@ -405,45 +378,6 @@ def _backoff(failures: int, retry_after: float | None, cfg: DeliveryConfig) -> f
     ceiling = min(cfg.backoff_max, cfg.backoff_base * (2 ** max(0, failures - 1)))
     delay = ceiling / 2 + random.uniform(0, ceiling / 2)
     return max(delay, retry_after or 0.0)
-
-
-def _normalize_address(channel: str, address: str) -> str:
-    address = address.strip()
-    return address.lower() if channel == "email" else address
-
-
-def address_suppress(
-    *, environment_id: int, channel: str, address: str, reason: str, detail: str = "", message: Message | None = None
-) -> bool:
-    """Mark an email address or phone number inactive in the environment. Returns whether it was new."""
-    if channel not in SUPPRESSIBLE_CHANNELS or not address:
-        return False
-    _, created = Suppression.objects.get_or_create(
-        environment_id=environment_id,
-        channel=channel,
-        address=_normalize_address(channel, address)[:320],
-        defaults={"reason": reason, "detail": detail[:2000], "message": message},
-    )
-    if created:
-        logger.info("%s address suppressed in environment %s: %s", channel, environment_id, reason)
-    return created
-
-
-def address_unsuppress(*, environment_id: int, channel: str, address: str) -> int:
-    deleted, _ = Suppression.objects.filter(
-        environment_id=environment_id, channel=channel, address=_normalize_address(channel, address)
-    ).delete()
-    return deleted
-
-
-def _suppression_of(message: Message) -> Suppression | None:
-    if message.channel not in SUPPRESSIBLE_CHANNELS:
-        return None
-    return Suppression.objects.filter(
-        environment_id=message.environment_id,
-        channel=message.channel,
-        address=_normalize_address(message.channel, message.recipient),
-    ).first()
 
 
 def _remove_dead_devices(device_ids: Sequence[int]) -> None:
@@ -697,7 +631,7 @@ def message_send_now(
     The message and its attempts are recorded like any other; the returned message carries the
     final status and error (``queued`` with ``next_attempt_at`` if a retry had to be deferred).
     """
-    message = Message.objects.create(
+    message = message_build(
         environment_id=environment_id,
         channel=channel,
         recipient=recipient,
@@ -708,32 +642,8 @@ def message_send_now(
         template_version_id=template_version_id,
         locale=locale,
     )
+    messages_create_bulk(messages=[message])
     message_deliver(message_id=message.pk)
-    message.refresh_from_db()
-    return message
-
-
-def integration_send_test(
-    *, integration: Integration, recipient: str = "", subscriber_id: int | None = None
-) -> Message:
-    """A test message through this one integration (no failover), sent now; for the admin."""
-    subject = f"Clarion test message ({integration.provider})"
-    body = {
-        "email": "<p>This is a test message from Clarion. Your integration works.</p>",
-    }.get(integration.channel, "This is a test message from Clarion. Your integration works.")
-    data: dict[str, Any] = {"test": True}
-    if integration.channel == "webhook":
-        data["payload"] = {"test": True}
-    message = Message.objects.create(
-        environment_id=integration.environment_id,
-        channel=integration.channel,
-        recipient=recipient,
-        subject=subject,
-        body=body,
-        data=data,
-        subscriber_id=subscriber_id,
-    )
-    message_deliver(message_id=message.pk, only_integration=integration)
     message.refresh_from_db()
     return message
 
@@ -746,9 +656,8 @@ def message_resend(*, message: Message) -> Message:
     from apps.core.tasks import enqueue_on_commit
 
     with transaction.atomic():
-        copy = Message.objects.create(
+        copy = message_build(
             environment_id=message.environment_id,
-            run=None,
             step_id=message.step_id,
             channel=message.channel,
             subscriber_id=message.subscriber_id,
@@ -759,6 +668,7 @@ def message_resend(*, message: Message) -> Message:
             body=message.body,
             data={**(message.data or {}), "resend_of": message.pk},
         )
+        messages_create_bulk(messages=[copy])
         enqueue_on_commit(DELIVER_TASK, [copy.pk])
     return copy
 
@@ -891,165 +801,3 @@ def _take_due(*, now: datetime, limit: int) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [at, queued, at, limit, queued, at])
         return sorted(row[0] for row in cursor.fetchall())
-
-
-# --- statuses from provider callbacks -----------------------------------------------------------
-
-
-@dataclass
-class StatusEvent:
-    """A provider callback, normalized. ``status`` is the Message status it means ("" for none)."""
-
-    provider: str
-    provider_message_id: str
-    event_type: str
-    status: str
-    dedupe_key: str
-    payload: dict[str, Any]
-    recipient: str = ""
-    description: str = ""
-    occurred_at: datetime | None = None
-    suppress_reason: str = ""  # set: the recipient address becomes inactive
-    clarion_message_id: str = ""  # from metadata the message was sent with (a fallback match)
-
-
-def _timestamp_field(status: str) -> str | None:
-    return {
-        Message.Status.DELIVERED: "delivered_at",
-        Message.Status.OPENED: "opened_at",
-        Message.Status.READ: "opened_at",
-        Message.Status.CLICKED: "clicked_at",
-    }.get(status)
-
-
-def message_status_apply(*, message_id: int, status: str, at: datetime | None = None, error: str = "") -> bool:
-    """Move a message to ``status`` if that is forward (one conditional UPDATE: race-free).
-
-    Engagement timestamps are set the first time even when the status does not move (an "opened"
-    that arrives after "clicked"). Returns whether the status changed.
-    """
-    at = at or timezone.now()
-    stamp = _timestamp_field(status)
-    if stamp:
-        Message.objects.filter(pk=message_id, **{f"{stamp}__isnull": True}).update(**{stamp: at})
-    updates: dict[str, Any] = {"status": status, "updated_at": timezone.now()}
-    if status in FAILURES and error:
-        updates["error"] = error[:5000]
-    return bool(Message.objects.filter(pk=message_id, status__in=statuses_that_may_move_to(status)).update(**updates))
-
-
-def _find_message(environment_id: int, event: StatusEvent) -> Message | None:
-    if event.provider_message_id:
-        message = (
-            Message.objects.filter(environment_id=environment_id, provider_message_id=event.provider_message_id)
-            .order_by("-id")
-            .first()
-        )
-        if message is not None:
-            return message
-    if event.clarion_message_id.isdigit():
-        return Message.objects.filter(environment_id=environment_id, pk=int(event.clarion_message_id)).first()
-    return None
-
-
-def message_events_record(*, integration: Integration, events: Sequence[StatusEvent]) -> list[MessageEvent]:
-    """Store provider callbacks (raw payload kept) and move their messages forward.
-
-    A duplicate (same dedupe key) is dropped; an out-of-order one is stored but moves nothing.
-    A hard bounce, complaint or invalid number marks the address inactive. An event for a
-    message whose send has not been recorded yet is kept and applied when it is.
-    """
-    stored: list[MessageEvent] = []
-    for event in events:
-        message = _find_message(integration.environment_id, event)
-        try:
-            with transaction.atomic():
-                row = MessageEvent.objects.create(
-                    environment_id=integration.environment_id,
-                    integration=integration,
-                    message=message,
-                    provider=event.provider,
-                    provider_message_id=event.provider_message_id[:255],
-                    event_type=event.event_type[:40],
-                    status=event.status,
-                    dedupe_key=event.dedupe_key[:255],
-                    recipient=event.recipient[:320],
-                    description=event.description[:5000],
-                    payload=event.payload,
-                    occurred_at=event.occurred_at,
-                )
-        except IntegrityError:
-            logger.info("duplicate %s event %s ignored", event.provider, event.dedupe_key)
-            continue
-        if message is not None and event.provider_message_id and not message.provider_message_id:
-            # Matched by Clarion's id: the send's answer was never recorded (in doubt, or not yet).
-            Message.objects.filter(pk=message.pk, provider_message_id="").update(
-                provider_message_id=event.provider_message_id[:255]
-            )
-            message.provider_message_id = event.provider_message_id[:255]
-        if message is not None and event.status:
-            row.applied = message_status_apply(
-                message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
-            )
-            if row.applied:
-                MessageEvent.objects.filter(pk=row.pk).update(applied=True)
-        if event.suppress_reason:
-            channel = message.channel if message is not None else integration.channel
-            address_suppress(
-                environment_id=integration.environment_id,
-                channel=channel,
-                address=event.recipient or (message.recipient if message is not None else ""),
-                reason=event.suppress_reason,
-                detail=event.description,
-                message=message,
-            )
-        stored.append(row)
-    return stored
-
-
-def _apply_early_events(message: Message) -> None:
-    """Callbacks that arrived before the send was recorded (fast providers): apply them now, in order."""
-    early = list(
-        MessageEvent.objects.filter(
-            environment_id=message.environment_id,
-            provider_message_id=message.provider_message_id,
-            message__isnull=True,
-        ).order_by("id")
-    )
-    for event in early:
-        applied = bool(event.status) and message_status_apply(
-            message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
-        )
-        MessageEvent.objects.filter(pk=event.pk).update(message=message, applied=applied)
-
-
-# --- integrations -------------------------------------------------------------------------------
-
-INTEGRATION_FIELDS = ("name", "credentials", "settings", "priority", "active", "retries", "rate_limit")
-
-
-def integration_create(*, environment: Any, channel: str, provider: str, **fields: Any) -> Integration:
-    """Add an integration (callers validate the provider and its credentials)."""
-    unknown = set(fields) - set(INTEGRATION_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown integration fields: {sorted(unknown)}")
-    return Integration.objects.create(environment=environment, channel=channel, provider=provider, **fields)
-
-
-def integration_update(*, integration: Integration, **fields: Any) -> Integration:
-    """Change the fields given. Changing credentials closes the circuit (the old failures are moot)."""
-    allowed = {*INTEGRATION_FIELDS, "channel", "provider"}
-    changed = [name for name, value in fields.items() if name in allowed and getattr(integration, name) != value]
-    for name in changed:
-        setattr(integration, name, fields[name])
-    if "credentials" in changed or "provider" in changed:
-        integration.circuit_failures, integration.circuit_open_until = 0, None
-        changed += ["circuit_failures", "circuit_open_until"]
-    if changed:
-        integration.save(update_fields=[*changed, "updated_at"])
-    return integration
-
-
-def integration_delete(*, integration: Integration) -> None:
-    """Delete the integration; messages and attempts keep their provider name."""
-    integration.delete()

@@ -1,0 +1,145 @@
+"""Statuses from provider callbacks: stored once each, applied forward only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.delivery.models import Integration, Message, MessageEvent
+from apps.delivery.services.suppressions import address_suppress
+from apps.delivery.status import FAILURES, statuses_that_may_move_to
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StatusEvent:
+    """A provider callback, normalized. ``status`` is the Message status it means ("" for none)."""
+
+    provider: str
+    provider_message_id: str
+    event_type: str
+    status: str
+    dedupe_key: str
+    payload: dict[str, Any]
+    recipient: str = ""
+    description: str = ""
+    occurred_at: datetime | None = None
+    suppress_reason: str = ""  # set: the recipient address becomes inactive
+    clarion_message_id: str = ""  # from metadata the message was sent with (a fallback match)
+
+
+def _timestamp_field(status: str) -> str | None:
+    return {
+        Message.Status.DELIVERED: "delivered_at",
+        Message.Status.OPENED: "opened_at",
+        Message.Status.READ: "opened_at",
+        Message.Status.CLICKED: "clicked_at",
+    }.get(status)
+
+
+def message_status_apply(*, message_id: int, status: str, at: datetime | None = None, error: str = "") -> bool:
+    """Move a message to ``status`` if that is forward (one conditional UPDATE: race-free).
+
+    Engagement timestamps are set the first time even when the status does not move (an "opened"
+    that arrives after "clicked"). Returns whether the status changed.
+    """
+    at = at or timezone.now()
+    stamp = _timestamp_field(status)
+    if stamp:
+        Message.objects.filter(pk=message_id, **{f"{stamp}__isnull": True}).update(**{stamp: at})
+    updates: dict[str, Any] = {"status": status, "updated_at": timezone.now()}
+    if status in FAILURES and error:
+        updates["error"] = error[:5000]
+    return bool(Message.objects.filter(pk=message_id, status__in=statuses_that_may_move_to(status)).update(**updates))
+
+
+def _find_message(environment_id: int, event: StatusEvent) -> Message | None:
+    if event.provider_message_id:
+        message = (
+            Message.objects.filter(environment_id=environment_id, provider_message_id=event.provider_message_id)
+            .order_by("-id")
+            .first()
+        )
+        if message is not None:
+            return message
+    if event.clarion_message_id.isdigit():
+        return Message.objects.filter(environment_id=environment_id, pk=int(event.clarion_message_id)).first()
+    return None
+
+
+def message_events_record(*, integration: Integration, events: Sequence[StatusEvent]) -> list[MessageEvent]:
+    """Store provider callbacks (raw payload kept) and move their messages forward.
+
+    A duplicate (same dedupe key) is dropped; an out-of-order one is stored but moves nothing.
+    A hard bounce, complaint or invalid number marks the address inactive. An event for a
+    message whose send has not been recorded yet is kept and applied when it is.
+    """
+    stored: list[MessageEvent] = []
+    for event in events:
+        message = _find_message(integration.environment_id, event)
+        try:
+            with transaction.atomic():
+                row = MessageEvent.objects.create(
+                    environment_id=integration.environment_id,
+                    integration=integration,
+                    message=message,
+                    provider=event.provider,
+                    provider_message_id=event.provider_message_id[:255],
+                    event_type=event.event_type[:40],
+                    status=event.status,
+                    dedupe_key=event.dedupe_key[:255],
+                    recipient=event.recipient[:320],
+                    description=event.description[:5000],
+                    payload=event.payload,
+                    occurred_at=event.occurred_at,
+                )
+        except IntegrityError:
+            logger.info("duplicate %s event %s ignored", event.provider, event.dedupe_key)
+            continue
+        if message is not None and event.provider_message_id and not message.provider_message_id:
+            # Matched by Clarion's id: the send's answer was never recorded (in doubt, or not yet).
+            Message.objects.filter(pk=message.pk, provider_message_id="").update(
+                provider_message_id=event.provider_message_id[:255]
+            )
+            message.provider_message_id = event.provider_message_id[:255]
+        if message is not None and event.status:
+            row.applied = message_status_apply(
+                message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
+            )
+            if row.applied:
+                MessageEvent.objects.filter(pk=row.pk).update(applied=True)
+        if event.suppress_reason:
+            channel = message.channel if message is not None else integration.channel
+            address_suppress(
+                environment_id=integration.environment_id,
+                channel=channel,
+                address=event.recipient or (message.recipient if message is not None else ""),
+                reason=event.suppress_reason,
+                detail=event.description,
+                message=message,
+            )
+        stored.append(row)
+    return stored
+
+
+def _apply_early_events(message: Message) -> None:
+    """Callbacks that arrived before the send was recorded (fast providers): apply them now, in order."""
+    early = list(
+        MessageEvent.objects.filter(
+            environment_id=message.environment_id,
+            provider_message_id=message.provider_message_id,
+            message__isnull=True,
+        ).order_by("id")
+    )
+    for event in early:
+        applied = bool(event.status) and message_status_apply(
+            message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
+        )
+        MessageEvent.objects.filter(pk=event.pk).update(message=message, applied=applied)
