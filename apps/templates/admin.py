@@ -560,6 +560,8 @@ class TemplateAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         versions = list(template_versions(template=template))
         changes = version_changes(versions=versions)
+        # Versions older than the published one were replaced by it: "superseded", not "draft".
+        published_number = next((v.number for v in versions if v.pk == template.published_version_id), None)
         fields = editor.editor_fields(template, source, errors, data)
         layouts = list(EmailLayout.objects.filter(environment_id=template.environment_id).order_by("key"))
         if data is not None:
@@ -596,6 +598,7 @@ class TemplateAdmin(admin.ModelAdmin):
                     "version": version,
                     "changes": changes.get(version.number, []),
                     "is_published": template.published_version_id == version.pk,
+                    "is_superseded": published_number is not None and version.number < published_number,
                 }
                 for version in versions
             ],

@@ -350,8 +350,24 @@
     });
   });
 
+  // A refused save or publish comes back with errors next to the fields: when they are in another
+  // language than the open tab, open that language and bring its first error into view.
+  function revealFirstError() {
+    const error = Array.from(root.querySelectorAll(".ce-lang-panel .ce-error")).find((list) => !list.hidden);
+    if (!error) return;
+    const panel = error.closest(".ce-lang-panel");
+    if (panel.hidden) activate(panel.dataset.lang);
+    tabs.forEach((tab) => {
+      const lang = tab.dataset.lang;
+      const failing = root.querySelector(`.ce-lang-panel[data-lang="${lang}"] .ce-error:not([hidden])`);
+      tab.classList.toggle("ce-tab-error", !!failing);
+    });
+    error.closest(".ce-field").scrollIntoView({ block: "center" });
+  }
+
   refreshFallbacks();
   refreshCounters();
   refreshPayloadVariables(); // a re-shown form may carry an unsaved sample payload
+  revealFirstError();
   schedulePreview(0);
 })();
