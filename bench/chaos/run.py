@@ -88,8 +88,10 @@ class Profile:
 FULL = Profile(
     name="full",
     plans=(
-        ModePlan("services", notifications=20_000, recipients_per_trigger=5, rate=12.0, subscribers=1000),
-        ModePlan("embedded", notifications=5_000, recipients_per_trigger=5, rate=5.0, subscribers=300),  # 200 s
+        # About 60 % of what the control run (--no-faults) sustains on the shared 2-core machine
+        # (~25 notifications/s on either mode), so the faults, not an overload, are what is measured.
+        ModePlan("services", notifications=6_000, recipients_per_trigger=10, rate=1.8, subscribers=1000),  # 333 s
+        ModePlan("embedded", notifications=3_000, recipients_per_trigger=10, rate=1.5, subscribers=300),  # 200 s
     ),
     kill_every=(20.0, 45.0),
     drain_timeout=120.0,
