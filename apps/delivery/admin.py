@@ -14,7 +14,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
-from apps.delivery.providers.base import get_provider, integration_settings_errors, providers_by_channel
+from apps.delivery.providers.base import (
+    destination_errors,
+    get_provider,
+    integration_settings_errors,
+    providers_by_channel,
+)
 from apps.delivery.services import integration_send_test, message_resend
 from apps.delivery.webhooks.urls import webhook_urls
 from apps.subscribers.models import Subscriber
@@ -90,6 +95,8 @@ class IntegrationAdminForm(forms.ModelForm):
                 missing = [k for k in provider.required_credentials if not (cleaned.get("credentials") or {}).get(k)]
                 if missing:
                     self.add_error("credentials", f"Missing: {', '.join(missing)}.")
+                for key, why in destination_errors(provider, cleaned.get("credentials") or {}).items():
+                    self.add_error("credentials", f"{key}: {why}.")
         values = cleaned.get("settings")
         for error in integration_settings_errors(values if isinstance(values, dict) else {}):
             self.add_error("settings", error)

@@ -10,9 +10,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.errors import Unprocessable
 from apps.delivery import selectors, services
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent
-from apps.delivery.providers.base import get_provider, integration_settings_errors, providers_by_channel
+from apps.delivery.providers.base import (
+    destination_errors,
+    get_provider,
+    integration_settings_errors,
+    providers_by_channel,
+)
 from apps.delivery.webhooks.urls import webhook_urls
 from apps.preferences.models import CHANNEL_CHOICES, CHANNELS
 from apps.tenancy.auth import request_environment
@@ -69,6 +75,13 @@ class IntegrationInputSerializer(serializers.Serializer):
         if missing:
             raise serializers.ValidationError({"credentials": [f"Missing: {', '.join(missing)}."]})
         if "credentials" in attrs or instance is None:
+            refused = destination_errors(provider, credentials)
+            if refused:
+                raise Unprocessable(
+                    " ".join(f"credentials.{key}: {why}." for key, why in refused.items()),
+                    code="internal_destination",
+                    details={"credentials": {key: [why] for key, why in refused.items()}},
+                )
             attrs["credentials"] = credentials
         return attrs
 

@@ -28,6 +28,8 @@ import requests
 import urllib3.exceptions
 from django.conf import settings
 
+from apps.core.net import DestinationRefused, destination_check, guarded_session
+
 if TYPE_CHECKING:
     from apps.delivery.models import Integration, Message
 
@@ -211,6 +213,25 @@ def error_from_requests_exception(exc: requests.RequestException, *, what: str) 
     return ProviderError(f"{what}: connection lost after the request was sent: {exc}", kind=ErrorKind.CONNECTION_LOST)
 
 
+def refused_destination_error(exc: DestinationRefused, *, what: str) -> ProviderError:
+    """An internal destination: terminal, nothing was sent, retrying or failing over cannot help it."""
+    return ProviderError(f"{what} refused: {exc}", kind=ErrorKind.CONFIGURATION)
+
+
+def destination_errors(provider: Provider, credentials: Mapping[str, Any]) -> dict[str, str]:
+    """Save-time check of the credentials that name where requests go (``destination_credentials``):
+    ``{credential key: why it is refused}`` for each one that is, or resolves only to, an internal address."""
+    errors: dict[str, str] = {}
+    for key in provider.destination_credentials:
+        value = credentials.get(key)
+        if isinstance(value, str) and value:
+            try:
+                destination_check(value)
+            except DestinationRefused as exc:
+                errors[key] = str(exc)
+    return errors
+
+
 def idempotency_key(message: Message) -> str:
     """The message's idempotency key: the same on every retry and resend of that message.
 
@@ -284,11 +305,18 @@ def http_post(
     headers: Mapping[str, str] | None = None,
     auth: tuple[str, str] | None = None,
 ) -> requests.Response:
-    """POST, turning every failure into a classified ``ProviderError``; returns a 2xx response."""
+    """POST, turning every failure into a classified ``ProviderError``; returns a 2xx response.
+
+    Through the outbound address guard: a destination that is (or resolves to) an internal address
+    is a terminal ``configuration`` error, whatever DNS answered when the integration was saved.
+    """
     try:
-        response = requests.post(
-            url, json=json_body, data=data, headers=dict(headers or {}), auth=auth, timeout=timeout
-        )
+        with guarded_session() as session:
+            response = session.post(
+                url, json=json_body, data=data, headers=dict(headers or {}), auth=auth, timeout=timeout
+            )
+    except DestinationRefused as exc:
+        raise refused_destination_error(exc, what=what) from exc
     except requests.RequestException as exc:
         raise error_from_requests_exception(exc, what=what) from exc
     if not 200 <= response.status_code < 300:
@@ -303,6 +331,8 @@ class Provider:
     name: ClassVar[str]
     # Credential keys that are required; checked when an integration is saved through the API.
     required_credentials: ClassVar[tuple[str, ...]] = ()
+    # Credential keys holding a URL (or host) requests go to: refused when internal (apps.core.net).
+    destination_credentials: ClassVar[tuple[str, ...]] = ()
     # Whether the API drops a second request carrying the same idempotency key (for how long, in
     # seconds, when it does): only then is resending a message in doubt free of duplicates.
     deduplicates: ClassVar[bool] = False

@@ -18,6 +18,7 @@ from apps.subscribers.selectors import devices_for
 
 class ChatProvider(Provider):
     channel = "chat"
+    destination_credentials = ("webhook_url",)
     payload_kind: ClassVar[str]
 
     def destinations(self, message: Message, integration: Integration | None) -> list[Destination]:

@@ -134,6 +134,7 @@ class HttpSms(Provider):
     channel = "sms"
     name = "http"
     required_credentials = ("url",)
+    destination_credentials = ("url",)
     idempotency_field = "Idempotency-Key header"
     metadata_field = "message_id in the body"
 

@@ -78,6 +78,7 @@ class SignedWebhook(Provider):
     channel = "webhook"
     name = "webhook"
     required_credentials = ("url", "secret")
+    destination_credentials = ("url",)
     idempotency_field = "Idempotency-Key header"
     metadata_field = "id in the body (msg_<id>)"
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPushException, webpush
 
+from apps.core.net import DestinationRefused, guarded_session
 from apps.delivery.models import Integration, Message
 from apps.delivery.providers.base import (
     ErrorKind,
@@ -25,6 +26,7 @@ from apps.delivery.providers.base import (
     error_from_requests_exception,
     kind_for_status,
     parse_retry_after,
+    refused_destination_error,
     register,
 )
 from apps.delivery.providers.fanout import GONE_STATUSES, DeadDestination, Destination, send_to_each
@@ -79,18 +81,23 @@ class WebPush(Provider):
 
         def push(destination: Destination) -> dict[str, Any]:
             try:
-                response = webpush(
-                    subscription_info={"endpoint": destination.url, "keys": destination.keys},
-                    data=data,
-                    vapid_private_key=private_key,
-                    vapid_claims={"sub": creds.get("vapid_subject", "")},
-                    timeout=timeout,
-                    ttl=ttl,
-                    headers={
-                        "Urgency": integration.settings.get("urgency", "normal"),
-                        "Topic": f"clarion-{message.pk}",
-                    },
-                )
+                # The endpoint is the subscriber's browser's: through the outbound address guard.
+                with guarded_session() as session:
+                    response = webpush(
+                        subscription_info={"endpoint": destination.url, "keys": destination.keys},
+                        data=data,
+                        vapid_private_key=private_key,
+                        vapid_claims={"sub": creds.get("vapid_subject", "")},
+                        timeout=timeout,
+                        ttl=ttl,
+                        headers={
+                            "Urgency": integration.settings.get("urgency", "normal"),
+                            "Topic": f"clarion-{message.pk}",
+                        },
+                        requests_session=session,
+                    )
+            except DestinationRefused as exc:
+                raise refused_destination_error(exc, what="Push service") from exc
             except WebPushException as exc:
                 status = getattr(exc.response, "status_code", None)
                 headers = getattr(exc.response, "headers", {}) or {}
