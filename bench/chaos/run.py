@@ -251,7 +251,7 @@ class EspSequence:
             self.switch_at = open_until.timestamp() - lead
         if self.switch_at is not None and time.time() >= self.switch_at:
             self._set(self.index + 1)
-        elif now - self.phase_started > self.phase_max:
+        elif self.switch_at is None and now - self.phase_started > self.phase_max:
             self.notes.append(f"the circuit did not (re)open during '{self.MODES[self.index]}'")
             self.timeline.add(f"no circuit change during '{self.MODES[self.index]}' in {self.phase_max:.0f} s")
             self._set(self.index + 1)
