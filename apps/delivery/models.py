@@ -4,6 +4,7 @@ import secrets
 
 from django.db import models
 
+from apps.core.fields import EncryptedJSONField
 from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
@@ -24,7 +25,9 @@ class Integration(models.Model):
     channel = models.CharField(max_length=20, choices=CHANNEL_CHOICES)
     provider = models.CharField(max_length=50, help_text="e.g. smtp, sendgrid, mailgun, postmark, ses, twilio, fcm")
     name = models.CharField(max_length=200, blank=True)
-    credentials = models.JSONField(default=dict, blank=True, help_text="Secrets: never returned by the API")
+    credentials = EncryptedJSONField(
+        default=dict, blank=True, help_text="Secrets, encrypted at rest: never returned by the API"
+    )
     settings = models.JSONField(default=dict, blank=True, help_text="Sender settings, e.g. from_email")
     priority = models.PositiveIntegerField(default=0)
     active = models.BooleanField(default=True)

@@ -4,6 +4,8 @@ import secrets
 
 from django.db import models
 
+from apps.core.fields import EncryptedTextField
+
 
 def _new_inbox_secret() -> str:
     return secrets.token_urlsafe(32)
@@ -25,8 +27,9 @@ class Environment(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     # Customers' backends sign subscriber ids with this secret (HMAC-SHA256) so the inbox
-    # widget can prove who it is showing messages for. It must be readable to verify.
-    inbox_hmac_secret = models.CharField(max_length=100, default=_new_inbox_secret)
+    # widget can prove who it is showing messages for. It must be readable to verify, so it is
+    # encrypted at rest (CLARION_ENCRYPTION_KEYS) rather than hashed.
+    inbox_hmac_secret = EncryptedTextField(default=_new_inbox_secret)
     allowed_origins = models.JSONField(default=list, blank=True)
     # Stamped into every inbox session token (apps.inbox.auth); revoking a key of the environment
     # or rotating the HMAC secret bumps it, which ends every open inbox session at once.
