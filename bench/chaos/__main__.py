@@ -67,7 +67,10 @@ def failures_of(result: dict[str, Any]) -> list[str]:
             f"probed {circuit['probed']}, closed {circuit['closed']})"
         )
     if not result["drained"]:
-        problems.append(f"not drained within {result['drain_seconds']} s (state {result['state_at_end']})")
+        problems.append(
+            f"not drained within {result['drain_seconds']} s (state {result['state_at_end']}; deliveries "
+            f"still moving at {result['still_moving_per_s']}/s over the last 20 s)"
+        )
     return problems
 
 

@@ -263,7 +263,13 @@ def analyse(
         attempts_by[integration_names.get(integration_id, "default")][kind or status] += 1
 
     client_5xx = [a for a in attempts if a["status"] >= 500]
-    client_5xx_accepted = sorted({a["txid"] for a in client_5xx if a["txid"] in info["in_db"]})
+    # A 5xx whose try was in fact committed: the event exists, yet no try of it was answered 2xx
+    # (a later try that was answered 2xx proves the earlier ones committed nothing; one answered
+    # 409 duplicate_transaction proves an earlier one did).
+    answered_2xx = {a["txid"] for a in attempts if 200 <= a["status"] < 300}
+    client_5xx_accepted = sorted(
+        {a["txid"] for a in client_5xx if a["txid"] in info["in_db"] and a["txid"] not in answered_2xx}
+    )
     status_histogram = Counter(a["status"] or a["error"].split(":")[0] for a in attempts)
     esp_all = _esp_rows(esp_paths, accepted_only=False)
 
@@ -334,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     expected: set[tuple[str, str]] = set()
     state: dict[str, int] = {}
     last_print = 0.0
+    history: list[tuple[float, int]] = []  # (time, in-app rows + emails taken): still moving at the end?
     while True:
         try:
             expected, _info = _expected(args.environment_id, triggers)
@@ -347,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             continue
         emails = _esp_accepted_count(args.esp_db)
+        history.append((time.monotonic(), inbox + emails))
         if _drained(state, inbox, emails, len(expected)):
             drained = True
             break
@@ -365,8 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     if drained and args.settle:
         time.sleep(args.settle)
     report = analyse(args.environment_id, triggers, attempts, args.esp_db)
+    recent = [(t, n) for t, n in history if t >= history[-1][0] - 20] if history else []
+    moving = (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
     report.update(
-        {"drained": drained, "drain_seconds": round(drain_seconds, 1), "state_at_end": _state(args.environment_id)}
+        {
+            "drained": drained,
+            "drain_seconds": round(drain_seconds, 1),
+            "state_at_end": _state(args.environment_id),
+            "still_moving_per_s": round(moving, 1),
+        }
     )
     args.out.write_text(json.dumps(report, indent=2, default=str))
     return 0
