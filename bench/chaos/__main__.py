@@ -118,6 +118,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     if result["lost"]:
         lines.append(f"  lost, where they are: {result['lost_where']}")
+        lines.append(f"  lost, when they were triggered (into the load): {result['lost_triggered_between']}")
         for sample in result["lost_samples"][:4]:
             lines.append(f"    {json.dumps(sample, default=str)[:400]}")
     if result["duplicate_patterns"]:

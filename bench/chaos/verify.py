@@ -231,6 +231,8 @@ def analyse(
         )
     }
     lost_where: Counter[str] = Counter()
+    lost_when: dict[str, list[float]] = defaultdict(list)  # trigger times, seconds into the load
+    load_start = min((t["scheduled_at"] for t in triggers.values()), default=0.0)
     samples: list[dict[str, Any]] = []
     for pair in lost:
         run = runs.get(pair)
@@ -242,6 +244,8 @@ def analyse(
             f"{'; no in-app row' if pair in lost_inapp else ''}"
         )
         lost_where[where] += 1
+        if pair[0] in triggers:
+            lost_when[where].append(triggers[pair[0]]["scheduled_at"] - load_start)
         if len(samples) < SAMPLES:
             trigger = triggers.get(pair[0])
             samples.append(
@@ -293,6 +297,9 @@ def analyse(
         "lost_email": len(lost_email),
         "lost_where": dict(lost_where.most_common()),
         "lost_samples": samples,
+        "lost_triggered_between": {
+            where: f"+{min(times):.0f} … +{max(times):.0f} s" for where, times in lost_when.items() if times
+        },
         "duplicated_in_app": len(dup_inapp),
         "duplicated_in_app_samples": [list(p) for p in dup_inapp[:SAMPLES]],
         "duplicated_email": len(dup_allowed) + len(dup_violations),
