@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "apps.events",
     "apps.delivery",
     "apps.inbox",
+    "apps.demo",
 ]
 
 MIDDLEWARE = [

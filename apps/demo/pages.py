@@ -1,8 +1,8 @@
 """The live inbox demo page (``/demo/inbox/``) for the environment ``manage.py seed_demo`` creates.
 
-The seed command writes ``VAR_DIR/demo.json`` with the demo environment's keys; this page reads
-it, computes the subscriber hash on the server (as a customer's backend would) and hands the
-browser only what the widget needs, plus a curl command that triggers the demo workflow.
+It reads the demo's keys from ``VAR_DIR/demo.json``, computes the subscriber hash on the server (as
+a customer's backend would) and hands the browser only what the widget needs, plus a curl command
+that triggers the demo workflow.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -19,32 +18,13 @@ from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
+from apps.demo import content
+from apps.demo.selectors import demo_config
 from apps.inbox.auth import subscriber_hash_compute
-
-DEMO_KEYS = ("environment_slug", "secret_key", "publishable_key", "inbox_hmac_secret", "subscriber_id")
-DEMO_WORKFLOW = "comment-created"
-DEMO_PAYLOAD = {"post_title": "Hello", "comment": "First!", "author": "Grace"}
-
-
-def demo_config() -> tuple[dict[str, str] | None, str]:
-    """The parsed ``demo.json`` (or ``None``) and, when it is unusable, why."""
-    demo_path = Path(settings.VAR_DIR) / "demo.json"
-    try:
-        data = json.loads(demo_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, f"{demo_path} does not exist yet."
-    except (OSError, ValueError) as exc:
-        return None, f"{demo_path} could not be read: {exc}"
-    if not isinstance(data, dict):
-        return None, f"{demo_path} is not a JSON object."
-    missing = [k for k in DEMO_KEYS if not isinstance(data.get(k), str) or not data.get(k)]
-    if missing:
-        return None, f"{demo_path} lacks {', '.join(missing)}."
-    return {k: data[k] for k in DEMO_KEYS}, ""
 
 
 def trigger_curl(*, trigger_url: str, secret_key: str, subscriber_id: str) -> str:
-    body = json.dumps({"workflow": DEMO_WORKFLOW, "to": [subscriber_id], "payload": DEMO_PAYLOAD})
+    body = json.dumps({"workflow": content.WORKFLOW_KEY, "to": [subscriber_id], "payload": content.PAYLOAD})
     return (
         f"curl -X POST {shlex.quote(trigger_url)} \\\n"
         f"  -H {shlex.quote('Authorization: Bearer ' + secret_key)} \\\n"
@@ -77,7 +57,7 @@ def demo_inbox(request: HttpRequest) -> HttpResponse:
         raise Http404("The demo page answers only requests from this machine (127.0.0.1 / ::1), not proxied.")
     demo, problem = demo_config()
     if demo is None:
-        return render(request, "inbox/demo_missing.html", {"problem": problem}, status=404)
+        return render(request, "demo/missing.html", {"problem": problem}, status=404)
     subscriber_hash = subscriber_hash_compute(secret=demo["inbox_hmac_secret"], subscriber_id=demo["subscriber_id"])
     widget_config: dict[str, Any] = {
         "api_base": "/api/v1/inbox",
@@ -94,7 +74,7 @@ def demo_inbox(request: HttpRequest) -> HttpResponse:
             subscriber_id=demo["subscriber_id"],
         ),
     }
-    return render(request, "inbox/demo.html", context)
+    return render(request, "demo/inbox.html", context)
 
 
 urlpatterns = [
