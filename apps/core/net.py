@@ -258,11 +258,15 @@ class GuardedAdapter(HTTPAdapter):
         raise DestinationRefused("outbound requests to customer destinations do not go through a proxy")
 
 
-def guarded_session() -> requests.Session:
-    """A new session for requests to customer-configured destinations (close it after use)."""
-    session = requests.Session()
+def guard_session(session: requests.Session) -> requests.Session:
+    """Route every request of ``session`` through the address check (e.g. a library's own session)."""
     session.trust_env = False  # no HTTP(S)_PROXY: a proxy would resolve (and reach) any host
     adapter = GuardedAdapter()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def guarded_session() -> requests.Session:
+    """A new session for requests to customer-configured destinations (close it after use)."""
+    return guard_session(requests.Session())

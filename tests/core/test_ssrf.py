@@ -312,6 +312,26 @@ def test_web_push_endpoint_is_guarded(no_private_networks: None, tenant: Any, fa
     assert server.requests == []
 
 
+def test_an_email_service_api_url_override_is_guarded(no_private_networks: None, tenant: Any, fake_server: Any) -> None:
+    env = tenant.environment
+    server = fake_server()
+    IntegrationFactory(
+        environment=env, channel="email", provider="postmark", credentials={"server_token": "t", "api_url": server.url}
+    )
+    subscriber = SubscriberFactory(environment=env, subscriber_id="u1", email="u1@example.com")
+    message = Message.objects.create(
+        environment=env, step_id="s", channel="email", subscriber=subscriber, recipient="u1@example.com", body="hi"
+    )
+
+    deliver_messages([message.pk])
+
+    message.refresh_from_db()
+    attempt = DeliveryAttempt.objects.get(message=message)
+    assert message.status == "failed"
+    assert attempt.error_kind == "configuration" and "loopback" in attempt.error
+    assert server.requests == []
+
+
 def test_the_allowed_networks_let_the_same_sends_through(settings: Any, tenant: Any, fake_server: Any) -> None:
     """The counter-check: with loopback allowed (as the test suite runs), each provider reaches it."""
     settings.CLARION_ALLOWED_PRIVATE_NETWORKS = [LOOPBACK]
@@ -391,6 +411,7 @@ def test_a_redirect_to_an_internal_address_is_refused(
         ("chat", "slack", "webhook_url", {}),
         ("chat", "discord", "webhook_url", {}),
         ("chat", "msteams", "webhook_url", {}),
+        ("email", "mailgun", "api_url", {"api_key": "k"}),
     ],
 )
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from anymail.backends.base_requests import AnymailRequestsBackend
 from anymail.backends.resend import EmailBackend as AnymailResendBackend
 from anymail.exceptions import AnymailAPIError, AnymailError, AnymailNotSupportedWarning, AnymailRecipientsRefused
 from django.conf import settings
@@ -33,6 +34,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends import smtp as django_smtp
 from django.utils.html import strip_tags
 
+from apps.core.net import DestinationRefused, guard_session
 from apps.delivery.models import Integration, Message
 from apps.delivery.providers.base import (
     ErrorKind,
@@ -43,6 +45,7 @@ from apps.delivery.providers.base import (
     kind_for_status,
     nothing_was_sent,
     parse_retry_after,
+    refused_destination_error,
     register,
 )
 
@@ -306,11 +309,18 @@ def _classify(exc: Exception) -> ProviderError:
 def send_email(message: Message, integration: Integration | None) -> SendResult:
     try:
         connection = _backend_for(integration)
+        if isinstance(connection, AnymailRequestsBackend):
+            # The API URL can be overridden (``api_url``): the ESP's requests go through the
+            # outbound address guard like every customer-configured destination.
+            create_session = connection.create_session
+            connection.create_session = lambda: guard_session(create_session())  # type: ignore[method-assign]
         email = build_email(message, integration)
         email.connection = connection
         sent = email.send()
     except ProviderError:
         raise
+    except DestinationRefused as exc:
+        raise refused_destination_error(exc, what="Email service") from exc
     except Exception as exc:
         raise _classify(exc) from exc
     if not sent:
@@ -338,6 +348,8 @@ def _email_provider(provider_name: str, required: tuple[str, ...] = ()) -> type[
         {
             "name": provider_name,
             "required_credentials": required,
+            # Anymail's ESPs take an ``api_url`` override: checked like any destination.
+            "destination_credentials": () if provider_name in ("smtp", "ses") else ("api_url",),
             "deduplicates": spec.deduplicates,
             "dedupe_window": spec.dedupe_window,
             "idempotency_field": spec.idempotency_field,
