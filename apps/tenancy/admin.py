@@ -9,7 +9,11 @@ from django.http import HttpRequest
 
 from apps.inbox.origins import allowed_origins_forget, origin_entry_valid
 from apps.tenancy.models import ApiKey, Environment, Project
-from apps.tenancy.services import api_key_revoke, environment_inbox_secret_rotate
+from apps.tenancy.services import (
+    api_key_revoke,
+    environment_default_layout_create,
+    environment_inbox_secret_rotate,
+)
 
 
 @admin.register(Project)
@@ -61,6 +65,8 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Environment, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        if not change:
+            environment_default_layout_create(environment=obj)
         allowed_origins_forget(obj.pk)  # this process at once; the others within their cache time
 
     @admin.action(description="Rotate the inbox HMAC secret (ends open inbox sessions)")

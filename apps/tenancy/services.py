@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import html
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -100,10 +102,54 @@ def environment_create(*, name: str, project_name: str | None = None) -> Created
     environment = Environment.objects.create(
         project=project, name=name, slug=_unique_slug(Environment, f"{project_name}-{name}")
     )
+    environment_default_layout_create(environment=environment)
     return CreatedEnvironment(
         environment=environment,
         secret_key=api_key_create(environment=environment, kind=ApiKey.Kind.SECRET, name="Default secret key"),
         publishable_key=api_key_create(
             environment=environment, kind=ApiKey.Kind.PUBLISHABLE, name="Default publishable key"
         ),
+    )
+
+
+_HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+NEUTRAL_FOOTER = {
+    "en": "You receive this email from {product}.",
+    "fr": "Vous recevez cet e-mail de la part de {product}.",
+    "de": "Sie erhalten diese E-Mail von {product}.",
+}
+
+
+def _layout_text(value: str) -> str:
+    """Plain text made safe inside a layout, which is HTML and sandboxed Jinja: no markup, no tags."""
+    return html.escape(value).replace("{", "&#123;").replace("}", "&#125;")
+
+
+def environment_default_layout_create(*, environment: Environment) -> None:
+    """Give a new environment a neutral default email layout with its own branding (``branding``'s
+    product name, logo and colour, else the project's name): its emails never borrow another
+    environment's header or footer, and always carry the preference and unsubscribe links."""
+    # Imported here: the templates app builds on tenancy (EmailLayout belongs to an Environment).
+    from apps.templates.rendering import supported_languages
+    from apps.templates.services import layout_upsert
+
+    branding = environment.branding if isinstance(environment.branding, dict) else {}
+    product = str(branding.get("product_name") or branding.get("name") or environment.project.name)[:120]
+    color = str(branding.get("primary_color") or branding.get("color") or "")
+    logo = str(branding.get("logo_url") or branding.get("logo") or "")
+    languages = supported_languages()
+    layout_upsert(
+        environment=environment,
+        key="default",
+        name="Default layout",
+        header={"en": f"<strong>{_layout_text(product)}</strong>"},
+        footer={
+            language: text.format(product=_layout_text(product))
+            for language, text in NEUTRAL_FOOTER.items()
+            if language in languages
+        },
+        brand_color=color if _HEX_COLOR.match(color) else None,
+        logo_url=logo if logo.startswith(("https://", "http://")) and len(logo) <= 2000 else None,
+        show_unsubscribe=True,
+        is_default=True,
     )

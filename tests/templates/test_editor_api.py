@@ -23,7 +23,8 @@ def test_layout_crud_and_preview(api, other_tenant):
     assert created.json()["footer"] == {"en": "Acme Inc", "fr": "Acme SA", "de": ""}
     updated = api.put("/api/v1/layouts/brand", {"css": "p { color: #333333; }"}, format="json")
     assert updated.status_code == 200 and updated.json()["brand_color"] == "#112233"
-    assert [row["key"] for row in api.get("/api/v1/layouts").json()["data"]] == ["brand"]
+    # Besides the neutral "default" every new environment starts with.
+    assert [row["key"] for row in api.get("/api/v1/layouts").json()["data"]] == ["brand", "default"]
     assert_error(api.put("/api/v1/layouts/x", {"brand_color": "blue"}, format="json"), 422, "invalid_layout")
 
     preview = api.post("/api/v1/layouts/brand/preview", {"locale": "fr"}, format="json")

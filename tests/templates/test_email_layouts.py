@@ -105,7 +105,9 @@ def test_layout_is_translated_and_footer_links_only_when_given(tenant):
 
 
 def test_html_body_without_layout_stays_as_written(tenant):
-    _, version = _email(tenant.environment, body="<p>Hi {{ subscriber.first_name }}</p>", body_format="html")
+    _, version = _email(
+        tenant.environment, body="<p>Hi {{ subscriber.first_name }}</p>", body_format="html", layout=None
+    )
     assert version.layout is None
 
     rendered = render_version(version=version, locale="en", context=CONTEXT)

@@ -71,7 +71,7 @@ def test_email_body_is_autoescaped_but_in_app_is_plain_text(tenant):
     _, email = make_template(tenant.environment, "mail", channel="email", content=content)
     _, in_app = make_template(tenant.environment, "inbox", channel="in_app", content=content)
 
-    rendered_email = render_version(version=email, locale="en", context=CONTEXT)
+    rendered_email = render_version(version=email, locale="en", context=CONTEXT, layout=False)
     rendered_in_app = render_version(version=in_app, locale="en", context=CONTEXT)
 
     assert rendered_email.body == "<p>&lt;b&gt;bold&lt;/b&gt;</p>"  # Markdown, no layout
