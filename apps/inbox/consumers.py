@@ -141,7 +141,7 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             content = json.loads(text_data)
-        except (ValueError, RecursionError):  # a frame nested too deep for the parser is as malformed
+        except (ValueError, RecursionError):  # nested deeper than the parser can go: as malformed
             await self.send_json({"event": "error", "code": "malformed_json"})
             return
         await self.receive_json(content)
