@@ -135,6 +135,8 @@ def preview_subscriber_context(*, environment: Environment, subscriber_id: str) 
 
 
 def _sample_digest(payload: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+    """Two events as a digest step sees them, plus the fields a category digest adds for each held
+    message (``subject``, ``body``, ``workflow``: docs/workflows.md), so templates using either publish."""
     now = timezone.now()
     return {
         "count": 2,
@@ -145,6 +147,9 @@ def _sample_digest(payload: dict[str, Any], actor: dict[str, Any]) -> dict[str, 
                 "actor": actor,
                 "transaction_id": f"sample-{number}",
                 "created_at": now.isoformat(),
+                "subject": f"Sample message {number}",
+                "body": f"<p>The body of sample message {number}.</p>",
+                "workflow": "sample-workflow",
             }
             for number in (1, 2)
         ],
@@ -169,7 +174,7 @@ def sample_render_context(
     subscriber_context = dict(subscriber if subscriber is not None else SAMPLE_SUBSCRIBER)
     subscriber_context["data"] = lenient(subscriber_context.get("data") or {})
     actor_context = lenient(actor if isinstance(actor, dict) else SAMPLE_ACTOR)
-    public_url = str(getattr(settings, "CLARION_PUBLIC_URL", "") or "http://localhost:8000").rstrip("/")
+    public_url = str(getattr(settings, "PUBLIC_URL", "") or "http://127.0.0.1:8000").rstrip("/")
     context = build_render_context(
         payload=payload_context,
         subscriber=subscriber_context,
@@ -257,6 +262,9 @@ def template_variables(*, template: Template) -> list[dict[str, Any]]:
         {"name": "digest.events[0].actor", "example": "the event's actor"},
         {"name": "digest.events[0].transaction_id", "example": "sample-1"},
         {"name": "digest.events[0].created_at", "example": "ISO 8601"},
+        {"name": "digest.events[0].subject", "example": "a held message's subject (category digest)"},
+        {"name": "digest.events[0].body", "example": "a held message's body (category digest)"},
+        {"name": "digest.events[0].workflow", "example": "a held message's workflow key (category digest)"},
     ]
     groups.append(("digest", digest))
     if template.channel == "email":
