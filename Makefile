@@ -30,7 +30,8 @@ help: ## List the targets
 	@echo "Clarion — make targets:"
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: HOST=$(HOST) PORT=$(PORT) CLARION_VAR_DIR, DATABASE_URL, REDIS_URL, PYTEST_ARGS"
+	@echo "Variables: HOST=$(HOST) PORT=$(PORT) CLARION_VAR_DIR, CLARION_PUBLIC_URL (run: http://HOST:PORT unless set),"
+	@echo "           DATABASE_URL, REDIS_URL, PYTEST_ARGS"
 
 venv: $(STAMP) ## Create .venv and install Clarion with the dev extra (again only when pyproject.toml changes)
 
@@ -54,10 +55,10 @@ migrate: venv $(SECRET_KEY_FILE) $(ENCRYPTION_KEY_FILE) ## Apply migrations (and
 	$(WITH_KEY) $(PY) manage.py migrate --noinput
 	@if [ -z "$$REDIS_URL" ]; then $(WITH_KEY) $(PY) manage.py migrate --database channels --noinput -v0; fi
 
-seed: migrate ## Create the demo environment, templates, workflow and admin user (var/demo.json)
+seed: migrate ## Create what is missing of the demo (environment, templates, workflow, admin user; var/demo.json)
 	$(WITH_KEY) $(PY) manage.py seed_demo
 
-run: venv migrate ## Migrate, seed the demo, then run web (uvicorn) + worker (qcluster); Ctrl-C stops both
+run: venv migrate ## Migrate, seed what is missing of the demo, run web (uvicorn) + worker on HOST:PORT; Ctrl-C stops both
 	$(WITH_KEY) $(PY) manage.py collectstatic --noinput -v0
 	$(WITH_KEY) $(PY) manage.py seed_demo
 	@$(WITH_KEY) PY=$(PY) scripts/run.sh  # prints the banner (scripts/banner.py) once the web process is up

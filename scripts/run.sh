@@ -8,8 +8,12 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 # The demo inbox page shows the demo environment's keys: fine on a developer's machine only.
 export CLARION_DEMO_PAGE=${CLARION_DEMO_PAGE:-1}
-HOST=${HOST:-127.0.0.1}
-PORT=${PORT:-8000}
+export HOST=${HOST:-127.0.0.1}
+export PORT=${PORT:-8000}
+# Links in emails (preference center, List-Unsubscribe) and Twilio's signed callback URLs are built
+# from the public URL: unless it is given (environment or .env), the address this run serves.
+CLARION_PUBLIC_URL=${CLARION_PUBLIC_URL:-$("$PY" scripts/banner.py --public-url)}
+export CLARION_PUBLIC_URL
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 
 web=""
