@@ -111,6 +111,7 @@ def render(result: dict[str, Any]) -> str:
         f"  emails by fake: {result['emails_received_by']}; all requests: {result['esp_requests_by_outcome']}",
         f"  attempts by integration: {result['attempts_by_integration']}",
         f"  email message status: {result['email_status']}; state at end: {result['state_at_end']}",
+        f"  in doubt, by what the category's policy does: {result['in_doubt_by_policy']}",
         f"  client attempts by answer: {result['client_attempts']}; failed triggers {result['client_failed_triggers']}",
         f"  worker kills: {result['kills']}",
         f"  circuit: opened {result['circuit']['opened']}, probed/re-opened {result['circuit']['probed']}, "

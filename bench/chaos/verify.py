@@ -311,6 +311,9 @@ def analyse(
         "in_doubt": sum(1 for m in emails.values() if m["status"] == IN_DOUBT),
         "in_doubt_ever": sum(1 for m in emails.values() if in_doubt(m)),
         "in_doubt_not_received": len(held),
+        "in_doubt_by_policy": dict(
+            Counter(f"{'resends' if resends(m) else 'holds'}: {m['status']}" for m in emails.values() if in_doubt(m))
+        ),
         "email_status": dict(Counter(m["status"] for m in emails.values())),
         "attempts_by_integration": {k: dict(v) for k, v in attempts_by.items()},
         "client_attempts": dict(Counter(str(k) for k in status_histogram.elements())),
