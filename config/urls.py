@@ -22,6 +22,7 @@ urlpatterns = [
         SpectacularSwaggerSplitView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
         name="api-docs",
     ),
+    path("", include("apps.core.pages")),
     path("", include("apps.demo.pages")),
     path("", include("apps.preferences.pages")),
     path("", include("apps.core.urls")),
