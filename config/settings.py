@@ -306,7 +306,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["apps.core.parsers.StrictJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.IdCursorPagination",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "apps.core.openapi.ClarionAutoSchema",
     # Rejects query parameters the operation does not declare (apps.core.query_params).
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "apps.core.query_params.StrictQueryContentNegotiation",
     "EXCEPTION_HANDLER": "apps.core.errors.api_exception_handler",

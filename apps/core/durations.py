@@ -8,6 +8,10 @@ _ISO = re.compile(
     r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
 )
+# The same forms as one JSON-Schema pattern, for the OpenAPI schema of duration fields.
+DURATION_PATTERN = (
+    r"^(?=.*[1-9])\s*(\d+\s*[smhdw]|[Pp](?=\S*\d)(\d+[Ww])?(\d+[Dd])?([Tt](\d+[Hh])?(\d+[Mm])?(\d+[Ss])?)?)\s*$"
+)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 

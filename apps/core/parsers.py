@@ -24,6 +24,8 @@ from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 from rest_framework.utils.json import strict_constant
 
+from apps.core.schema import request_body_check
+
 if TYPE_CHECKING:
     from apps.core.errors import ApiError
 
@@ -198,4 +200,6 @@ class StrictJSONParser(parsers.JSONParser):
             problem = _problem_in_text(text, data, "", MAX_DEPTH, strings=True)
         if problem:
             raise problem.as_error()
+        # And the body must match the operation's OpenAPI request schema.
+        request_body_check(data, parser_context)
         return data

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.errors import Unprocessable
+from apps.core.schema import with_schema
 from apps.delivery import selectors, services
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent
 from apps.delivery.providers.base import (
@@ -27,7 +28,9 @@ DELIVERY_CHANNELS = [c for c in CHANNELS if c != "in_app"]
 
 
 class IntegrationInputSerializer(serializers.Serializer):
-    channel = serializers.ChoiceField(choices=CHANNEL_CHOICES, help_text="Any channel but in_app.")
+    channel = with_schema(serializers.ChoiceField, {"type": "string", "enum": DELIVERY_CHANNELS})(
+        choices=CHANNEL_CHOICES, help_text="Any channel but in_app."
+    )
     provider = serializers.CharField(max_length=50, help_text="See docs/providers.md for each channel's providers.")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     credentials = serializers.DictField(

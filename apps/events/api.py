@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from apps.core.errors import Unprocessable
 from apps.core.parsers import MAX_DEPTH, json_problem
+from apps.core.schema import with_schema
 from apps.events import selectors, services
 from apps.events.idempotency import idempotent
 from apps.subscribers.api import SubscriberInputSerializer
@@ -21,6 +22,21 @@ MAX_RECIPIENTS = 1000
 MAX_BULK_EVENTS = 1000
 
 
+@extend_schema_field(
+    {
+        "description": "A subscriber id, a subscriber object (upserted) or a topic.",
+        "anyOf": [
+            {"type": "string", "minLength": 1, "maxLength": 200},
+            {
+                "type": "object",
+                "required": ["topic"],
+                "properties": {"topic": {"type": "string", "minLength": 1}},
+                "additionalProperties": False,
+            },
+            {"$ref": "#/components/schemas/SubscriberInputRequest"},
+        ],
+    }
+)
 class RecipientField(serializers.JSONField):
     """A subscriber id, an inline subscriber object, or ``{"topic": key}``."""
 
@@ -41,11 +57,26 @@ class RecipientField(serializers.JSONField):
         raise serializers.ValidationError("expected a subscriber id, a subscriber object or {'topic': key}")
 
 
+@extend_schema_field(
+    {
+        "description": "Who caused the event: a subscriber id or a subscriber object (upserted); never notified "
+        "through a topic.",
+        "anyOf": [
+            {"type": "string", "minLength": 1, "maxLength": 200},
+            {"$ref": "#/components/schemas/SubscriberInputRequest"},
+        ],
+        "nullable": True,
+    }
+)
+class ActorField(RecipientField):
+    pass
+
+
 class TriggerSerializer(serializers.Serializer):
     workflow = serializers.SlugField(max_length=100)
     to = serializers.ListField(child=RecipientField(), min_length=1, max_length=MAX_RECIPIENTS)
     payload = serializers.DictField(required=False, default=dict)
-    actor = RecipientField(required=False, allow_null=True)
+    actor = ActorField(required=False, allow_null=True)
     transaction_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
     cancellation_key = serializers.CharField(
         max_length=200,
@@ -88,7 +119,15 @@ class TriggerResponseSerializer(serializers.Serializer):
 
 
 class BulkTriggerSerializer(serializers.Serializer):
-    events = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=MAX_BULK_EVENTS)
+    events = with_schema(
+        serializers.ListField,
+        {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/TriggerRequest"},
+            "minItems": 1,
+            "maxItems": MAX_BULK_EVENTS,
+        },
+    )(child=serializers.DictField(), min_length=1, max_length=MAX_BULK_EVENTS)
 
     def validate_events(self, value: list[dict[str, Any]]) -> list[services.TriggerRequest | services.BulkItemResult]:
         """Trigger requests in order; an item holding text no database can store (or nested too
@@ -142,7 +181,7 @@ class BulkTriggerView(APIView):
 
     @extend_schema(
         request=BulkTriggerSerializer,
-        responses={202: BulkItemSerializer(many=True)},
+        responses={202: inline_serializer("BulkTriggerResponse", {"data": BulkItemSerializer(many=True)})},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
         summary="Trigger up to 1,000 events at once",
     )

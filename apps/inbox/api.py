@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -193,6 +193,14 @@ class InboxMessageSerializer(serializers.Serializer):
         return inbox_message_data(instance)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 20},
+            {"type": "string", "description": "Comma-separated keys."},
+        ]
+    }
+)
 class _KeyList(serializers.ListField):
     """A list of keys that also accepts one comma-separated string (``?category=a,b``)."""
 
@@ -431,10 +439,14 @@ class InboxChangesView(InboxView):
         parameters=[
             OpenApiParameter(
                 "after",
-                int,
+                {"type": "integer", "minimum": 0},
                 description="A cursor (`seq`) from a frame or a message; omit it to get the current cursor.",
             ),
-            OpenApiParameter("limit", int, description="Page size, 1-500 (default 100)."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 500},
+                description="Page size, 1-500 (default 100).",
+            ),
         ],
         responses={200: InboxChangesSerializer, 400: OpenApiResponse(), 401: _UNAUTHORIZED},
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,6 +14,7 @@ from rest_framework.views import APIView
 
 from apps.core.errors import NotFound
 from apps.core.pagination import AscendingIdCursorPagination
+from apps.core.schema import with_schema
 from apps.preferences import selectors, services
 from apps.preferences.links import email_links
 from apps.preferences.models import (
@@ -40,6 +42,13 @@ def _check_channel_keys(value: dict[str, bool]) -> dict[str, bool]:
     return value
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {channel: {"type": "boolean"} for channel in SUBSCRIBER_CHANNELS},
+        "additionalProperties": False,
+    }
+)
 class ChannelsField(serializers.DictField):
     """``{"email": false, "sms": true}``: keys must be known channels, values strict booleans."""
 
@@ -72,7 +81,17 @@ class CategoryInputSerializer(serializers.Serializer):
         help_text="When this category's digests go out, in the subscriber's timezone: 'daily 09:00', "
         "'weekdays 18:00', 'weekly monday 08:30'. Daily/weekly frequencies use its time of day.",
     )
-    digest_templates = serializers.DictField(
+    digest_templates = with_schema(
+        serializers.DictField,
+        {
+            "type": "object",
+            "properties": {
+                channel: {"type": "string", "maxLength": 100, "pattern": r"^[-a-zA-Z0-9_]+$"}
+                for channel in SUBSCRIBER_CHANNELS
+            },
+            "additionalProperties": False,
+        },
+    )(
         child=serializers.SlugField(max_length=100),
         required=False,
         default=dict,
@@ -162,7 +181,7 @@ class PreferencesBulkItemSerializer(SubscriberPreferencesUpdateSerializer):
 
 
 class PreferencesBulkSerializer(serializers.Serializer):
-    items = PreferencesBulkItemSerializer(many=True, allow_empty=False, max_length=services.BULK_LIMIT)
+    items = PreferencesBulkItemSerializer(many=True, allow_empty=False, min_length=1, max_length=services.BULK_LIMIT)
 
 
 class PreferencesBulkResultSerializer(serializers.Serializer):
@@ -226,6 +245,11 @@ class CategoryDetailView(APIView):
         "on by default; a channel left out is on.",
         request=CategoryInputSerializer,
         responses={200: CategorySerializer, 201: CategorySerializer},
+        parameters=[
+            OpenApiParameter(
+                "key", {"type": "string", "maxLength": 100, "pattern": "^[-a-zA-Z0-9_]+$"}, OpenApiParameter.PATH
+            )
+        ],
     )
     def put(self, request: Request, key: str) -> Response:
         _check_key(key)
@@ -365,9 +389,22 @@ class WorkflowPreferenceView(APIView):
         return Response({"default_channels": preference.default_channels})
 
 
+CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$")
+
+
+@extend_schema_field({"type": "string", "pattern": CLOCK_TIME.pattern, "example": "22:00"})
+class ClockTimeField(serializers.TimeField):
+    """A time of day as ``HH:MM`` (``HH:MM:SS`` accepted), answered as ``HH:MM``."""
+
+    def to_internal_value(self, value: Any) -> Any:
+        if not isinstance(value, str) or not CLOCK_TIME.match(value):
+            raise serializers.ValidationError("Use a time of day as HH:MM, e.g. 22:00.")
+        return super().to_internal_value(value)
+
+
 class QuietHoursSerializer(serializers.Serializer):
-    start = serializers.TimeField(format="%H:%M", help_text="Local time the quiet window starts, e.g. 22:00")
-    end = serializers.TimeField(format="%H:%M", help_text="Local time it ends, e.g. 07:00 (the next day)")
+    start = ClockTimeField(format="%H:%M", help_text="Local time the quiet window starts, e.g. 22:00")
+    end = ClockTimeField(format="%H:%M", help_text="Local time it ends, e.g. 07:00 (the next day)")
     timezone = serializers.CharField(
         max_length=64, required=False, allow_blank=True, default="", help_text="Empty: the subscriber's timezone"
     )

@@ -21,6 +21,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from apps.core.pagination import AscendingIdCursorPagination
+from apps.core.schema import blank_or, with_schema
 from apps.subscribers import selectors, services
 from apps.subscribers.models import Device, Subscriber, Topic
 from apps.tenancy.auth import request_environment
@@ -29,7 +30,8 @@ MAX_BULK_ITEMS = 1000
 MAX_DATA_BYTES = 64 * 1024
 
 # Ids and keys travel in URL paths: anything but whitespace and '/' ('@', '.', ':' are fine).
-IDENTIFIER_RE = re.compile(r"^[^\s/]+$")
+# No whitespace (in Python's sense and JavaScript's, which the schema's pattern follows) and no "/".
+IDENTIFIER_RE = re.compile(r"^[^\s/\x1c-\x1f\x85\ufeff]+$")
 IDENTIFIER_MESSAGE = "Use 1-200 characters without spaces or '/'."
 # BCP 47-ish: a 2-3 letter language, then subtags (region, script, variant): en, en-US, zh-Hant-TW.
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
@@ -76,14 +78,22 @@ class IndexedListSerializer(serializers.ListSerializer):
         return validated
 
 
+# Unset text is "" in responses (and may be sent as ""), which no format matches.
+EMAIL_SCHEMA = {**blank_or({"type": "string", "format": "email"}), "maxLength": 320}
+AVATAR_SCHEMA = {**blank_or({"type": "string", "format": "uri"}), "maxLength": 1000}
+
+
 class SubscriberInputSerializer(serializers.Serializer):
     """A subscriber object as callers send it. Only the keys present are validated and returned;
     ``null`` clears a field. Unknown keys are rejected (read-only keys from a GET are ignored)."""
 
     IGNORED_KEYS = frozenset({"created_at", "updated_at"})
+    rejects_unknown_fields = True  # the OpenAPI schema says so (apps.core.openapi)
 
     subscriber_id = identifier_field(help_text="Your own id for this person, e.g. 'user-42' or 'ada@example.com'.")
-    email = serializers.EmailField(max_length=320, required=False, allow_blank=True, allow_null=True)
+    email = with_schema(serializers.EmailField, {**EMAIL_SCHEMA, "nullable": True})(
+        max_length=320, required=False, allow_blank=True, allow_null=True
+    )
     phone = serializers.RegexField(
         PHONE_RE,
         max_length=32,
@@ -94,10 +104,13 @@ class SubscriberInputSerializer(serializers.Serializer):
     )
     first_name = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
     last_name = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
-    avatar = serializers.URLField(max_length=1000, required=False, allow_blank=True, allow_null=True)
-    locale = serializers.CharField(
-        max_length=20, required=False, allow_blank=True, allow_null=True, help_text="BCP 47 tag, e.g. 'en' or 'fr-CA'."
+    avatar = with_schema(serializers.URLField, {**AVATAR_SCHEMA, "nullable": True})(
+        max_length=1000, required=False, allow_blank=True, allow_null=True
     )
+    locale = with_schema(
+        serializers.CharField,
+        {"type": "string", "maxLength": 20, "nullable": True, "pattern": f"({LOCALE_RE.pattern})|^$"},
+    )(max_length=20, required=False, allow_blank=True, allow_null=True, help_text="BCP 47 tag, e.g. 'en' or 'fr-CA'.")
     timezone = serializers.CharField(
         max_length=64, required=False, allow_blank=True, allow_null=True, help_text="IANA name, e.g. 'Europe/Paris'."
     )
@@ -139,6 +152,9 @@ class SubscriberUpsertSerializer(SubscriberInputSerializer):
 
 class SubscriberSerializer(serializers.ModelSerializer):
     """A subscriber as the API returns it."""
+
+    email = with_schema(serializers.CharField, EMAIL_SCHEMA)(read_only=True)
+    avatar = with_schema(serializers.CharField, AVATAR_SCHEMA)(read_only=True)
 
     class Meta:
         model = Subscriber
@@ -265,6 +281,11 @@ class TopicDetailView(APIView):
     @extend_schema(
         operation_id="topics_upsert",
         summary="Create or rename a topic",
+        parameters=[
+            OpenApiParameter(
+                "key", {"type": "string", "maxLength": 200, "pattern": IDENTIFIER_RE.pattern}, OpenApiParameter.PATH
+            )
+        ],
         request=TopicInputSerializer,
         responses={200: TopicSerializer, 201: TopicSerializer},
     )
@@ -407,7 +428,11 @@ class DeviceListView(generics.GenericAPIView):
     serializer_class = DeviceSerializer
     pagination_class = AscendingIdCursorPagination
 
-    @extend_schema(operation_id="subscribers_devices_list", summary="List a subscriber's devices")
+    @extend_schema(
+        operation_id="subscribers_devices_list",
+        summary="List a subscriber's devices",
+        responses={200: DeviceSerializer(many=True)},
+    )
     def get(self, request: Request, subscriber_id: str) -> Response:
         subscriber = selectors.subscriber_get(environment=request_environment(request), subscriber_id=subscriber_id)
         page = self.paginate_queryset(selectors.device_list(subscriber=subscriber))

@@ -16,10 +16,11 @@ from rest_framework.views import APIView
 
 from apps.core.errors import NotFound, Unprocessable
 from apps.core.pagination import IdCursorPagination
+from apps.core.schema import key_path_parameter, with_schema
 from apps.preferences.models import CHANNELS
 from apps.templates import selectors, services
 from apps.templates.models import EmailLayout, Template, TemplateVersion
-from apps.templates.rendering import TRANSLATED_FIELDS, URL_FIELDS, RenderedContent, sms_segments
+from apps.templates.rendering import HEX_COLOR, TRANSLATED_FIELDS, URL_FIELDS, RenderedContent, sms_segments
 from apps.tenancy.auth import request_environment
 
 # --- serializers --------------------------------------------------------------------------------
@@ -86,11 +87,11 @@ class TemplateSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
-    @extend_schema_field(OpenApiTypes.INT)
+    @extend_schema_field({"type": "integer", "nullable": True})
     def get_published_version(self, template: Template) -> int | None:
         return template.published_version.number if template.published_version_id else None
 
-    @extend_schema_field(OpenApiTypes.INT)
+    @extend_schema_field({"type": "integer", "nullable": True})
     def get_latest_version(self, template: Template) -> int | None:
         return getattr(template, "latest_number", None)
 
@@ -242,6 +243,7 @@ class TemplateDetailView(APIView):
 
     @extend_schema(
         operation_id="templates_upsert",
+        parameters=[key_path_parameter()],
         request=TemplatePutSerializer,
         responses={
             200: TemplateSaveResponseSerializer,
@@ -455,7 +457,10 @@ class DiffRowSerializer(serializers.Serializer):
 class TemplateVersionDiffView(APIView):
     @extend_schema(
         operation_id="templates_versions_diff",
-        parameters=[OpenApiParameter("a", int, required=True), OpenApiParameter("b", int, required=True)],
+        parameters=[
+            OpenApiParameter("a", {"type": "integer", "minimum": 1}, required=True),
+            OpenApiParameter("b", {"type": "integer", "minimum": 1}, required=True),
+        ],
         responses={200: DiffRowSerializer(many=True), 400: _ERROR, 404: _ERROR},
         tags=["templates"],
     )
@@ -480,7 +485,7 @@ class VariableSerializer(serializers.Serializer):
 class TemplateVariablesView(APIView):
     @extend_schema(
         operation_id="templates_variables",
-        responses={200: VariableSerializer(many=True), 404: _ERROR},
+        responses={200: inline_serializer("TemplateVariables", {"data": VariableSerializer(many=True)}), 404: _ERROR},
         tags=["templates"],
         description="Variables a template can use: sample payload keys, subscriber, actor, digest, footer links.",
     )
@@ -543,7 +548,12 @@ def test_send_json(message: Any) -> dict[str, Any]:
 
 
 @extend_schema_field(
-    {"type": "object", "additionalProperties": {"type": "string"}, "description": "Text by language code"}
+    {
+        "type": "object",
+        "properties": {code: {"type": "string"} for code, _ in settings.LANGUAGES},
+        "additionalProperties": False,
+        "description": "Text by language code",
+    }
 )
 class TranslatedTextField(serializers.DictField):
     def __init__(self, **kwargs: Any) -> None:
@@ -576,8 +586,12 @@ class LayoutPutSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     header = TranslatedTextField(required=False)
     footer = TranslatedTextField(required=False)
-    brand_color = serializers.CharField(required=False, max_length=7)
-    logo_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    brand_color = with_schema(serializers.CharField, {"type": "string", "pattern": HEX_COLOR.pattern})(
+        required=False, max_length=7
+    )
+    logo_url = with_schema(serializers.CharField, {"type": "string", "maxLength": 2000, "pattern": "^(https?://.*)?$"})(
+        required=False, allow_blank=True, max_length=2000
+    )
     css = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     show_unsubscribe = serializers.BooleanField(required=False)
     is_default = serializers.BooleanField(required=False)
@@ -602,6 +616,7 @@ class LayoutDetailView(APIView):
 
     @extend_schema(
         operation_id="layouts_upsert",
+        parameters=[key_path_parameter()],
         request=LayoutPutSerializer,
         responses={200: LayoutSerializer, 201: LayoutSerializer, 400: _ERROR, 422: _ERROR},
         tags=["templates"],

@@ -3,14 +3,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.durations import DURATION_PATTERN
 from apps.core.pagination import IdCursorPagination
-from apps.core.schema import paginated_schema, pagination_parameters
+from apps.core.schema import key_path_parameter, paginated_schema, pagination_parameters, with_schema
 from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
@@ -55,7 +56,9 @@ class WorkflowInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     description = serializers.CharField(allow_blank=True, required=False)
     category = serializers.SlugField(max_length=100, allow_null=True, required=False)
-    steps = serializers.JSONField(required=False, help_text="Ordered list of step objects (docs/workflows.md)")
+    steps = with_schema(
+        serializers.JSONField, {"type": "array", "items": {"type": "object", "additionalProperties": {}}}
+    )(required=False, help_text="Ordered list of step objects (docs/workflows.md)")
     payload_schema = serializers.JSONField(required=False, allow_null=True)
     active = serializers.BooleanField(required=False)
     use_latest_templates = serializers.BooleanField(
@@ -79,7 +82,11 @@ class WorkflowDetailView(APIView):
         workflow = selectors.workflow_get(environment=request_environment(request), key=key)
         return Response(WorkflowSerializer(workflow).data)
 
-    @extend_schema(request=WorkflowInputSerializer, responses={200: WorkflowSerializer, 201: WorkflowSerializer})
+    @extend_schema(
+        parameters=[key_path_parameter()],
+        request=WorkflowInputSerializer,
+        responses={200: WorkflowSerializer, 201: WorkflowSerializer},
+    )
     def put(self, request: Request, key: str) -> Response:
         KEY_FIELD.run_validation(key)
         serializer = WorkflowInputSerializer(data=request.data)
@@ -218,12 +225,17 @@ class FrequencyCapInputSerializer(serializers.Serializer):
     channel = serializers.ChoiceField(choices=CHANNEL_CHOICES)
     category = serializers.SlugField(max_length=100, required=False, allow_null=True)
     limit = serializers.IntegerField(min_value=1, max_value=1_000_000)
-    window = serializers.CharField(max_length=20, help_text="A duration: 1h, 1d, PT12H…")
+    window = with_schema(serializers.CharField, {"type": "string", "maxLength": 20, "pattern": DURATION_PATTERN})(
+        max_length=20, help_text="A duration: 1h, 1d, PT12H…"
+    )
     active = serializers.BooleanField(required=False, default=True)
 
 
 class FrequencyCapListView(APIView):
-    @extend_schema(responses={200: FrequencyCapSerializer(many=True)}, summary="List frequency caps")
+    @extend_schema(
+        responses={200: inline_serializer("FrequencyCapList", {"data": FrequencyCapSerializer(many=True)})},
+        summary="List frequency caps",
+    )
     def get(self, request: Request) -> Response:
         caps = selectors.frequency_cap_list(environment=request_environment(request))
         return Response({"data": FrequencyCapSerializer(caps, many=True).data})
