@@ -106,6 +106,12 @@ def _check_deadline() -> None:
         raise SandboxError(f"rendering took longer than {current[1]:g} seconds")
 
 
+def check_deadline() -> None:
+    """Raise SandboxError when the enclosing :func:`time_limit` has passed (for work done outside
+    the sandbox but within a render, such as Markdown conversion)."""
+    _check_deadline()
+
+
 @contextmanager
 def _render_budget() -> Iterator[None]:
     token = _budget.set(_Budget())
@@ -843,6 +849,7 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "LenientDict",
     "SandboxError",
+    "check_deadline",
     "evaluate_expression",
     "lenient",
     "render_string",

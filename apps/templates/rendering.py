@@ -9,8 +9,9 @@ plain text. In-app versions also render their primary / secondary action buttons
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any
 
 import css_inline
@@ -20,9 +21,10 @@ from django.conf import settings
 from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
+from markdown.htmlparser import HTMLExtractor
 from markupsafe import Markup
 
-from apps.core.sandbox import SandboxError, render_string, time_limit
+from apps.core.sandbox import MAX_OUTPUT_CHARS, SandboxError, check_deadline, render_string, time_limit
 from apps.templates.models import EmailLayout, TemplateVersion
 
 TRANSLATED_FIELDS = ("subject", "title", "body", "preheader", "primary_action_label", "secondary_action_label")
@@ -50,6 +52,9 @@ CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
 DEFAULT_BRAND_COLOR = "#4f46e5"
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 MARKDOWN_EXTENSIONS = ["extra", "sane_lists", "nl2br"]
+MAX_EMAIL_HTML_CHARS = 4 * MAX_OUTPUT_CHARS  # after Markdown
+MAX_EMAIL_HTML_DEPTH = 200  # elements that must be closed; css-inline crashes some 10,000 deep
+MAX_INLINING_WORK = 2_000_000  # CSS selectors × HTML elements
 
 FOOTER_LABELS = {
     "en": ("Manage email preferences", "Unsubscribe"),
@@ -304,8 +309,101 @@ def brand_color(value: str | None) -> str:
     return value if value and HEX_COLOR.match(value) else DEFAULT_BRAND_COLOR
 
 
+def _checks_deadline(func: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_deadline()
+        return func(*args, **kwargs)
+
+    return checked
+
+
+# Python-Markdown is superlinear on some inputs (2,000 "[" take seconds, "<a" repeated takes
+# minutes in its HTML block parser), and payload text reaches it. Every processor call checks the
+# render's deadline, so such a body fails its render instead of holding a worker; each single call
+# is linear in the body's size.
+HTMLExtractor.parse_starttag = _checks_deadline(HTMLExtractor.parse_starttag)  # type: ignore[method-assign]
+
+
 def markdown_to_html(source: str) -> str:
-    return markdown.markdown(source, extensions=MARKDOWN_EXTENSIONS, output_format="html")
+    converter = markdown.Markdown(extensions=MARKDOWN_EXTENSIONS, output_format="html")
+    for registry in (
+        converter.preprocessors,
+        converter.parser.blockprocessors,
+        converter.treeprocessors,
+        converter.inlinePatterns,
+        converter.postprocessors,
+    ):
+        for processor in registry:
+            for name in ("run", "test", "handleMatch"):
+                method = getattr(processor, name, None)
+                if method is not None:
+                    setattr(processor, name, _checks_deadline(method))
+    return converter.convert(source)
+
+
+_TAG_START = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9:-]*)")
+_VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track"}
+_VOID_TAGS |= {"wbr"}
+# End tags a parser may imply: not counted as nesting (their parents are).
+_OPTIONAL_END_TAGS = {"html", "head", "body", "p", "li", "dt", "dd", "tr", "td", "th", "thead", "tbody", "tfoot"}
+_OPTIONAL_END_TAGS |= {"option", "optgroup", "rt", "rp", "colgroup"}
+
+
+def _between(text: str, opening: str, closing: str) -> Iterator[tuple[int, int]]:
+    """Spans between each ``opening`` and the next ``closing``, found in linear time (a regex such
+    as ``<style>(.*?)</style>`` rescans to the end for every unclosed opening)."""
+    position = 0
+    while (start := text.find(opening, position)) != -1:
+        end = text.find(closing, start + len(opening))
+        if end == -1:
+            yield start + len(opening), len(text)
+            return
+        yield start + len(opening), end
+        position = end + len(closing)
+
+
+def _css_selectors(html: str) -> int:
+    lower = html.lower()
+    selectors = 0
+    for start, end in _between(lower, "<style", "</style"):
+        block = html[start:end]
+        kept, position = [], 0
+        for comment_start, comment_end in _between(block, "/*", "*/"):
+            kept.append(block[position : comment_start - 2])
+            position = comment_end + 2
+        kept.append(block[position:])
+        for chunk in "".join(kept).split("{")[:-1]:
+            prelude = chunk.rsplit("}", 1)[-1].strip()
+            if prelude and not prelude.startswith("@"):
+                selectors += prelude.count(",") + 1
+    return selectors
+
+
+def _check_inlining_work(html: str) -> None:
+    """css-inline holds the GIL while it runs (seconds for many selectors times many elements) and
+    crashes the process on HTML nested some ten thousand elements deep: refuse both beforehand."""
+    depth = deepest = elements = 0
+    for closing, name in _TAG_START.findall(html):
+        name = name.lower()
+        nests = name not in _VOID_TAGS and name not in _OPTIONAL_END_TAGS
+        if closing:
+            depth = max(depth - 1, 0) if nests else depth
+            continue
+        elements += 1
+        if nests:
+            depth += 1
+            deepest = max(deepest, depth)
+    if deepest > MAX_EMAIL_HTML_DEPTH:
+        raise FieldErrors({"body": f"the email's HTML nests more than {MAX_EMAIL_HTML_DEPTH} elements deep"})
+    selectors = _css_selectors(html)
+    if selectors * elements > MAX_INLINING_WORK:
+        raise FieldErrors(
+            {
+                "layout.css": f"too much CSS to inline: {selectors} selectors for {elements} HTML elements "
+                f"(selectors × elements at most {MAX_INLINING_WORK:,})"
+            }
+        )
 
 
 def html_to_text(html: str) -> str:
@@ -327,7 +425,12 @@ def render_email(
     strict: bool = False,
 ) -> tuple[str, str]:
     """``body`` is the rendered (autoescaped) body source → (final HTML, plain text)."""
-    content = markdown_to_html(body) if body_format == TemplateVersion.BodyFormat.MARKDOWN else body
+    try:
+        content = markdown_to_html(body) if body_format == TemplateVersion.BodyFormat.MARKDOWN else body
+    except SandboxError as exc:
+        raise FieldErrors({"body": f"the Markdown could not be converted: {exc}"}) from exc
+    if len(content) > MAX_EMAIL_HTML_CHARS:
+        raise FieldErrors({"body": f"the email's HTML is larger than {MAX_EMAIL_HTML_CHARS} characters"})
     text = html_to_text(content)
     if layout is None:
         if preheader:
@@ -362,6 +465,8 @@ def render_email(
         unsubscribe_url=unsubscribe_url,
         labels=FOOTER_LABELS.get(language, FOOTER_LABELS["en"]),
     )
+    check_deadline()
+    _check_inlining_work(html)
     try:
         html = _INLINER.inline(html)
     except (css_inline.InlineError, ValueError) as exc:

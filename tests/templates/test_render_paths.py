@@ -15,7 +15,7 @@ from apps.core.sandbox import MAX_RENDER_SECONDS, SandboxError
 from apps.events.services import TriggerRequest, event_trigger
 from apps.templates.models import Template
 from apps.templates.rendering import build_render_context, render_version
-from apps.templates.services import build_version, template_content_validate, template_upsert
+from apps.templates.services import build_version, layout_upsert, template_content_validate, template_upsert
 from apps.workflows.models import Run, StepRun, WorkflowVersion
 from apps.workflows.services import workflow_upsert
 from tests.assertions import assert_error
@@ -353,3 +353,51 @@ def test_ordinary_digests_still_render(tenant):
     rendered = render_version(version=version, locale="en", context=digest_context(3))
 
     assert rendered.body == "3: c0, c1, c2"
+
+
+# --- email: Markdown and CSS inlining -------------------------------------------------------------
+
+
+def email_version(tenant: Any, body: str, *, body_format: str = "markdown", css: str = "") -> Any:
+    layout, _ = layout_upsert(environment=tenant.environment, key="brand", footer={"en": "Acme"}, css=css)
+    template, _ = template_upsert(environment=tenant.environment, key="mail", channel="email")
+    content = template_content_validate(channel="email", content={"en": {"subject": "Hi", "body": body}})
+    return build_version(template=template, content=content, body_format=body_format, layout=layout)
+
+
+EMAIL_CONTEXT = build_render_context(payload={"text": "[" * 3000}, subscriber={"first_name": "Ada"}, actor=None)
+
+
+def test_markdown_that_python_markdown_is_slow_on_stops_at_the_limit(tenant, counting_clock):
+    """3,000 "[" in a payload take Python-Markdown seconds; the conversion checks the deadline."""
+    version = email_version(tenant, "Comment: {{ payload.text }}")
+
+    with pytest.raises(SandboxError, match="longer than 2 seconds") as failed:
+        render_version(version=version, locale="en", context=EMAIL_CONTEXT)
+    assert "Markdown" in failed.value.errors["body"]
+    assert one_limit(counting_clock)
+
+
+def test_html_nested_deeper_than_the_inliner_survives_is_refused(tenant):
+    """css-inline crashes the process (SIGSEGV) on some 20,000 nested elements."""
+    version = email_version(tenant, "{{ ('<div>' * 20000)|safe }}x", body_format="html")
+
+    with pytest.raises(SandboxError, match="nests more than 200 elements deep"):
+        render_version(version=version, locale="en", context=EMAIL_CONTEXT)
+
+
+def test_css_that_would_take_seconds_to_inline_is_refused(tenant):
+    css = "".join(f"* * * * * * * * span.c{i} {{ color: red }}\n" for i in range(1200))
+    version = email_version(tenant, "{% for i in range(2000) %}<span>x</span>{% endfor %}", body_format="html", css=css)
+
+    with pytest.raises(SandboxError, match="too much CSS to inline") as failed:
+        render_version(version=version, locale="en", context=EMAIL_CONTEXT)
+    assert set(failed.value.errors) == {"layout.css"}
+
+
+def test_ordinary_email_still_renders_markdown_into_the_layout(tenant):
+    version = email_version(tenant, "Hi **{{ subscriber.first_name }}**\n\n| a | b |\n|---|---|\n| 1 | 2 |")
+
+    rendered = render_version(version=version, locale="en", context=EMAIL_CONTEXT)
+
+    assert "<strong>Ada</strong>" in rendered.body and "<td" in rendered.body and "Acme" in rendered.body
