@@ -56,6 +56,7 @@ MAX_INT_BITS = 4096  # about 1,233 decimal digits
 MAX_RANGE = 10_000
 MAX_WIDTH = 10_000  # format widths / precisions, center(), ljust(), round()…
 MAX_NESTING = 20  # brackets inside brackets, blocks inside blocks
+MAX_TOKENS = 20_000  # compiling is linear in tokens, and Python's compile() holds the GIL
 MAX_RENDER_SECONDS = 2.0
 MAX_WRAP_WORK = 4_000_000_000  # wordwrap: (longest word)² / width, the bytes textwrap copies
 
@@ -134,15 +135,19 @@ _BLOCK_TAGS = {"if", "for", "macro", "call", "filter", "with", "block", "autoesc
 
 
 class _SyntaxGuard(Extension):
-    """Refuses nesting deeper than ``MAX_NESTING`` before the parser recurses into it, and adds
+    """Refuses nesting deeper than ``MAX_NESTING`` before the parser recurses into it and more than
+    ``MAX_TOKENS`` tokens (names, operators, literals, text between tags), and adds
     ``{{ clarion_loop_tick__() }}`` at the start of every ``{% for %}`` body, so an empty nested
     loop still checks the deadline on each iteration."""
 
     def filter_stream(self, stream: TokenStream) -> Iterator[Token]:
-        brackets = blocks = 0
+        brackets = blocks = tokens = 0
         after_block_begin = in_for_tag = block_set = False
         for token in stream:
             kind = token.type
+            tokens += 1
+            if tokens > MAX_TOKENS:
+                raise TemplateSyntaxError(f"more than {MAX_TOKENS} tokens: split the template", token.lineno)
             if kind in _OPENING:
                 brackets += 1
                 if brackets > MAX_NESTING:
@@ -846,6 +851,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_OUTPUT_CHARS",
     "MAX_RENDER_SECONDS",
+    "MAX_TOKENS",
     "MAX_VALUE_SIZE",
     "LenientDict",
     "SandboxError",
