@@ -30,9 +30,11 @@
       notifications: "Notifications", bellLabel: "Notifications, {n} unread", bellLabelNone: "Notifications",
       markAllRead: "Mark all as read", all: "All", unread: "Unread", archived: "Archived",
       allCategories: "All categories", category: "Category", filters: "Filters",
-      empty: "No notifications yet", emptyUnread: "You're all caught up", emptyArchived: "Nothing archived",
+      empty: "No notifications yet", emptyUnread: "All caught up", emptyArchived: "Nothing archived",
+      emptyCategory: "Nothing in this category",
       markRead: "Mark as read", markUnread: "Mark as unread", archive: "Archive", unarchive: "Move to inbox",
       snooze: "Snooze for an hour", remove: "Delete", preferences: "Notification preferences", back: "Back",
+      preferencesTitle: "Preferences",
       close: "Close", done: "Done", loading: "Loading…", loadError: "Could not load notifications.",
       retry: "Retry", justNow: "just now", live: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…",
       polling: "Updating every {n} s", originRefused: "This site may not show this inbox.",
@@ -45,9 +47,10 @@
       markAllRead: "Tout marquer comme lu", all: "Toutes", unread: "Non lues", archived: "Archivées",
       allCategories: "Toutes les catégories", category: "Catégorie", filters: "Filtres",
       empty: "Aucune notification", emptyUnread: "Vous êtes à jour", emptyArchived: "Rien d'archivé",
+      emptyCategory: "Rien dans cette catégorie",
       markRead: "Marquer comme lu", markUnread: "Marquer comme non lu", archive: "Archiver",
       unarchive: "Remettre dans la boîte", snooze: "Reporter d'une heure", remove: "Supprimer",
-      preferences: "Préférences de notification", back: "Retour", close: "Fermer", done: "Fait",
+      preferences: "Préférences de notification", preferencesTitle: "Préférences", back: "Retour", close: "Fermer", done: "Fait",
       loading: "Chargement…", loadError: "Impossible de charger les notifications.", retry: "Réessayer",
       justNow: "à l'instant", live: "En direct", connecting: "Connexion…", reconnecting: "Reconnexion…",
       polling: "Mise à jour toutes les {n} s", originRefused: "Ce site ne peut pas afficher cette boîte.",
@@ -57,19 +60,20 @@
       ch_webhook: "Webhook",
     },
     de: {
-      notifications: "Benachrichtigungen", bellLabel: "Benachrichtigungen, {n} ungelesen",
-      bellLabelNone: "Benachrichtigungen", markAllRead: "Alle als gelesen markieren", all: "Alle",
+      notifications: "Mitteilungen", bellLabel: "Mitteilungen, {n} ungelesen",
+      bellLabelNone: "Mitteilungen", markAllRead: "Alle als gelesen markieren", all: "Alle",
       unread: "Ungelesen", archived: "Archiviert", allCategories: "Alle Kategorien", category: "Kategorie",
-      filters: "Filter", empty: "Noch keine Benachrichtigungen", emptyUnread: "Alles gelesen",
+      filters: "Filter", empty: "Noch keine Mitteilungen", emptyUnread: "Alles gelesen",
+      emptyCategory: "Nichts in dieser Kategorie",
       emptyArchived: "Nichts archiviert", markRead: "Als gelesen markieren", markUnread: "Als ungelesen markieren",
       archive: "Archivieren", unarchive: "Zurück in den Posteingang", snooze: "Eine Stunde zurückstellen",
-      remove: "Löschen", preferences: "Benachrichtigungseinstellungen", back: "Zurück", close: "Schließen",
-      done: "Erledigt", loading: "Wird geladen…", loadError: "Benachrichtigungen konnten nicht geladen werden.",
+      remove: "Löschen", preferences: "Mitteilungseinstellungen", preferencesTitle: "Einstellungen", back: "Zurück", close: "Schließen",
+      done: "Erledigt", loading: "Wird geladen…", loadError: "Mitteilungen konnten nicht geladen werden.",
       retry: "Erneut versuchen", justNow: "gerade eben", live: "Live", connecting: "Verbinde…",
       reconnecting: "Verbindung wird wiederhergestellt…", polling: "Aktualisierung alle {n} s",
       originRefused: "Diese Seite darf diesen Posteingang nicht anzeigen.", channels: "Kanäle",
       categories: "Kategorien", saved: "Gespeichert", saveError: "Speichern fehlgeschlagen.",
-      critical: "Immer aktiv", unreadItem: "Ungelesen", newMessage: "Neue Benachrichtigung: {title}",
+      critical: "Immer aktiv", unreadItem: "Ungelesen", newMessage: "Neue Mitteilung: {title}",
       ch_in_app: "In der App", ch_email: "E-Mail", ch_sms: "SMS", ch_push: "Push", ch_chat: "Chat",
       ch_webhook: "Webhook",
     },
@@ -124,8 +128,13 @@
     ":host([inline]) .bell-wrap { display: none; }",
     ":host([inline]) .panel { position: static; width: 100%; box-shadow: none; }",
     ".panel[hidden] { display: none; }",
+    // The header fits the panel in every language: when the words do not fit, "mark all as read"
+    // becomes an icon (its words stay its accessible name) and, last, the heading is shortened.
     "header { display: flex; align-items: center; gap: 8px; padding: 12px 14px 8px; }",
-    "h2 { font-size: 15px; margin: 0; flex: 1; font-weight: 650; display: flex; align-items: center; gap: 8px; }",
+    "header > * { flex-shrink: 0; }",
+    "h2 { font-size: 15px; margin: 0; flex: 1 1 auto; min-width: 0; font-weight: 650; display: flex; align-items: center; gap: 8px; }",
+    ".heading { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }",
+    ".count { flex-shrink: 0; }",
     ".count { font-size: 11.5px; font-weight: 700; color: var(--clarion-accent-contrast); background: var(--clarion-accent);",
     "  border-radius: 10px; padding: 1px 7px; min-width: 20px; text-align: center; }",
     ".icon-btn { border: 0; background: none; width: 30px; height: 30px; border-radius: 8px; display: grid; place-items: center;",
@@ -135,11 +144,19 @@
     ".text-btn { border: 0; background: none; color: var(--clarion-accent); font-size: 12.5px; font-weight: 600; padding: 4px 6px;",
     "  border-radius: 6px; white-space: nowrap; }",
     ".text-btn:disabled { color: var(--clarion-muted); opacity: .6; cursor: default; }",
-    ".bar { display: flex; align-items: center; gap: 6px; padding: 0 14px 8px; border-bottom: 1px solid var(--clarion-border); }",
-    "[role=tablist] { display: flex; gap: 2px; flex: 1; }",
-    "[role=tab] { border: 0; background: none; padding: 6px 10px; border-radius: 8px; color: var(--clarion-muted); font-size: 13px; font-weight: 550; }",
+    ".read-all .btn-icon { display: none; }",
+    ".compact header { gap: 4px; padding-left: 12px; padding-right: 8px; }",
+    ".compact h2 { gap: 6px; }",
+    ".compact .read-all { width: 30px; height: 30px; padding: 0; display: grid; place-items: center; border-radius: 8px; }",
+    ".compact .read-all .btn-icon { display: contents; }",
+    ".compact .read-all .btn-icon svg { width: 17px; height: 17px; }",
+    ".compact .read-all .btn-label { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }",
+    ".bar { display: flex; flex-wrap: wrap; align-items: center; gap: 6px; padding: 0 14px 8px; border-bottom: 1px solid var(--clarion-border); }",
+    "[role=tablist] { display: flex; gap: 2px; flex: 1 0 auto; }",
+    "[role=tab] { border: 0; background: none; padding: 6px 10px; border-radius: 8px; color: var(--clarion-muted); font-size: 13px; font-weight: 550;",
+    "  white-space: nowrap; }",
     "[role=tab][aria-selected=true] { background: var(--clarion-unread-bg); color: var(--clarion-accent); }",
-    "select { background: var(--clarion-bg); border: 1px solid var(--clarion-border); border-radius: 8px; padding: 4px 6px; font-size: 12.5px; max-width: 140px; }",
+    "select { background: var(--clarion-bg); border: 1px solid var(--clarion-border); border-radius: 8px; padding: 4px 6px; font-size: 12.5px; max-width: 100%; }",
     ".list { list-style: none; margin: 0; padding: 0; overflow-y: auto; flex: 1; }",
     ".item { position: relative; display: grid; grid-template-columns: 36px 1fr; gap: 10px; padding: 12px 30px 12px 14px;",
     "  border-bottom: 1px solid var(--clarion-border); cursor: pointer; }",
@@ -191,6 +208,7 @@
     back: '<path d="M15 18l-6-6 6-6"/>',
     close: '<path d="M18 6 6 18M6 6l12 12"/>',
     check: '<path d="M20 6 9 17l-5-5"/>',
+    checks: '<path d="M2 12.5 6.5 17 16 7.5"/><path d="m11.5 15.5 1.5 1.5L22.5 7.5"/>',
     envelope: '<rect x="3" y="5" width="18" height="14" rx="2"/><path d="m3 7 9 6 9-6"/>',
     archive: '<rect x="3" y="4" width="18" height="4" rx="1"/><path d="M5 8v11a1 1 0 0 0 1 1h12a1 1 0 0 0 1-1V8M10 12h4"/>',
     unarchive: '<rect x="3" y="4" width="18" height="4" rx="1"/><path d="M5 8v11a1 1 0 0 0 1 1h12a1 1 0 0 0 1-1V8M12 17v-6M9.5 13.5 12 11l2.5 2.5"/>',
@@ -340,9 +358,12 @@
       this._bell.firstChild.style.display = "contents";
       this._live = el("div", { className: "sr-only", "aria-live": "polite", role: "status" });
 
-      this._title = el("h2", { id: "clarion-title" });
+      this._heading = el("span", { className: "heading" });
       this._countLabel = el("span", { className: "count", hidden: true });
-      this._readAll = el("button", { type: "button", className: "text-btn", onclick: function () { self.markAllRead(); } });
+      this._title = el("h2", { id: "clarion-title" }, [this._heading, this._countLabel]);
+      this._readAllLabel = el("span", { className: "btn-label" });
+      this._readAll = el("button", { type: "button", className: "text-btn read-all", onclick: function () { self.markAllRead(); } },
+        [el("span", { className: "btn-icon", icon: "checks" }), this._readAllLabel]);
       this._prefsBtn = el("button", { type: "button", className: "icon-btn", icon: "gear", onclick: function () { self._showPrefs(); } });
       this._closeBtn = el("button", { type: "button", className: "icon-btn", icon: "close", onclick: function () { self.close(true); } });
       this._backBtn = el("button", { type: "button", className: "icon-btn", icon: "back", hidden: true, onclick: function () { self._showList(); } });
@@ -380,13 +401,17 @@
         className: "panel", part: "panel", role: "dialog", "aria-labelledby": "clarion-title", hidden: true,
         onkeydown: function (e) { if (e.key === "Escape" && !self.hasAttribute("inline")) { self.close(true); e.stopPropagation(); } },
       }, [
-        el("header", null, [this._backBtn, this._title, this._readAll, this._prefsBtn, this._closeBtn]),
+        this._header = el("header", null, [this._backBtn, this._title, this._readAll, this._prefsBtn, this._closeBtn]),
         this._listView, this._prefsView, el("footer", null, [this._conn]),
       ]);
       this._root.appendChild(el("span", { className: "bell-wrap" }, [this._bell]));
       this._root.appendChild(this._panel);
       this._root.appendChild(this._live);
       if (this.hasAttribute("inline")) this._panel.hidden = false;
+      if ("ResizeObserver" in window) {
+        this._resizeObserver = new ResizeObserver(function () { self._fitHeader(); });
+        this._resizeObserver.observe(this._panel);
+      }
 
       if ("IntersectionObserver" in window) {
         this._observer = new IntersectionObserver(function (entries) {
@@ -404,9 +429,8 @@
     _applyStrings() {
       this._locale = pickLocale(this.getAttribute("locale") || this._subscriberLocale);
       var self = this;
-      this._title.textContent = this.getAttribute("heading") || this._t("notifications");
-      this._title.appendChild(this._countLabel);
-      this._readAll.textContent = this._t("markAllRead");
+      this._heading.textContent = this._view === "prefs" ? this._t("preferencesTitle") : this.getAttribute("heading") || this._t("notifications");
+      this._readAllLabel.textContent = this._t("markAllRead");
       this._prefsBtn.setAttribute("aria-label", this._t("preferences"));
       this._prefsBtn.title = this._t("preferences");
       this._closeBtn.setAttribute("aria-label", this._t("close"));
@@ -425,6 +449,18 @@
       this.setAttribute("lang", this._locale);
       this._renderCounts();
       this._renderConnection(this.getAttribute("connection") || "connecting");
+      this._fitHeader();
+    }
+
+    // Words first; when they do not fit the panel's width, the compact header (see the CSS).
+    _fitHeader() {
+      if (!this._header || this._panel.hidden) return;
+      var panel = this._panel;
+      panel.classList.remove("compact");
+      var crowded = this._header.scrollWidth > this._header.clientWidth + 1 ||
+        this._heading.scrollWidth > this._heading.clientWidth + 1;
+      panel.classList.toggle("compact", crowded);
+      this._readAll.title = crowded ? this._t("markAllRead") : "";
     }
 
     // --- open / close ---
@@ -433,6 +469,7 @@
       if (this.hasAttribute("inline")) return;
       this._panel.hidden = false;
       this._bell.setAttribute("aria-expanded", "true");
+      this._fitHeader();
       var first = this._list.querySelector(".item") || this._tabs.querySelector("[aria-selected=true]");
       if (first) first.focus();
       this._markSeen();
@@ -853,8 +890,10 @@
       this._badge.textContent = unread > 99 ? "99+" : String(unread);
       this._bell.setAttribute("aria-label", unread ? this._t("bellLabel", unread) : this._t("bellLabelNone"));
       this._countLabel.textContent = unread > 99 ? "99+" : String(unread);
-      this._countLabel.hidden = unread === 0;
+      var countWasHidden = this._countLabel.hidden;
+      this._countLabel.hidden = unread === 0 || this._view === "prefs"; // the list's count, not the settings'
       this._readAll.disabled = unread === 0;
+      if (countWasHidden !== this._countLabel.hidden) this._fitHeader();
       this.setAttribute("unread", String(unread));
     }
 
@@ -896,9 +935,18 @@
       this._list.replaceChildren.apply(this._list, nodes);
       this._more.hidden = !this._next;
       this._empty.hidden = items.length > 0 || !this._loaded;
-      this._empty.textContent = this._t(this._filter.tab === "unread" ? "emptyUnread" : this._filter.tab === "archived" ? "emptyArchived" : "empty");
+      this._empty.textContent = this._t(this._emptyKey());
       if (focusedId) { var again = this._list.querySelector('.item[data-id="' + focusedId + '"]'); if (again) again.focus(); }
       this._renderCounts();
+    }
+
+    // "No notifications yet" only when there are none at all; when the tab or the category hides
+    // messages, say what the filter found nothing of.
+    _emptyKey() {
+      if (this._filter.tab === "archived") return "emptyArchived";
+      if (this._filter.tab === "unread") return "emptyUnread";
+      if (this._filter.category) return "emptyCategory";
+      return this._counts.total > 0 ? "emptyUnread" : "empty";
     }
 
     _renderItem(m, fresh) {
@@ -967,7 +1015,9 @@
       this._backBtn.hidden = false;
       this._readAll.hidden = true;
       this._prefsBtn.hidden = true;
-      this._title.firstChild.textContent = this._t("preferences");
+      this._heading.textContent = this._t("preferencesTitle");
+      this._renderCounts();
+      this._fitHeader();
       this._prefsView.replaceChildren(el("div", { className: "status-line", text: this._t("loading") }));
       this._api("/preferences").then(function (state) { self._renderPrefs(state); })
         .catch(function () { self._prefsView.replaceChildren(el("div", { className: "error", text: self._t("loadError") })); });
@@ -1016,7 +1066,7 @@
       if (state.categories.length) nodes.push(el("h3", { text: this._t("categories") }));
       state.categories.forEach(function (category) {
         var channels = el("div", { className: "pref-channels" });
-        ["in_app", "email", "push", "sms"].forEach(function (channel) {
+        Object.keys(state.channels).forEach(function (channel) {
           channels.appendChild(channelBox(self._t("ch_" + channel), category.channels[channel], category.critical, function (on) {
             var body = { categories: {} }; body.categories[category.key] = {}; body.categories[category.key][channel] = on; save(body);
           }));
