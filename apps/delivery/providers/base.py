@@ -375,11 +375,6 @@ def get_provider(channel: str, name: str) -> Provider | None:
     return _REGISTRY.get((channel, name))
 
 
-def provider_names(channel: str | None = None) -> list[str]:
-    _load_builtin()
-    return sorted(name for (ch, name) in _REGISTRY if channel is None or ch == channel)
-
-
 def providers_by_channel() -> dict[str, list[str]]:
     _load_builtin()
     grouped: dict[str, list[str]] = {}
