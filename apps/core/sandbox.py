@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
+from types import MappingProxyType
 from typing import Any
 
 from jinja2 import ChainableUndefined, StrictUndefined, TemplateError, Undefined, UndefinedError, pass_eval_context
@@ -201,8 +202,6 @@ def _too_many_bits() -> SandboxError:
 
 _TEXT = (str, bytes, bytearray)
 _CONTAINERS = (list, tuple, dict, set, frozenset)
-
-
 _DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 
 
@@ -219,17 +218,17 @@ def _size(value: Any) -> int:
         return value.bit_length() // 3 + 2
     if isinstance(value, float | Undefined):
         return 24
-    if isinstance(value, Namespace):  # mutable: never remembered
-        return 12 + _container_size(dict(object.__getattribute__(value, "_Namespace__attrs")))
+    if isinstance(value, Namespace):  # its attributes change: never remembered
+        return 12 + _container_size(object.__getattribute__(value, "_Namespace__attrs"), remember=False)
     if isinstance(value, _CONTAINERS):
         return _container_size(value)
     if isinstance(value, _DICT_VIEWS):  # printed with their whole dict
-        return 12 + _container_size(dict(value.mapping))
+        return 12 + _container_size(value.mapping, remember=False)
     return 64
 
 
-def _container_size(value: Any) -> int:
-    budget = _budget.get()
+def _container_size(value: Any, *, remember: bool = True) -> int:
+    budget = _budget.get() if remember else None
     key = id(value)
     if budget is not None:
         known = budget.sizes.get(key)
@@ -237,7 +236,8 @@ def _container_size(value: Any) -> int:
             return known[1]
         budget.sizes[key] = (value, 2)  # a placeholder while counting: reference cycles end here
     total = 2
-    items: Iterable[Any] = (part for pair in value.items() for part in pair) if isinstance(value, dict) else value
+    pairs = isinstance(value, dict | MappingProxyType)
+    items: Iterable[Any] = (part for pair in value.items() for part in pair) if pairs else value
     try:
         for item in items:
             total += _size(item) + 2
