@@ -10,6 +10,7 @@ from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import is_list_serializer
+from rest_framework import serializers
 
 
 class ClarionAutoSchema(AutoSchema):
@@ -18,7 +19,8 @@ class ClarionAutoSchema(AutoSchema):
 
     def _map_serializer_field(self, field: Any, direction: str, bypass_extensions: bool = False) -> Any:
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
-        if is_list_serializer(field) and isinstance(schema, dict) and schema.get("type") == "array":
+        listish = is_list_serializer(field) or isinstance(field, serializers.ListField)
+        if listish and isinstance(schema, dict) and schema.get("type") == "array":
             min_length = getattr(field, "min_length", None)
             if min_length is None and getattr(field, "allow_empty", True) is False:
                 min_length = 1

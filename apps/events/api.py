@@ -4,7 +4,13 @@ import json
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -164,7 +170,10 @@ class BulkItemSerializer(serializers.Serializer):
 class TriggerView(APIView):
     @extend_schema(
         request=TriggerSerializer,
-        responses={202: TriggerResponseSerializer},
+        responses={
+            202: TriggerResponseSerializer,
+            409: OpenApiResponse(description="`duplicate_transaction`: this transaction_id was accepted before."),
+        },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
         summary="Trigger a workflow for recipients",
     )

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from apps.core.errors import NotFound
 from apps.core.pagination import AscendingIdCursorPagination
+from apps.core.schedule import DAY_NAMES
 from apps.core.schema import with_schema
 from apps.preferences import selectors, services
 from apps.preferences.links import email_links
@@ -408,13 +409,15 @@ class QuietHoursSerializer(serializers.Serializer):
     timezone = serializers.CharField(
         max_length=64, required=False, allow_blank=True, default="", help_text="Empty: the subscriber's timezone"
     )
-    days = serializers.ListField(
+    days = with_schema(serializers.ListField, {"type": "array", "items": {"type": "string", "enum": DAY_NAMES}})(
         child=serializers.CharField(max_length=3),
         required=False,
         default=list,
         help_text="Days the window starts on (mon…sun); empty: every day",
     )
-    channels = serializers.ListField(
+    channels = with_schema(
+        serializers.ListField, {"type": "array", "items": {"type": "string", "enum": SUBSCRIBER_CHANNELS}}
+    )(
         child=serializers.CharField(max_length=20),
         required=False,
         default=list,

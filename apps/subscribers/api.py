@@ -221,6 +221,13 @@ class SubscriberDetailView(APIView):
 
     @extend_schema(
         operation_id="subscribers_upsert",
+        parameters=[
+            OpenApiParameter(
+                "subscriber_id",
+                {"type": "string", "maxLength": 200, "pattern": IDENTIFIER_RE.pattern},
+                OpenApiParameter.PATH,
+            )
+        ],
         summary="Create or update a subscriber",
         description="Creates the subscriber (201) or changes only the fields sent (200). `data` is replaced "
         "whole; `null` clears a field.",

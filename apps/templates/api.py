@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -28,6 +27,7 @@ from apps.tenancy.auth import request_environment
 _FIELDS_SCHEMA = {
     "type": "object",
     "properties": {name: {"type": "string"} for name in TRANSLATED_FIELDS},
+    "additionalProperties": {"type": "string"},
 }
 CONTENT_SCHEMA = {
     "type": "object",
@@ -64,14 +64,14 @@ class TemplateVersionSerializer(serializers.Serializer):
     def get_content(self, version: TemplateVersion) -> dict[str, dict[str, str]]:
         return services.version_content(version)
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field({"type": "string", "nullable": True})
     def get_layout(self, version: TemplateVersion) -> str | None:
         return version.layout.key if version.layout_id and version.layout else None
 
     def get_is_published(self, version: TemplateVersion) -> bool:
         return version.template.published_version_id == version.pk
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field({"type": "string", "nullable": True})
     def get_created_by(self, version: TemplateVersion) -> str | None:
         return version.created_by.get_username() if version.created_by_id else None
 
@@ -224,7 +224,7 @@ class TemplateListView(APIView):
         tags=["templates"],
     )
     def get(self, request: Request) -> Response:
-        channel = request.query_params.get("channel") or None
+        channel = request.query_params.get("channel")
         if channel is not None and channel not in CHANNELS:
             raise serializers.ValidationError({"channel": [f"Use one of: {', '.join(CHANNELS)}."]})
         queryset = selectors.template_list(environment=request_environment(request), channel=channel)
@@ -461,7 +461,18 @@ class TemplateVersionDiffView(APIView):
             OpenApiParameter("a", {"type": "integer", "minimum": 1}, required=True),
             OpenApiParameter("b", {"type": "integer", "minimum": 1}, required=True),
         ],
-        responses={200: DiffRowSerializer(many=True), 400: _ERROR, 404: _ERROR},
+        responses={
+            200: inline_serializer(
+                "TemplateVersionDiff",
+                {
+                    "a": serializers.IntegerField(),
+                    "b": serializers.IntegerField(),
+                    "fields": DiffRowSerializer(many=True),
+                },
+            ),
+            400: _ERROR,
+            404: _ERROR,
+        },
         tags=["templates"],
     )
     def get(self, request: Request, key: str) -> Response:

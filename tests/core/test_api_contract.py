@@ -174,3 +174,27 @@ def test_quiet_hours_round_trip_as_the_schema_says(api: Any, tenant: Any, openap
     assert re.match(pattern, response.json()["start"])
     refused = api.put("/api/v1/subscribers/u1/quiet-hours", {"start": "10", "end": "07:00"}, format="json")
     assert refused.status_code == 400
+
+
+def test_a_window_too_long_to_compute_is_a_422_not_a_500(api: Any) -> None:
+    # Found by schemathesis: timedelta(days=882895684310) overflowed into a 500.
+    response = api.post(
+        "/api/v1/frequency-caps", {"channel": "push", "limit": 1, "window": "882895684310 d"}, format="json"
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_window"
+    assert (
+        api.post(
+            "/api/v1/frequency-caps", {"channel": "push", "limit": 1, "window": "36526d"}, format="json"
+        ).status_code
+        == 422
+    )
+    assert (
+        api.post("/api/v1/frequency-caps", {"channel": "push", "limit": 1, "window": "1d"}, format="json").status_code
+        == 201
+    )
+
+
+def test_an_empty_channel_filter_is_refused_not_ignored(api: Any) -> None:
+    assert api.get("/api/v1/templates?channel=").status_code == 400
+    assert api.get("/api/v1/templates?channel=email").status_code == 200
