@@ -345,8 +345,8 @@ SPECTACULAR_SETTINGS = {
     ],
     # The same field names carry different choice sets across apps; name each set once.
     "ENUM_NAME_OVERRIDES": {
-        "ChannelEnum": "apps.preferences.models.CHANNEL_CHOICES",
-        "TemplateChannelEnum": "apps.preferences.models.CHANNELS",
+        "ChannelEnum": "apps.core.channels.CHANNEL_CHOICES",
+        "TemplateChannelEnum": "apps.core.channels.CHANNELS",
         "BulkItemStatusEnum": ["accepted", "duplicate", "error"],
         "MessageStatusEnum": "apps.delivery.models.Message.Status",
     },

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.channels import CHANNEL_CHOICES, CHANNELS
 from apps.core.errors import Unprocessable
 from apps.core.schema import with_schema
 from apps.delivery import selectors, services
@@ -21,7 +22,6 @@ from apps.delivery.providers.base import (
     providers_by_channel,
 )
 from apps.delivery.webhooks.urls import webhook_urls
-from apps.preferences.models import CHANNEL_CHOICES, CHANNELS
 from apps.tenancy.auth import request_environment
 
 DELIVERY_CHANNELS = [c for c in CHANNELS if c != "in_app"]

@@ -4,8 +4,8 @@ import secrets
 
 from django.db import models
 
+from apps.core.channels import CHANNEL_CHOICES
 from apps.core.fields import EncryptedJSONField
-from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from apps.core.channels import CHANNEL_CHOICES, CHANNELS
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 
-CHANNELS = ["in_app", "email", "sms", "push", "chat", "webhook"]
 # The channels a person chooses between. A webhook goes to the customer's own system, not to
 # the person, so it has no subscriber preference (a category's defaults can still turn it off).
 SUBSCRIBER_CHANNELS = [c for c in CHANNELS if c != "webhook"]
-CHANNEL_CHOICES = [(c, c.replace("_", "-")) for c in CHANNELS]
 # A global Preference row (no category) on this pseudo-channel, disabled, means "unsubscribed from
 # everything that isn't critical, on every channel". Keeping it in the same table keeps the
 # resolution of a chunk of recipients to one query.

@@ -13,10 +13,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.channels import CHANNELS
 from apps.core.errors import NotFound, Unprocessable
 from apps.core.pagination import IdCursorPagination
 from apps.core.schema import key_path_parameter, with_schema
-from apps.preferences.models import CHANNELS
 from apps.templates import selectors, services
 from apps.templates.models import EmailLayout, Template, TemplateVersion
 from apps.templates.rendering import HEX_COLOR, TRANSLATED_FIELDS, URL_FIELDS, RenderedContent, sms_segments

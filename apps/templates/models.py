@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from apps.preferences.models import CHANNEL_CHOICES
+from apps.core.channels import CHANNEL_CHOICES
 from apps.tenancy.models import Environment
 
 

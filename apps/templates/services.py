@@ -20,9 +20,9 @@ from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from apps.core.channels import CHANNELS
 from apps.core.errors import Conflict, NotFound, Unprocessable
 from apps.core.sandbox import MAX_SOURCE_CHARS, SandboxError, time_limit, validate_template
-from apps.preferences.models import CHANNELS
 from apps.templates.models import EmailLayout, Template, TemplateVersion
 from apps.templates.rendering import (
     HEX_COLOR,

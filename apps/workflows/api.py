@@ -9,10 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.channels import CHANNEL_CHOICES
 from apps.core.durations import DURATION_PATTERN
 from apps.core.pagination import IdCursorPagination
 from apps.core.schema import key_path_parameter, paginated_schema, pagination_parameters, with_schema
-from apps.preferences.models import CHANNEL_CHOICES
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 from apps.workflows import selectors, services

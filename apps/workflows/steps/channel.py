@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db.models import F
 
+from apps.core.channels import CHANNELS
 from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError
 from apps.core.schedule import parse_schedule, zone
@@ -44,15 +45,9 @@ from apps.workflows.steps.base import (
     wait,
 )
 
-# step type -> channel. A webhook step's template is optional (without one the event payload is sent).
-CHANNEL_STEP_TYPES = {
-    "in_app": "in_app",
-    "email": "email",
-    "sms": "sms",
-    "push": "push",
-    "chat": "chat",
-    "webhook": "webhook",
-}
+# step type -> channel: one step type per channel, named after it. A webhook step's template is
+# optional (without one the event payload is sent).
+CHANNEL_STEP_TYPES = {channel: channel for channel in CHANNELS}
 TEMPLATE_OPTIONAL_STEP_TYPES = {"webhook"}
 
 
