@@ -12,4 +12,5 @@ urlpatterns = [
     path("messages/<int:message_id>", api.MessageDetailView.as_view(), name="message-detail"),
     path("webhooks/email/<str:key>/tracking", anymail.email_tracking, name="delivery-webhook-email-tracking"),
     path("webhooks/twilio/<str:key>/status", twilio.status_callback, name="delivery-webhook-twilio-status"),
+    path("webhooks/twilio/<str:key>/inbound", twilio.inbound, name="delivery-webhook-twilio-inbound"),
 ]

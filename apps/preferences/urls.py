@@ -6,7 +6,7 @@ segments never match a '/'.
 
 from django.urls import path
 
-from apps.preferences import api, webhooks
+from apps.preferences import api
 
 urlpatterns = [
     path("categories", api.CategoryListView.as_view(), name="category-list"),
@@ -28,7 +28,6 @@ urlpatterns = [
         name="subscriber-preference-links",
     ),
     path("workflows/<str:key>/preferences", api.WorkflowPreferenceView.as_view(), name="workflow-preferences"),
-    path("webhooks/twilio/<str:key>/inbound", webhooks.twilio_inbound, name="preferences-webhook-twilio-inbound"),
     path(
         "subscribers/<str:subscriber_id>/quiet-hours",
         api.SubscriberQuietHoursView.as_view(),

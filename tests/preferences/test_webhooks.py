@@ -37,7 +37,7 @@ def inbound(
     tamper: bool = False,
     extra: dict[str, str] | None = None,
 ) -> Any:
-    path = reverse("preferences-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
+    path = reverse("delivery-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
     form = {"AccountSid": "AC123", "MessageSid": "SM1", "From": sender, "To": "+15550000000", "Body": body}
     form.update(extra or {})
     signature = RequestValidator(token).compute_signature(f"http://testserver{path}", form)
@@ -97,7 +97,7 @@ def test_only_that_number_in_that_environment(tenant: Any, other_tenant: Any, tw
 def test_bad_signature_changes_nothing(tenant: Any, twilio: Any, case: str) -> None:
     subscriber = SubscriberFactory(environment=tenant.environment, phone="+15559999999")
     if case == "missing":
-        path = reverse("preferences-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
+        path = reverse("delivery-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
         response = Client().post(path, data={"From": "+15559999999", "Body": "STOP"})
     elif case == "wrong_token":
         response = inbound(twilio, "STOP", sender="+15559999999", token="not-the-token")
@@ -111,7 +111,7 @@ def test_bad_signature_changes_nothing(tenant: Any, twilio: Any, case: str) -> N
 
 def test_unknown_webhook_key_and_get(twilio: Any) -> None:
     assert Client().post("/api/v1/webhooks/twilio/nope/inbound", {"Body": "STOP"}).status_code == 404
-    path = reverse("preferences-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
+    path = reverse("delivery-webhook-twilio-inbound", kwargs={"key": twilio.webhook_key})
     assert Client().get(path).status_code == 405
 
 

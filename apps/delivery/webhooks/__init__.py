@@ -1,7 +1,7 @@
 """Inbound provider webhooks: verified first, then stored raw and applied to messages.
 
 ``anymail`` takes every ESP's tracking webhook through Anymail's own parsing and validation;
-``twilio`` takes Twilio's status callbacks (and is where an inbound-message endpoint goes).
+``twilio`` takes Twilio's status callbacks and inbound messages (STOP / START keywords).
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""Twilio webhooks, one URL set per integration: status callbacks now, inbound messages later.
+"""Twilio webhooks, one URL set per integration: status callbacks and inbound messages.
 
 Every endpoint here first checks ``X-Twilio-Signature`` with the integration's auth token
-(``verify_twilio_request``); an inbound-message view (STOP/START keywords) is one more view
-beside ``status_callback`` using the same check.
+(``verify_twilio_request``) before anything is read.
+
+``status_callback`` (``…/webhooks/twilio/{webhook_key}/status``) moves messages through their
+states. ``inbound`` (``…/webhooks/twilio/{webhook_key}/inbound``: point the Twilio number's "A
+message comes in" webhook, HTTP POST, at it) hands STOP / START keywords to the preferences app
+(``sms_keyword_apply``), which switches the SMS channel of the environment's subscribers with the
+sender's number (``From``) off or on, recorded with source ``sms``. Its answer is an empty TwiML
+``<Response/>``: Twilio's own opt-out handling already replies to STOP / START.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from apps.delivery.providers.sms import TWILIO_INVALID_NUMBER_CODES
 from apps.delivery.selectors import integration_by_webhook_key
 from apps.delivery.services import StatusEvent, message_events_record
 from apps.delivery.webhooks import jsonable
+from apps.preferences.services import sms_keyword_apply
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,8 @@ STATUS_FOR_TWILIO: dict[str, str] = {
     "failed": Message.Status.FAILED,
     "canceled": Message.Status.FAILED,
 }
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
 def _candidate_urls(request: HttpRequest) -> Iterator[str]:
@@ -104,3 +113,32 @@ def status_callback(request: HttpRequest, key: str) -> HttpResponse:
     )
     message_events_record(integration=integration, events=[event])
     return HttpResponse(status=204)
+
+
+@csrf_exempt
+@require_POST
+def inbound(request: HttpRequest, key: str) -> HttpResponse:
+    integration = _integration(key)
+    if integration is None:
+        return JsonResponse({"error": {"code": "not_found", "message": "Unknown webhook."}}, status=404)
+    if not verify_twilio_request(request, integration):
+        logger.warning("rejected Twilio inbound message for integration %s", integration.pk)
+        return _forbidden()
+    sender = request.POST.get("From", "")
+    if not sender:
+        return JsonResponse({"error": {"code": "validation_error", "message": "From is required."}}, status=400)
+    keyword, changed = sms_keyword_apply(
+        environment=integration.environment_id,
+        phone=sender,
+        body=request.POST.get("Body", ""),
+        opt_out_type=request.POST.get("OptOutType", ""),
+    )
+    if keyword:
+        logger.info(
+            "SMS keyword %s from …%s: %d subscriber(s) changed (integration %s)",
+            keyword,
+            sender[-4:],
+            changed,
+            integration.pk,
+        )
+    return HttpResponse(EMPTY_TWIML, content_type="text/xml")
