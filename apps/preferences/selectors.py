@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ def resolve_preferences(
     subscriber_ids: Iterable[int],
     category: Category | None,
     channels: Iterable[str],
-    workflow: Any = None,
+    workflow_defaults: Mapping[str, bool] | None = None,
 ) -> dict[int, dict[str, Resolution]]:
     """For each subscriber pk and channel: may a message of ``category`` be sent?
 
@@ -57,18 +57,17 @@ def resolve_preferences(
     2. "unsubscribed from everything non-critical" stops every subscriber channel (``unsubscribed``);
     3. a global per-channel opt-out (``subscriber_channel``);
     4. the subscriber's choice for this category and channel (``subscriber_category``);
-    5. the workflow's own channel default, when ``workflow`` (a Workflow or its pk) is given and
-       has one (``workflow_default``);
+    5. the workflow's own channel default, when ``workflow_defaults`` (channel → on, as
+       ``workflow_channel_defaults`` reads them; the caller passes them in) has one
+       (``workflow_default``);
     6. the category's default (``category_default``); without a category, on (``default``).
 
-    One query for any number of subscribers, plus one for the workflow's defaults when a
-    workflow is given; none at all for a critical category.
+    One query for any number of subscribers; none at all for a critical category.
     """
     subscriber_ids = list(subscriber_ids)
     channels = list(channels)
     choices: dict[int, Choices] = {pk: {} for pk in subscriber_ids}
     critical = category is not None and category.critical
-    workflow_defaults: dict[str, bool] = {}
     if not critical:
         wanted_channels = [*channels, ALL_CHANNELS]
         rows = Preference.objects.filter(
@@ -81,8 +80,6 @@ def resolve_preferences(
         if subscriber_ids:
             for subscriber_pk, category_pk, channel, enabled in rows:
                 choices[subscriber_pk][(category_pk, channel)] = enabled
-        if workflow is not None:
-            workflow_defaults = workflow_channel_defaults(environment=environment, workflow=workflow)
 
     result: dict[int, dict[str, Resolution]] = {}
     for pk in subscriber_ids:
@@ -103,11 +100,19 @@ def workflow_channel_defaults(*, environment: Environment | int, workflow: Any) 
     return dict(row or {})
 
 
+def workflow_channel_defaults_many(*, workflow_ids: Iterable[int]) -> dict[int, dict[str, bool]]:
+    """Workflow pk → its own channel defaults, for the workflows that have any. One query."""
+    rows = WorkflowPreference.objects.filter(workflow_id__in=list(workflow_ids)).values_list(
+        "workflow_id", "default_channels"
+    )
+    return {workflow_pk: dict(defaults) for workflow_pk, defaults in rows if defaults}
+
+
 def _resolve_one(
     category: Category | None,
     channel: str,
     choices: Choices,
-    workflow_defaults: dict[str, bool] | None = None,
+    workflow_defaults: Mapping[str, bool] | None = None,
 ) -> Resolution:
     category_key = category.key if category else None
     detail: dict[str, Any] = {"channel": channel, "category": category_key}

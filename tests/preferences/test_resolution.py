@@ -175,6 +175,7 @@ def test_unsubscribed_stops_every_channel_but_not_critical(tenant: Any) -> None:
 def test_workflow_default_sits_between_subscriber_choice_and_category_default(
     tenant: Any, django_assert_num_queries: Any
 ) -> None:
+    from apps.preferences.selectors import workflow_channel_defaults
     from apps.preferences.services import workflow_preference_set
     from apps.workflows.models import Workflow
 
@@ -184,13 +185,14 @@ def test_workflow_default_sits_between_subscriber_choice_and_category_default(
     workflow = Workflow.objects.create(environment=tenant.environment, key="otp", name="OTP", category=category)
     workflow_preference_set(workflow=workflow, default_channels={"sms": True, "email": False})
     PreferenceFactory(subscriber=subscriber, category=category, channel="email", enabled=True)
-    with django_assert_num_queries(2):  # preferences + the workflow's defaults
+    with django_assert_num_queries(2):  # the workflow's defaults + preferences
+        defaults = workflow_channel_defaults(environment=tenant.environment, workflow=workflow)
         result = resolve_preferences(
             environment=tenant.environment,
             subscriber_ids=[subscriber.pk, other.pk],
             category=category,
             channels=["email", "sms", "push"],
-            workflow=workflow,
+            workflow_defaults=defaults,
         )
     assert (result[subscriber.pk]["email"].allowed, result[subscriber.pk]["email"].reason) == (
         True,
@@ -208,7 +210,7 @@ def test_workflow_default_sits_between_subscriber_choice_and_category_default(
         subscriber_ids=[other.pk],
         category=category,
         channels=["sms"],
-        workflow=workflow.pk,
+        workflow_defaults=workflow_channel_defaults(environment=tenant.environment, workflow=workflow.pk),
     )
     assert again[other.pk]["sms"].reason == "subscriber_channel"
 
@@ -216,6 +218,7 @@ def test_workflow_default_sits_between_subscriber_choice_and_category_default(
 def test_full_resolution_order(tenant: Any) -> None:
     """Each rule, removed in turn, reveals the next one."""
     from apps.preferences.models import Preference
+    from apps.preferences.selectors import workflow_channel_defaults
     from apps.preferences.services import preferences_update, workflow_preference_set
     from apps.workflows.models import Workflow
 
@@ -233,7 +236,7 @@ def test_full_resolution_order(tenant: Any) -> None:
             subscriber_ids=[subscriber.pk],
             category=category,
             channels=["email"],
-            workflow=workflow,
+            workflow_defaults=workflow_channel_defaults(environment=tenant.environment, workflow=workflow),
         )[subscriber.pk]["email"].reason
 
     assert reason() == "unsubscribed"

@@ -26,7 +26,12 @@ from apps.inbox.models import InboxMessage
 from apps.inbox.services import InboxItem
 from apps.preferences.links import email_links
 from apps.preferences.models import Category, QuietHours
-from apps.preferences.selectors import category_frequencies, frequency_schedule, resolve_preferences
+from apps.preferences.selectors import (
+    category_frequencies,
+    frequency_schedule,
+    resolve_preferences,
+    workflow_channel_defaults_many,
+)
 from apps.templates.models import TemplateVersion
 from apps.templates.rendering import RenderedContent, render_version
 from apps.workflows import digests
@@ -123,13 +128,14 @@ def prepare_channels(plan: ChunkPlan, data: ChunkData, now: datetime) -> None:
         category_key = run.workflow_version.category_key
         groups[(run.environment_id, category_key, run.workflow_version.workflow_id)].add(run.subscriber_id)
         by_category[(run.environment_id, category_key)].add(run.subscriber_id)
+    workflow_defaults = workflow_channel_defaults_many(workflow_ids={key[2] for key in groups})
     for (environment_id, category_key, workflow_id), subscriber_pks in groups.items():
         data.preferences[(environment_id, category_key, workflow_id)] = resolve_preferences(
             environment=environment_id,
             subscriber_ids=subscriber_pks,
             category=data.categories.get((environment_id, category_key)) if category_key else None,
             channels=sorted(set(CHANNEL_STEP_TYPES.values())),
-            workflow=workflow_id,
+            workflow_defaults=workflow_defaults.get(workflow_id),
         )
     for (environment_id, category_key), subscriber_pks in by_category.items():
         data.frequencies[(environment_id, category_key)] = category_frequencies(
