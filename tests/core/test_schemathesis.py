@@ -15,11 +15,14 @@ every run), no deadline (no wall-clock assertion); nothing leaves the process.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -97,7 +100,21 @@ def positive_data_acceptance_but_semantics(ctx: Any, response: Any, case: Any) -
 
 
 @pytest.fixture
-def fuzz_tenant(db: Any) -> Tenant:
+def _one_connection() -> Iterator[None]:
+    """Schemathesis calls the WSGI handler itself, which closes the database connection after each
+    request (Django's request signals); inside the test's transaction on PostgreSQL that is an
+    error. Django's own test client unhooks the same two receivers while it calls the handler."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def fuzz_tenant(db: Any, _one_connection: None) -> Tenant:
     """An environment whose resources are keyed "0", the value schemathesis tries first for a key,
     so that generated calls reach existing things too, not only 404s."""
     tenant = _tenant("fuzz")
