@@ -56,7 +56,6 @@ from apps.templates.services import (
     template_content_validate,
     template_delete,
     template_publish,
-    template_references,
     template_render_check,
     template_rollback,
     template_test_send,
@@ -406,10 +405,7 @@ class TemplateAdmin(admin.ModelAdmin):
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         # Versions cannot be deleted one by one, but they do go with their template.
         perms_needed = set(perms_needed) - {str(TemplateVersion._meta.verbose_name)}
-        protected = list(protected)
-        for template in objs:
-            for workflow in template_references(template=template):
-                protected.append(f"Workflow “{workflow}” uses template “{template.key}”")
+        # ``protected`` lists the workflows whose published version uses a template (RESTRICT).
         return deleted, counts, perms_needed, protected
 
     def delete_model(self, request: HttpRequest, obj: Template) -> None:

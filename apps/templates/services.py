@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import EmailValidator as DjangoEmailValidator
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, RestrictedError
 
 from apps.core.channels import CHANNELS
 from apps.core.errors import Conflict, NotFound, Unprocessable
@@ -173,48 +173,28 @@ def _validate_sample(sample_payload: Any) -> None:
         )
 
 
-def _steps_reference(steps: Any, key: str) -> bool:
-    """Does a workflow step list (nested branches / escalation channels included) use ``key``?"""
-
-    def walk(node: Any) -> Iterator[Any]:
-        if isinstance(node, dict):
-            yield node
-            for value in node.values():
-                yield from walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                yield from walk(item)
-
-    return any(node.get("template") == key for node in walk(steps))
-
-
 def template_references(*, template: Template) -> list[str]:
-    """Keys of the environment's workflows whose draft or published version uses the template."""
-    from apps.workflows.models import Workflow
-
-    workflows = Workflow.objects.filter(environment_id=template.environment_id).select_related("published_version")
-    found: list[str] = []
-    for workflow in workflows.only("key", "draft_steps", "published_version__steps"):
-        published = workflow.published_version.steps if workflow.published_version else []
-        if _steps_reference(workflow.draft_steps, template.key) or _steps_reference(published, template.key):
-            found.append(workflow.key)
-    return sorted(found)
+    """Keys of the workflows whose published version uses the template (the reference rows
+    ``workflow_publish`` writes). One query."""
+    keys = template.workflow_references.values_list("workflow__key", flat=True)
+    return sorted(set(keys))
 
 
 def template_delete(*, template: Template) -> None:
-    """Delete a template and its versions, unless a workflow (draft or published) uses it."""
-    workflows = template_references(template=template)
-    if workflows:
+    """Delete a template and its versions, unless a workflow's published version uses it."""
+    try:
+        with transaction.atomic():
+            # Clear the pointer first so deleting the versions never trips over it.
+            Template.objects.filter(pk=template.pk).update(published_version=None)
+            template.delete()
+    except RestrictedError as exc:  # reference rows (apps.workflows) keep a template in use
+        workflows = template_references(template=template)
         raise Conflict(
             f"Template {template.key!r} is used by workflow(s): {', '.join(workflows)}. "
             "Remove it from those workflows first.",
             code="template_in_use",
             details={"workflows": workflows},
-        )
-    with transaction.atomic():
-        # Clear the pointer first so deleting the versions never trips over it.
-        Template.objects.filter(pk=template.pk).update(published_version=None)
-        template.delete()
+        ) from exc
 
 
 # --- versions ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from django.db import models
 
 from apps.preferences.models import Category
 from apps.subscribers.models import Subscriber
+from apps.templates.models import Template
 from apps.tenancy.models import Environment
 
 
@@ -52,6 +53,22 @@ class WorkflowVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow.key} v{self.number}"
+
+
+class WorkflowTemplateReference(models.Model):
+    """A template the workflow's published version uses: written at publish (``workflow_publish``),
+    read by the templates' "used by" (``template_references``). A template in use cannot be deleted."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="template_references")
+    template = models.ForeignKey(Template, on_delete=models.RESTRICT, related_name="workflow_references")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "template"], name="uniq_workflow_template_reference")
+        ]
+
+    def __str__(self) -> str:
+        return f"workflow “{self.workflow.key}” uses template “{self.template.key}”"
 
 
 class Run(models.Model):

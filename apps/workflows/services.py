@@ -11,7 +11,7 @@ from apps.preferences.models import Category
 from apps.templates.models import Template
 from apps.tenancy.models import Environment
 from apps.workflows.definitions import CHANNEL_STEP_TYPES, DefinitionError, template_keys, validate_steps
-from apps.workflows.models import FrequencyCap, Run, Workflow, WorkflowVersion
+from apps.workflows.models import FrequencyCap, Run, Workflow, WorkflowTemplateReference, WorkflowVersion
 from apps.workflows.payloads import schema_problem
 
 _UNSET: Any = object()
@@ -78,19 +78,37 @@ def workflow_upsert(
     return workflow, created
 
 
-def _check_templates(environment: Environment, steps: list[dict[str, Any]]) -> None:
+def _check_templates(environment: Environment, steps: list[dict[str, Any]]) -> list[int]:
+    """The pks of the templates the steps use; ``Unprocessable`` when one is missing or for another channel."""
     needed = template_keys(steps)
     if not needed:
-        return
-    found = dict(Template.objects.filter(environment=environment, key__in=needed).values_list("key", "channel"))
+        return []
+    found = {
+        key: (pk, channel)
+        for pk, key, channel in Template.objects.filter(environment=environment, key__in=list(needed)).values_list(
+            "pk", "key", "channel"
+        )
+    }
     errors: dict[str, str] = {}
     for key, channel in needed.items():
         if key not in found:
             errors[key] = f"no template '{key}' in this environment"
-        elif found[key] != channel:
-            errors[key] = f"template '{key}' is for channel '{found[key]}', the step sends '{channel}'"
+        elif found[key][1] != channel:
+            errors[key] = f"template '{key}' is for channel '{found[key][1]}', the step sends '{channel}'"
     if errors:
         raise Unprocessable("Some steps use templates that do not fit.", code="invalid_templates", details=errors)
+    return [pk for pk, _ in found.values()]
+
+
+def _template_references_set(workflow: Workflow, template_pks: list[int]) -> None:
+    """The workflow's reference rows become exactly ``template_pks`` (its published version's templates)."""
+    current = set(WorkflowTemplateReference.objects.filter(workflow=workflow).values_list("template_id", flat=True))
+    wanted = set(template_pks)
+    if current - wanted:
+        WorkflowTemplateReference.objects.filter(workflow=workflow, template_id__in=current - wanted).delete()
+    WorkflowTemplateReference.objects.bulk_create(
+        [WorkflowTemplateReference(workflow=workflow, template_id=pk) for pk in sorted(wanted - current)]
+    )
 
 
 @transaction.atomic
@@ -103,7 +121,7 @@ def workflow_publish(*, workflow: Workflow) -> WorkflowVersion:
         validate_steps(steps)
     except DefinitionError as exc:
         raise ApiError("The workflow definition is invalid.", code="invalid_workflow", details=exc.errors) from exc
-    _check_templates(workflow.environment, steps)
+    template_pks = _check_templates(workflow.environment, steps)
     latest = WorkflowVersion.objects.filter(workflow=workflow).aggregate(n=Max("number"))["n"] or 0
     try:
         with transaction.atomic():
@@ -118,6 +136,7 @@ def workflow_publish(*, workflow: Workflow) -> WorkflowVersion:
         raise Conflict("Another publish of this workflow happened at the same time; try again.") from exc
     workflow.published_version = version
     workflow.save(update_fields=["published_version", "updated_at"])
+    _template_references_set(workflow, template_pks)
     return version
 
 

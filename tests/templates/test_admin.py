@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from apps.templates.models import Template, TemplateVersion
 from apps.templates.services import template_version_create
-from apps.workflows.models import Workflow
+from apps.workflows.services import workflow_upsert
 from tests.templates.conftest import make_template
 
 VERSION_ADD = reverse("admin:notification_templates_templateversion_add")
@@ -223,11 +223,12 @@ def test_create_template_through_admin(admin_client, tenant):
 
 def test_template_used_by_a_workflow_cannot_be_deleted_in_admin(admin_client, tenant):
     template, _ = make_template(tenant.environment, "welcome")
-    Workflow.objects.create(
+    workflow_upsert(
         environment=tenant.environment,
         key="signup",
         name="Signup",
-        draft_steps=[{"id": "m", "type": "in_app", "template": "welcome"}],
+        steps=[{"id": "m", "type": "in_app", "template": "welcome"}],
+        publish=True,
     )
     url = reverse("admin:notification_templates_template_delete", args=[template.pk])
 

@@ -8,7 +8,7 @@ from drf_spectacular.generators import SchemaGenerator
 
 from apps.templates.models import Template, TemplateVersion
 from apps.templates.services import template_version_create
-from apps.workflows.models import Workflow
+from apps.workflows.services import workflow_upsert
 from tests.assertions import assert_error
 from tests.factories import SubscriberFactory
 from tests.templates.conftest import make_template
@@ -433,11 +433,12 @@ def test_delete_then_gone(api, tenant):
 
 def test_delete_used_by_workflow_is_409(api, tenant):
     make_template(tenant.environment, "welcome")
-    Workflow.objects.create(
+    workflow_upsert(
         environment=tenant.environment,
         key="signup",
         name="Signup",
-        draft_steps=[{"id": "m", "type": "in_app", "template": "welcome"}],
+        steps=[{"id": "m", "type": "in_app", "template": "welcome"}],
+        publish=True,
     )
 
     error = assert_error(api.delete("/api/v1/templates/welcome"), 409, "template_in_use")

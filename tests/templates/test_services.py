@@ -9,12 +9,14 @@ from apps.templates.models import Template, TemplateVersion
 from apps.templates.services import (
     template_delete,
     template_publish,
+    template_references,
     template_save,
     template_upsert,
     template_version_create,
     version_content,
 )
-from apps.workflows.models import Workflow, WorkflowVersion
+from apps.workflows.models import Workflow
+from apps.workflows.services import workflow_publish, workflow_upsert
 from tests.templates.conftest import make_template
 
 EN = {"en": {"title": "Hello", "body": "{{ payload.text }}"}}
@@ -359,11 +361,11 @@ def test_template_save_publish_without_content_publishes_latest(tenant):
 
 
 def _workflow(environment, key, *, draft=None, published=None):
-    workflow = Workflow.objects.create(environment=environment, key=key, name=key, draft_steps=draft or [])
+    """A workflow with a draft, or published through ``workflow_publish`` (which writes the
+    template references)."""
+    workflow = Workflow.objects.create(environment=environment, key=key, name=key, draft_steps=published or draft or [])
     if published is not None:
-        version = WorkflowVersion.objects.create(workflow=workflow, number=1, steps=published)
-        workflow.published_version = version
-        workflow.save(update_fields=["published_version"])
+        workflow_publish(workflow=workflow)
     return workflow
 
 
@@ -378,30 +380,24 @@ def test_delete_removes_template_and_versions(tenant):
 
 
 @pytest.mark.parametrize(
-    ("draft", "published"),
+    "published",
     [
-        ([{"id": "inbox", "type": "in_app", "template": "comment-in-app"}], None),
-        ([], [{"id": "inbox", "type": "in_app", "template": "comment-in-app"}]),
-        (
-            [],
-            [
-                {
-                    "id": "route",
-                    "type": "branch",
-                    "branches": [{"if": "payload.x", "steps": [{"id": "s", "type": "sms", "template": "other"}]}],
-                    "else": [{"id": "e", "type": "in_app", "template": "comment-in-app"}],
-                }
-            ],
-        ),
-        (
-            [{"id": "reach", "type": "escalate", "channels": [{"channel": "in_app", "template": "comment-in-app"}]}],
-            None,
-        ),
+        [{"id": "inbox", "type": "in_app", "template": "comment-in-app"}],
+        [
+            {
+                "id": "route",
+                "type": "branch",
+                "branches": [{"if": "payload.x", "steps": [{"id": "s", "type": "sms", "template": "other"}]}],
+                "else": [{"id": "e", "type": "in_app", "template": "comment-in-app"}],
+            }
+        ],
+        [{"id": "reach", "type": "escalate", "channels": [{"channel": "in_app", "template": "comment-in-app"}]}],
     ],
 )
-def test_delete_is_refused_while_a_workflow_uses_the_template(tenant, draft, published):
+def test_delete_is_refused_while_a_workflow_uses_the_template(tenant, published):
     template, _ = make_template(tenant.environment)
-    _workflow(tenant.environment, "comment-created", draft=draft, published=published)
+    make_template(tenant.environment, "other", channel="sms", content={"en": {"body": "Hi"}})
+    _workflow(tenant.environment, "comment-created", published=published)
 
     with pytest.raises(Conflict) as exc:
         template_delete(template=template)
@@ -409,12 +405,35 @@ def test_delete_is_refused_while_a_workflow_uses_the_template(tenant, draft, pub
     assert exc.value.error_code == "template_in_use"
     assert exc.value.details == {"workflows": ["comment-created"]}
     assert Template.objects.filter(pk=template.pk).exists()
+    assert template_references(template=template) == ["comment-created"]
+
+
+def test_used_by_follows_the_published_version_not_the_draft(tenant):
+    template, _ = make_template(tenant.environment)
+    make_template(tenant.environment, "other", channel="in_app")
+    workflow = _workflow(tenant.environment, "w", published=[{"id": "i", "type": "in_app", "template": "other"}])
+    assert template_references(template=template) == []
+
+    # A draft is not a use: the references are written when a version is published.
+    workflow_upsert(
+        environment=tenant.environment, key="w", steps=[{"id": "i", "type": "in_app", "template": template.key}]
+    )
+    assert template_references(template=template) == []
+    workflow_publish(workflow=Workflow.objects.get(pk=workflow.pk))
+    assert template_references(template=template) == ["w"]
+    assert Workflow.objects.get(pk=workflow.pk).template_references.count() == 1  # "other" is no longer used
+
+    with pytest.raises(Conflict):
+        template_delete(template=template)
 
 
 def test_other_environments_workflows_do_not_block_delete(tenant, other_tenant):
     template, _ = make_template(tenant.environment)
-    _workflow(other_tenant.environment, "w", draft=[{"id": "i", "type": "in_app", "template": template.key}])
-    _workflow(tenant.environment, "unrelated", draft=[{"id": "i", "type": "in_app", "template": "something-else"}])
+    make_template(other_tenant.environment, template.key)
+    make_template(tenant.environment, "something-else")
+    _workflow(other_tenant.environment, "w", published=[{"id": "i", "type": "in_app", "template": template.key}])
+    _workflow(tenant.environment, "unrelated", published=[{"id": "i", "type": "in_app", "template": "something-else"}])
+    _workflow(tenant.environment, "drafty", draft=[{"id": "i", "type": "in_app", "template": template.key}])
 
     template_delete(template=template)
 
