@@ -119,6 +119,19 @@ def test_message_list_filters_and_attempts_inline(admin_client: Any, tenant: Any
     assert detail.status_code == 200 and "HTTP 500 boom" in detail.content.decode()
 
 
+def test_workflow_filter_offers_the_workflows_of_recent_messages(admin_client: Any, tenant: Any) -> None:
+    env = tenant.environment
+    for workflow in ("welcome", "digest", "welcome"):
+        Message.objects.create(
+            environment=env, step_id="m", channel="email", recipient="a@x.test", data={"workflow": workflow}
+        )
+    Message.objects.create(environment=env, step_id="m", channel="email", recipient="b@x.test", data={})
+
+    html = admin_client.get("/admin/delivery/message/").content.decode()
+
+    assert html.count('href="?workflow=welcome"') == 1 and 'href="?workflow=digest"' in html
+
+
 def test_resend_action_queues_a_copy(
     admin_client: Any, tenant: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
