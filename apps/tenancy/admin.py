@@ -7,8 +7,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.inbox.origins import allowed_origins_forget, origin_entry_valid
 from apps.tenancy.models import ApiKey, Environment, Project
+from apps.tenancy.origins import allowed_origins_forget, origin_entry_valid
 from apps.tenancy.services import (
     api_key_revoke,
     environment_default_layout_create,

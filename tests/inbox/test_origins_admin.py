@@ -39,7 +39,7 @@ def test_invalid_origins_are_refused(tenant, origins):
 
 
 def test_admin_change_page_saves_origins(tenant, admin_client):
-    from apps.inbox.origins import allowed_origins_for
+    from apps.tenancy.origins import allowed_origins_for
 
     env = tenant.environment
     assert allowed_origins_for(env.pk) == ()

@@ -268,7 +268,7 @@ async def test_unknown_path_is_not_routed(settings):
 
 @sync_to_async
 def lock_down(subscriber: Any, origins: list[str]) -> None:
-    from apps.inbox.origins import allowed_origins_forget
+    from apps.tenancy.origins import allowed_origins_forget
 
     environment = subscriber.environment
     environment.allowed_origins = origins

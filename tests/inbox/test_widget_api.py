@@ -14,9 +14,10 @@ from rest_framework.test import APIClient
 
 from apps.inbox.auth import inbox_token_read
 from apps.inbox.models import InboxMessage
-from apps.inbox.origins import allowed_origins_forget, origin_entry_valid, origin_matches, origin_normalize
+from apps.inbox.origins import origin_matches
 from apps.inbox.services import inbox_snooze_wake
 from apps.preferences.models import Category, PreferenceChange
+from apps.tenancy.origins import allowed_origins_forget, origin_entry_valid, origin_normalize
 from tests.inbox.conftest import inbox_client_for
 
 BASE = "/api/v1/inbox"
