@@ -155,8 +155,18 @@ def _json_schema(node: Any) -> Any:
     return converted
 
 
+@dataclass(frozen=True)
+class BodyValidator:
+    """``fast`` (jsonschema-rs) answers "valid?" in about a millisecond for a 1,000-item bulk call;
+    only an invalid body pays for ``slow`` (jsonschema), which says what is wrong and where."""
+
+    fast: Any
+    slow: Any
+
+
 @functools.cache
-def _body_validator(route: str, method: str) -> Any:
+def _body_validator(route: str, method: str) -> BodyValidator | None:
+    import jsonschema_rs
     from jsonschema import Draft4Validator
 
     operation = _operation(route, method)
@@ -166,7 +176,7 @@ def _body_validator(route: str, method: str) -> Any:
         "allOf": [_json_schema(operation.body_schema)],
         "components": {"schemas": _json_schema(_schema().get("components", {}).get("schemas", {}))},
     }
-    return Draft4Validator(document)
+    return BodyValidator(fast=jsonschema_rs.Draft4Validator(document), slow=Draft4Validator(document))
 
 
 def _type_errors(errors: Any) -> Any:
@@ -205,9 +215,9 @@ def request_body_check(data: Any, parser_context: dict[str, Any]) -> None:
     if match is None or not str(getattr(request, "path", "")).startswith("/api/v1/"):
         return
     validator = _body_validator(match.route, request.method or "POST")
-    if validator is None:
+    if validator is None or validator.fast.is_valid(data):
         return
-    errors = list(_type_errors(validator.iter_errors(data)))
+    errors = list(_type_errors(validator.slow.iter_errors(data)))
     if not errors:
         return
     from apps.core.errors import ApiError
