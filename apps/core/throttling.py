@@ -41,9 +41,6 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
-from apps.inbox.auth import InboxPrincipal
-from apps.tenancy.auth import EnvironmentPrincipal
-
 logger = logging.getLogger(__name__)
 
 CACHE_ALIAS = "default"
@@ -137,16 +134,21 @@ class ClarionRateThrottle(SimpleRateThrottle):
 
 
 def endpoint_class(request: Request, view: Any) -> tuple[str, int] | None:
-    """``(scope, environment_id)`` of an authenticated API request; ``None`` for anonymous ones."""
+    """``(scope, environment_id)`` of an authenticated API request; ``None`` for anonymous ones.
+
+    The caller says which limits count it: its ``throttle_kind`` is ``"inbox"`` (an inbox session,
+    apps.inbox.auth) or ``"server"`` (a secret key, apps.tenancy.auth), next to its ``environment_id``.
+    """
     principal = request.user
-    if isinstance(principal, InboxPrincipal):
+    kind = getattr(principal, "throttle_kind", None)
+    if kind == "inbox":
         return "inbox", principal.environment_id
-    if isinstance(principal, EnvironmentPrincipal):
+    if kind == "server":
         scope = getattr(view, "throttle_scope", None)
         if scope is None:
             match = getattr(request, "resolver_match", None)
             scope = "trigger" if match is not None and match.url_name in TRIGGER_URL_NAMES else "management"
-        return scope, principal.environment.pk
+        return scope, principal.environment_id
     return None
 
 

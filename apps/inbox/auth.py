@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from django.conf import settings
 from django.core import signing
@@ -63,6 +63,9 @@ class SubscriberRef(Protocol):
 @dataclass(frozen=True)
 class InboxPrincipal:
     """The caller of the inbox API: one subscriber, proven by a signed session token."""
+
+    # Which rate limits count this caller's requests (apps.core.throttling).
+    throttle_kind: ClassVar[str] = "inbox"
 
     environment_id: int
     subscriber_pk: int

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
@@ -16,6 +16,9 @@ from apps.tenancy.selectors import api_key_for_raw
 class EnvironmentPrincipal:
     """The caller of the server API: an environment, acting through one key."""
 
+    # Which rate limits count this caller's requests (apps.core.throttling).
+    throttle_kind: ClassVar[str] = "server"
+
     environment: Environment
     api_key_id: int
     is_authenticated: bool = True
@@ -24,6 +27,10 @@ class EnvironmentPrincipal:
     @property
     def pk(self) -> str:
         return f"env:{self.environment.pk}"
+
+    @property
+    def environment_id(self) -> int:
+        return self.environment.pk
 
 
 class SecretKeyAuthentication(authentication.BaseAuthentication):
