@@ -132,7 +132,8 @@ def _state(environment_id: int) -> dict[str, int]:
 
 def _drained(state: dict[str, int], inbox: int, emails: int, expected: int) -> bool:
     busy = ("events_pending", "runs_pending", "runs_running", "runs_waiting", "emails_queued", "emails_sending")
-    return not any(state[k] for k in busy) and inbox >= expected and emails >= expected
+    # An email held in doubt that never reached a fake will not arrive: the policy chose so.
+    return not any(state[k] for k in busy) and inbox >= expected and emails + state["emails_in_doubt"] >= expected
 
 
 def analyse(
