@@ -29,7 +29,6 @@ from apps.preferences.models import (
 )
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
-from apps.workflows.selectors import workflow_get
 
 CHANNELS_HELP = f"Channel -> enabled. Channels: {', '.join(SUBSCRIBER_CHANNELS)}."
 
@@ -363,31 +362,6 @@ class SubscriberPreferenceLinksView(APIView):
         if key is not None:
             critical = selectors.category_get(environment=environment, key=key).critical
         return Response(email_links(subscriber=subscriber, category_key=key, critical=critical))
-
-
-class WorkflowPreferenceView(APIView):
-    @extend_schema(operation_id="workflows_preferences_retrieve", responses={200: WorkflowPreferenceSerializer})
-    def get(self, request: Request, key: str) -> Response:
-        environment = request_environment(request)
-        workflow = workflow_get(environment=environment, key=key)
-        return Response(
-            {"default_channels": selectors.workflow_channel_defaults(environment=environment, workflow=workflow)}
-        )
-
-    @extend_schema(
-        operation_id="workflows_preferences_update",
-        summary="Set a workflow's own channel defaults",
-        request=WorkflowPreferenceSerializer,
-        responses={200: WorkflowPreferenceSerializer},
-    )
-    def put(self, request: Request, key: str) -> Response:
-        workflow = workflow_get(environment=request_environment(request), key=key)
-        serializer = WorkflowPreferenceSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        preference = services.workflow_preference_set(
-            workflow=workflow, default_channels=serializer.validated_data["default_channels"]
-        )
-        return Response({"default_channels": preference.default_channels})
 
 
 CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$")

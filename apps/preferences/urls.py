@@ -27,7 +27,6 @@ urlpatterns = [
         api.SubscriberPreferenceLinksView.as_view(),
         name="subscriber-preference-links",
     ),
-    path("workflows/<str:key>/preferences", api.WorkflowPreferenceView.as_view(), name="workflow-preferences"),
     path(
         "subscribers/<str:subscriber_id>/quiet-hours",
         api.SubscriberQuietHoursView.as_view(),

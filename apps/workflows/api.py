@@ -13,6 +13,9 @@ from apps.core.channels import CHANNEL_CHOICES
 from apps.core.durations import DURATION_PATTERN
 from apps.core.pagination import IdCursorPagination
 from apps.core.schema import key_path_parameter, paginated_schema, pagination_parameters, with_schema
+from apps.preferences.api import WorkflowPreferenceSerializer
+from apps.preferences.selectors import workflow_channel_defaults
+from apps.preferences.services import workflow_preference_set
 from apps.subscribers.selectors import subscriber_get
 from apps.tenancy.auth import request_environment
 from apps.workflows import selectors, services
@@ -130,6 +133,30 @@ class WorkflowVersionListView(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[WorkflowVersion]:
         workflow = selectors.workflow_get(environment=request_environment(self.request), key=self.kwargs["key"])
         return WorkflowVersion.objects.filter(workflow=workflow)
+
+
+# A workflow's own channel defaults, kept by the preferences app (which resolves them).
+class WorkflowPreferenceView(APIView):
+    @extend_schema(operation_id="workflows_preferences_retrieve", responses={200: WorkflowPreferenceSerializer})
+    def get(self, request: Request, key: str) -> Response:
+        environment = request_environment(request)
+        workflow = selectors.workflow_get(environment=environment, key=key)
+        return Response({"default_channels": workflow_channel_defaults(environment=environment, workflow=workflow)})
+
+    @extend_schema(
+        operation_id="workflows_preferences_update",
+        summary="Set a workflow's own channel defaults",
+        request=WorkflowPreferenceSerializer,
+        responses={200: WorkflowPreferenceSerializer},
+    )
+    def put(self, request: Request, key: str) -> Response:
+        workflow = selectors.workflow_get(environment=request_environment(request), key=key)
+        serializer = WorkflowPreferenceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        preference = workflow_preference_set(
+            workflow=workflow, default_channels=serializer.validated_data["default_channels"]
+        )
+        return Response({"default_channels": preference.default_channels})
 
 
 # --------------------------------------------------------------------------------------------
