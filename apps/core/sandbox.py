@@ -84,6 +84,10 @@ class SandboxError(Exception):
     """A template or expression could not be compiled or rendered; the message is for people."""
 
 
+class RenderTimeout(SandboxError):
+    """A render or an evaluation ran past its time limit."""
+
+
 # --- time ------------------------------------------------------------------------------------------
 
 
@@ -105,7 +109,7 @@ def time_limit(seconds: float = MAX_RENDER_SECONDS) -> Iterator[None]:
 def _check_deadline() -> None:
     current = _deadline.get()
     if current is not None and _clock() > current[0]:
-        raise SandboxError(f"rendering took longer than {current[1]:g} seconds")
+        raise RenderTimeout(f"rendering took longer than {current[1]:g} seconds")
 
 
 def check_deadline() -> None:
@@ -854,6 +858,7 @@ __all__ = [
     "MAX_TOKENS",
     "MAX_VALUE_SIZE",
     "LenientDict",
+    "RenderTimeout",
     "SandboxError",
     "check_deadline",
     "evaluate_expression",

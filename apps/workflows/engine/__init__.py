@@ -10,7 +10,7 @@ Where things are:
 
 * ``fanout`` — events into runs, chunk by chunk, under a lease on the event;
 * ``chunks`` — claim a chunk of runs, load what they need, walk them, commit their writes;
-* ``walk`` — one run through its program (control flow; steps are ``apps/workflows/steps/``);
+* ``walker`` — one run through its program (control flow; steps are ``apps/workflows/steps/``);
 * ``cancel`` — stop unfinished runs;
 * ``category_digests`` — send the digests of held messages;
 * ``sweeper`` — the minute safety net (the ticker, ``apps/workflows/ticker.py``, starts due work
@@ -30,7 +30,7 @@ from apps.workflows.engine.chunks import (
 )
 from apps.workflows.engine.fanout import ADVANCE_TASK, process_event
 from apps.workflows.engine.sweeper import sweep
-from apps.workflows.engine.walk import walk
+from apps.workflows.engine.walker import walk
 from apps.workflows.leases import lease_seconds
 from apps.workflows.steps import ChunkWrites
 

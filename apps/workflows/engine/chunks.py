@@ -28,7 +28,7 @@ from apps.templates.models import TemplateVersion
 from apps.templates.selectors import pinned_versions, published_versions_for_keys
 from apps.workflows.definitions import program_for
 from apps.workflows.engine.fanout import ADVANCE_TASK, chunk_size
-from apps.workflows.engine.walk import walk
+from apps.workflows.engine.walker import walk
 from apps.workflows.leases import LeaseHeartbeat, lease_seconds
 from apps.workflows.models import Run, StepRun, WorkflowVersion
 from apps.workflows.steps import ChunkData, ChunkPlan, ChunkWrites, all_step_types, known_step_types, step_type

@@ -20,10 +20,10 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from apps.core.durations import parse_duration
-from apps.core.sandbox import SandboxError, validate_expression
+from apps.core.sandbox import RenderTimeout, SandboxError, validate_expression
 from apps.core.schedule import is_valid_zone, zone
 from apps.workflows.models import Run, StepRun
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from apps.workflows.digests import DigestJoin
     from apps.workflows.models import FrequencyCap
 
+T = TypeVar("T")
 PATH = re.compile(r"^(payload|subscriber|actor)(\.[A-Za-z0-9_-]+)+$")
 
 
@@ -99,6 +100,8 @@ class ChunkData:
     digest_postponed: set[int] = field(default_factory=set)
     # names of the loads already done (step types that share one, e.g. escalate and channels)
     prepared: set[str] = field(default_factory=set)
+    # renders and conditions that ran out of time in this chunk: not tried again for its other runs
+    timed_out: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +134,19 @@ class Walk:
 
 class Stop(Exception):
     """The run cannot go further now (it waits, ended or failed); its state is already set."""
+
+
+def time_guarded(data: ChunkData, key: tuple[Any, ...], call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a render or an evaluation; once one with the same ``key`` (the same template version or
+    condition) ran out of time in this chunk, fail it for the chunk's other runs at once, so one
+    hostile template costs one time limit per chunk, not one per recipient."""
+    if key in data.timed_out:
+        raise SandboxError(f"{data.timed_out[key]} (not tried again for the other recipients of this chunk)")
+    try:
+        return call(*args, **kwargs)
+    except RenderTimeout as exc:
+        data.timed_out[key] = str(exc)
+        raise
 
 
 def trace(writes: ChunkWrites, run: Run, step: dict[str, Any], decision: str, reason: str, **detail: Any) -> None:

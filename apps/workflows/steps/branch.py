@@ -12,6 +12,7 @@ from typing import Any
 from apps.core.sandbox import SandboxError, evaluate_expression
 from apps.workflows.models import Run, StepRun
 from apps.workflows.steps.base import (
+    ChunkData,
     ChunkWrites,
     StepType,
     Validation,
@@ -19,6 +20,7 @@ from apps.workflows.steps.base import (
     check_expression,
     end,
     register,
+    time_guarded,
     trace,
 )
 
@@ -53,15 +55,26 @@ class BranchStep(StepType):
 
     def take(self, walk: Walk, instruction: dict[str, Any]) -> int:
         """Evaluate the branches in order; returns the index of the instruction to go on at."""
-        return branch(walk.run, instruction, walk.context, walk.writes, walk.now)
+        return branch(walk.run, instruction, walk.context, walk.data, walk.writes, walk.now)
 
 
-def branch(run: Run, instruction: dict[str, Any], context: dict[str, Any], writes: ChunkWrites, now: datetime) -> int:
+def branch(
+    run: Run, instruction: dict[str, Any], context: dict[str, Any], data: ChunkData, writes: ChunkWrites, now: datetime
+) -> int:
     step = instruction["step"]
     scope = {**context, "steps": run.step_results}
     for index, branch in enumerate(step["branches"]):
         try:
-            taken = bool(evaluate_expression(branch["if"], scope))
+            condition = branch["if"]
+            taken = bool(
+                time_guarded(
+                    data,
+                    ("branch", run.workflow_version_id, step["id"], index),
+                    evaluate_expression,
+                    condition,
+                    scope,
+                )
+            )
         except SandboxError as exc:
             trace(
                 writes,

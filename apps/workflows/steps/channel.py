@@ -46,6 +46,7 @@ from apps.workflows.steps.base import (
     Validation,
     Walk,
     register,
+    time_guarded,
     trace,
     wait,
 )
@@ -351,7 +352,14 @@ def send_channel(
             if links.get(name):
                 step_context[name] = links[name]
         try:
-            rendered = render_version(version=version, locale=subscriber.locale, context=step_context)
+            rendered = time_guarded(
+                data,
+                ("render", version.pk),
+                render_version,
+                version=version,
+                locale=subscriber.locale,
+                context=step_context,
+            )
         except SandboxError as exc:
             if record:
                 run.step_results[step_id] = {"status": "failed", "reason": "render_error"}

@@ -14,7 +14,7 @@ from apps.templates.rendering import build_render_context
 from apps.workflows.definitions import program_for
 from apps.workflows.models import Run, StepRun
 from apps.workflows.steps import ChunkData, ChunkWrites, Stop, Walk, all_step_types, step_type
-from apps.workflows.steps.base import end, trace
+from apps.workflows.steps.base import end, time_guarded, trace
 from apps.workflows.steps.branch import BranchStep
 
 
@@ -48,7 +48,15 @@ def _walk_program(run: Run, data: ChunkData, writes: ChunkWrites, now: datetime)
         condition = step.get("if")
         if condition and not in_progress:
             try:
-                passed = bool(evaluate_expression(condition, {**context, "steps": run.step_results}))
+                passed = bool(
+                    time_guarded(
+                        data,
+                        ("if", run.workflow_version_id, step_id),
+                        evaluate_expression,
+                        condition,
+                        {**context, "steps": run.step_results},
+                    )
+                )
             except SandboxError as exc:
                 trace(
                     writes, run, step, StepRun.Decision.FAILED, "condition_error", condition=condition, error=str(exc)
