@@ -77,9 +77,10 @@ test-e2e: venv ## Run the browser tests (system Chromium at /usr/bin/chromium)
 	if [ $$status -eq 5 ]; then echo "test-e2e: no e2e tests collected"; status=0; fi; \
 	exit $$status
 
-lint: venv ## ruff check + ruff format --check
+lint: venv ## ruff check + ruff format --check + lint-imports (the dependency map in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 fmt: venv ## Fix what ruff can fix and format the code
 	$(VENV)/bin/ruff check --fix .
