@@ -634,11 +634,13 @@ def template_save(
     urls: dict[str, str] | None = None,
     body_format: str = "",
     layout: EmailLayout | _Unset | None = UNSET,
+    check_render: bool = False,
 ) -> SavedTemplate:
     """Upsert the template and, when ``content`` is given, add a version — all or nothing.
 
     Identical content does not create another version. ``publish`` without content publishes
-    the latest version.
+    the latest version. ``check_render``: the new content must render against the sample data
+    even when it is not published (the admin editor).
     """
     template, created = template_upsert(
         environment=environment,
@@ -662,6 +664,7 @@ def template_save(
                 urls=urls,
                 body_format=body_format,
                 layout=layout,
+                check_render=check_render,
             )
         elif publish:
             template_publish(template=template)
