@@ -38,7 +38,8 @@ def discard_inherited_connections() -> None:
         from django.db.backends.postgresql.base import DatabaseWrapper
     except ImportError:  # psycopg is not installed: SQLite only
         return
-    DatabaseWrapper._connection_pools.clear()
+    # django-stubs 6.1 does not declare the class-level pool registry Django 5.1 added
+    DatabaseWrapper._connection_pools.clear()  # type: ignore[attr-defined]
 
 
 def register_fork_safety() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import DataError, InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 class ApiError(exceptions.APIException):
     """A domain error raised by services and views; rendered in the envelope."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     default_code = "bad_request"
     default_detail = "The request could not be processed."
 
@@ -128,6 +129,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return response
 
     code = next((c for cls, c in _CODES_BY_EXCEPTION if isinstance(exc, cls)), "error")
+    details: Any
     if isinstance(exc, exceptions.ValidationError):
         message = "The request is invalid. See details for each field."
         details = exc.detail
@@ -138,7 +140,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, exceptions.Throttled):
         # DRF set the Retry-After header from exc.wait; apps.core.throttling names the scope.
         message = "Too many requests. Retry after the number of seconds in Retry-After."
-        details = {"retry_after": exc.wait, "scope": getattr(exc, "scope", None)}
+        # djangorestframework-stubs 3.18 does not declare the wait that Throttled.__init__ sets
+        details = {"retry_after": exc.wait, "scope": getattr(exc, "scope", None)}  # type: ignore[attr-defined]
     else:
         message = str(getattr(exc, "detail", exc))
         details = {}
@@ -146,8 +149,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
-def json_error_view(code: str, message: str, status_code: int):  # type: ignore[no-untyped-def]
-    def view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+def json_error_view(
+    code: str, message: str, status_code: int
+) -> Callable[[HttpRequest, Exception | None], HttpResponse]:
+    def view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
         if not request.path.startswith("/api/"):
             from django.views import defaults
 

@@ -136,13 +136,20 @@ def encrypted_fields() -> Iterator[tuple[type[models.Model], list[str]]]:
             yield model, names
 
 
+def _concrete_field(model: type[models.Model], name: str) -> models.Field:
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field):
+        raise TypeError(f"{model.__name__}.{name} is a reverse relation, not a column")
+    return field
+
+
 def _rewrite_columns(connection: Any, model: type[models.Model], names: Sequence[str], rewrite: Any) -> int:
     """Apply ``rewrite(raw value) -> raw value`` to columns of every row, in batches, by raw SQL:
     no model code runs and ``auto_now`` fields keep their values. Returns the rows rewritten."""
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     pk = quote(model._meta.pk.column)
-    columns = [quote(model._meta.get_field(name).column) for name in names]
+    columns = [quote(_concrete_field(model, name).column) for name in names]
     assignments = ", ".join(f"{column} = %s" for column in columns)
     rewritten = 0
     last: Any = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -204,7 +205,7 @@ def _branch_type(branch: dict[str, Any]) -> str | None:
     return "number" if kind == "integer" else kind
 
 
-def request_body_check(data: Any, parser_context: dict[str, Any]) -> None:
+def request_body_check(data: Any, parser_context: Mapping[str, Any]) -> None:
     """Raise a 400 ``validation_error`` when a value in the JSON body has another JSON type than the
     operation's request schema says; ``details`` names each place, nested as DRF nests its errors
     (``{"events": {"2": {"workflow": [...]}}}``). The serializers check everything else (required
@@ -212,7 +213,7 @@ def request_body_check(data: Any, parser_context: dict[str, Any]) -> None:
     for a boolean or a string, ``"12"`` for an integer)."""
     request = parser_context.get("request")
     match = getattr(request, "resolver_match", None)
-    if match is None or not str(getattr(request, "path", "")).startswith("/api/v1/"):
+    if request is None or match is None or not str(getattr(request, "path", "")).startswith("/api/v1/"):
         return
     validator = _body_validator(match.route, request.method or "POST")
     if validator is None or validator.fast.is_valid(data):
@@ -255,7 +256,8 @@ def _json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, int | float):
         return "number"  # integer or number: the serializers tell 1 from 1.5
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def key_path_parameter(name: str = "key", *, max_length: int = 100) -> Any:

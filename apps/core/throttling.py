@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
@@ -59,7 +59,8 @@ class RateLimited(exceptions.Throttled):
 def client_ip(request: HttpRequest | Request) -> str | None:
     """The client's address: ``REMOTE_ADDR`` unless ``NUM_PROXIES`` says how many proxies put
     theirs in ``X-Forwarded-For``. Also django-axes' ``AXES_CLIENT_IP_CALLABLE``."""
-    return BaseThrottle().get_ident(request)
+    # get_ident reads only request.META, which a Django HttpRequest has too (the stub asks for a DRF Request)
+    return BaseThrottle().get_ident(request)  # type: ignore[arg-type]
 
 
 def _ip_ident(address: str | None) -> str:
@@ -97,13 +98,19 @@ class ClarionRateThrottle(SimpleRateThrottle):
     """A DRF rate throttle that counts in fixed windows (see the module docstring)."""
 
     cache_format = "throttle:%(scope)s:%(ident)s"
+    # Set by SimpleRateThrottle.__init__ from parse_rate (not declared in the DRF stubs).
+    num_requests: int | None
+    duration: int | None
 
     def get_rate(self) -> str | None:
         # Read on every request, not at import, so settings changes (tests) apply.
         rates = api_settings.DEFAULT_THROTTLE_RATES
         if not self.scope or self.scope not in rates:
             raise ImproperlyConfigured(f"No throttle rate for the scope {self.scope!r} (DEFAULT_THROTTLE_RATES).")
-        return rates[self.scope]
+        rate = rates[self.scope]
+        if rate is not None and not isinstance(rate, str):
+            raise ImproperlyConfigured(f"The throttle rate of {self.scope!r} must be like '100/min', not {rate!r}.")
+        return rate
 
     def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
         if rate is None:
@@ -133,6 +140,14 @@ class ClarionRateThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
+@runtime_checkable
+class ThrottledPrincipal(Protocol):
+    """What an authenticated API caller tells the throttles (apps.tenancy.auth, apps.inbox.auth)."""
+
+    throttle_kind: str
+    environment_id: int
+
+
 def endpoint_class(request: Request, view: Any) -> tuple[str, int] | None:
     """``(scope, environment_id)`` of an authenticated API request; ``None`` for anonymous ones.
 
@@ -140,7 +155,9 @@ def endpoint_class(request: Request, view: Any) -> tuple[str, int] | None:
     apps.inbox.auth) or ``"server"`` (a secret key, apps.tenancy.auth), next to its ``environment_id``.
     """
     principal = request.user
-    kind = getattr(principal, "throttle_kind", None)
+    if not isinstance(principal, ThrottledPrincipal):
+        return None
+    kind = principal.throttle_kind
     if kind == "inbox":
         return "inbox", principal.environment_id
     if kind == "server":
