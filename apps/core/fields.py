@@ -108,6 +108,10 @@ class EncryptedTextField(EncryptedMixin, models.TextField):
 class EncryptedJSONField(EncryptedMixin, models.TextField):
     """A JSON value (e.g. provider credentials), encrypted whole: not even its keys are readable."""
 
+    # For django-stubs: the attribute holds the decoded JSON value, not the TextField's str.
+    _pyi_private_set_type: Any
+    _pyi_private_get_type: Any
+
     def encode_plain(self, value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -85,7 +86,8 @@ class IntegrationAdminForm(forms.ModelForm):
         return unmask(value, self.instance.credentials if self.instance.pk else {})
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         channel, provider_name = cleaned.get("channel"), cleaned.get("provider")
         if channel and provider_name:
             provider = get_provider(channel, provider_name)
@@ -152,7 +154,7 @@ class IntegrationAdmin(admin.ModelAdmin):
                 "form": form,
                 "integrations": queryset,
                 "opts": self.model._meta,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
             },
         )
 
@@ -188,8 +190,16 @@ class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
     extra = 0
     can_delete = False
-    fields = ["created_at", "provider", "status", "response_code", "error_kind", "retryable", "duration_ms", "error"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "created_at",
+        "provider",
+        "status",
+        "response_code",
+        "error_kind",
+        "retryable",
+        "duration_ms",
+        "error",
+    )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -199,8 +209,7 @@ class MessageEventInline(admin.TabularInline):
     model = MessageEvent
     extra = 0
     can_delete = False
-    fields = ["received_at", "provider", "event_type", "status", "applied", "description", "payload"]
-    readonly_fields = fields
+    fields = readonly_fields = ("received_at", "provider", "event_type", "status", "applied", "description", "payload")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

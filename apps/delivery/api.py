@@ -241,7 +241,7 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_subscriber_id(self, obj: Message) -> str | None:
-        return obj.subscriber.subscriber_id if obj.subscriber_id else None
+        return obj.subscriber.subscriber_id if obj.subscriber is not None else None
 
     def get_workflow(self, obj: Message) -> str | None:
         return (obj.data or {}).get("workflow")

@@ -360,6 +360,12 @@ def test_twilio_callback_for_another_account_is_rejected(sent_sms, twilio):
     assert response.status_code == 403
 
 
+def test_twilio_callback_without_a_status_is_400(sent_sms, twilio):
+    response = post_twilio(twilio, {"MessageSid": "SM0001"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"
+
+
 def test_malformed_payload_is_400(postmark):
     response = Client().post(
         reverse("delivery-webhook-email-tracking", kwargs={"key": postmark.webhook_key}),

@@ -246,8 +246,8 @@ def _classify(exc: Exception) -> ProviderError:
         return ProviderError(text[:2000], kind=ErrorKind.INVALID_ADDRESS)
     if isinstance(exc, AnymailError):
         status_code = exc.status_code
-        http = getattr(exc, "response", None)
-        retry_after = parse_retry_after(http.headers.get("Retry-After")) if hasattr(http, "headers") else None
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
         response: dict[str, Any] = {"status_code": status_code} if status_code else {}
         cause = exc.__cause__
         if cause is not None and status_code is None:
@@ -313,7 +313,7 @@ def send_email(message: Message, integration: Integration | None) -> SendResult:
             # The API URL can be overridden (``api_url``): the ESP's requests go through the
             # outbound address guard like every customer-configured destination.
             create_session = connection.create_session
-            connection.create_session = lambda: guard_session(create_session())  # type: ignore[method-assign]
+            connection.create_session = lambda: guard_session(create_session())
         email = build_email(message, integration)
         email.connection = connection
         sent = email.send()

@@ -36,12 +36,13 @@ class StatusEvent:
 
 
 def _timestamp_field(status: str) -> str | None:
-    return {
+    fields: dict[str, str] = {
         Message.Status.DELIVERED: "delivered_at",
         Message.Status.OPENED: "opened_at",
         Message.Status.READ: "opened_at",
         Message.Status.CLICKED: "clicked_at",
-    }.get(status)
+    }
+    return fields.get(status)
 
 
 def message_status_apply(*, message_id: int, status: str, at: datetime | None = None, error: str = "") -> bool:

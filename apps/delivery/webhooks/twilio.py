@@ -92,7 +92,9 @@ def status_callback(request: HttpRequest, key: str) -> HttpResponse:
     twilio_status = (post.get("MessageStatus") or post.get("SmsStatus") or "").lower()
     error_code = post.get("ErrorCode") or ""
     if not sid or not twilio_status:
-        return JsonResponse({"error": {"code": "validation_error", "message": "MessageSid and MessageStatus."}}, 400)
+        return JsonResponse(
+            {"error": {"code": "validation_error", "message": "MessageSid and MessageStatus."}}, status=400
+        )
     invalid_number = error_code.isdigit() and int(error_code) in TWILIO_INVALID_NUMBER_CODES
     description = f"Twilio error {error_code}" if error_code else ""
     if post.get("ErrorMessage"):
