@@ -73,7 +73,7 @@ class TemplateVersionSerializer(serializers.Serializer):
 
     @extend_schema_field({"type": "string", "nullable": True})
     def get_created_by(self, version: TemplateVersion) -> str | None:
-        return version.created_by.get_username() if version.created_by_id else None
+        return version.created_by.get_username() if version.created_by is not None else None
 
 
 class TemplateSerializer(serializers.Serializer):
@@ -89,7 +89,7 @@ class TemplateSerializer(serializers.Serializer):
 
     @extend_schema_field({"type": "integer", "nullable": True})
     def get_published_version(self, template: Template) -> int | None:
-        return template.published_version.number if template.published_version_id else None
+        return template.published_version.number if template.published_version is not None else None
 
     @extend_schema_field({"type": "integer", "nullable": True})
     def get_latest_version(self, template: Template) -> int | None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.conf import settings
 from django.db import models
 
@@ -51,6 +53,10 @@ class EmailLayout(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # modeltranslation swaps in its MultilingualManager (a Manager, untyped: django-stubs cannot resolve it)
+    objects: ClassVar[models.Manager[EmailLayout]]
+    _default_manager: ClassVar[models.Manager[EmailLayout]]
+
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["environment", "key"], name="uniq_layout_per_env"),
@@ -72,6 +78,9 @@ class TemplateVersion(models.Model):
         HTML = "html", "HTML"
 
     template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="versions")
+    # modeltranslation swaps in its MultilingualManager (a Manager, untyped: django-stubs cannot resolve it)
+    objects: ClassVar[models.Manager[TemplateVersion]]
+    _default_manager: ClassVar[models.Manager[TemplateVersion]]
     number = models.PositiveIntegerField()
     subject = models.CharField(max_length=500, blank=True, help_text="Email subject")
     preheader = models.CharField(max_length=500, blank=True, help_text="Email preview text shown after the subject")

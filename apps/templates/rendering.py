@@ -322,7 +322,7 @@ def _checks_deadline(func: Callable[..., Any]) -> Callable[..., Any]:
 # minutes in its HTML block parser), and payload text reaches it. Every processor call checks the
 # render's deadline, so such a body fails its render instead of holding a worker; each single call
 # is linear in the body's size.
-HTMLExtractor.parse_starttag = _checks_deadline(HTMLExtractor.parse_starttag)  # type: ignore[method-assign]
+HTMLExtractor.parse_starttag = _checks_deadline(HTMLExtractor.parse_starttag)
 
 
 def markdown_to_html(source: str) -> str:

@@ -386,10 +386,14 @@ SAMPLE_LAYOUT_BODY = {
 def layout_preview(*, layout: EmailLayout, locale: str | None) -> RenderedContent:
     """A sample Markdown email rendered in ``layout`` (previews of the layout editor)."""
     template = Template(environment_id=layout.environment_id, key="layout-preview", channel="email")
-    version = TemplateVersion(template=template, number=0, body_format=TemplateVersion.BodyFormat.MARKDOWN)
+    version = TemplateVersion(
+        template=template,
+        number=0,
+        body_format=TemplateVersion.BodyFormat.MARKDOWN,
+        preheader_en="A preview of the layout",
+    )
     version.layout = layout
     for language in supported_languages():
         setattr(version, f"subject_{language}", "Sample email")
         setattr(version, f"body_{language}", SAMPLE_LAYOUT_BODY.get(language, SAMPLE_LAYOUT_BODY["en"]))
-    version.preheader_en = "A preview of the layout"
     return template_preview(version=version, payload={}, subscriber={}, actor=None, locale=locale, sample=True)

@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import EmailValidator as DjangoEmailValidator
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
-from django.db.models import Max, RestrictedError
+from django.db.models import Field, Max, Model, RestrictedError
 
 from apps.core.channels import CHANNELS
 from apps.core.errors import Conflict, NotFound, Unprocessable
@@ -58,8 +58,9 @@ REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def _field_max_length(field_name: str) -> int | None:
-    return TemplateVersion._meta.get_field(field_name).max_length
+def _field_max_length(field_name: str, model: type[Model] = TemplateVersion) -> int | None:
+    field = model._meta.get_field(field_name)
+    return field.max_length if isinstance(field, Field) else None
 
 
 def default_language() -> str:
@@ -78,7 +79,8 @@ def _validate_key(key: str) -> None:
             code="invalid_key",
             details={"key": key},
         ) from exc
-    if len(key) > Template._meta.get_field("key").max_length:
+    limit = _field_max_length("key", Template)
+    if limit is not None and len(key) > limit:
         raise Unprocessable("The template key is too long (100 characters at most).", code="invalid_key")
 
 
@@ -266,7 +268,8 @@ def template_content_validate(
     normalized = _normalized_content(content)
     urls = {"action_url": action_url, **(urls or {})}
     for name in URL_FIELDS:
-        if urls.get(name) and len(urls[name]) > TemplateVersion._meta.get_field(name).max_length:
+        limit = _field_max_length(name)
+        if urls.get(name) and limit is not None and len(urls[name]) > limit:
             raise Unprocessable("The URL is too long.", code="invalid_content", details={name: "Too long."})
     errors = _syntax_errors(_content_sources(normalized, urls))
     if errors:
