@@ -157,7 +157,9 @@ def _session_data(session: InboxSession) -> dict[str, Any]:
 
 class InboxActionSerializer(serializers.Serializer):
     id = serializers.CharField()
-    label = serializers.CharField()
+    # DRF's serializer metaclass takes declared fields out of the class, so these names (the API's)
+    # do not shadow Field.label / Serializer.data as the stubs believe.
+    label = serializers.CharField()  # type: ignore[assignment]
     url = serializers.CharField(allow_blank=True)
     kind = serializers.ChoiceField(choices=["primary", "secondary"])
     completed_at = serializers.DateTimeField(allow_null=True)
@@ -176,7 +178,7 @@ class InboxMessageSerializer(serializers.Serializer):
     category = serializers.CharField()
     tags = serializers.ListField(child=serializers.CharField())
     actions = InboxActionSerializer(many=True)
-    data = serializers.JSONField()
+    data = serializers.JSONField()  # type: ignore[assignment]  # a declared field, see InboxActionSerializer
     created_at = serializers.DateTimeField()
     seen_at = serializers.DateTimeField(allow_null=True)
     read_at = serializers.DateTimeField(allow_null=True)
@@ -223,7 +225,8 @@ class _ThreeState(serializers.ChoiceField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(choices=["true", "false", "all"], **kwargs)
 
-    def to_internal_value(self, data: Any) -> bool | None:
+    # The stubs fix ChoiceField's internal value to str; this one maps the choices to booleans.
+    def to_internal_value(self, data: Any) -> bool | None:  # type: ignore[override]
         if isinstance(data, bool) or data is None:
             return data
         if isinstance(data, str) and data.lower() in self.MAP:
@@ -292,7 +295,7 @@ class InboxCountsResultSerializer(serializers.Serializer):
 
 
 class InboxChangesSerializer(serializers.Serializer):
-    data = InboxMessageSerializer(many=True)
+    data = InboxMessageSerializer(many=True)  # type: ignore[assignment]  # a declared field, see InboxActionSerializer
     cursor = serializers.IntegerField(help_text="Pass as `after` to continue.")
     has_more = serializers.BooleanField()
     overlap = serializers.IntegerField(help_text="Subtract from your cursor when resuming after a gap.")

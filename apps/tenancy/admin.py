@@ -26,8 +26,7 @@ class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
     can_delete = False
-    fields = ["kind", "name", "prefix", "last_four", "created_at", "last_used_at", "revoked_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("kind", "name", "prefix", "last_four", "created_at", "last_used_at", "revoked_at")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

@@ -1,5 +1,7 @@
 """drf-spectacular descriptions of Clarion's authentication schemes."""
 
+from typing import Any
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -7,7 +9,7 @@ class SecretKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "apps.tenancy.auth.SecretKeyAuthentication"
     name = "SecretKey"
 
-    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
         return {
             "type": "http",
             "scheme": "bearer",
