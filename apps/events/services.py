@@ -107,6 +107,7 @@ def _create_event(*, environment: Environment, request: TriggerRequest, workflow
         if existing is not None:
             actor = existing.as_context()
     transaction_id = request.transaction_id or uuid.uuid4().hex
+    assert workflow.published_version_id is not None  # _resolve_workflow refuses unpublished workflows
     try:
         with transaction.atomic():
             event = Event.objects.create(

@@ -184,7 +184,8 @@ class WorkflowPreferenceForm(forms.ModelForm):
         return CategoryAdminForm.clean_default_channels(self)  # type: ignore[arg-type]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         workflow, environment = data.get("workflow"), data.get("environment")
         if workflow is not None and environment is not None and workflow.environment_id != environment.pk:
             raise forms.ValidationError("The workflow belongs to another environment.")

@@ -181,7 +181,10 @@ class PreferencesBulkItemSerializer(SubscriberPreferencesUpdateSerializer):
 
 
 class PreferencesBulkSerializer(serializers.Serializer):
-    items = PreferencesBulkItemSerializer(many=True, allow_empty=False, min_length=1, max_length=services.BULK_LIMIT)
+    # many=True hands min/max_length to the list serializer; the stubs' Serializer.__init__ does not list them
+    items = PreferencesBulkItemSerializer(  # type: ignore[call-arg]
+        many=True, allow_empty=False, min_length=1, max_length=services.BULK_LIMIT
+    )
 
 
 class PreferencesBulkResultSerializer(serializers.Serializer):
@@ -190,7 +193,8 @@ class PreferencesBulkResultSerializer(serializers.Serializer):
 
 
 class PreferencesBulkResponseSerializer(serializers.Serializer):
-    data = PreferencesBulkResultSerializer(many=True)
+    # A declared field: DRF's serializer metaclass takes it out of the class (Serializer.data stays).
+    data = PreferencesBulkResultSerializer(many=True)  # type: ignore[assignment]
 
 
 class PreferenceChangeSerializer(serializers.ModelSerializer):

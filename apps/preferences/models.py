@@ -100,7 +100,7 @@ class Preference(models.Model):
         ]
 
     def __str__(self) -> str:
-        scope = self.category.key if self.category_id else "all categories"
+        scope = self.category.key if self.category is not None else "all categories"
         if self.channel == ALL_CHANNELS and not self.category_id:
             return "unsubscribed from everything non-critical" if not self.enabled else "subscribed"
         return f"{self.channel} for {scope}: {'on' if self.enabled else 'off'}"

@@ -110,7 +110,9 @@ class PreferenceCenterForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.state = state
         self.channels = channels
-        self.fields["quiet_timezone"].choices = timezone_choices()
+        quiet_timezone = self.fields["quiet_timezone"]
+        assert isinstance(quiet_timezone, forms.ChoiceField)
+        quiet_timezone.choices = timezone_choices()
         for channel in channels:
             self.fields[f"channel-{channel}"] = forms.BooleanField(required=False, label=CHANNEL_LABELS[channel])
         for choice in state.categories:
@@ -125,7 +127,8 @@ class PreferenceCenterForm(forms.Form):
             )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("quiet_enabled"):
             start, end = data.get("quiet_start"), data.get("quiet_end")
             if start is None:

@@ -56,6 +56,8 @@ def identifier_field(**kwargs: Any) -> serializers.RegexField:
 class IndexedListSerializer(serializers.ListSerializer):
     """A list serializer whose item errors are keyed by index: ``{"3": {"email": [...]}}``."""
 
+    max_length: int | None  # set by ListSerializer.__init__ (not declared in the DRF stubs)
+
     def to_internal_value(self, data: Any) -> list[Any]:
         non_field = api_settings.NON_FIELD_ERRORS_KEY
         if not isinstance(data, list):
@@ -67,12 +69,12 @@ class IndexedListSerializer(serializers.ListSerializer):
             message = f"At most {self.max_length} items per request (got {len(data)})."
             raise serializers.ValidationError({non_field: [message]}, code="max_length")
         validated: list[Any] = []
-        errors: dict[int, Any] = {}
+        errors: dict[str, Any] = {}
         for index, item in enumerate(data):
             try:
                 validated.append(self.run_child_validation(item))
             except serializers.ValidationError as exc:
-                errors[index] = exc.detail
+                errors[str(index)] = exc.detail
         if errors:
             raise serializers.ValidationError(errors)
         return validated
@@ -114,7 +116,10 @@ class SubscriberInputSerializer(serializers.Serializer):
     timezone = serializers.CharField(
         max_length=64, required=False, allow_blank=True, allow_null=True, help_text="IANA name, e.g. 'Europe/Paris'."
     )
-    data = serializers.DictField(required=False, allow_null=True, help_text="Free-form JSON object; replaced whole.")
+    # A declared field: DRF's serializer metaclass takes it out of the class (Serializer.data stays).
+    data = serializers.DictField(  # type: ignore[assignment]
+        required=False, allow_null=True, help_text="Free-form JSON object; replaced whole."
+    )
 
     class Meta:
         list_serializer_class = IndexedListSerializer
@@ -163,7 +168,8 @@ class SubscriberSerializer(serializers.ModelSerializer):
 
 
 class SubscriberBulkSerializer(serializers.Serializer):
-    subscribers = SubscriberInputSerializer(many=True, allow_empty=False, max_length=MAX_BULK_ITEMS)
+    # many=True hands max_length to the list serializer; the stubs' Serializer.__init__ does not list it
+    subscribers = SubscriberInputSerializer(many=True, allow_empty=False, max_length=MAX_BULK_ITEMS)  # type: ignore[call-arg]
 
 
 class SubscriberIdsSerializer(serializers.Serializer):

@@ -14,8 +14,7 @@ class WorkflowVersionInline(admin.TabularInline):
     model = WorkflowVersion
     extra = 0
     can_delete = False
-    fields = ["number", "category_key", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("number", "category_key", "created_at")
     show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
@@ -56,8 +55,7 @@ class StepRunInline(admin.TabularInline):
     model = StepRun
     extra = 0
     can_delete = False
-    fields = ["step_id", "step_type", "decision", "reason", "detail", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("step_id", "step_type", "decision", "reason", "detail", "created_at")
 
 
 @admin.register(Run)

@@ -189,6 +189,7 @@ class SubscriberRunsView(generics.GenericAPIView):
             workflow_key=request.query_params.get("workflow"),
         )
         page = self.paginate_queryset(runs)
+        assert page is not None  # the view has a pagination class
         return self.get_paginated_response([run_summary(run) for run in page])
 
 
@@ -245,7 +246,7 @@ class FrequencyCapSerializer(serializers.ModelSerializer):
         fields = ["id", "channel", "category", "limit", "window", "active", "created_at"]
 
     def get_category(self, cap: FrequencyCap) -> str | None:
-        return cap.category.key if cap.category_id else None
+        return cap.category.key if cap.category is not None else None
 
 
 class FrequencyCapInputSerializer(serializers.Serializer):

@@ -150,7 +150,7 @@ def _emit(steps: list[dict[str, Any]], program: list[dict[str, Any]]) -> None:
             if branch.get("end"):
                 program.append({"op": "end", "step": step})
             else:
-                jump = {"op": "jump", "to": None}
+                jump: dict[str, Any] = {"op": "jump", "to": None}
                 program.append(jump)
                 jumps.append(jump)
         instruction["else"] = len(program)

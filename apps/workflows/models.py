@@ -266,5 +266,5 @@ class FrequencyCap(models.Model):
         ]
 
     def __str__(self) -> str:
-        scope = f" ({self.category.key})" if self.category_id else ""
+        scope = f" ({self.category.key})" if self.category is not None else ""
         return f"{self.channel}{scope}: {self.limit} per {self.window}"

@@ -145,8 +145,8 @@ def prepare_channels(plan: ChunkPlan, data: ChunkData, now: datetime) -> None:
             category=data.categories.get((environment_id, category_key)) if category_key else None,
         )
 
-    subscriber_pks = list({run.subscriber_id for run in runs})
-    data.quiet_hours = {q.subscriber_id: q for q in QuietHours.objects.filter(subscriber_id__in=subscriber_pks)}
+    run_subscriber_pks = list({run.subscriber_id for run in runs})
+    data.quiet_hours = {q.subscriber_id: q for q in QuietHours.objects.filter(subscriber_id__in=run_subscriber_pks)}
     caps: dict[int, list[FrequencyCap]] = defaultdict(list)
     for cap in FrequencyCap.objects.filter(
         environment_id__in={run.environment_id for run in runs}, active=True
@@ -416,8 +416,8 @@ def send_channel(
     message_data: dict[str, Any] = {"transaction_id": event.transaction_id, "workflow": workflow_key}
     if rendered is not None and rendered.action_url:
         message_data["action_url"] = rendered.action_url
-    if rendered is not None and getattr(rendered, "text", ""):
-        message_data["text"] = rendered.text  # type: ignore[attr-defined]
+    if rendered is not None and rendered.text:
+        message_data["text"] = rendered.text
     if channel == "webhook":
         message_data["payload"] = event.payload
     if links.get("headers"):
