@@ -91,7 +91,8 @@ class TemplateVersionAddForm(forms.ModelForm):
         }
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         template = cleaned.get("template")
         if template is None:
             return cleaned
@@ -183,7 +184,7 @@ class TemplateVersionAdmin(TranslationAdmin):
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         """``?template=<id>`` pre-fills from its latest version, ``?from_version=<id>`` from that one."""
-        initial = super().get_changeform_initial_data(request)
+        initial: dict[str, Any] = super().get_changeform_initial_data(request)
         source: TemplateVersion | None = None
         if (from_version := request.GET.get("from_version", "")).isdigit():
             source = TemplateVersion.objects.filter(pk=int(from_version)).first()
@@ -229,7 +230,7 @@ class TemplateVersionAdmin(TranslationAdmin):
     def published_state(self, obj: TemplateVersion) -> str:
         if obj.template.published_version_id == obj.pk:
             return "Yes, this is the published version."
-        if obj.template.published_version_id:
+        if obj.template.published_version is not None:
             return f"No (version {obj.template.published_version.number} is published)."
         return "No (the template has no published version)."
 
@@ -282,6 +283,7 @@ def _publish(model_admin: admin.ModelAdmin, request: HttpRequest, template: Temp
     except ApiError as exc:
         model_admin.message_user(request, f"{template.key}: {exc.detail}", messages.ERROR)
         return
+    assert template.published_version is not None  # template_publish has just set it
     model_admin.message_user(
         request, f"Published {template.key} version {template.published_version.number}.", messages.SUCCESS
     )
@@ -292,8 +294,7 @@ def _publish(model_admin: admin.ModelAdmin, request: HttpRequest, template: Temp
 
 class TemplateVersionInline(admin.TabularInline):
     model = TemplateVersion
-    fields = ["number", "note", "created_by", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("number", "note", "created_by", "created_at")
     extra = 0
     can_delete = False
     show_change_link = True
@@ -350,10 +351,10 @@ class TemplateAdmin(TemplateEditorAdmin):
             .annotate(latest_number=Max("versions__number"))
         )
 
-    def get_fields(self, request: HttpRequest, obj: Template | None = None) -> list[str]:
-        fields = ["environment", "key", "name", "channel", "description"]
+    def get_fields(self, request: HttpRequest, obj: Template | None = None) -> tuple[str, ...]:
+        fields: tuple[str, ...] = ("environment", "key", "name", "channel", "description")
         if obj is not None:
-            fields += ["published", "new_version", "created_at", "updated_at"]
+            fields += ("published", "new_version", "created_at", "updated_at")
         return fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: Template | None = None) -> list[str]:
@@ -395,7 +396,7 @@ class TemplateAdmin(TemplateEditorAdmin):
 
     @admin.display(description="published version", ordering="published_version__number")
     def published(self, obj: Template) -> str:
-        return f"v{obj.published_version.number}" if obj.published_version_id else "—"
+        return f"v{obj.published_version.number}" if obj.published_version is not None else "—"
 
     @admin.display(description="latest version")
     def latest(self, obj: Template) -> str:
@@ -455,7 +456,8 @@ class EmailLayoutForm(forms.ModelForm):
         widgets = {"brand_color": forms.TextInput(attrs={"type": "color"})}
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         for language in supported_languages():
             for part in ("header", "footer"):
                 name = f"{part}_{language}"
@@ -547,9 +549,9 @@ class EmailLayoutAdmin(TranslationAdmin):
         layout.logo_url = logo if logo.startswith(("http://", "https://")) else ""
         layout.css = request.POST.get("css", "")
         layout.show_unsubscribe = request.POST.get("show_unsubscribe") in {"on", "true", "1"}
-        language = request.POST.get("preview_locale") or None
+        preview_locale = request.POST.get("preview_locale") or None
         try:
-            rendered = layout_preview(layout=layout, locale=language)
+            rendered = layout_preview(layout=layout, locale=preview_locale)
         except ApiError as exc:
             details = exc.details if isinstance(exc.details, dict) else {}
             return JsonResponse({"ok": False, "errors": details or {"layout": str(exc.detail)}})

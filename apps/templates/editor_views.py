@@ -161,7 +161,7 @@ class TemplateEditorAdmin(admin.ModelAdmin):
                 body_format = TemplateVersion.BodyFormat.MARKDOWN
             sample_text = json.dumps(template.sample_payload or {}, indent=2, ensure_ascii=False)
             note = ""
-        known = set()
+        known: set[str] = set()
         for language in fields["languages"]:
             known.update(row["error_key"] for row in language["fields"])
         known.update(row["error_key"] for row in fields["url_fields"])
