@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard
 
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
@@ -140,12 +140,15 @@ class ClarionRateThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-@runtime_checkable
 class ThrottledPrincipal(Protocol):
     """What an authenticated API caller tells the throttles (apps.tenancy.auth, apps.inbox.auth)."""
 
     throttle_kind: str
     environment_id: int
+
+
+def _is_throttled_principal(user: object) -> TypeGuard[ThrottledPrincipal]:
+    return hasattr(user, "throttle_kind")  # one attribute: a runtime_checkable isinstance costs ~8 µs
 
 
 def endpoint_class(request: Request, view: Any) -> tuple[str, int] | None:
@@ -155,7 +158,7 @@ def endpoint_class(request: Request, view: Any) -> tuple[str, int] | None:
     apps.inbox.auth) or ``"server"`` (a secret key, apps.tenancy.auth), next to its ``environment_id``.
     """
     principal = request.user
-    if not isinstance(principal, ThrottledPrincipal):
+    if not _is_throttled_principal(principal):
         return None
     kind = principal.throttle_kind
     if kind == "inbox":
