@@ -386,7 +386,9 @@ CLARION = {
     # A send whose heartbeat is older than this died with its worker: it goes in doubt (if it was
     # inside a provider call) or back to the queue. Provider timeouts are capped at a third of it.
     "SEND_HEARTBEAT_SECONDS": env.int("CLARION_SEND_HEARTBEAT_SECONDS", default=30),
-    "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=120),
+    # A pending run not picked up for this long lost its wake-up (a killed cluster's prefetched
+    # tasks, a Redis that restarted empty): the ticker enqueues it again, at most once per period.
+    "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=60),
     "INBOX_TOKEN_MAX_AGE": 60 * 60 * 12,
     "SWEEP_INTERVAL_MINUTES": 1,
 }

@@ -63,3 +63,16 @@ def events_take_orphaned(*, now: datetime, limit: int = 1000) -> list[int]:
         order_by="fanout_lease_until",
         limit=limit,
     )
+
+
+def events_take_unstarted(*, now: datetime, stalled_before: datetime, limit: int = 1000) -> list[int]:
+    """Pending events nobody claimed since ``stalled_before`` (their wake-up was lost): stamped and
+    returned to be enqueued again, each at most once per period, by one caller."""
+    return update_returning_ids(
+        table=Event._meta.db_table,
+        assignments={"redriven_at": now},
+        where="status = %s AND fanout_lease_until IS NULL AND COALESCE(redriven_at, created_at) < %s",
+        params=[Event.Status.PENDING, stalled_before],
+        order_by="id",
+        limit=limit,
+    )

@@ -33,6 +33,8 @@ class Event(models.Model):
     # The worker fanning the event out holds this lease and renews it; a lease that ran out means
     # that worker died, and the ticker hands the event to another one.
     fanout_lease_until = models.DateTimeField(null=True, blank=True)
+    # When the ticker last enqueued the fan-out of an event nobody has claimed (its wake-up was lost).
+    redriven_at = models.DateTimeField(null=True, blank=True)
     # template key -> TemplateVersion pk, fixed when the fan-out starts: every run of the event
     # renders these versions, even after a wait during which a new version was published.
     template_versions = models.JSONField(default=dict, blank=True)

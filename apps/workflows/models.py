@@ -106,6 +106,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["status", "resume_at"], name="run_status_resume_idx"),
             models.Index(fields=["status", "lease_until"], name="run_status_lease_idx"),
+            # pending runs by when they were last (re)enqueued: the ticker's stalled-wake-up check
+            models.Index(fields=["updated_at"], condition=models.Q(status="pending"), name="run_pending_updated_idx"),
             models.Index(fields=["subscriber", "-id"], name="run_subscriber_idx"),
         ]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.core.db import update_returning_ids
 from apps.core.tasks import deferred_tasks_flush, enqueue
 from apps.delivery.services import messages_redrive
-from apps.events.fanout import events_take_orphaned
+from apps.events.fanout import events_take_orphaned, events_take_unstarted
 from apps.workflows.engine import ADVANCE_TASK, DELIVER_TASK
 from apps.workflows.models import Run
 
@@ -34,8 +34,13 @@ PROCESS_TASK = "apps.workflows.tasks.process_event"
 WAKE_LIMIT = 5000
 
 
-def runs_take_due(*, now: datetime, limit: int = WAKE_LIMIT) -> tuple[list[int], list[int]]:
-    """(runs whose wait is over, runs whose worker died): both made pending again, for one caller only."""
+def runs_take_due(*, now: datetime, limit: int = WAKE_LIMIT) -> tuple[list[int], list[int], list[int]]:
+    """(runs whose wait is over, runs whose worker died, pending runs whose wake-up was lost).
+
+    Each is taken by one caller only. The first two become pending again; a stalled pending run
+    gets its ``updated_at`` bumped, so it is enqueued again at most once per ``STALL_SECONDS`` even
+    while a deep backlog keeps it waiting in the queue.
+    """
     table = Run._meta.db_table
     released = {"status": Run.Status.PENDING, "claim_token": None, "lease_until": None, "updated_at": now}
     due = update_returning_ids(
@@ -54,7 +59,15 @@ def runs_take_due(*, now: datetime, limit: int = WAKE_LIMIT) -> tuple[list[int],
         order_by="lease_until",
         limit=limit,
     )
-    return due, orphaned
+    stalled = update_returning_ids(
+        table=table,
+        assignments={"updated_at": now},
+        where="status = %s AND updated_at < %s",
+        params=[Run.Status.PENDING, now - timedelta(seconds=settings.CLARION["STALL_SECONDS"])],
+        order_by="updated_at",
+        limit=limit,
+    )
+    return due, orphaned, stalled
 
 
 def _enqueue_chunks(func_path: str, ids: list[int]) -> None:
@@ -69,20 +82,30 @@ def tick(*, now: datetime | None = None) -> dict[str, int]:
     counts = {"tasks": deferred_tasks_flush(now=now)}
 
     events = events_take_orphaned(now=now)
-    for event_id in events:
+    unstarted = events_take_unstarted(
+        now=now, stalled_before=now - timedelta(seconds=settings.CLARION["STALL_SECONDS"])
+    )
+    for event_id in events + unstarted:
         enqueue(PROCESS_TASK, event_id)
-    counts["events_orphaned"] = len(events)
+    counts["events_orphaned"], counts["events_stalled"] = len(events), len(unstarted)
 
-    due, orphaned = runs_take_due(now=now)
-    _enqueue_chunks(ADVANCE_TASK, sorted(due + orphaned))
-    counts["runs_due"], counts["runs_orphaned"] = len(due), len(orphaned)
+    due, orphaned, stalled = runs_take_due(now=now)
+    _enqueue_chunks(ADVANCE_TASK, sorted(due + orphaned + stalled))
+    counts["runs_due"], counts["runs_orphaned"], counts["runs_stalled"] = len(due), len(orphaned), len(stalled)
 
     messages = messages_redrive(now=now)
     _enqueue_chunks(DELIVER_TASK, messages)
     counts["messages"] = len(messages)
 
-    if events or orphaned:
-        logger.info("ticker resumed work of a dead worker: %d event fan-out(s), %d run(s)", len(events), len(orphaned))
+    if events or unstarted or orphaned or stalled:
+        logger.info(
+            "ticker resumed lost work: %d fan-out(s) and %d run(s) of a dead worker; "
+            "%d event(s) and %d run(s) whose wake-up was lost",
+            len(events),
+            len(orphaned),
+            len(unstarted),
+            len(stalled),
+        )
     return counts
 
 

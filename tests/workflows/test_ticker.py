@@ -19,7 +19,7 @@ from apps.inbox.models import InboxMessage
 from apps.templates.models import Template
 from apps.workflows import engine
 from apps.workflows.leases import LeaseHeartbeat
-from apps.workflows.models import Run, StepRun
+from apps.workflows.models import Run, StepRun, Workflow
 from apps.workflows.ticker import runs_take_due, tick
 from tests.factories import SubscriberFactory, TemplateVersionFactory
 from tests.workflows.conftest import make_workflow, published_template
@@ -79,7 +79,15 @@ def test_a_delay_resumes_on_the_first_tick_after_it_is_due_and_only_once(delayed
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED
     assert InboxMessage.objects.count() == 1
-    assert ticks() == {"tasks": 0, "events_orphaned": 0, "runs_due": 0, "runs_orphaned": 0, "messages": 0}
+    assert ticks() == {
+        "tasks": 0,
+        "events_orphaned": 0,
+        "events_stalled": 0,
+        "runs_due": 0,
+        "runs_orphaned": 0,
+        "runs_stalled": 0,
+        "messages": 0,
+    }
     # The trace says when the wait really ended, and how late that was.
     assert [(s.step_id, s.decision, s.reason) for s in run.step_runs.order_by("id")] == [
         ("wait", "waiting", "delay"),
@@ -98,7 +106,7 @@ def test_a_due_run_is_handed_to_one_ticker_only(delayed, fire, clock):
     first = runs_take_due(now=START + timedelta(seconds=6))
     second = runs_take_due(now=START + timedelta(seconds=6))
 
-    assert (len(first[0]), second) == (1, ([], []))
+    assert (len(first[0]), second) == (1, ([], [], []))
     assert Run.objects.get().status == Run.Status.PENDING  # woken: a pending run any worker may claim
 
 
@@ -195,7 +203,7 @@ def test_an_idle_tick_costs_a_fixed_handful_of_queries(delayed, fire, clock):
     fire("later", ["u1"])  # one run waiting, not due
     with CaptureQueriesContext(connection) as queries:
         tick()
-    assert len(queries) <= 8, [q["sql"] for q in queries]
+    assert len(queries) <= 10, [q["sql"] for q in queries]  # one indexed read per kind of due work
 
 
 def test_a_run_renders_the_template_versions_pinned_when_its_event_started(delayed, tenant, fire, ticks, clock):
@@ -272,3 +280,47 @@ def test_the_template_policy_is_set_through_the_api(delayed, tenant):
     assert response.status_code == 200, response.content
     assert response.json()["use_latest_templates"] is True
     assert tenant.client.get("/api/v1/workflows/later").json()["use_latest_templates"] is True
+
+
+def test_a_pending_run_whose_wake_up_was_lost_is_enqueued_again_once_per_stall_period(
+    delayed, fire, ticks, clock, settings
+):
+    settings.CLARION = {**settings.CLARION, "STALL_SECONDS": 60}
+    run = Run.objects.get(event=fire("later", ["u1"]))
+    clock.move_to(START + timedelta(seconds=6))
+    runs_take_due(now=START + timedelta(seconds=6))  # woken ... and its task lost with a killed cluster
+    assert Run.objects.get().status == Run.Status.PENDING
+
+    assert runs_take_due(now=START + timedelta(seconds=6 + 59))[2] == []
+    assert runs_take_due(now=START + timedelta(seconds=6 + 61))[2] == [run.pk]
+    assert runs_take_due(now=START + timedelta(seconds=6 + 62))[2] == []  # not again until another period
+
+    clock.move_to(START + timedelta(seconds=6 + 61 + 61))
+    assert ticks()["runs_stalled"] == 1
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+
+
+def test_an_event_whose_fan_out_wake_up_was_lost_is_started_again_once_per_stall_period(
+    tenant, delayed, clock, ticks, settings
+):
+    settings.CLARION = {**settings.CLARION, "STALL_SECONDS": 60}
+    from apps.events.fanout import events_take_unstarted
+
+    event = Event.objects.create(
+        environment=tenant.environment,
+        transaction_id="lost",
+        workflow=Workflow.objects.get(key="later"),
+        workflow_version_id=Workflow.objects.get(key="later").published_version_id,
+        recipients=[{"subscriber_id": "u1"}],
+    )  # committed, its process_event task lost
+    assert events_take_unstarted(now=START + timedelta(seconds=59), stalled_before=START - timedelta(seconds=1)) == []
+    assert events_take_unstarted(now=START + timedelta(seconds=61), stalled_before=START + timedelta(seconds=1)) == [
+        event.pk
+    ]
+    assert events_take_unstarted(now=START + timedelta(seconds=62), stalled_before=START + timedelta(seconds=2)) == []
+
+    clock.move_to(START + timedelta(seconds=61 + 61))
+    assert ticks()["events_stalled"] == 1
+    event.refresh_from_db()
+    assert event.status == Event.Status.PROCESSED

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -700,7 +701,24 @@ def messages_redrive(*, now: datetime, limit: int = 5000) -> list[int]:
     """
     stale_before = now - timedelta(seconds=send_heartbeat_seconds())
     _settle_dead_sends(stale_before=stale_before, now=now, limit=min(limit, 500))
-    return _take_due(now=now, limit=limit)
+    due = _take_due(now=now, limit=limit)
+    return sorted({*due, *_take_lost(now=now, limit=limit)})
+
+
+def _take_lost(*, now: datetime, limit: int) -> list[int]:
+    """Queued messages whose delivery task was lost (a killed cluster's prefetched tasks, a Redis
+    that restarted empty): not handed out for ``STALL_SECONDS``. Their ``updated_at`` is bumped in
+    the same statement, so each is handed out again at most once per period, by one caller."""
+    from apps.core.db import update_returning_ids
+
+    return update_returning_ids(
+        table=Message._meta.db_table,
+        assignments={"updated_at": now},
+        where="status = %s AND next_attempt_at IS NULL AND updated_at < %s AND channel <> %s",
+        params=[Message.Status.QUEUED, now - timedelta(seconds=settings.CLARION["STALL_SECONDS"]), "in_app"],
+        order_by="updated_at",
+        limit=limit,
+    )
 
 
 def messages_requeue_stalled(*, stalled_before: datetime) -> list[int]:

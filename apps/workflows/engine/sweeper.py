@@ -9,13 +9,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.core.tasks import enqueue
-from apps.events.models import Event
 from apps.workflows import digests
 from apps.workflows.engine.category_digests import category_digests_send
 from apps.workflows.engine.chunks import DELIVER_TASK
-from apps.workflows.engine.fanout import ADVANCE_TASK, chunk_size
+from apps.workflows.engine.fanout import chunk_size
 from apps.workflows.limits import limit_hits_prune
-from apps.workflows.models import DigestBucket, Run
+from apps.workflows.models import DigestBucket
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +30,11 @@ def sweep() -> dict[str, int]:
     stall = now - timedelta(seconds=settings.CLARION["STALL_SECONDS"])
     ticked = tick(now=now)
     counts = {
-        "events": ticked["events_orphaned"],
-        "runs": ticked["runs_due"] + ticked["runs_orphaned"],
+        "events": ticked["events_orphaned"] + ticked["events_stalled"],
+        "runs": ticked["runs_due"] + ticked["runs_orphaned"] + ticked["runs_stalled"],
         "messages": ticked["messages"],
         "digests": 0,
     }
-
-    # A fan-out nobody ever claimed: its task was lost (a crash between commit and enqueue).
-    for event_id in Event.objects.filter(
-        status=Event.Status.PENDING, fanout_lease_until__isnull=True, created_at__lt=stall
-    ).values_list("pk", flat=True)[:1000]:
-        enqueue("apps.workflows.tasks.process_event", event_id)
-        counts["events"] += 1
-
-    stalled = Run.objects.filter(status=Run.Status.PENDING, updated_at__lt=stall).order_by("pk")
-    after = 0
-    while True:
-        ids = list(stalled.filter(pk__gt=after).values_list("pk", flat=True)[: chunk_size()])
-        if not ids:
-            break
-        enqueue(ADVANCE_TASK, ids)
-        counts["runs"] += len(ids)
-        after = ids[-1]
 
     digests.digests_expire_leaderless(now=now)
     category_due = list(
