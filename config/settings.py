@@ -388,7 +388,7 @@ CLARION = {
     "SEND_HEARTBEAT_SECONDS": env.int("CLARION_SEND_HEARTBEAT_SECONDS", default=30),
     # A pending run not picked up for this long lost its wake-up (a killed cluster's prefetched
     # tasks, a Redis that restarted empty): the ticker enqueues it again, at most once per period.
-    "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=60),
+    "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=20),
     "INBOX_TOKEN_MAX_AGE": 60 * 60 * 12,
     "SWEEP_INTERVAL_MINUTES": 1,
 }
