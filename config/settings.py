@@ -386,6 +386,10 @@ CLARION = {
     # A send whose heartbeat is older than this died with its worker: it goes in doubt (if it was
     # inside a provider call) or back to the queue. Provider timeouts are capped at a third of it.
     "SEND_HEARTBEAT_SECONDS": env.int("CLARION_SEND_HEARTBEAT_SECONDS", default=30),
+    # clarion_worker restarts its task cluster when tasks wait and none started or finished for
+    # this long (0: django-q2's task timeout + 60 s), e.g. after a worker killed while it held the
+    # cluster's queue lock wedged the others.
+    "WORKER_WEDGE_SECONDS": env.float("CLARION_WORKER_WEDGE_SECONDS", default=0),
     # A pending run not picked up for this long lost its wake-up (a killed cluster's prefetched
     # tasks, a Redis that restarted empty): the ticker enqueues it again, at most once per period.
     "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=20),
