@@ -335,6 +335,9 @@ class ModeRun:
                 "CLARION_PUBLIC_URL": f"http://127.0.0.1:{WEB_PORT}",
                 "CLARION_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
                 "CLARION_WORKERS": "2",
+                # The suite's tasks finish in seconds; a cluster wedged by a killed worker must come
+                # back within the drain bound, not after the production default (task timeout + 60 s).
+                "CLARION_WORKER_WEDGE_SECONDS": "30",
                 "LOG_LEVEL": "INFO",
             }
         )
