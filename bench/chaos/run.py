@@ -109,7 +109,9 @@ SHORT = Profile(
         ModePlan("embedded", notifications=300, recipients_per_trigger=5, rate=1.5, subscribers=100),
     ),
     kill_every=(10.0, 15.0),
-    drain_timeout=45.0,
+    # a cluster wedged by a kill near the end of the load comes back within 15 + 5 s (watchdog),
+    # and what it held within 20 s more (the ticker's lost wake-ups)
+    drain_timeout=75.0,
     settle=3.0,
     circuit_cooldown=10.0,
     esp_start=4.0,
@@ -337,7 +339,7 @@ class ModeRun:
                 "CLARION_WORKERS": "2",
                 # The suite's tasks finish in seconds; a cluster wedged by a killed worker must come
                 # back within the drain bound, not after the production default (task timeout + 60 s).
-                "CLARION_WORKER_WEDGE_SECONDS": "30",
+                "CLARION_WORKER_WEDGE_SECONDS": "15",
                 "LOG_LEVEL": "INFO",
             }
         )
