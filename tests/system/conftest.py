@@ -307,6 +307,9 @@ def _process_env(var_dir: Path, port: int) -> dict[str, str]:
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "CLARION_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "CLARION_STALL_SECONDS": "5",
+            # A test that SIGKILLs a worker child can wedge django-q2's queue (the child held its
+            # lock): the watchdog restarts the cluster after this long instead of 6 minutes.
+            "CLARION_WORKER_WEDGE_SECONDS": "10",
             "CLARION_WORKERS": "2",
             "LOG_LEVEL": "INFO",
         }
