@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.system.conftest import ClarionSystem, WorkerControl
+from tests.system.conftest import SYSTEM_DB_NAME, SYSTEM_REDIS_DB, ClarionSystem, WorkerControl
 
 pytestmark = pytest.mark.system
 
@@ -27,8 +27,8 @@ def test_processes_use_the_prepared_installation(clarion_system: ClarionSystem) 
         assert (clarion_system.var_dir / "clarion.sqlite3").exists()
         assert (clarion_system.var_dir / "channels.sqlite3").exists()
     else:
-        assert clarion_system.env["DATABASE_URL"].endswith("/clarion_system")
-        assert clarion_system.env["REDIS_URL"].endswith("/15")
+        assert clarion_system.env["DATABASE_URL"].endswith(f"/{SYSTEM_DB_NAME}")
+        assert clarion_system.env["REDIS_URL"].endswith(f"/{SYSTEM_REDIS_DB}")
 
 
 def test_worker_can_be_killed_and_restarted(clarion_system: ClarionSystem, clarion_worker: WorkerControl) -> None:
