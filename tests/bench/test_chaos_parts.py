@@ -165,7 +165,13 @@ def test_verdict() -> None:
             duplicated_email_violations=1,
             circuit={"opened": 1, "probed": 0, "closed": 0, "notes": []},
             drained=False,
+            profile="full",
         )
     )
     assert len(problems) == 5
     assert failures_of(_result(faults=False, circuit={"opened": 0, "probed": 0, "closed": 0, "notes": []})) == []
+    # the short profile requires the circuit to open; the full one also to close
+    not_closed = {"opened": 1, "probed": 2, "closed": 0, "notes": []}
+    assert failures_of(_result(profile="short", circuit=not_closed)) == []
+    assert len(failures_of(_result(profile="full", circuit=not_closed))) == 1
+    assert len(failures_of(_result(profile="short", circuit={**not_closed, "opened": 0}))) == 1
