@@ -60,6 +60,18 @@ def _recipient_pk_chunks(event: Event) -> Iterator[list[int]]:
                 break
             yield pks
             after = pks[-1]
+    if any(r.get("broadcast") for r in event.recipients):
+        # Every subscriber of the environment, streamed like a topic (the actor excluded too).
+        after = 0
+        while True:
+            subscribers = Subscriber.objects.filter(environment_id=event.environment_id, pk__gt=after)
+            if actor_id:
+                subscribers = subscribers.exclude(subscriber_id=actor_id)
+            pks = list(subscribers.order_by("pk").values_list("pk", flat=True)[:size])
+            if not pks:
+                break
+            yield pks
+            after = pks[-1]
 
 
 def process_event(event_id: int) -> None:
