@@ -32,9 +32,11 @@ class Installation:
     """The database / broker the benchmarks run against.
 
     Embedded default (no ``DATABASE_URL``): a fresh temporary ``CLARION_VAR_DIR`` with a new
-    SQLite database and the django-q2 ORM broker, removed at the end. Services: the database
-    of ``DATABASE_URL`` (migrated; point it at a throwaway database, the bench leaves its rows
-    there) and, with ``REDIS_URL``, the django-q2 Redis broker.
+    SQLite database and the django-q2 ORM broker, removed at the end. Services: a *throwaway*
+    database created on the server of ``DATABASE_URL`` (named after it, plus a random suffix;
+    dropped by :meth:`cleanup`, so no pending event is left for a later worker's sweeper) and,
+    with ``REDIS_URL``, the django-q2 Redis broker on that Redis database, which :meth:`cleanup`
+    flushes (point it at a spare database: ``redis://127.0.0.1:6379/N``, N > 0).
     """
 
     var_dir: Path
@@ -43,15 +45,77 @@ class Installation:
     secret_key: str = field(default_factory=lambda: "bench-" + secrets.token_urlsafe(32))
     encryption_key: str = field(default_factory=lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     _django_ready: bool = False
+    _migrated: bool = False
+    created_database: str = ""  # the throwaway database this run created (dropped by cleanup)
 
     @classmethod
-    def create(cls) -> Installation:
+    def create(cls, *, embedded: bool = False, throwaway: bool = True) -> Installation:
+        """The run's installation; ``embedded=True`` ignores DATABASE_URL / REDIS_URL (SQLite + ORM broker)."""
         var_dir = Path(tempfile.mkdtemp(prefix="clarion-bench-"))
-        return cls(
-            var_dir=var_dir,
-            database_url=os.environ.get("DATABASE_URL", ""),
-            redis_url=os.environ.get("REDIS_URL", ""),
-        )
+        database_url = "" if embedded else os.environ.get("DATABASE_URL", "")
+        redis_url = "" if embedded else os.environ.get("REDIS_URL", "")
+        if redis_url and urlsplit(redis_url).path.strip("/") in ("", "0"):
+            raise RuntimeError("REDIS_URL must name a spare Redis database (not 0): the bench flushes it at the end")
+        installation = cls(var_dir=var_dir, database_url=database_url, redis_url=redis_url)
+        if throwaway and installation.database == "postgresql":
+            installation._create_throwaway_database()
+        return installation
+
+    @property
+    def database_name(self) -> str:
+        if self.database != "postgresql":
+            return ""
+        return urlsplit(self.database_url).path.lstrip("/")
+
+    def _admin_url(self) -> str:
+        return urlsplit(self.database_url)._replace(path="/postgres").geturl()
+
+    def _create_throwaway_database(self) -> None:
+        import psycopg
+
+        parts = urlsplit(self.database_url)
+        name = f"{parts.path.lstrip('/') or 'clarion_bench'}_{secrets.token_hex(3)}"
+        with psycopg.connect(self._admin_url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created_database = name
+        self.database_url = parts._replace(path=f"/{name}").geturl()
+
+    def _drop_throwaway_database(self) -> None:
+        if not self.created_database:
+            return
+        import psycopg
+
+        with psycopg.connect(self._admin_url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.created_database}" WITH (FORCE)')
+        self.created_database = ""
+
+    def _flush_redis(self) -> None:
+        if not self.redis_url:
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=10)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+    def postmaster(self) -> int | None:
+        """The pid of the PostgreSQL cluster's postmaster (for the CPU meter), or None."""
+        if self.database != "postgresql":
+            return None
+        from bench.procs import postmaster_pid
+
+        return postmaster_pid(self.database_url)
+
+    def migrate(self) -> None:
+        """``manage.py migrate`` (and the channels-lite database on the embedded default), once."""
+        if self._migrated or self._django_ready:
+            return
+        self.manage("migrate", "--noinput")
+        if self.database == "sqlite":
+            self.manage("migrate", "--database", "channels", "--noinput")
+        self._migrated = True
 
     @property
     def database(self) -> str:
@@ -126,11 +190,21 @@ class Installation:
 
         if settings.ROOT_URLCONF != "bench.urls":
             raise RuntimeError("Django was already configured with other settings; run `python -m bench`")
-        call_command("migrate", verbosity=0, interactive=False)
+        if not self._migrated:
+            call_command("migrate", verbosity=0, interactive=False)
         self._django_ready = True
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.var_dir, ignore_errors=True)
+        """Drop the throwaway database, flush the Redis database, remove the var dir."""
+        try:
+            if self._django_ready:
+                from django.db import connections
+
+                connections.close_all()
+            self._drop_throwaway_database()
+            self._flush_redis()
+        finally:
+            shutil.rmtree(self.var_dir, ignore_errors=True)
 
 
 def machine_info(installation: Installation | None = None) -> dict[str, Any]:
