@@ -35,6 +35,20 @@ class Environment(models.Model):
     # or rotating the HMAC secret bumps it, which ends every open inbox session at once.
     inbox_session_version = models.PositiveIntegerField(default=1)
     branding = models.JSONField(default=dict, blank=True)
+    # Retention (apps.core.retention prunes on a schedule): how many days rows are kept once they
+    # are finished; 0 keeps them forever. See docs/deployment.md#retention.
+    retention_trace_days = models.PositiveIntegerField(
+        default=90, help_text="Finished events, runs, step runs and closed digests: days kept (0: forever)."
+    )
+    retention_messages_days = models.PositiveIntegerField(
+        default=90, help_text="Messages in a final state: days kept after their last change (0: forever)."
+    )
+    retention_delivery_days = models.PositiveIntegerField(
+        default=30, help_text="Delivery attempts and provider callbacks: days kept (0: forever)."
+    )
+    retention_inbox_days = models.PositiveIntegerField(
+        default=180, help_text="Inbox messages: days kept after they were archived or deleted (0: forever)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
