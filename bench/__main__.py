@@ -1,47 +1,116 @@
-"""``python -m bench [ingest] [fanout] [--quick] [--json] [--profile] [...]``; see docs/benchmarks.md."""
+"""``python -m bench [NAME ...] [--quick] [--json] [...]``: ONE table, goal | measured | baseline | ratio.
+
+Each benchmark module runs (``run(installation, config) -> dict``) and turns its result into table
+rows (``rows(result) -> list[Row]``, see ``bench/report.py``). A module that fails does not stop
+the others: its row says why, and the exit status is 1. See docs/benchmarks.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shlex
 import sys
 import time
+import traceback
+from types import ModuleType
 from typing import Any
 
-from bench import digest, fanout, ingest, recovery, websocket
 from bench.common import Installation, database_connections, log, machine_info
-from bench.report import render
+from bench.report import Row, complete, legacy_rows, render, row_from_dict
 
-BENCHMARKS = ("ingest", "fanout", "digest", "websocket", "recovery")
-DEFAULT_BENCHMARKS = ("ingest", "fanout", "digest")  # websocket needs REDIS_URL: run it by name
+# Order of the run (the table has its own order). recovery kills a worker: by name only.
+BENCHMARKS = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout", "recovery")
+DEFAULT_BENCHMARKS = tuple(n for n in BENCHMARKS if n != "recovery")
+# the config class of modules that predate the ``Config`` convention
+LEGACY_CONFIG = {
+    "ingest": "IngestConfig",
+    "fanout": "FanoutConfig",
+    "digest": "DigestConfig",
+    "websocket": "WebsocketConfig",
+    "recovery": "RecoveryConfig",
+}
+# command-line option -> (benchmark, config field)
+OVERRIDES = {
+    "requests": ("ingest", "requests"),
+    "concurrency": ("ingest", "concurrency"),
+    "subscribers": ("fanout", "subscribers"),
+    "repeats": ("fanout", "repeats"),
+    "digests": ("digest", "subscribers"),
+    "digest_events": ("digest", "events"),
+    "clients": ("websocket", "clients"),
+    "rate": ("pipeline", "rate"),
+    "seconds": ("pipeline", "seconds"),
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Clarion benchmarks: each result is a ratio against a baseline measured in the same run.",
+        description="Clarion benchmarks: one table, goal | measured | baseline | ratio (docs/benchmarks.md).",
     )
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help="ingest, fanout, websocket (default: ingest and fanout)"
+        "names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (default: all but recovery)"
     )
-    parser.add_argument("--quick", action="store_true", help="small smoke variant (seconds, not meaningful numbers)")
+    parser.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean nothing)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
-    parser.add_argument("--profile", action="store_true", help="add a cProfile of the measured Clarion path")
-    parser.add_argument("--requests", type=int, help="ingest: timed requests per endpoint (default 3000)")
-    parser.add_argument("--concurrency", type=int, help="ingest: concurrent connections (default 16)")
-    parser.add_argument("--subscribers", type=int, help="fanout: topic size (default 10000)")
-    parser.add_argument("--repeats", type=int, help="fanout: alternating repetitions (default 3)")
-    parser.add_argument("--digests", type=int, help="digest: subscribers, one digest each (default 10000)")
-    parser.add_argument("--digest-events", type=int, help="digest: triggers to all of them (default 100)")
-    parser.add_argument("--clients", type=int, help="websocket: concurrent sockets (default 1000)")
+    parser.add_argument("--profile", action="store_true", help="ingest/fanout: add a cProfile of the Clarion path")
+    parser.add_argument("--requests", type=int, help="ingest: timed requests per endpoint")
+    parser.add_argument("--concurrency", type=int, help="ingest: concurrent connections")
+    parser.add_argument("--subscribers", type=int, help="fanout: topic size")
+    parser.add_argument("--repeats", type=int, help="fanout: alternating repetitions")
+    parser.add_argument("--digests", type=int, help="digest: subscribers, one digest each")
+    parser.add_argument("--digest-events", type=int, help="digest: triggers to all of them")
+    parser.add_argument("--clients", type=int, help="websocket: concurrent sockets")
+    parser.add_argument("--rate", type=float, help="pipeline: triggers per second (PG + Redis)")
+    parser.add_argument("--seconds", type=float, help="pipeline: seconds of load")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     args.names = [n for n in BENCHMARKS if n in args.names] or list(DEFAULT_BENCHMARKS)
     return args
+
+
+def _config(name: str, module: ModuleType, args: argparse.Namespace) -> Any:
+    cls = getattr(module, "Config", None) or getattr(module, LEGACY_CONFIG.get(name, ""), None)
+    if cls is None:
+        return None
+    config = cls.quick() if args.quick and hasattr(cls, "quick") else cls()
+    overrides = {
+        field: getattr(args, option)
+        for option, (bench, field) in OVERRIDES.items()
+        if bench == name and getattr(args, option, None)
+    }
+    if overrides:
+        config = cls(**{**config.__dict__, **overrides})
+    return config
+
+
+def run_one(name: str, installation: Installation, args: argparse.Namespace) -> tuple[dict[str, Any], list[Row]]:
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ImportError as exc:
+        return {"error": f"not available: {exc}"}, [Row(name, f"(bench/{name}.py not available: {exc})", None)]
+    config = _config(name, module, args)
+    started = time.monotonic()
+    try:
+        kwargs: dict[str, Any] = {"profile": True} if args.profile and name in ("ingest", "fanout") else {}
+        result = dict(module.run(installation, config, **kwargs) if config is not None else module.run(installation))
+    except Exception as exc:
+        log(f"{name} failed:\n{traceback.format_exc()}")
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}, [
+            Row(name, f"(failed: {type(exc).__name__}: {str(exc)[:200]})", None)
+        ]
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    rows_of = getattr(module, "rows", None)
+    try:
+        rows = list(rows_of(result)) if rows_of is not None else legacy_rows(name, result)
+    except Exception as exc:
+        rows = [Row(name, f"(rows() failed: {type(exc).__name__}: {exc})", None)]
+    return result, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,60 +124,45 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(installation),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "benchmarks": {},
+        "table": [],
     }
     log(f"{results['installation']}; broker {installation.broker}; var dir {installation.var_dir}")
+    rows: list[Row] = []
+    failed = False
     try:
-        if "ingest" in args.names:
-            config = ingest.IngestConfig.quick() if args.quick else ingest.IngestConfig()
-            overrides = {k: v for k, v in (("requests", args.requests), ("concurrency", args.concurrency)) if v}
-            config = ingest.IngestConfig(**{**config.__dict__, **overrides})
-            started = time.monotonic()
-            results["benchmarks"]["ingest"] = ingest.run(installation, config, profile=args.profile)
-            results["benchmarks"]["ingest"]["wall_seconds"] = round(time.monotonic() - started, 1)
-        if "fanout" in args.names:
-            config_f = fanout.FanoutConfig.quick() if args.quick else fanout.FanoutConfig()
-            overrides = {k: v for k, v in (("subscribers", args.subscribers), ("repeats", args.repeats)) if v}
-            config_f = fanout.FanoutConfig(**{**config_f.__dict__, **overrides})
-            started = time.monotonic()
-            results["benchmarks"]["fanout"] = fanout.run(installation, config_f, profile=args.profile)
-            results["benchmarks"]["fanout"]["wall_seconds"] = round(time.monotonic() - started, 1)
-        if "websocket" in args.names:
-            config_w = websocket.WebsocketConfig.quick() if args.quick else websocket.WebsocketConfig()
-            if args.clients:
-                config_w = websocket.WebsocketConfig(**{**config_w.__dict__, "clients": args.clients})
-            started = time.monotonic()
-            results["benchmarks"]["websocket"] = websocket.run(installation, config_w)
-            results["benchmarks"]["websocket"]["wall_seconds"] = round(time.monotonic() - started, 1)
-        if "digest" in args.names:
-            config_d = digest.DigestConfig.quick() if args.quick else digest.DigestConfig()
-            overrides = {k: v for k, v in (("subscribers", args.digests), ("events", args.digest_events)) if v}
-            config_d = digest.DigestConfig(**{**config_d.__dict__, **overrides})
-            started = time.monotonic()
-            results["benchmarks"]["digest"] = digest.run(installation, config_d)
-            results["benchmarks"]["digest"]["wall_seconds"] = round(time.monotonic() - started, 1)
-        if "recovery" in args.names:  # run by name: it kills and restarts a real worker process
-            config_r = recovery.RecoveryConfig.quick() if args.quick else recovery.RecoveryConfig()
-            started = time.monotonic()
-            results["benchmarks"]["recovery"] = recovery.run(installation, config_r)
-            results["benchmarks"]["recovery"]["wall_seconds"] = round(time.monotonic() - started, 1)
-        results["machine"]["database_connections"] = database_connections()  # Django is set up by now
+        for name in args.names:
+            log(f"===== {name}")
+            result, new_rows = run_one(name, installation, args)
+            results["benchmarks"][name] = result
+            rows.extend(new_rows)
+            failed = failed or "error" in result
+        if installation._django_ready:
+            results["machine"]["database_connections"] = database_connections()
     finally:
         installation.cleanup()
     results["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    results["table"] = [row.to_dict() for row in complete(rows)]
 
     if args.profile:
         for name, result in results["benchmarks"].items():
             if "profile" in result:
                 print(f"\n===== cProfile: {name} =====\n{result['profile']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, default=str))
     else:
         print(render(results))
-        if "websocket" in results["benchmarks"]:
-            print(websocket.render(results["benchmarks"]["websocket"]))
-        if "recovery" in results["benchmarks"]:
-            print(recovery.render(results["benchmarks"]["recovery"]))
-    return 0
+    return 1 if failed else 0
+
+
+def print_saved(path: str) -> None:
+    """Re-print the table of a saved ``--json`` output.
+
+    ``python -c 'import bench.__main__ as m; m.print_saved("r.json")'``
+    """
+    with open(path) as handle:
+        results = json.load(handle)
+    results["table"] = [row_from_dict(r).to_dict() for r in results.get("table", [])]
+    print(render(results))
 
 
 if __name__ == "__main__":

@@ -1,101 +1,266 @@
-"""The human-readable table."""
+"""The one table ``python -m bench`` prints: goal | measured | baseline | ratio, one row per figure.
+
+How a benchmark module contributes rows (H1 ingest, H3 delivery, H4 fanout, H5 digest/websocket,
+H6 pipeline/scaleout):
+
+* its ``run(...)`` returns a JSON-able ``dict`` (kept whole under ``benchmarks.<name>`` in
+  ``--json``), and
+* it defines ``rows(result: dict) -> list[Row]`` that turns that dict into table rows. The
+  ``__main__`` calls ``module.rows(result)``; a module without ``rows`` gets a fallback row that
+  says so. Keep ``rows`` pure (no I/O): it also runs on saved ``--json`` output.
+
+A :class:`Row` is one line of the table::
+
+    Row(
+        section="ingest",                       # groups rows: ingest, pipeline, fanout, delivery, ...
+        name="trigger API, 1 web process",      # what was measured
+        measured=412.0, unit="req/s",           # the figure (None: not measured in this run)
+        baseline=480.0,                         # the same-run baseline in the same unit, or None
+        baseline_name="same validation + one insert",
+        goal_min=400, ratio_min=0.8,            # the issue's goals: measured >= goal_min,
+                                                # measured <= goal_max, measured/baseline >= ratio_min
+        note="p99 37 ms; CPU 2.1 ms/req (all processes)",
+    )
+
+``ratio`` is ``measured / baseline`` unless given (give it when the baseline is in another
+unit, e.g. a cost ratio from CPU per event). ``met`` is derived: True when every goal given holds,
+False when one fails or ``unmet=True`` (a condition beyond the number failed: something lost, a
+growing backlog, errors — say which in ``note``), None when there is no goal or no measurement.
+Use ``lower_is_better=True`` for latencies and durations (then the ratio is ``baseline / measured``,
+so > 1 is still better).
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
-def _fmt(value: float, digits: int = 1) -> str:
-    return f"{value:,.{digits}f}"
+@dataclass
+class Row:
+    section: str
+    name: str
+    measured: float | None
+    unit: str = ""
+    baseline: float | None = None
+    baseline_name: str = ""
+    goal_min: float | None = None
+    goal_max: float | None = None
+    ratio_min: float | None = None
+    ratio: float | None = None
+    lower_is_better: bool = False
+    unmet: bool = False  # a condition beyond the numbers failed (lost messages, growing backlog, errors)
+    note: str = ""
+
+    def computed_ratio(self) -> float | None:
+        if self.ratio is not None:
+            return self.ratio
+        if self.measured is None or not self.baseline:
+            return None
+        if self.lower_is_better:
+            return self.baseline / self.measured if self.measured else None
+        return self.measured / self.baseline
+
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        if self.unmet:
+            return False
+        checks: list[bool] = []
+        if self.goal_min is not None:
+            checks.append(self.measured >= self.goal_min)
+        if self.goal_max is not None:
+            checks.append(self.measured <= self.goal_max)
+        ratio = self.computed_ratio()
+        if self.ratio_min is not None:
+            checks.append(ratio is not None and ratio >= self.ratio_min)
+        return all(checks) if checks else None
+
+    def goal_text(self) -> str:
+        parts = []
+        if self.goal_min is not None:
+            parts.append(f">= {_num(self.goal_min)}")
+        if self.goal_max is not None:
+            parts.append(f"<= {_num(self.goal_max)}")
+        if self.ratio_min is not None:
+            parts.append(f">= {self.ratio_min:g}x base")
+        return ", ".join(parts) or "-"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        ratio = self.computed_ratio()
+        data["ratio"] = round(ratio, 3) if ratio is not None else None
+        data["met"] = self.met()
+        data["goal"] = self.goal_text()
+        return data
 
 
-def _slower(ratio: float) -> str:
-    return f"{1 / ratio:.1f}x slower" if ratio and ratio < 1 else ("faster" if ratio > 1 else "")
+def row_from_dict(data: dict[str, Any]) -> Row:
+    fields: dict[str, Any] = {k: data[k] for k in Row.__dataclass_fields__ if k in data}
+    return Row(**fields)
 
 
-def render(results: dict[str, Any]) -> str:
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:,.1f}"
+    return f"{value:,.2f}"
+
+
+def table(rows: list[Row]) -> str:
+    """The fixed-width table; long notes go on the next line."""
+    header = ("section", "what", "goal", "measured", "baseline", "ratio", "met")
+    lines_data: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for row in rows:
+        ratio = row.computed_ratio()
+        met = row.met()
+        measured = "(not measured)" if row.measured is None else f"{_num(row.measured)} {row.unit}".strip()
+        baseline = "-" if row.baseline is None else f"{_num(row.baseline)} {row.unit}".strip()
+        if row.baseline_name:
+            baseline += f" [{row.baseline_name}]"
+        lines_data.append(
+            (
+                row.section,
+                row.name,
+                row.goal_text() + (f" {row.unit}" if row.goal_min is not None or row.goal_max is not None else ""),
+                measured,
+                baseline,
+                "-" if ratio is None else f"{ratio:.2f}x",
+                {True: "yes", False: "NO", None: "-"}[met],
+            )
+        )
+        notes.append(row.note)
+    widths = [max(len(h), *(len(r[i]) for r in lines_data)) if lines_data else len(h) for i, h in enumerate(header)]
+    widths[4] = min(widths[4], 60)
+
+    left = {0, 1, 4}
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        padded = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return " | ".join(padded).rstrip()
+
+    out = [fmt(header), "-+-".join("-" * w for w in widths)]
+    for cells, note in zip(lines_data, notes, strict=True):
+        out.append(fmt(cells))
+        if note:
+            out.append(" " * (widths[0] + 3) + "  " + note)
+    return "\n".join(out)
+
+
+def header(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
         f"Clarion benchmarks: {results['installation']}"
-        + (f" (server {machine['postgresql']})" if "postgresql" in machine else "")
-        + f", broker {machine['broker']}"
+        + (f" (PostgreSQL {machine['postgresql']})" if "postgresql" in machine else "")
+        + f", broker {machine.get('broker', '?')}"
         + (f" (Redis {machine['redis']})" if "redis" in machine else "")
         + (f"; {machine['database_connections']}" if "database_connections" in machine else ""),
         f"machine: {machine['cpus']} x {machine['cpu_model']}, {machine['memory_gb']} GB, {machine['os']}, "
         f"Python {machine['python']}, Django {machine.get('django', '?')}, SQLite {machine['sqlite']}"
-        + (" [quick]" if results.get("quick") else ""),
+        + (" [quick: smoke sizes, the numbers mean nothing]" if results.get("quick") else ""),
         f"load average (1 min) at start {machine['load_average_at_start']}, "
-        f"at end {machine.get('load_average_at_end', '?')}",
-        "",
+        f"at end {machine.get('load_average_at_end', '?')}; command: {results.get('command', '?')}",
     ]
-    benchmarks = results["benchmarks"]
-    if "ingest" in benchmarks:
-        ing = benchmarks["ingest"]
-        cfg = ing["config"]
-        lines += [
-            f"ingest: {cfg['requests_per_endpoint']:,} requests per endpoint in {cfg['rounds']} alternating round(s), "
-            f"{cfg['concurrency']} connections, after {cfg['warmup_per_endpoint']} warm-up; one uvicorn worker",
-            f"  {'endpoint':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18} {'SQL/req':>8}",
-        ]
-        for name, label in (("bare", "bare DRF (/bench/bare)"), ("trigger", "trigger (/api/v1/events/trigger)")):
-            row = ing[name]
-            lines.append(
-                f"  {label:<30} {_fmt(row['requests_per_s']):>9} "
-                f"{_fmt(row['p50_ms'], 2):>8} {_fmt(row['p99_ms'], 2):>8} "
-                f"{_fmt(row['server_cpu_ms_per_request'], 2):>18} {ing['queries_per_request'][name]:>8}"
-            )
-        ratio = ing["ratio_trigger_over_bare"]
-        cpu_ratio = ing["cpu_ratio_trigger_over_bare"]
-        lines += [
-            f"  ratio trigger/bare (req/s): {ratio:.3f}  ({_slower(ratio)})",
-            f"  ratio trigger/bare (inverse server CPU per request): {cpu_ratio:.3f}  ({_slower(cpu_ratio)})",
-            "",
-        ]
-    if "fanout" in benchmarks:
-        fan = benchmarks["fanout"]
-        cfg = fan["config"]
-        lines += [
-            f"fanout: {cfg['subscribers']:,} topic subscribers, one in_app step, chunk {cfg['fanout_chunk_size']}, "
-            f"median of {cfg['repeats']} alternating run(s); push: no-op",
-            f"  {'path':<46} {'seconds':>9} {'notifications/s':>16}",
-        ]
-        rows = [
-            ("baseline (bulk_create Message + InboxMessage)", fan["baseline"]),
-            ("clarion (process_event + advance_runs)", fan["clarion"]),
-        ]
-        for label, row in rows:
-            lines.append(f"  {label:<46} {_fmt(row['seconds'], 2):>9} {_fmt(row['notifications_per_s']):>16}")
-        ratio = fan["ratio_clarion_over_baseline"]
-        lines.append(f"  ratio clarion/baseline (notifications/s): {ratio:.3f}  ({_slower(ratio)})")
-        if "clarion_with_inmemory_push" in fan:
-            push = fan["clarion_with_inmemory_push"]
-            lines.append(
-                f"  info: one clarion run with the real push to an in-memory layer took {push['seconds']:.2f} s, "
-                f"{push['push_seconds']:.2f} s of it in the push ({push['push_share']:.0%})"
-            )
-        if "phases" in fan:
-            lines.append("  phases of one clarion run (seconds; bulk_* nest inside the phases above them):")
-            for name, value in fan["phases"].items():
-                lines.append(f"    {name:<44} {value:8.2f}")
-        lines.append("")
-    if "digest" in benchmarks:
-        dig = benchmarks["digest"]
-        cfg = dig["config"]
-        ingest_row, base_row, flush = dig["ingest"], dig["baseline"], dig["flush"]
-        per_trigger = cfg["subscribers"] / ingest_row["median_trigger_seconds"]
-        ratio = dig["ratio_clarion_over_baseline"]
-        lines += [
-            f"digest: {cfg['triggers']} triggers x {cfg['subscribers']:,} topic subscribers = "
-            f"{cfg['entries']:,} events into {cfg['digests']:,} digests (window {cfg['window']}); push: no-op",
-            f"  {'path (median per trigger)':<46} {'seconds':>9} {'entries/s':>12}",
-            f"  {'baseline (bulk_create Run + DigestEntry)':<46} "
-            f"{_fmt(base_row['median_seconds'], 3):>9} {_fmt(base_row['entries_per_s']):>12}",
-            f"  {'clarion (process_event + advance_runs)':<46} "
-            f"{_fmt(ingest_row['median_trigger_seconds'], 3):>9} {_fmt(per_trigger):>12}",
-            f"  clarion ingest in all: {ingest_row['seconds']:.1f} s, {_fmt(ingest_row['entries_per_s'])} entries/s",
-            f"  ratio clarion/baseline (entries/s): {ratio:.3f}  ({_slower(ratio)})",
-            f"  flush of all {cfg['digests']:,} digests: {flush['seconds']:.1f} s "
-            f"({_fmt(flush['digests_per_s'])} digests/s, {_fmt(flush['entries_per_s'])} entries/s)",
-            "",
-        ]
     return "\n".join(lines)
+
+
+def render(results: dict[str, Any]) -> str:
+    """Header + the one table (rows already collected under ``results['table']``)."""
+    rows = [row_from_dict(r) for r in results.get("table", [])]
+    return header(results) + "\n\n" + table(rows)
+
+
+# --- every figure of issue #15: shown "(not measured)" when its section did not run -------------
+
+EXPECTED: tuple[Row, ...] = (
+    Row("ingest", "trigger API", None, "req/s", goal_min=400, ratio_min=0.8, baseline_name="same validation + insert"),
+    Row("ingest", "bulk, 1,000 events per request", None, "events/s", goal_min=5000),
+    Row("pipeline", "in-app + email, PG + Redis, 60 s open loop", None, "events/s", goal_min=250),
+    Row("pipeline", "in-app + email, embedded (SQLite + ORM broker)", None, "events/s", goal_min=100),
+    Row("websocket", "trigger -> frame p50, 1,000 clients, 50 triggers/s", None, "ms", goal_max=50),
+    Row("websocket", "trigger -> frame p99, 1,000 clients, 50 triggers/s", None, "ms", goal_max=250),
+    Row("websocket", "connection storm: 1,000 reconnect at once, errors", None, "errors", goal_max=0),
+    Row("fanout", "in-app fan-out to 100k vs django-notifications-hq", None, "notif/s", goal_min=10000, ratio_min=7),
+    Row("fanout", "in-app fan-out to 100k vs COPY", None, "notif/s", goal_min=10000, ratio_min=0.6),
+    Row("fanout", "broadcast to 100k", None, "notif/s", goal_min=10000),
+    Row("delivery", "email, one worker, fake ESP", None, "msg/s", goal_min=500),
+    Row("delivery", "SMS, one worker, fake provider", None, "msg/s"),
+    Row("delivery", "push, one worker, fake provider", None, "msg/s"),
+    Row("digest", "ingest, 1M events into 10k digests", None, "entries/s", goal_min=10000),
+    Row("digest", "flush of 10k digests", None, "s", goal_max=30, lower_is_better=True),
+    Row("scaleout", "workers 1/2/4 x web 1/2", None, "events/s"),
+)
+SECTION_ORDER = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout")
+
+
+def complete(rows: list[Row]) -> list[Row]:
+    """The measured rows, plus an "(not measured)" row for each expected figure of a section that did not run."""
+    measured_sections = {row.section for row in rows}
+    out = list(rows) + [row for row in EXPECTED if row.section not in measured_sections]
+    order = {name: i for i, name in enumerate(SECTION_ORDER)}
+    return sorted(out, key=lambda r: order.get(r.section, len(order)))  # stable: keeps each section's order
+
+
+# --- rows for result shapes of modules that do not define rows() yet --------------------------
+
+
+def legacy_rows(name: str, result: dict[str, Any]) -> list[Row]:
+    try:
+        if name == "ingest":
+            trigger, bare = result["trigger"], result["bare"]
+            return [
+                Row(
+                    "ingest",
+                    "trigger API (old baseline: a bare endpoint)",
+                    trigger["requests_per_s"],
+                    "req/s",
+                    baseline=bare["requests_per_s"],
+                    baseline_name="bare DRF endpoint",
+                    goal_min=400,
+                    ratio_min=0.8,
+                    note=f"p99 {trigger['p99_ms']} ms; web CPU {trigger['server_cpu_ms_per_request']} ms/req",
+                )
+            ]
+        if name == "fanout":
+            cfg = result["config"]
+            return [
+                Row(
+                    "fanout",
+                    f"in-app fan-out to {cfg['subscribers']:,} (old: eager, vs bulk_create)",
+                    result["clarion"]["notifications_per_s"],
+                    "notif/s",
+                    baseline=result["baseline"]["notifications_per_s"],
+                    baseline_name="bulk_create",
+                    goal_min=10000,
+                )
+            ]
+        if name == "digest":
+            cfg = result["config"]
+            return [
+                Row(
+                    "digest",
+                    f"ingest, {cfg['entries']:,} events into {cfg['digests']:,} digests",
+                    result["ingest"]["entries_per_s"],
+                    "entries/s",
+                    baseline=result["baseline"]["entries_per_s"],
+                    baseline_name="bulk_create Run + DigestEntry",
+                    goal_min=10000,
+                ),
+                Row(
+                    "digest",
+                    f"flush of {cfg['digests']:,} digests",
+                    result["flush"]["seconds"],
+                    "s",
+                    goal_max=30,
+                    lower_is_better=True,
+                ),
+            ]
+    except (KeyError, TypeError) as exc:
+        return [Row(name, f"(result shape not understood: {exc!r})", None)]
+    return [Row(name, "(this module defines no rows(); see its section of --json)", None)]
