@@ -114,9 +114,13 @@ INSTALLED_APPS = [
     "apps.delivery",
     "apps.inbox",
     "apps.demo",
+    "apps.observability",
 ]
 
 MIDDLEWARE = [
+    # First: answers /healthz, /readyz and /metrics before host checks and redirects, times every
+    # request by route, and starts each request with an empty log context (apps.observability).
+    "apps.observability.middleware.request_metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "apps.core.middleware.HostileInputMiddleware",
@@ -397,13 +401,64 @@ CLARION = {
     "SWEEP_INTERVAL_MINUTES": 1,
 }
 
+# --- Logs, metrics, errors (docs/operations.md) -------------------------------------------------
+# One formatter for every logger (Clarion's, Django's, uvicorn's, django-q2's): JSON lines with
+# LOG_FORMAT=json, readable lines with time and level otherwise; both carry the bound context
+# (environment, transaction_id, run_id, message_id: apps.observability.logs).
+LOG_FORMAT = env.str("LOG_FORMAT", default="console").lower()
+if LOG_FORMAT not in ("json", "console"):
+    raise ImproperlyConfigured(f'LOG_FORMAT={LOG_FORMAT!r}: use "json" or "console".')
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "formatters": {"structured": {"()": "apps.observability.logs.formatter", "json": LOG_FORMAT == "json"}},
+    "filters": {
+        "no_probes": {"()": "apps.observability.logs.ProbeFilter"},
+        "no_task_chatter": {"()": "apps.observability.logs.TaskChatterFilter", "keep": LOG_LEVEL == "DEBUG"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "structured"},
+        "access": {"class": "logging.StreamHandler", "formatter": "structured", "filters": ["no_probes"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # django-q2 logs two to four INFO lines per task (and per sweeper run): dropped, errors kept.
+        "django-q": {"filters": ["no_task_chatter"]},
+        # uvicorn configures its loggers before Django starts; these take them over (same format),
+        # and the access log drops the health and metrics probes.
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.error": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.access": {"handlers": ["access"], "level": LOG_LEVEL, "propagate": False},
+    },
 }
+# GET /metrics: a bearer token and/or an allow-list of client networks (REMOTE_ADDR). Without a
+# token only loopback may scrape; with one, any address holding it (narrow it with the list).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS", default=["0.0.0.0/0", "::/0"] if METRICS_TOKEN else ["127.0.0.0/8", "::1/128"]
+)
+for _network in METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS: {_network!r} is not a network in CIDR notation"
+        ) from None
+# clarion_worker serves its host's metrics on this port when set (hosts without a web process).
+METRICS_WORKER_PORT = env.int("CLARION_METRICS_PORT", default=0)
+METRICS_WORKER_ADDRESS = env.str("CLARION_METRICS_ADDRESS", default="127.0.0.1")
+# Errors and traces to Sentry when SENTRY_DSN is set; sentry-sdk is not even imported otherwise.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    from apps.observability.sentry import sentry_init
+
+    sentry_init(
+        dsn=SENTRY_DSN,
+        environment=env.str("SENTRY_ENVIRONMENT", default="production"),
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+    )
 
 # --- Admin login lockout (django-axes) ---------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

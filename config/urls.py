@@ -13,6 +13,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # /healthz, /readyz, /metrics (answered by apps.observability.middleware before host checks).
+    path("", include("apps.observability.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),

@@ -26,6 +26,7 @@ APPS = {
     "events",
     "workflows",
     "demo",
+    "observability",
 }
 
 

@@ -1,0 +1,95 @@
+"""Clarion's Prometheus metrics, and the small API the hot paths call to count their work.
+
+Every call here costs a few microseconds (a dict lookup and an add, or an mmap write in
+multiprocess mode): callers count per batch — one call per chunk or per request with aggregated
+numbers — never per row. Gauges that come from the database are not here: they are computed at
+scrape time (``apps.observability.collectors``).
+
+Multiprocess: with ``PROMETHEUS_MULTIPROC_DIR`` set before the process starts, prometheus-client
+keeps every value in a per-process file in that directory and ``/metrics`` adds them up across the
+host's uvicorn and django-q2 worker processes (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("clarion_events", "Events accepted by the trigger, bulk and broadcast API", ["workflow"])
+MESSAGES = Counter(
+    "clarion_messages",
+    "Messages that reached a status through delivery (sent, failed, deferred, in_doubt) or a provider callback",
+    ["channel", "status", "provider"],
+)
+STEP_DECISIONS = Counter(
+    "clarion_step_decisions",
+    "What the engine decided at a step, per run: type, decision (e.g. sent, skipped, waited) and reason",
+    ["type", "decision", "reason"],
+)
+DELIVERY_SECONDS = Histogram(
+    "clarion_delivery_seconds",
+    "Provider call duration per send attempt",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+HTTP_SECONDS = Histogram(
+    "clarion_http_request_duration_seconds",
+    "HTTP request duration by route pattern (Django's resolver route, never the raw path)",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBSOCKETS = Gauge(
+    "clarion_websocket_connections",
+    "Open inbox websocket connections (summed over the live web processes)",
+    multiprocess_mode="livesum",
+)
+
+
+def events_accepted(workflow: str, n: int = 1) -> None:
+    """``n`` events of ``workflow`` were accepted (call after the commit, once per request or batch)."""
+    if n:
+        EVENTS.labels(workflow).inc(n)
+
+
+def events_accepted_counts(counts: Mapping[str, int]) -> None:
+    """Per-workflow counts of one batch, e.g. ``Counter(event.workflow_key for event in accepted)``."""
+    for workflow, n in counts.items():
+        events_accepted(workflow, n)
+
+
+def messages_finished(channel: str, status: str, provider: str = "", n: int = 1) -> None:
+    """``n`` messages on ``channel`` reached ``status`` through ``provider`` (empty: none was called)."""
+    if n:
+        MESSAGES.labels(channel, status, provider or "none").inc(n)
+
+
+def messages_finished_counts(counts: Mapping[tuple[str, str, str], int]) -> None:
+    """Aggregated ``{(channel, status, provider): n}`` of one batch."""
+    for (channel, status, provider), n in counts.items():
+        messages_finished(channel, status, provider, n)
+
+
+def delivery_observed(provider: str, seconds: float) -> None:
+    """One provider call took ``seconds`` (whatever its outcome)."""
+    DELIVERY_SECONDS.labels(provider or "none").observe(seconds)
+
+
+def step_decisions(counts: Mapping[tuple[str, str, str], int] | Iterable[tuple[tuple[str, str, str], int]]) -> None:
+    """Aggregated ``{(step type, decision, reason): n}`` of one chunk (reason "" when there is none)."""
+    items = counts.items() if isinstance(counts, Mapping) else counts
+    for (step_type, decision, reason), n in items:
+        if n:
+            STEP_DECISIONS.labels(step_type, decision, reason or "none").inc(n)
+
+
+def http_request_observed(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_SECONDS.labels(method, route, str(status)).observe(seconds)
+
+
+def websocket_opened() -> None:
+    WEBSOCKETS.inc()
+
+
+def websocket_closed() -> None:
+    WEBSOCKETS.dec()
