@@ -25,6 +25,7 @@ from apps.core.db import update_returning_ids
 from apps.core.tasks import deferred_tasks_flush, enqueue
 from apps.delivery.services import messages_redrive
 from apps.events.fanout import events_take_orphaned, events_take_unstarted
+from apps.observability.health import ticker_heartbeat
 from apps.workflows.engine import ADVANCE_TASK, DELIVER_TASK
 from apps.workflows.models import Run
 
@@ -129,6 +130,7 @@ class Ticker(threading.Thread):
             try:
                 tick()
                 self.ticks += 1
+                ticker_heartbeat()  # for manage.py clarion_health (a file touched at most every 5 s)
             except Exception:  # the database or the broker is away: try again next tick
                 if time.monotonic() - self._last_error_log > 60:
                     logger.warning("ticker: a tick failed; trying again every %s s", self.interval, exc_info=True)

@@ -17,6 +17,7 @@ from django.db import close_old_connections
 from django_q.brokers import get_broker
 from django_q.cluster import Cluster
 
+from apps.observability.exporter import exporter_start
 from apps.workflows import watchdog
 from apps.workflows.ticker import Ticker
 
@@ -37,6 +38,7 @@ class Command(BaseCommand):
         settings.SECRET_KEY  # noqa: B018 - fail now, as qcluster does, if there is none
         with_ticker = not options["no_ticker"]
         cluster, ticker = self._start(with_ticker)
+        exporter_start()  # CLARION_METRICS_PORT: this host's metrics, for hosts without a web process
         limit = watchdog.wedge_seconds()
         broker = get_broker()
         next_check = time.monotonic() + WATCH_INTERVAL
