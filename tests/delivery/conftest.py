@@ -51,11 +51,20 @@ class FakeServer:
         self.replies = list(replies or [Reply()])
         self.handler = handler
         self.requests: list[Received] = []
+        self.connections = 0  # TCP connections accepted (one handler per connection, kept alive)
         self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without this, a kept-alive connection waits
+            # for the client's delayed ACK (40 ms) on every answer.
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer.connections += 1
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

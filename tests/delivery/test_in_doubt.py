@@ -349,8 +349,12 @@ def test_the_category_policy_decides(tenant, fake_server, critical, policy, dedu
     assert message.status == (Message.Status.QUEUED if resent else Message.Status.IN_DOUBT), message.error
 
 
-def test_the_database_failing_after_the_provider_accepted_is_in_doubt_not_resent(tenant, fake_server, monkeypatch):
-    """The original duplicate: the ESP took it, Clarion could not record it."""
+@pytest.mark.parametrize("path", ["batch", "single"])
+def test_the_database_failing_after_the_provider_accepted_is_in_doubt_not_resent(
+    tenant, fake_server, monkeypatch, path
+):
+    """The original duplicate: the ESP took it, Clarion could not record it (a batch records its
+    successes with ``_record_sent``, one message with ``_finish_sent``)."""
     from apps.delivery.services import sending as services
 
     env = tenant.environment
@@ -361,8 +365,12 @@ def test_the_database_failing_after_the_provider_accepted_is_in_doubt_not_resent
     def database_gone(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(services, "_finish_sent", database_gone)
-    deliver_messages([message.pk])
+    if path == "batch":
+        monkeypatch.setattr(services, "_record_sent", database_gone)
+        deliver_messages([message.pk])
+    else:
+        monkeypatch.setattr(services, "_finish_sent", database_gone)
+        services.message_deliver(message_id=message.pk)
 
     message.refresh_from_db()
     assert message.status == Message.Status.IN_DOUBT and "delivery crashed during the http call" in message.error

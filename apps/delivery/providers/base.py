@@ -295,6 +295,33 @@ def heartbeat() -> bool:
     return True if beat is None else beat()
 
 
+_batch_session: ContextVar[requests.Session | None] = ContextVar("clarion_batch_session", default=None)
+
+
+@contextmanager
+def reused_session() -> Iterator[requests.Session]:
+    """One guarded session for every request made inside the block (a delivery batch): its
+    keep-alive connections are reused from one message to the next. Each new connection still goes
+    through the outbound address guard; a broken one is dropped from the pool by urllib3."""
+    with guarded_session() as session:
+        token = _batch_session.set(session)
+        try:
+            yield session
+        finally:
+            _batch_session.reset(token)
+
+
+@contextmanager
+def outbound_session() -> Iterator[requests.Session]:
+    """The batch's session when one is open (``reused_session``), else a new one closed after use."""
+    session = _batch_session.get()
+    if session is not None:
+        yield session
+        return
+    with guarded_session() as session:
+        yield session
+
+
 def http_post(
     url: str,
     *,
@@ -311,7 +338,7 @@ def http_post(
     is a terminal ``configuration`` error, whatever DNS answered when the integration was saved.
     """
     try:
-        with guarded_session() as session:
+        with outbound_session() as session:
             response = session.post(
                 url, json=json_body, data=data, headers=dict(headers or {}), auth=auth, timeout=timeout
             )
@@ -344,6 +371,14 @@ class Provider:
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         raise NotImplementedError
+
+    @contextmanager
+    def connection(self, integration: Integration | None) -> Iterator[None]:
+        """Keep what can be reused open for the ``send`` calls made inside the block (one delivery
+        batch through one integration): by default one HTTP session whose connections are kept
+        alive. A provider whose library holds its own connection overrides this."""
+        with reused_session():
+            yield
 
     def deduplicates_for(self, integration: Integration | None) -> bool:
         return self.deduplicates

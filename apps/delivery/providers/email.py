@@ -16,12 +16,16 @@ minutes); ``EMAIL_SPECS`` says which does what.
 from __future__ import annotations
 
 import html
+import logging
 import re
 import smtplib
 import socket
 import traceback
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +52,8 @@ from apps.delivery.providers.base import (
     refused_destination_error,
     register,
 )
+
+logger = logging.getLogger(__name__)
 
 EMAIL_BACKENDS: dict[str, str] = {
     "smtp": "django.core.mail.backends.smtp.EmailBackend",
@@ -306,17 +312,69 @@ def _classify(exc: Exception) -> ProviderError:
     return ProviderError(text[:2000], kind=ErrorKind.REJECTED)
 
 
-def send_email(message: Message, integration: Integration | None) -> SendResult:
+def _guarded_backend(integration: Integration | None) -> Any:
+    connection = _backend_for(integration)
+    if isinstance(connection, AnymailRequestsBackend):
+        # The API URL can be overridden (``api_url``): the ESP's requests go through the
+        # outbound address guard like every customer-configured destination.
+        create_session = connection.create_session
+        connection.create_session = lambda: guard_session(create_session())
+    return connection
+
+
+# Backends kept open for a delivery batch (``EmailProvider.connection``), by integration id (None:
+# Django's default backend).
+_open_backends: ContextVar[dict[int | None, Any] | None] = ContextVar("clarion_open_backends", default=None)
+
+
+@contextmanager
+def reused_backend(integration: Integration | None) -> Iterator[None]:
+    """Open the integration's backend once (Anymail: one requests session; SMTP: one connection)
+    for every ``send_email`` inside the block. A backend that cannot be opened is not kept: each
+    send then opens its own and reports the failure as usual. After any failed send the backend is
+    dropped, so the next send starts on a fresh connection."""
+    backends = dict(_open_backends.get() or {})
+    key = integration.pk if integration is not None else None
+    backend = None
     try:
-        connection = _backend_for(integration)
-        if isinstance(connection, AnymailRequestsBackend):
-            # The API URL can be overridden (``api_url``): the ESP's requests go through the
-            # outbound address guard like every customer-configured destination.
-            create_session = connection.create_session
-            connection.create_session = lambda: guard_session(create_session())
-        email = build_email(message, integration)
-        email.connection = connection
-        sent = email.send()
+        backend = _guarded_backend(integration)
+        backend.open()
+        backends[key] = backend
+    except Exception as exc:  # the sends themselves will classify it
+        logger.info("email backend for integration %s not kept open: %s", key, exc)
+        backend = None
+    token = _open_backends.set(backends)
+    try:
+        yield
+    finally:
+        _open_backends.reset(token)
+        _close_quietly(backends.get(key))
+
+
+def _close_quietly(backend: Any) -> None:
+    if backend is None:
+        return
+    try:
+        backend.close()
+    except Exception as exc:  # every message was settled before; a failed QUIT changes nothing
+        logger.info("closing an email backend failed: %s", exc)
+
+
+def send_email(message: Message, integration: Integration | None) -> SendResult:
+    backends = _open_backends.get()
+    key = integration.pk if integration is not None else None
+    reused = backends.get(key) if backends is not None else None
+    try:
+        try:
+            connection = reused if reused is not None else _guarded_backend(integration)
+            email = build_email(message, integration)
+            email.connection = connection
+            sent = email.send()
+        except BaseException:
+            if reused is not None and backends is not None:
+                backends.pop(key, None)  # its connection may be in any state now: start afresh
+                _close_quietly(reused)
+            raise
     except ProviderError:
         raise
     except DestinationRefused as exc:
@@ -337,6 +395,11 @@ class EmailProvider(Provider):
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         return send_email(message, integration)
+
+    @contextmanager
+    def connection(self, integration: Integration | None) -> Iterator[None]:
+        with reused_backend(integration):
+            yield
 
 
 def _email_provider(provider_name: str, required: tuple[str, ...] = ()) -> type[Provider]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlencode
 
@@ -73,6 +76,9 @@ def twilio_error(exc: TwilioRestException) -> ProviderError:
     )
 
 
+_twilio_clients: ContextVar[dict[int, Client] | None] = ContextVar("clarion_twilio_clients", default=None)
+
+
 @register
 class TwilioSms(Provider):
     """Credentials: ``account_sid`` and ``auth_token`` (or ``api_key_sid`` + ``api_key_secret``).
@@ -84,7 +90,27 @@ class TwilioSms(Provider):
     # Twilio's Messages API takes no idempotency key: a resend is a second SMS.
     metadata_field = "clarion_message_id in the StatusCallback URL"
 
+    @contextmanager
+    def connection(self, integration: Integration | None) -> Iterator[None]:
+        """One Twilio client (and so one HTTP session, kept alive) for the whole batch."""
+        clients = dict(_twilio_clients.get() or {})
+        if integration is not None:
+            clients[integration.pk] = self._new_client(integration)
+        token = _twilio_clients.set(clients)
+        try:
+            yield
+        finally:
+            _twilio_clients.reset(token)
+            for client in clients.values():
+                session = getattr(client.http_client, "session", None)
+                if session is not None:
+                    session.close()
+
     def client(self, integration: Integration) -> Client:
+        reused = (_twilio_clients.get() or {}).get(integration.pk)
+        return reused if reused is not None else self._new_client(integration)
+
+    def _new_client(self, integration: Integration) -> Client:
         creds = integration.credentials
         http_client = TwilioHttpClient(timeout=self.timeout(integration))
         if creds.get("api_key_sid"):

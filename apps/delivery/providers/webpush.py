@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pywebpush import WebPushException, webpush
 
-from apps.core.net import DestinationRefused, guarded_session
+from apps.core.net import DestinationRefused
 from apps.delivery.models import Integration, Message
 from apps.delivery.providers.base import (
     ErrorKind,
@@ -25,6 +25,7 @@ from apps.delivery.providers.base import (
     SendResult,
     error_from_requests_exception,
     kind_for_status,
+    outbound_session,
     parse_retry_after,
     refused_destination_error,
     register,
@@ -82,7 +83,7 @@ class WebPush(Provider):
         def push(destination: Destination) -> dict[str, Any]:
             try:
                 # The endpoint is the subscriber's browser's: through the outbound address guard.
-                with guarded_session() as session:
+                with outbound_session() as session:
                     response = webpush(
                         subscription_info={"endpoint": destination.url, "keys": destination.keys},
                         data=data,

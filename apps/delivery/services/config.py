@@ -22,6 +22,9 @@ class DeliveryConfig:
     message_ttl: float = 24 * 3600.0  # a message still undelivered after this long fails
     default_retries: int = 2  # retries on Django's default email backend (no integration)
     in_doubt_resends: int = 2  # resends of a message in doubt (same integration, same key) before it is held
+    # Messages a delivery batch writes ahead together (recorded as possibly sent before their calls,
+    # their outcomes recorded together after): the most a worker killed mid-batch leaves in doubt.
+    send_window: int = 20
 
 
 def delivery_config() -> DeliveryConfig:

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, CharField, F, Q, Value, When
 from django.utils import timezone
 
-from apps.delivery.addresses import subscriber_recipient
-from apps.delivery.models import DeliveryAttempt, Integration, Message
+from apps.delivery.addresses import SUPPRESSIBLE_CHANNELS, address_normalize, subscriber_recipient
+from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
 from apps.delivery.providers.base import (
     ErrorKind,
     Provider,
@@ -409,8 +409,16 @@ def message_deliver(*, message_id: int, only_integration: Integration | None = N
     if not _claim(message_id, timezone.now()):
         return None
     message = Message.objects.select_related("subscriber", "integration").get(pk=message_id)
+    _deliver_guarded(message, only_integration=only_integration)
+    return message
+
+
+def _deliver_guarded(
+    message: Message, *, only_integration: Integration | None = None, made: _Made | None = None
+) -> None:
+    """Deliver a message this worker claimed; a crash settles it (in doubt if a call was under way)."""
     try:
-        _deliver_claimed(message, only_integration=only_integration)
+        _deliver_claimed(message, only_integration=only_integration, made=made)
     except Exception as exc:  # a bug must not leave the message in sending until it is presumed dead
         logger.exception("message %s: delivery crashed", message.pk)
         what = f"{type(exc).__name__}: {exc}"
@@ -425,12 +433,14 @@ def message_deliver(*, message_id: int, only_integration: Integration | None = N
             )
         else:
             _defer(message, until=timezone.now() + timedelta(seconds=60), error=what)
-    return message
 
 
-def _deliver_claimed(message: Message, *, only_integration: Integration | None) -> None:
+def _deliver_claimed(message: Message, *, only_integration: Integration | None, made: _Made | None = None) -> None:
     cfg = delivery_config()
     pinned = message.in_doubt_count > 0 and only_integration is None
+    if made is not None:  # a batch checked the message (fresh, not suppressed) and made its first call
+        _continue_made(message, made, cfg)
+        return
     age = (timezone.now() - message.created_at).total_seconds()
     if age > cfg.message_ttl and only_integration is None:
         expired = f"expired: not delivered within {cfg.message_ttl:.0f} s ({message.error})".strip()
@@ -466,8 +476,30 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
     if not candidates:
         _finish_failed(message, f"no active {message.channel} integration")
         return
-    outcome = _Outcome(pinned=pinned)
-    if message.attempts:  # a re-driven message resumes where it left off
+    _deliver_to(message, candidates, _Outcome(pinned=pinned), cfg)
+
+
+def _continue_made(message: Message, made: _Made, cfg: DeliveryConfig) -> None:
+    outcome = _Outcome(reopen_at=made.reopen_at)
+    if _try_integration(message, made.candidates[0], outcome, cfg, made=made):
+        return
+    _deliver_to(message, made.candidates[1:], outcome, cfg, resume=False)
+
+
+def _deliver_to(
+    message: Message,
+    candidates: list[Integration | None],
+    outcome: _Outcome,
+    cfg: DeliveryConfig,
+    *,
+    resume: bool = True,
+) -> None:
+    """Through ``candidates`` in order until one settles the message; then defer, hold or fail it.
+
+    ``resume``: count the failures of earlier attempts (False: ``outcome`` already holds them).
+    """
+    pinned = outcome.pinned
+    if message.attempts and resume:  # a re-driven message resumes where it left off
         for integration_id, status in (
             DeliveryAttempt.objects.filter(message=message)
             .exclude(status=DeliveryAttempt.Status.SUCCESS)
@@ -508,8 +540,29 @@ def _deliver_claimed(message: Message, *, only_integration: Integration | None) 
     _finish_failed(message, error)
 
 
-def _try_integration(message: Message, integration: Integration | None, outcome: _Outcome, cfg: DeliveryConfig) -> bool:
-    """Try one integration with its retries. True when the message is settled (sent, failed or deferred)."""
+@dataclass
+class _Made:
+    """A call a delivery batch already made for a fresh message, which failed: handled from here on
+    as if ``_try_integration`` had made it (retries, failover, in doubt)."""
+
+    error: ProviderError
+    started: float  # time.monotonic() when the call started
+    started_at: datetime | None  # the message's send_started_at for that call
+    candidates: list[Integration | None]  # the called integration first, then the rest in failover order
+    reopen_at: datetime | None  # the earliest reopening of an integration skipped for its open circuit
+
+
+def _try_integration(
+    message: Message,
+    integration: Integration | None,
+    outcome: _Outcome,
+    cfg: DeliveryConfig,
+    made: _Made | None = None,
+) -> bool:
+    """Try one integration with its retries. True when the message is settled (sent, failed or deferred).
+
+    ``made``: the first call was already made (by a batch) and failed; continue from its error.
+    """
     key = integration.pk if integration else None
     allowed = 1 + (integration.retries if integration else cfg.default_retries)
     provider_name = integration.provider if integration else "default"
@@ -522,25 +575,35 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
     first_try = True
     first_ok = outcome.failures[key] == 0  # no failure of this integration in this delivery so far
     while outcome.failures[key] < allowed:
-        now = timezone.now()
-        if integration is not None:
-            may_send, reopen_at = _circuit_allows(integration, now, cfg, just_loaded=first_try)
+        result: SendResult | None = None
+        error: ProviderError | None = None
+        if made is not None:
+            call_started_at, started, error = made.started_at, made.started, made.error
+            made = None
             first_try = False
-            if not may_send:
-                if reopen_at and (outcome.reopen_at is None or reopen_at < outcome.reopen_at):
-                    outcome.reopen_at = reopen_at
-                return False
-            slot, _slept = _rate_limit_wait(integration, cfg)
-            if slot is not None:
-                _defer(message, until=slot, error=f"rate limit of {integration.rate_limit}/s on {provider_name}")
-                return True
-        if not _begin_call(message, integration, provider_name):
-            return True  # presumed dead during a wait and taken over: whoever holds it now sends it
-        call_started_at = message.send_started_at
-        started = time.monotonic()
-        try:
-            result = _send(provider, message, integration)
-        except ProviderError as exc:
+        else:
+            now = timezone.now()
+            if integration is not None:
+                may_send, reopen_at = _circuit_allows(integration, now, cfg, just_loaded=first_try)
+                first_try = False
+                if not may_send:
+                    if reopen_at and (outcome.reopen_at is None or reopen_at < outcome.reopen_at):
+                        outcome.reopen_at = reopen_at
+                    return False
+                slot, _slept = _rate_limit_wait(integration, cfg)
+                if slot is not None:
+                    _defer(message, until=slot, error=f"rate limit of {integration.rate_limit}/s on {provider_name}")
+                    return True
+            if not _begin_call(message, integration, provider_name):
+                return True  # presumed dead during a wait and taken over: whoever holds it now sends it
+            call_started_at = message.send_started_at
+            started = time.monotonic()
+            try:
+                result = _send(provider, message, integration)
+            except ProviderError as failed:
+                error = failed
+        if error is not None:
+            exc = error
             _record_attempt(message, integration, provider_name, started=started, error=exc)
             outcome.last_error = exc
             _remove_dead_devices(exc.dead_devices)
@@ -592,6 +655,7 @@ def _try_integration(message: Message, integration: Integration | None, outcome:
                 continue
             _defer(message, until=timezone.now() + timedelta(seconds=delay), error=f"{provider_name}: {exc}")
             return True
+        assert result is not None
         _record_attempt(message, integration, provider_name, started=started, result=result)
         if integration is not None and (integration.circuit_failures or integration.circuit_open_until or not first_ok):
             _circuit_success(integration)
@@ -675,17 +739,400 @@ def message_resend(*, message: Message) -> Message:
 
 
 def messages_deliver(*, message_ids: Sequence[int]) -> None:
-    """Deliver each message; past the task budget, hand the rest to a fresh task (they stay queued)."""
-    cfg = delivery_config()
-    deadline = time.monotonic() + cfg.task_budget
-    ids = list(message_ids)
-    for index, message_id in enumerate(ids):
-        if index and time.monotonic() > deadline:  # at least one per task, so the chain always advances
-            from apps.core.tasks import enqueue
+    """Deliver queued messages as one batch; past the task budget, hand the rest to a fresh task.
 
-            enqueue(DELIVER_TASK, ids[index:])
+    The batch claims its messages in one statement, checks suppressions and loads integrations once,
+    and sends fresh messages (first try, nothing in doubt) of one environment and channel through
+    one integration on one open connection (``Provider.connection``), ``SEND_WINDOW`` messages at a
+    time: one UPDATE records ahead that the window's calls may start (the in-doubt write-ahead), and
+    after the calls one transaction records their attempts and statuses and writes ahead the next
+    window. Whatever is not plain — a failed call, a retry, a resend in doubt, an integration
+    whose circuit is half-open or that has a rate limit — goes message by message through the
+    same code as ``message_deliver``.
+    """
+    _Batch(list(dict.fromkeys(message_ids))).run()
+
+
+CLAIM_CHUNK = 500  # messages claimed per statement (and held in memory) by a batch
+
+
+class _HandOff(Exception):
+    """The task budget is spent: what is left goes to a fresh task."""
+
+
+class _Batch:
+    def __init__(self, ids: list[int]) -> None:
+        self.cfg = delivery_config()
+        self.ids = ids
+        self.deadline = time.monotonic() + self.cfg.task_budget
+        self.window_size = max(1, int(self.cfg.send_window))
+        self.started = 0  # messages this task began to deliver (at least one before any hand-off)
+        # Claimed by this task and not begun yet: released on a hand-off, kept alive by heartbeats.
+        self.held: dict[int, Message] = {}
+        self.beat_every = send_heartbeat_seconds() / 4
+        self.last_beat = time.monotonic()
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for start in range(0, len(self.ids), CLAIM_CHUNK):
+            if self.started and time.monotonic() > self.deadline:
+                self._hand_off(self.ids[start:])
+                return
+            try:
+                self._deliver_chunk(self.ids[start : start + CLAIM_CHUNK])
+            except _HandOff:
+                self._hand_off(self.ids[start + CLAIM_CHUNK :])
+                return
+
+    def _check_budget(self) -> None:
+        if self.started and time.monotonic() > self.deadline:
+            raise _HandOff
+
+    def _begin(self, message: Message) -> bool:
+        """Take a held message to deliver it now; False if it is no longer this task's."""
+        self._check_budget()
+        if self.held.pop(message.pk, None) is None:
+            return False
+        self.started += 1
+        return True
+
+    def _hand_off(self, unclaimed: list[int]) -> None:
+        """Release what this task claimed but did not begin (nothing was sent for it) and enqueue it
+        with the ids it never claimed, in their original order."""
+        from apps.core.tasks import enqueue
+
+        released = list(self.held)
+        if released:
+            Message.objects.filter(pk__in=released, status=Message.Status.SENDING).update(
+                status=Message.Status.QUEUED, send_started_at=None, next_attempt_at=None, updated_at=timezone.now()
+            )
+            self.held.clear()
+        order = {pk: index for index, pk in enumerate(self.ids)}
+        rest = sorted({*released, *unclaimed}, key=order.__getitem__)
+        if rest:
+            enqueue(DELIVER_TASK, rest)
+
+    def _beat_if_due(self) -> None:
+        """Refresh the heartbeat of every held message (so none is presumed dead while it waits its
+        turn); forget those no longer this task's."""
+        if not self.held or time.monotonic() - self.last_beat < self.beat_every:
             return
-        message_deliver(message_id=message_id)
+        ours = _update_returning(list(self.held), {"updated_at": timezone.now()}, status=Message.Status.SENDING)
+        for pk in [pk for pk in self.held if pk not in ours]:
+            del self.held[pk]
+        self.last_beat = time.monotonic()
+
+    def _deliver_chunk(self, chunk: list[int]) -> None:
+        now = timezone.now()
+        claimed = _update_returning(
+            chunk,
+            {"status": Message.Status.SENDING.value, "next_attempt_at": None, "updated_at": now},
+            status=Message.Status.QUEUED,
+            due_by=now,
+        )
+        if not claimed:
+            return
+        loaded = Message.objects.select_related("subscriber", "integration").in_bulk(list(claimed))
+        messages = [loaded[pk] for pk in chunk if pk in loaded]
+        self.held.update((m.pk, m) for m in messages)
+        self.last_beat = time.monotonic()
+        fresh: list[Message] = []
+        other: list[Message] = []
+        for message in messages:
+            age = (now - message.created_at).total_seconds()
+            plain = message.attempts == 0 and message.in_doubt_count == 0 and age <= self.cfg.message_ttl
+            (fresh if plain else other).append(message)
+        suppressed = _suppressions_of(fresh)
+        groups: dict[tuple[int, str], list[Message]] = {}
+        for message in fresh:
+            suppression = suppressed.get(message.pk)
+            if suppression is not None:
+                if self._begin(message):
+                    _finish_failed(message, f"address inactive ({suppression.reason}): {message.recipient}")
+                continue
+            groups.setdefault((message.environment_id, message.channel), []).append(message)
+        integrations = _integrations_of(groups)
+        for (environment_id, channel), group in groups.items():
+            candidates: list[Integration | None] = list(integrations.get((environment_id, channel), []))
+            if not candidates and channel == "email":
+                candidates = [None]  # Django's default email backend
+            self._deliver_group(group, candidates, now)
+        self._one_by_one(other)
+
+    def _one_by_one(self, messages: Sequence[Message]) -> None:
+        """The per-message path (exactly ``message_deliver`` after its claim)."""
+        for message in messages:
+            self._beat_if_due()
+            if self._begin(message):
+                _deliver_guarded(message)
+
+    def _deliver_group(self, group: list[Message], candidates: list[Integration | None], now: datetime) -> None:
+        """Fresh messages of one environment and channel: through the first integration the failover
+        order would use now, on one connection, unless that choice needs the per-message path."""
+        if not candidates:
+            for message in group:
+                if self._begin(message):
+                    _finish_failed(message, f"no active {message.channel} integration")
+            return
+        index, reopen_at = _plain_choice(candidates, now)
+        if index is None:
+            self._one_by_one(group)
+            return
+        integration = candidates[index]
+        provider = get_provider(group[0].channel, integration.provider if integration else "smtp")
+        if provider is None:
+            self._one_by_one(group)
+            return
+        name = integration.provider if integration else "default"
+        queue = list(group)
+        failed: tuple[Message, _Made] | None = None
+        with provider.connection(integration):
+            window = self._write_ahead(queue[: self.window_size], integration, name)
+            del queue[: self.window_size]
+            while window:
+                sent: list[tuple[Message, SendResult, int]] = []
+                unsent: list[Message] = []
+                try:
+                    for position, message in enumerate(window):
+                        self._beat_if_due()
+                        if not self._begin(message):
+                            continue
+                        started = time.monotonic()
+                        try:
+                            result = _send(provider, message, integration)
+                        except ProviderError as exc:
+                            made = _Made(exc, started, message.send_started_at, candidates[index:], reopen_at)
+                            failed = (message, made)
+                            unsent = window[position + 1 :]
+                            break
+                        sent.append((message, result, int((time.monotonic() - started) * 1000)))
+                except _HandOff:
+                    self._settle_window(sent, integration, name, next_window=[], unsent=[])
+                    raise
+                next_window = [] if failed else queue[: self.window_size]
+                del queue[: len(next_window)]
+                window = self._settle_window(sent, integration, name, next_window=next_window, unsent=unsent)
+                if failed:
+                    break
+        if failed is not None:
+            message, made = failed
+            # The failed message, then the rest one by one: each rechecks the circuit and fails over.
+            _deliver_guarded(message, made=made)
+            self._one_by_one([m for m in group if m.pk in self.held])
+
+    def _write_ahead(self, window: list[Message], integration: Integration | None, name: str) -> list[Message]:
+        """Record that calls for these messages may start now (in doubt if the worker dies)."""
+        if not window:
+            return []
+        now = timezone.now()
+        ours = _update_returning(
+            [m.pk for m in window],
+            {
+                "send_started_at": now,
+                "integration_id": integration.pk if integration else None,
+                "provider": name,
+                "updated_at": now,
+            },
+            status=Message.Status.SENDING,
+        )
+        kept = []
+        for message in window:
+            if message.pk in ours:
+                message.send_started_at, message.integration, message.provider = now, integration, name
+                kept.append(message)
+            else:  # taken over (presumed dead while it waited): not this task's any more
+                self.held.pop(message.pk, None)
+        return kept
+
+    def _settle_window(
+        self,
+        sent: list[tuple[Message, SendResult, int]],
+        integration: Integration | None,
+        name: str,
+        *,
+        next_window: list[Message],
+        unsent: list[Message],
+    ) -> list[Message]:
+        """One transaction: the window's successes, the write-ahead taken back from messages that were
+        not called, and the next window's write-ahead. If it cannot be recorded, every message the
+        provider accepted is settled in doubt (it may not be sent again elsewhere)."""
+        try:
+            with transaction.atomic():
+                if sent:
+                    _record_sent(sent, integration, name)
+                if unsent:
+                    ids = [m.pk for m in unsent]
+                    Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).update(
+                        send_started_at=None, updated_at=timezone.now()
+                    )
+                    for message in unsent:
+                        message.send_started_at = None
+                return self._write_ahead(next_window, integration, name)
+        except Exception as exc:
+            logger.exception("delivery batch: recording %d send(s) through %s failed", len(sent), name)
+            what = f"{type(exc).__name__}: {exc}"
+            for message, _result, _ms in sent:
+                _settle_in_doubt(
+                    message,
+                    integration=integration,
+                    provider_name=name,
+                    evidence=f"delivery crashed during the {name} call ({what})",
+                    started_at=message.send_started_at,
+                )
+            for message in unsent:
+                message.send_started_at = None
+            return self._write_ahead(next_window, integration, name)
+
+
+def _plain_choice(candidates: list[Integration | None], now: datetime) -> tuple[int | None, datetime | None]:
+    """Which candidate the failover order sends a fresh message through now, when that needs no
+    per-message decision: (its index, the earliest reopening of an open circuit skipped on the way).
+    ``None``: a half-open circuit (one probe), a rate limit, or every circuit open."""
+    reopen_at: datetime | None = None
+    for index, integration in enumerate(candidates):
+        if integration is None:
+            return index, reopen_at
+        if integration.rate_limit and integration.rate_limit > 0:
+            return None, None
+        open_until = integration.circuit_open_until
+        if open_until is None:
+            return index, reopen_at
+        if open_until <= now:
+            return None, None  # half-open
+        reopen_at = open_until if reopen_at is None else min(reopen_at, open_until)
+    return None, None
+
+
+def _suppressions_of(messages: Sequence[Message]) -> dict[int, Suppression]:
+    """The suppression of each message's address (one query), as ``_suppression_of`` per message."""
+    keys = {
+        m.pk: (m.environment_id, m.channel, address_normalize(channel=m.channel, address=m.recipient))
+        for m in messages
+        if m.channel in SUPPRESSIBLE_CHANNELS
+    }
+    if not keys:
+        return {}
+    rows = Suppression.objects.filter(
+        environment_id__in={k[0] for k in keys.values()},
+        channel__in={k[1] for k in keys.values()},
+        address__in={k[2] for k in keys.values()},
+    )
+    found = {(s.environment_id, s.channel, s.address): s for s in rows}
+    return {pk: found[key] for pk, key in keys.items() if key in found}
+
+
+def _integrations_of(groups: dict[tuple[int, str], list[Message]]) -> dict[tuple[int, str], list[Integration]]:
+    """Active integrations per (environment, channel) in failover order (one query)."""
+    if not groups:
+        return {}
+    found: dict[tuple[int, str], list[Integration]] = {}
+    rows = Integration.objects.filter(
+        environment_id__in={env for env, _ in groups}, channel__in={channel for _, channel in groups}, active=True
+    ).order_by("priority", "id")
+    for integration in rows:
+        found.setdefault((integration.environment_id, integration.channel), []).append(integration)
+    return found
+
+
+def _record_sent(sent: list[tuple[Message, SendResult, int]], integration: Integration | None, name: str) -> None:
+    """What ``_record_attempt`` + ``_finish_sent`` + ``_apply_early_events`` do, for many messages:
+    one INSERT of the attempts, one UPDATE of the messages, one look for early callbacks."""
+    now = timezone.now()
+    DeliveryAttempt.objects.bulk_create(
+        [
+            DeliveryAttempt(
+                message=message,
+                integration=integration,
+                provider=name,
+                status=DeliveryAttempt.Status.SUCCESS,
+                response_code=result.status_code,
+                response=result.response,
+                duration_ms=duration_ms,
+            )
+            for message, result, duration_ms in sent
+        ]
+    )
+    ids = [message.pk for message, _, _ in sent]
+    provider_ids = {message.pk: result.provider_message_id[:255] for message, result, _ in sent}
+    if any(provider_ids.values()):
+        provider_id: Any = Case(
+            *[When(pk=pk, then=Value(value)) for pk, value in provider_ids.items()],
+            default=Value(""),
+            output_field=CharField(),
+        )
+    else:
+        provider_id = ""
+    moved = Message.objects.filter(_SETTLEABLE_BY_SUCCESS, pk__in=ids).update(
+        status=Message.Status.SENT,
+        attempts=F("attempts") + 1,
+        provider=name,
+        integration=integration,
+        provider_message_id=provider_id,
+        sent_at=now,
+        error="",
+        next_attempt_at=None,
+        send_started_at=None,
+        updated_at=now,
+    )
+    if moved < len(ids):
+        # A callback got there first for some (delivered, opened…): keep the provider's id for the next ones.
+        for pk, value in provider_ids.items():
+            if value:
+                Message.objects.filter(pk=pk, provider_message_id="").update(
+                    provider_message_id=value, provider=name, integration=integration, sent_at=now
+                )
+    dead: list[int] = []
+    for message, result, _ in sent:
+        message.status, message.provider, message.provider_message_id = (
+            Message.Status.SENT,
+            name,
+            provider_ids[message.pk],
+        )
+        message.integration, message.sent_at, message.error, message.send_started_at = integration, now, "", None
+        message.attempts += 1
+        dead.extend(result.dead_devices)
+    if integration is not None and (integration.circuit_failures or integration.circuit_open_until):
+        _circuit_success(integration)
+        integration.circuit_failures, integration.circuit_open_until = 0, None
+    _remove_dead_devices(dead)
+    with_ids = [message for message, _, _ in sent if message.provider_message_id]
+    if with_ids:
+        early = set(
+            MessageEvent.objects.filter(
+                environment_id__in={m.environment_id for m in with_ids},
+                provider_message_id__in={m.provider_message_id for m in with_ids},
+                message__isnull=True,
+            ).values_list("environment_id", "provider_message_id")
+        )
+        for message in with_ids:
+            if (message.environment_id, message.provider_message_id) in early:
+                _apply_early_events(message)
+
+
+def _update_returning(
+    ids: Sequence[int], assignments: dict[str, Any], *, status: str, due_by: datetime | None = None
+) -> set[int]:
+    """``UPDATE`` the messages among ``ids`` that are in ``status`` (and due by ``due_by``, when
+    given); the ids it changed. One statement (``RETURNING``); on SQLite older than 3.35 one per id."""
+    if not ids:
+        return set()
+    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=due_by) if due_by is not None else Q()
+    if not _RETURNING:  # pragma: no cover - SQLite older than 3.35
+        return {pk for pk in ids if Message.objects.filter(due, pk=pk, status=status).update(**assignments)}
+    quote = connection.ops.quote_name
+    table = quote(Message._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
+    set_sql = ", ".join(f"{quote(column)} = %s" for column in assignments)
+    params: list[Any] = [adapt(v) if isinstance(v, datetime) else v for v in assignments.values()]
+    where = f"status = %s AND id IN ({', '.join(['%s'] * len(ids))})"
+    params += [str(status), *ids]
+    if due_by is not None:
+        where += " AND (next_attempt_at IS NULL OR next_attempt_at <= %s)"
+        params.append(adapt(due_by))
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {set_sql} WHERE {where} RETURNING id", params)
+        return {int(row[0]) for row in cursor.fetchall()}
 
 
 def messages_redrive(*, now: datetime, limit: int = 5000) -> list[int]:
