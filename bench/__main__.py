@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from bench.common import Installation, database_connections, log, machine_info
-from bench.report import Row, complete, legacy_rows, render, row_from_dict
+from bench.report import Row, Skipped, complete, legacy_rows, render, row_from_dict
 
 # Order of the run (the table has its own order). recovery kills a worker: by name only.
 BENCHMARKS = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout", "recovery")
@@ -96,9 +96,14 @@ def run_one(name: str, installation: Installation, args: argparse.Namespace) -> 
         return {"error": f"not available: {exc}"}, [Row(name, f"(bench/{name}.py not available: {exc})", None)]
     config = _config(name, module, args)
     started = time.monotonic()
+    if name == "websocket" and not installation.redis_url:  # the module predates Skipped
+        return {"skipped": "needs REDIS_URL (channels-redis)"}, []
     try:
         kwargs: dict[str, Any] = {"profile": True} if args.profile and name in ("ingest", "fanout") else {}
         result = dict(module.run(installation, config, **kwargs) if config is not None else module.run(installation))
+    except Skipped as exc:
+        log(f"{name} skipped: {exc}")
+        return {"skipped": str(exc)}, []
     except Exception as exc:
         log(f"{name} failed:\n{traceback.format_exc()}")
         return {"error": f"{type(exc).__name__}: {exc}"[:2000]}, [
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         installation.cleanup()
     results["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    results["table"] = [row.to_dict() for row in complete(rows)]
+    skipped = {name: str(r["skipped"]) for name, r in results["benchmarks"].items() if r.get("skipped")}
+    results["table"] = [row.to_dict() for row in complete(rows, skipped)]
 
     if args.profile:
         for name, result in results["benchmarks"].items():

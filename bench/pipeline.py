@@ -63,7 +63,15 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(rate=20.0, embedded_rate=20.0, seconds=4.0, warmup_seconds=1.0, subscribers=20, drain_timeout=60.0)
+        return cls(
+            rate=10.0,
+            embedded_rate=10.0,
+            seconds=3.0,
+            warmup_seconds=0.0,
+            subscribers=10,
+            sample_every=0.5,
+            drain_timeout=60.0,
+        )
 
 
 class Counter:
@@ -260,6 +268,7 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
                 timeout=config.seconds + 120,
             )
             load_end = time.monotonic() - sampler.t0
+            cpu_load = meter.snapshot()  # the load window alone (scale-out compares these)
             sampler.stop()
             accepted_total = int(counter.counts()["events"])
             drained, drain_seconds, last = _wait_drained(sampler, accepted_total, config.drain_timeout)
@@ -313,6 +322,7 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
         "window_seconds": round(window, 1),
         "cpu_seconds": cpu,
         "cpu_ms_per_event": per_unit(cpu, accepted),
+        "cpu_seconds_load_window": cpu_load,
         "samples": samples,
     }
     log(

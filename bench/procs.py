@@ -212,6 +212,7 @@ class CpuMeter:
     _last: dict[tuple[int, int], int] = field(default_factory=dict)
     _group: dict[tuple[int, int], str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _started_at: float = 0.0
     _seconds: float = 0.0
@@ -234,7 +235,8 @@ class CpuMeter:
                 # cluster's own processes ("postgres: checkpointer", "postgres: walwriter", …).
                 parts = line.split()
                 is_backend = len(parts) >= 4 and ("(" in parts[3] or parts[3] == "[local]")
-                ours = not is_backend or (len(parts) >= 3 and parts[2] == self.database_name)
+                # the run's database, and databases named after it (the peer's "<name>_hq")
+                ours = not is_backend or (len(parts) >= 3 and parts[2].startswith(self.database_name or "\0"))
                 if "autovacuum worker" in line:
                     ours = self.database_name in parts[3:] if len(parts) > 3 else True
                 groups[pid] = "postgres" if ours else "postgres_other"
@@ -243,6 +245,10 @@ class CpuMeter:
         return groups
 
     def _sample(self, first: bool = False) -> None:
+        with self._lock:
+            self._sample_locked(first)
+
+    def _sample_locked(self, first: bool) -> None:
         procs = all_procs()
         groups = self._classify(procs)
         for pid, group in groups.items():
@@ -285,11 +291,20 @@ class CpuMeter:
         if not self._stop.is_set():
             self.stop()
 
+    def snapshot(self) -> dict[str, float]:
+        """The result so far, without stopping (e.g. at the end of the load, before a drain)."""
+        self._sample()
+        self._seconds = time.monotonic() - self._started_at
+        self._self_cpu = time.process_time() - self._self_start
+        return self.result()
+
     def result(self) -> dict[str, float]:
         """CPU seconds per group, plus ``system``, ``total``, ``wall_seconds`` and the sampling count."""
         sums: dict[str, float] = {g: 0.0 for g in (*SYSTEM_GROUPS, "loadgen")}
         other = 0.0
-        for key, first in self._first.items():
+        with self._lock:
+            firsts = list(self._first.items())
+        for key, first in firsts:
             used = (self._last.get(key, first) - first) / CLOCK_TICKS
             group = self._group[key]
             if first == 0 and key[0] in self.reported:  # born in the window, exited: its own whole count
@@ -302,6 +317,9 @@ class CpuMeter:
         sums["system"] = sum(sums[g] for g in SYSTEM_GROUPS)
         sums["total"] = sums["system"] + sums["loadgen"]
         sums["orchestrator"] = self._self_cpu
+        # cores busy on average: system CPU over wall time (2.0 = both cores of a 2-core machine)
+        sums["system_cores"] = sums["system"] / self._seconds if self._seconds else 0.0
+        sums["postgres_share"] = sums["postgres"] / sums["system"] if sums["system"] else 0.0
         sums = {k: round(v, 3) for k, v in sums.items()}
         sums["wall_seconds"] = round(self._seconds, 3)
         sums["samples"] = self._samples

@@ -8,6 +8,12 @@ H6 pipeline/scaleout):
 * it defines ``rows(result: dict) -> list[Row]`` that turns that dict into table rows. The
   ``__main__`` calls ``module.rows(result)``; a module without ``rows`` gets a fallback row that
   says so. Keep ``rows`` pure (no I/O): it also runs on saved ``--json`` output.
+* a module that cannot run on this installation raises :class:`Skipped` ("needs REDIS_URL"):
+  not a failure; its expected rows show "(not measured)" and the reason.
+* processes, load and CPU: ``bench.procs.Stack`` (web / workers / fake ESP on loopback, and
+  ``CpuMeter`` over every process incl. PostgreSQL backends and Redis), ``bench.loadgen`` (open
+  loop at a fixed rate, or closed loop / wrk), ``bench.baselines.copy_rows`` (COPY), and
+  ``bench.peers.run_notifications_hq`` (the django-notifications-hq peer).
 
 A :class:`Row` is one line of the table::
 
@@ -34,6 +40,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+
+class Skipped(Exception):
+    """Raised by a module's ``run`` when it does not apply to this installation (e.g. needs Redis).
+
+    ``python -m bench`` then shows the section's expected rows as "(not measured)" with the reason,
+    and it is not a failure."""
 
 
 @dataclass
@@ -199,10 +212,15 @@ EXPECTED: tuple[Row, ...] = (
 SECTION_ORDER = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout")
 
 
-def complete(rows: list[Row]) -> list[Row]:
+def complete(rows: list[Row], skipped: dict[str, str] | None = None) -> list[Row]:
     """The measured rows, plus an "(not measured)" row for each expected figure of a section that did not run."""
     measured_sections = {row.section for row in rows}
-    out = list(rows) + [row for row in EXPECTED if row.section not in measured_sections]
+    reasons = skipped or {}
+    out = list(rows) + [
+        Row(**{**asdict(row), "note": reasons.get(row.section, row.note)})
+        for row in EXPECTED
+        if row.section not in measured_sections
+    ]
     order = {name: i for i, name in enumerate(SECTION_ORDER)}
     return sorted(out, key=lambda r: order.get(r.section, len(order)))  # stable: keeps each section's order
 
