@@ -1,8 +1,10 @@
-"""Smoke test of the benchmark suite: ``python -m bench --quick --json`` runs and reports numbers.
+"""Smoke test of the benchmark suite: ``python -m bench --quick --json`` runs and prints one table.
 
-No timing assertions (speed is judged by the ratios in docs/benchmarks.md, on a quiet machine):
-only that both benchmarks ran end to end against a real uvicorn process / the real engine and
-reported the keys and positive values the docs and ``make bench`` rely on.
+Embedded default only (never a services test database), smoke sizes, no timing assertions (speed
+is judged from docs/benchmarks.md's quiet runs): every benchmark ran or said why it was skipped,
+the table has a row for every figure of issue #15, and the end-to-end pipeline really went through
+real processes — every in-app message committed, every email at the fake ESP, CPU counted for
+the web, the workers and the load generator.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.report import render
+from bench.report import SECTION_ORDER, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,23 +27,18 @@ pytestmark = pytest.mark.system
 
 @pytest.fixture(scope="module")
 def quick_results() -> dict[str, Any]:
-    # Always the embedded default: never let the bench write into a services test database.
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
+    drop = {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "BENCH_PORT_BASE"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=420,
     )
     assert result.returncode == 0, f"python -m bench --quick failed\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return json.loads(result.stdout)
-
-
-def _positive(mapping: dict[str, Any], *keys: str) -> None:
-    for key in keys:
-        assert isinstance(mapping[key], int | float) and mapping[key] > 0, (key, mapping[key])
+    return dict(json.loads(result.stdout))
 
 
 def test_quick_run_reports_machine_and_installation(quick_results: dict[str, Any]) -> None:
@@ -50,47 +47,38 @@ def test_quick_run_reports_machine_and_installation(quick_results: dict[str, Any
     assert "SQLite" in quick_results["installation"]
     machine = quick_results["machine"]
     assert machine["database"] == "sqlite" and machine["broker"] == "orm"
-    _positive(machine, "cpus")
-    assert set(quick_results["benchmarks"]) == {"ingest", "fanout", "digest"}
+    assert machine["cpus"] > 0
 
 
-def test_quick_ingest_measures_trigger_against_bare(quick_results: dict[str, Any]) -> None:
-    ingest = quick_results["benchmarks"]["ingest"]
-    for name in ("bare", "trigger"):
-        row = ingest[name]
-        assert row["requests"] == ingest["config"]["requests_per_endpoint"] > 0
-        assert row["errors"] == 0, row["first_error"]
-        _positive(row, "requests_per_s", "p50_ms", "p99_ms", "seconds")
-        assert row["p99_ms"] >= row["p50_ms"]
-    _positive(ingest, "ratio_trigger_over_bare")
-    # The bare endpoint only authenticates; the trigger also resolves the workflow, ensures the
-    # subscriber, writes the event and enqueues (an INSERT on the ORM broker).
-    assert ingest["queries_per_request"]["bare"] == 1
-    assert ingest["queries_per_request"]["trigger"] > ingest["queries_per_request"]["bare"]
+def test_every_benchmark_ran_or_says_why_not(quick_results: dict[str, Any]) -> None:
+    for name, result in quick_results["benchmarks"].items():
+        assert "error" not in result, (name, result["error"])
+    # on the embedded default these need PostgreSQL + Redis
+    assert "skipped" in quick_results["benchmarks"]["scaleout"]
+    assert "skipped" in quick_results["benchmarks"]["websocket"]
 
 
-def test_quick_fanout_measures_engine_against_bulk_create(quick_results: dict[str, Any]) -> None:
-    fanout = quick_results["benchmarks"]["fanout"]
-    assert fanout["config"]["subscribers"] > 0
-    for name in ("clarion", "baseline"):
-        _positive(fanout[name], "seconds", "notifications_per_s")
-        assert len(fanout[name]["runs_seconds"]) == fanout["config"]["repeats"]
-    _positive(fanout, "ratio_clarion_over_baseline")
+def test_table_has_every_figure_of_the_issue(quick_results: dict[str, Any]) -> None:
+    table = quick_results["table"]
+    assert {row["section"] for row in table} == set(SECTION_ORDER)
+    for row in table:
+        assert set(row) >= {"goal", "measured", "baseline", "ratio", "met", "unit"}
+    measured = {row["section"] for row in table if row["measured"] is not None}
+    ran = {name for name, r in quick_results["benchmarks"].items() if "skipped" not in r}
+    assert ran <= measured | {"recovery"}, "a benchmark ran but put no measured row in the table"
+    text = render(quick_results)
+    assert "goal" in text and "measured" in text and "baseline" in text and "ratio" in text
 
 
-def test_quick_digest_measures_ingest_and_flush(quick_results: dict[str, Any]) -> None:
-    digest = quick_results["benchmarks"]["digest"]
-    config = digest["config"]
-    # the run itself checks one message per digest with the full count and no run left waiting
-    assert config["entries"] == config["subscribers"] * config["triggers"] > 0
-    _positive(digest["ingest"], "seconds", "entries_per_s", "median_trigger_seconds")
-    _positive(digest["baseline"], "median_seconds", "entries_per_s")
-    _positive(digest["flush"], "seconds", "digests_per_s", "entries_per_s")
-    _positive(digest, "ratio_clarion_over_baseline")
-
-
-def test_table_renders_both_benchmarks(quick_results: dict[str, Any]) -> None:
-    table = render(quick_results)
-    assert "flush of all" in table
-    assert "ratio trigger/bare" in table
-    assert "ratio clarion/baseline" in table
+def test_quick_pipeline_goes_through_real_processes(quick_results: dict[str, Any]) -> None:
+    embedded = quick_results["benchmarks"]["pipeline"]["modes"]["embedded"]
+    assert embedded["accepted"] == embedded["loadgen"]["scheduled"] > 0
+    assert embedded["trigger_errors"] == 0
+    assert embedded["drained"] is True
+    assert embedded["inbox_committed"] == embedded["accepted"]
+    assert embedded["emails_accepted"] == embedded["accepted"]
+    cpu = embedded["cpu_seconds"]
+    for group in ("web", "worker", "loadgen"):
+        assert cpu[group] > 0, (group, cpu)
+    assert cpu["postgres"] == cpu["redis"] == 0  # SQLite and the ORM broker: nothing else to count
+    assert embedded["sustained_events_per_s"] > 0
