@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -193,6 +194,26 @@ def redis_pid(redis_url: str) -> int | None:
     return None
 
 
+_CLIENT = re.compile(r"^(\[local\]|[0-9A-Fa-f.:]+\(\d+\))$")
+
+
+def postgres_process_is_ours(line: str, database_name: str) -> bool:
+    """Whether a postgres process (by its title) works for the run's database(s).
+
+    Backends read ``postgres: [cluster: ]user database host(port) state``; autovacuum workers
+    ``postgres: [cluster: ]autovacuum worker database``; the cluster's own processes
+    (checkpointer, walwriter, …) name no database and count for every run. Databases named after
+    the run's (the peer's ``<name>_hq``) count as the run's.
+    """
+    tokens = line.split()
+    for i, token in enumerate(tokens):
+        if _CLIENT.match(token) and i >= 2:
+            return bool(database_name) and tokens[i - 1].startswith(database_name)
+    if "autovacuum worker" in line and not line.rstrip().endswith("worker"):
+        return bool(database_name) and tokens[-1].startswith(database_name)
+    return True
+
+
 # --- the meter -----------------------------------------------------------------------------------
 
 SYSTEM_GROUPS = ("web", "worker", "esp", "postgres", "redis")
@@ -208,6 +229,7 @@ class CpuMeter:
     redis: int | None = None
     interval: float = 0.25
     reported: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds a process reported at its exit
+    exclude: set[int] = field(default_factory=set)  # e.g. the backend of the orchestrator's own counting queries
     _first: dict[tuple[int, int], int] = field(default_factory=dict)
     _last: dict[tuple[int, int], int] = field(default_factory=dict)
     _group: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -228,17 +250,9 @@ class CpuMeter:
                     groups.setdefault(pid, group)
         if self.postmaster is not None:
             for pid in descendants(self.postmaster, procs):
-                if pid in groups:
+                if pid in groups or pid in self.exclude:
                     continue
-                line = cmdline(pid)
-                # "postgres: user db 127.0.0.1(port) state" for a backend; no database for the
-                # cluster's own processes ("postgres: checkpointer", "postgres: walwriter", …).
-                parts = line.split()
-                is_backend = len(parts) >= 4 and ("(" in parts[3] or parts[3] == "[local]")
-                # the run's database, and databases named after it (the peer's "<name>_hq")
-                ours = not is_backend or (len(parts) >= 3 and parts[2].startswith(self.database_name or "\0"))
-                if "autovacuum worker" in line:
-                    ours = self.database_name in parts[3:] if len(parts) > 3 else True
+                ours = postgres_process_is_ours(cmdline(pid), self.database_name)
                 groups[pid] = "postgres" if ours else "postgres_other"
         if self.redis is not None and self.redis in procs:
             groups.setdefault(self.redis, "redis")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.procs import CpuMeter, per_unit
+from bench.procs import CpuMeter, per_unit, postgres_process_is_ours
 from bench.report import EXPECTED, SECTION_ORDER, Row, complete, row_from_dict, table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +147,23 @@ def test_loadgen_closed_loop(tmp_path: Path, http_server: str) -> None:
     assert result["mode"] == "closed" and result["ok"] > 0 and result["errors"] == 0
     assert result["requests_per_s"] > 0
     assert len(_Handler.bodies) == result["ok"]
+
+
+@pytest.mark.parametrize(
+    ("title", "ours"),
+    [
+        ("postgres: 15/main: postgres clarion_b_1a2b3c 127.0.0.1(34174) idle", True),
+        ("postgres: postgres clarion_b_1a2b3c 127.0.0.1(34174) INSERT", True),
+        ("postgres: 15/main: postgres clarion_b_1a2b3c_hq 127.0.0.1(3417) idle in transaction", True),
+        ("postgres: 15/main: postgres clarion_h1 127.0.0.1(34174) idle", False),
+        ("postgres: postgres test_clarion_h2 [local] SELECT", False),
+        ("postgres: 15/main: checkpointer", True),
+        ("postgres: 15/main: walwriter", True),
+        ("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main -c config_file=x", True),
+        ("postgres: 15/main: autovacuum launcher", True),
+        ("postgres: 15/main: autovacuum worker clarion_b_1a2b3c", True),
+        ("postgres: 15/main: autovacuum worker clarion_h1", False),
+    ],
+)
+def test_postgres_processes_of_the_run(title: str, ours: bool) -> None:
+    assert postgres_process_is_ours(title, "clarion_b_1a2b3c") is ours
