@@ -47,6 +47,7 @@ class Installation:
     _django_ready: bool = False
     _migrated: bool = False
     created_database: str = ""  # the throwaway database this run created (dropped by cleanup)
+    base_database_url: str = ""  # DATABASE_URL as given (the throwaway database is named after it)
 
     @classmethod
     def create(cls, *, embedded: bool = False, throwaway: bool = True) -> Installation:
@@ -56,10 +57,27 @@ class Installation:
         redis_url = "" if embedded else os.environ.get("REDIS_URL", "")
         if redis_url and urlsplit(redis_url).path.strip("/") in ("", "0"):
             raise RuntimeError("REDIS_URL must name a spare Redis database (not 0): the bench flushes it at the end")
-        installation = cls(var_dir=var_dir, database_url=database_url, redis_url=redis_url)
+        installation = cls(
+            var_dir=var_dir, database_url=database_url, redis_url=redis_url, base_database_url=database_url
+        )
         if throwaway and installation.database == "postgresql":
             installation._create_throwaway_database()
         return installation
+
+    def fresh(self) -> Installation:
+        """A new installation like this one: a new throwaway database (or SQLite file) and the
+        Redis database flushed now, so nothing another section left queued reaches its workers."""
+        var_dir = Path(tempfile.mkdtemp(prefix="clarion-bench-"))
+        other = type(self)(
+            var_dir=var_dir,
+            database_url=self.base_database_url,
+            redis_url=self.redis_url,
+            base_database_url=self.base_database_url,
+        )
+        if other.database == "postgresql":
+            other._create_throwaway_database()
+        other._flush_redis()
+        return other
 
     @property
     def database_name(self) -> str:

@@ -346,18 +346,20 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
 
 
 def run(installation: Installation, config: Config | None = None) -> dict[str, Any]:
+    """Each mode on a fresh installation: what other sections left queued must not reach its workers."""
     config = config or Config()
     result: dict[str, Any] = {"config": config.__dict__, "modes": {}}
+    plans = []
     if installation.database == "postgresql" and installation.redis_url:
-        result["modes"]["services"] = run_mode(installation, config, "services")
-    if installation.database == "sqlite":
-        result["modes"]["embedded"] = run_mode(installation, config, "embedded")
-    elif config.embedded:
-        embedded = Installation.create(embedded=True)
+        plans.append(("services", installation.fresh))
+    if installation.database == "sqlite" or config.embedded:
+        plans.append(("embedded", lambda: Installation.create(embedded=True)))
+    for mode, make in plans:
+        fresh = make()
         try:
-            result["modes"]["embedded"] = run_mode(embedded, config, "embedded")
+            result["modes"][mode] = run_mode(fresh, config, mode)
         finally:
-            embedded.cleanup()
+            fresh.cleanup()
     return result
 
 

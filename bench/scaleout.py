@@ -46,7 +46,7 @@ def run(installation: Installation, config: Config | None = None) -> dict[str, A
         raise Skipped("needs DATABASE_URL (PostgreSQL) and REDIS_URL")
     for web in config.webs:
         for workers in config.workers:
-            fresh = Installation.create()
+            fresh = installation.fresh()
             try:
                 mode = pipeline.run_mode(
                     fresh,
