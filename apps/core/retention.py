@@ -181,15 +181,38 @@ def take_batch(run: PruneRun, queryset: models.QuerySet[Any]) -> list[Any]:
     return list(queryset.order_by("pk").values_list("pk", flat=True)[: run.batch_size])
 
 
+def old_rows_bound(model: type[models.Model], field: str, cutoff: datetime) -> Any | None:
+    """The first primary key whose ``field`` is not older than ``cutoff`` (None: every row is).
+
+    Rows are numbered in the order they were written, so the rows old enough to prune sit below
+    it: filtering candidates on ``pk < bound`` keeps each batch's scan within the old end of the
+    primary-key index instead of the whole table, also on a table with no index on ``field``.
+    The walk to the bound reads the old rows once and stops at the first young one.
+    """
+    return (
+        model._default_manager.filter(**{f"{field}__gte": cutoff}).order_by("pk").values_list("pk", flat=True).first()
+    )
+
+
 def prune_batches(
-    run: PruneRun, candidates: models.QuerySet[Any], delete_children: Callable[[list[Any]], object] | None = None
+    run: PruneRun,
+    candidates: models.QuerySet[Any],
+    delete_children: Callable[[list[Any]], object] | None = None,
+    *,
+    written_before: tuple[str, datetime] | None = None,
 ) -> int:
     """Delete ``candidates`` batch by batch (each its own short transaction) until none are left
     or the budget is spent; ``delete_children(ids)`` runs first in each batch's transaction.
 
-    Dry: counts the candidates instead, and deletes nothing.
+    ``written_before=(field, cutoff)``: every candidate was written before ``cutoff`` (``field``
+    is its creation time), which bounds the scan (``old_rows_bound``); rows written in the same
+    instant as the bound may wait for the next tick. Dry: counts the candidates, deletes nothing.
     """
     model = candidates.model
+    if written_before is not None:
+        bound = old_rows_bound(model, *written_before)
+        if bound is not None:
+            candidates = candidates.filter(pk__lt=bound)
     if run.dry_run:
         run.count(model, candidates.count())
         return 0

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from apps.core.retention import PruneRun, RetentionPolicy, clear_all, delete_all, prune_batches
+from apps.core.retention import PruneRun, RetentionPolicy, clear_all, delete_all, old_rows_bound, prune_batches
 from apps.delivery.models import DeliveryAttempt, Message, MessageEvent, Suppression
 
 SETTLED_STATUSES = (Message.Status.SENT, *Message.TERMINAL_STATUSES)
@@ -28,12 +28,14 @@ def prunable_messages(policy: RetentionPolicy, now: datetime) -> QuerySet[Messag
     cutoff = policy.cutoff(policy.messages_days, now)
     if cutoff is None:
         return Message.objects.none()
-    return Message.objects.filter(
+    messages = Message.objects.filter(
         Q(run__isnull=True) | ~Q(run__status__in=LIVE_RUN_STATUSES),
         environment_id=policy.environment_id,
         status__in=SETTLED_STATUSES,
         updated_at__lt=cutoff,
     )
+    bound = old_rows_bound(Message, "created_at", cutoff)  # a message changes after it is created
+    return messages if bound is None else messages.filter(pk__lt=bound)
 
 
 def _delete_message_children(run: PruneRun, message_ids: list[Any]) -> None:
@@ -53,9 +55,12 @@ def prune(policy: RetentionPolicy, run: PruneRun) -> None:
                 message__status__in=SETTLED_STATUSES,
                 created_at__lt=delivery_cutoff,
             ),
+            written_before=("created_at", delivery_cutoff),
         )
         prune_batches(
-            run, MessageEvent.objects.filter(environment_id=policy.environment_id, received_at__lt=delivery_cutoff)
+            run,
+            MessageEvent.objects.filter(environment_id=policy.environment_id, received_at__lt=delivery_cutoff),
+            written_before=("received_at", delivery_cutoff),
         )
     messages = prunable_messages(policy, run.now)
     if not run.dry_run:  # a dry run detached nothing: count them all

@@ -29,5 +29,10 @@ def prune(policy: RetentionPolicy, run: PruneRun) -> None:
             status__in=FINISHED_EVENT_STATUSES,
             created_at__lt=cutoff,
         ),
+        written_before=("created_at", cutoff),
     )
-    prune_batches(run, IdempotencyRecord.objects.filter(environment_id=policy.environment_id, created_at__lt=cutoff))
+    prune_batches(
+        run,
+        IdempotencyRecord.objects.filter(environment_id=policy.environment_id, created_at__lt=cutoff),
+        written_before=("created_at", cutoff),
+    )

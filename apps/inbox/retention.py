@@ -23,6 +23,7 @@ def prune(policy: RetentionPolicy, run: PruneRun) -> None:
             InboxMessage.objects.filter(
                 Q(archived_at__lt=cutoff) | Q(deleted_at__lt=cutoff), environment_id=policy.environment_id
             ),
+            written_before=("created_at", cutoff),
         )
     if run.dry_run or run.out_of_time():
         return

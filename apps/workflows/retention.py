@@ -42,6 +42,7 @@ def prune(policy: RetentionPolicy, run: PruneRun) -> None:
             environment_id=policy.environment_id, status__in=CLOSED_BUCKET_STATUSES, closed_at__lt=cutoff
         ),
         lambda ids: delete_all(run, DigestEntry.objects.filter(bucket_id__in=ids)),
+        written_before=("opened_at", cutoff),
     )
     held = DigestEntry.objects.filter(run_id=OuterRef("pk"), bucket__status__in=LIVE_BUCKET_STATUSES)
     leads = DigestBucket.objects.filter(leader_run_id=OuterRef("pk"), status__in=LIVE_BUCKET_STATUSES)
@@ -53,4 +54,4 @@ def prune(policy: RetentionPolicy, run: PruneRun) -> None:
         status__in=FINISHED_RUN_STATUSES,
         updated_at__lt=cutoff,
     )
-    prune_batches(run, runs, lambda ids: _delete_run_children(run, ids))
+    prune_batches(run, runs, lambda ids: _delete_run_children(run, ids), written_before=("created_at", cutoff))

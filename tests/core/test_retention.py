@@ -56,6 +56,11 @@ def _build_trace(environment: Environment, *, events: int, subscribers: int) -> 
     subs = Subscriber.objects.bulk_create(
         [Subscriber(environment=environment, subscriber_id=f"{environment.slug}-u{i}") for i in range(subscribers)]
     )
+    # Written first (rows are numbered in the order they are written), archived long ago.
+    archived_old = InboxMessage.objects.create(
+        environment=environment, subscriber=subs[0], title="old", archived_at=now - timedelta(days=200)
+    )
+    InboxMessage.objects.filter(pk=archived_old.pk).update(created_at=now - timedelta(days=300))
     event_rows = Event.objects.bulk_create(
         [
             Event(
@@ -188,9 +193,6 @@ def _build_trace(environment: Environment, *, events: int, subscribers: int) -> 
         closed_at=old,
     )
     DigestEntry.objects.create(bucket=closed_bucket, run=runs[0], step_id="d")
-    archived_old = InboxMessage.objects.create(
-        environment=environment, subscriber=subs[0], title="old", archived_at=now - timedelta(days=200)
-    )
     archived_recent = InboxMessage.objects.create(
         environment=environment, subscriber=subs[0], title="recent", archived_at=now - timedelta(days=10)
     )
@@ -377,3 +379,30 @@ def test_policy_cutoff_zero_keeps_forever() -> None:
 
     assert RetentionPolicy.cutoff(0, now) is None
     assert RetentionPolicy.cutoff(30, now) == now - timedelta(days=30)
+
+
+def test_scans_stop_at_the_first_row_young_enough_to_keep() -> None:
+    from apps.core.retention import old_rows_bound
+
+    environment = EnvironmentFactory()
+    now = timezone.now()
+    records = [
+        IdempotencyRecord.objects.create(
+            environment=environment,
+            key=f"k{i}",
+            request_fingerprint="f",
+            method="POST",
+            path="/x",
+            response_status=202,
+            response_body={},
+        )
+        for i in range(4)
+    ]
+    for record, age in zip(records, (120, 100, 10, 1), strict=True):
+        IdempotencyRecord.objects.filter(pk=record.pk).update(created_at=now - timedelta(days=age))
+    assert old_rows_bound(IdempotencyRecord, "created_at", now - timedelta(days=90)) == records[2].pk
+    assert old_rows_bound(IdempotencyRecord, "created_at", now + timedelta(days=1)) is None
+
+    run = prune(environments=[environment.slug], now=now)
+    assert run.totals() == {"events.IdempotencyRecord": 2}
+    assert set(IdempotencyRecord.objects.values_list("pk", flat=True)) == {records[2].pk, records[3].pk}
