@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from bench.common import Installation, database_connections, log, machine_info
-from bench.report import Row, Skipped, complete, legacy_rows, render, row_from_dict
+from bench.report import Row, Skipped, coerce_row, complete, legacy_rows, render, row_from_dict
 
 # Order of the run (the table has its own order). recovery kills a worker: by name only.
 BENCHMARKS = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout", "recovery")
@@ -32,6 +32,7 @@ LEGACY_CONFIG = {
     "digest": "DigestConfig",
     "websocket": "WebsocketConfig",
     "recovery": "RecoveryConfig",
+    "delivery": "DeliveryConfig",
 }
 # command-line option -> (benchmark, config field)
 OVERRIDES = {
@@ -115,7 +116,7 @@ def run_one(name: str, installation: Installation, args: argparse.Namespace) -> 
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     rows_of = getattr(module, "rows", None)
     try:
-        rows = list(rows_of(result)) if rows_of is not None else legacy_rows(name, result)
+        rows = [coerce_row(name, r) for r in rows_of(result)] if rows_of is not None else legacy_rows(name, result)
     except Exception as exc:
         rows = [Row(name, f"(rows() failed: {type(exc).__name__}: {exc})", None)]
     return result, rows

@@ -5,7 +5,9 @@ H6 pipeline/scaleout):
 
 * its ``run(...)`` returns a JSON-able ``dict`` (kept whole under ``benchmarks.<name>`` in
   ``--json``), and
-* it defines ``rows(result: dict) -> list[Row]`` that turns that dict into table rows. The
+* it defines ``rows(result: dict) -> list[Row]`` that turns that dict into table rows (a plain
+  dict per row with ``name``, ``measured``, ``goal`` like ">= 500/s", ``baseline``… is accepted
+  too, see :func:`coerce_row`, but a Row says exactly which goal applies). The
   ``__main__`` calls ``module.rows(result)``; a module without ``rows`` gets a fallback row that
   says so. Keep ``rows`` pure (no I/O): it also runs on saved ``--json`` output.
 * a module that cannot run on this installation raises :class:`Skipped` ("needs REDIS_URL"):
@@ -38,6 +40,7 @@ so > 1 is still better).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,6 +114,30 @@ class Row:
 def row_from_dict(data: dict[str, Any]) -> Row:
     fields: dict[str, Any] = {k: data[k] for k in Row.__dataclass_fields__ if k in data}
     return Row(**fields)
+
+
+_GOAL = re.compile(r"(>=|<=)\s*([\d,.]+)")
+
+
+def coerce_row(section: str, obj: Row | dict[str, Any]) -> Row:
+    """A :class:`Row`, or a plain dict with at least ``name`` and ``measured`` (``goal`` may be a
+    text like ">= 500/s"; keys that are no Row field go into the note)."""
+    if isinstance(obj, Row):
+        return obj
+    data = dict(obj)
+    known = {k: data.pop(k) for k in list(data) if k in Row.__dataclass_fields__}
+    known.setdefault("section", section)
+    known.setdefault("name", "?")
+    known.setdefault("measured", None)
+    goal = str(data.pop("goal", "") or "")
+    for op, number in _GOAL.findall(goal):
+        known.setdefault("goal_min" if op == ">=" else "goal_max", float(number.replace(",", "")))
+    met = data.pop("met", None)
+    if met is False and not any(k in known for k in ("goal_min", "goal_max", "ratio_min")):
+        known["unmet"] = True
+    extra = "; ".join(f"{k} {v}" for k, v in data.items() if v is not None)
+    known["note"] = "; ".join(x for x in (known.get("note", ""), extra) if x)
+    return Row(**known)
 
 
 def _num(value: float | None) -> str:

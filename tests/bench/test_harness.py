@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.procs import CpuMeter, per_unit, postgres_process_is_ours
-from bench.report import EXPECTED, SECTION_ORDER, Row, complete, row_from_dict, table
+from bench.report import EXPECTED, SECTION_ORDER, Row, coerce_row, complete, row_from_dict, table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,16 @@ def test_rows_survive_json_and_render() -> None:
     assert again.to_dict() == row.to_dict()
     text = table([again])
     assert "12,000 notif/s" in text and "8.00x" in text and "yes" in text
+
+
+def test_a_plain_dict_row_is_accepted() -> None:
+    row = coerce_row(
+        "delivery",
+        {"name": "email", "goal": ">= 500/s", "measured": 620.0, "baseline": 900.0, "ratio": 0.69, "cpu_ms": 1.5},
+    )
+    assert row.section == "delivery" and row.goal_min == 500 and row.met() is True
+    assert row.computed_ratio() == 0.69 and "cpu_ms 1.5" in row.note
+    assert coerce_row("delivery", {"name": "sms", "measured": 10.0, "met": False}).met() is False
 
 
 def test_complete_lists_every_figure_of_the_issue_once() -> None:
