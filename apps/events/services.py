@@ -5,10 +5,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import connections, transaction
+from django.db.models.constants import OnConflict
 
-from apps.core.errors import Conflict, NotFound, Unprocessable
-from apps.core.tasks import enqueue_on_commit
+from apps.core.errors import ApiError, Conflict, NotFound, Unprocessable
+from apps.core.tasks import enqueue_many_on_commit, enqueue_on_commit
 from apps.events.models import Event
 from apps.subscribers.models import Subscriber, Topic
 from apps.subscribers.services import subscriber_bulk_upsert
@@ -17,6 +18,8 @@ from apps.workflows.models import Workflow
 from apps.workflows.payloads import payload_errors
 
 PROCESS_TASK = "apps.workflows.tasks.process_event"
+PROCESS_MANY_TASK = "apps.workflows.tasks.process_events"
+ENQUEUE_CHUNK = 100  # events per process_events task: a bulk request's fan-out spreads over the workers
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,12 @@ def _normalize_recipients(to: list[Any]) -> tuple[list[dict[str, Any]], list[dic
 
 
 def _resolve_workflow(environment: Environment, key: str) -> Workflow:
-    workflow = Workflow.objects.select_related("published_version").filter(environment=environment, key=key).first()
+    return _checked_workflow(
+        key, Workflow.objects.select_related("published_version").filter(environment=environment, key=key).first()
+    )
+
+
+def _checked_workflow(key: str, workflow: Workflow | None) -> Workflow:
     if workflow is None or not workflow.active:
         raise NotFound(f"No active workflow with key '{key}' in this environment.", code="workflow_not_found")
     if workflow.published_version_id is None:
@@ -63,6 +71,22 @@ def _resolve_workflow(environment: Environment, key: str) -> Workflow:
             f"Workflow '{key}' has no published version; publish it first.", code="workflow_not_published"
         )
     return workflow
+
+
+def _resolve_workflows(environment: Environment, keys: Iterable[str]) -> dict[str, Workflow | ApiError]:
+    """Each key's workflow or the error naming it, in one query."""
+    wanted = set(keys)
+    found = {
+        w.key: w
+        for w in Workflow.objects.select_related("published_version").filter(environment=environment, key__in=wanted)
+    }
+    resolved: dict[str, Workflow | ApiError] = {}
+    for key in wanted:
+        try:
+            resolved[key] = _checked_workflow(key, found.get(key))
+        except ApiError as exc:
+            resolved[key] = exc
+    return resolved
 
 
 def _actor_data(actor: Any) -> dict[str, Any] | None:
@@ -87,55 +111,155 @@ def _check_payload(workflow: Workflow, payload: dict[str, Any]) -> None:
         )
 
 
-def _create_event(*, environment: Environment, request: TriggerRequest, workflow: Workflow) -> Event:
+def _duplicate(transaction_id: str) -> Conflict:
+    return Conflict(
+        f"An event with transaction_id '{transaction_id}' was already accepted; it will not run twice.",
+        code="duplicate_transaction",
+        details={"transaction_id": transaction_id},
+    )
+
+
+@dataclass
+class _Candidate:
+    """One trigger that passed its checks, on its way to becoming an event row."""
+
+    request: TriggerRequest
+    workflow: Workflow
+    version_id: int
+    transaction_id: str
+    recipients: list[dict[str, Any]]
+    inline: list[dict[str, Any]]
+    actor: dict[str, Any] | None
+
+    @property
+    def upserts(self) -> list[dict[str, Any]]:
+        """Subscriber objects this trigger writes: inline recipients, then an actor given with fields."""
+        if self.actor and len(self.actor) > 1:
+            return [*self.inline, self.actor]
+        return self.inline
+
+    @property
+    def actor_lookup(self) -> str | None:
+        """The actor given by id only: stored as the subscriber's context when that subscriber exists."""
+        if self.actor and not isinstance(self.request.actor, dict):
+            return str(self.actor["subscriber_id"])
+        return None
+
+
+def _candidate(request: TriggerRequest, workflow: Workflow, known_topics: set[str]) -> _Candidate:
+    """Checks one trigger against its workflow's payload schema and the known topics (no query)."""
     _check_payload(workflow, request.payload)
     recipients, inline, topics = _normalize_recipients(request.to)
-    if topics:
-        known = set(Topic.objects.filter(environment=environment, key__in=topics).values_list("key", flat=True))
-        missing = [t for t in topics if t not in known]
-        if missing:
-            raise Unprocessable(
-                "Some recipients are topics that do not exist.", code="unknown_topic", details={"topics": missing}
-            )
-    actor = _actor_data(request.actor)
-    if inline:
-        subscriber_bulk_upsert(environment=environment, items=inline)
-    if actor and len(actor) > 1:
-        subscriber_bulk_upsert(environment=environment, items=[actor])
-    if actor and not isinstance(request.actor, dict):
-        existing = Subscriber.objects.filter(environment=environment, subscriber_id=actor["subscriber_id"]).first()
-        if existing is not None:
-            actor = existing.as_context()
-    transaction_id = request.transaction_id or uuid.uuid4().hex
-    assert workflow.published_version_id is not None  # _resolve_workflow refuses unpublished workflows
-    try:
-        with transaction.atomic():
-            event = Event.objects.create(
-                environment=environment,
-                transaction_id=transaction_id,
-                workflow=workflow,
-                workflow_version_id=workflow.published_version_id,
-                payload=request.payload,
-                actor=actor,
-                recipients=recipients,
-                cancellation_key=request.cancellation_key,
-            )
-    except IntegrityError as exc:
-        raise Conflict(
-            f"An event with transaction_id '{transaction_id}' was already accepted; it will not run twice.",
-            code="duplicate_transaction",
-            details={"transaction_id": transaction_id},
-        ) from exc
-    enqueue_on_commit(PROCESS_TASK, event.pk)
-    return event
+    missing = [t for t in topics if t not in known_topics]
+    if missing:
+        raise Unprocessable(
+            "Some recipients are topics that do not exist.", code="unknown_topic", details={"topics": missing}
+        )
+    assert workflow.published_version_id is not None  # _checked_workflow refuses unpublished workflows
+    return _Candidate(
+        request=request,
+        workflow=workflow,
+        version_id=workflow.published_version_id,
+        transaction_id=request.transaction_id or uuid.uuid4().hex,
+        recipients=recipients,
+        inline=inline,
+        actor=_actor_data(request.actor),
+    )
+
+
+def _known_topics(environment: Environment, requests: Iterable[TriggerRequest]) -> set[str]:
+    keys = {entry["topic"] for r in requests for entry in r.to if isinstance(entry, dict) and "topic" in entry}
+    if not keys:
+        return set()
+    return set(Topic.objects.filter(environment=environment, key__in=keys).values_list("key", flat=True))
+
+
+def _actor_contexts(environment: Environment, candidates: list[_Candidate]) -> None:
+    """Replace actors given by id with their subscriber's context where that subscriber exists (one query)."""
+    ids = {sid for c in candidates if (sid := c.actor_lookup) is not None}
+    if not ids:
+        return
+    contexts = {
+        s.subscriber_id: s.as_context()
+        for s in Subscriber.objects.filter(environment=environment, subscriber_id__in=ids)
+    }
+    for c in candidates:
+        sid = c.actor_lookup
+        if sid is not None and sid in contexts:
+            c.actor = contexts[sid]
+
+
+_EVENT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
+
+
+def _insert_events(environment: Environment, candidates: list[_Candidate]) -> dict[str, Event]:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING id, transaction_id``: the events written, by
+    transaction id. A transaction id already taken (by an earlier or a concurrent request) is
+    simply absent from the answer: no savepoint per row, no statement per row.
+
+    ``QuerySet._insert`` is what ``bulk_create`` runs; called directly because ``bulk_create``
+    does not return which rows an ``ignore_conflicts`` insert skipped."""
+    events = [
+        Event(
+            environment=environment,
+            transaction_id=c.transaction_id,
+            workflow=c.workflow,
+            workflow_version_id=c.version_id,
+            payload=c.request.payload,
+            actor=c.actor,
+            recipients=c.recipients,
+            cancellation_key=c.request.cancellation_key,
+        )
+        for c in candidates
+    ]
+    if not events:
+        return {}
+    pk_field = Event._meta.pk
+    transaction_field = Event._meta.get_field("transaction_id")
+    assert pk_field is not None
+    ops = connections[Event.objects.db].ops
+    batch = max(1, ops.bulk_batch_size([*_EVENT_FIELDS, pk_field], events))
+    written: dict[str, Event] = {}
+    for start in range(0, len(events), batch):
+        part = events[start : start + batch]
+        rows = Event.objects._insert(  # type: ignore[attr-defined]
+            part, fields=_EVENT_FIELDS, returning_fields=[pk_field, transaction_field], on_conflict=OnConflict.IGNORE
+        )
+        by_transaction = {e.transaction_id: e for e in part}
+        for row in rows:
+            if row is None:  # one row, skipped
+                continue
+            event = by_transaction[row[1]]
+            event.pk = row[0]
+            event._state.adding = False
+            event._state.db = Event.objects.db
+            written[event.transaction_id] = event
+    return written
+
+
+def _accept(environment: Environment, candidates: list[_Candidate]) -> dict[str, Event]:
+    """Upsert the subscribers the candidates carry, resolve actors, write the events (a fixed
+    number of statements for any number of candidates). Runs inside the caller's transaction."""
+    upserts = [item for c in candidates for item in c.upserts]
+    if upserts:
+        subscriber_bulk_upsert(environment=environment, items=upserts)
+    _actor_contexts(environment, candidates)
+    return _insert_events(environment, candidates)
 
 
 @transaction.atomic
 def event_trigger(*, environment: Environment, request: TriggerRequest) -> Event:
     """Accept one trigger: write the event and wake the fan-out after commit. No per-recipient work
-    beyond upserting inline subscriber objects; unknown subscriber ids are created by the fan-out."""
+    beyond upserting inline subscriber objects; unknown subscriber ids are created by the fan-out.
+
+    A transaction id already accepted is a 409 and rolls back the subscriber upserts with it."""
     workflow = _resolve_workflow(environment, request.workflow)
-    return _create_event(environment=environment, request=request, workflow=workflow)
+    candidate = _candidate(request, workflow, _known_topics(environment, [request]))
+    event = _accept(environment, [candidate]).get(candidate.transaction_id)
+    if event is None:
+        raise _duplicate(candidate.transaction_id)
+    enqueue_on_commit(PROCESS_TASK, event.pk)
+    return event
 
 
 @dataclass(frozen=True)
@@ -147,33 +271,75 @@ class BulkItemResult:
 
 @transaction.atomic
 def event_trigger_bulk(*, environment: Environment, requests: list[TriggerRequest]) -> list[BulkItemResult]:
-    """Accept many triggers in one transaction. Items that cannot be accepted (unknown workflow,
-    duplicate transaction id…) are reported per item; the others are accepted."""
-    from apps.core.errors import ApiError
-
-    results: list[BulkItemResult] = []
-    workflows: dict[str, Workflow | ApiError] = {}
-    for request in requests:
-        if request.workflow not in workflows:
-            try:
-                workflows[request.workflow] = _resolve_workflow(environment, request.workflow)
-            except ApiError as exc:
-                workflows[request.workflow] = exc
+    """Accept many triggers in one transaction and a fixed number of statements: one query for
+    the workflows, one for the topics, one for the transaction ids already taken, the subscriber
+    upserts, one for actors given by id, one INSERT of every event (ON CONFLICT DO NOTHING), and
+    one enqueue of their fan-out. Items that cannot be accepted (unknown workflow, invalid
+    payload, unknown topic, duplicate transaction id…) are reported per item, in order; the
+    others are accepted, and only their subscriber objects are written."""
+    results: list[BulkItemResult | None] = [None] * len(requests)
+    workflows = _resolve_workflows(environment, (r.workflow for r in requests))
+    topics = _known_topics(environment, requests)
+    given = {r.transaction_id for r in requests if r.transaction_id}
+    taken = (
+        set(
+            Event.objects.filter(environment=environment, transaction_id__in=given).values_list(
+                "transaction_id", flat=True
+            )
+        )
+        if given
+        else set()
+    )
+    candidates: list[tuple[int, _Candidate]] = []
+    for index, request in enumerate(requests):
         workflow = workflows[request.workflow]
-        if isinstance(workflow, ApiError):
-            results.append(BulkItemResult(request.transaction_id, "error", _error_dict(workflow)))
-            continue
         try:
-            with transaction.atomic():
-                event = _create_event(environment=environment, request=request, workflow=workflow)
+            if isinstance(workflow, ApiError):
+                raise workflow
+            candidate = _candidate(request, workflow, topics)
+            if candidate.transaction_id in taken:
+                raise _duplicate(candidate.transaction_id)
         except Conflict as exc:
-            results.append(BulkItemResult(request.transaction_id, "duplicate", _error_dict(exc)))
+            results[index] = BulkItemResult(request.transaction_id, "duplicate", _error_dict(exc))
             continue
         except ApiError as exc:
-            results.append(BulkItemResult(request.transaction_id, "error", _error_dict(exc)))
+            results[index] = BulkItemResult(request.transaction_id, "error", _error_dict(exc))
             continue
-        results.append(BulkItemResult(event.transaction_id, "accepted"))
-    return results
+        taken.add(candidate.transaction_id)  # a repeat later in this request is a duplicate
+        candidates.append((index, candidate))
+    try:
+        written = _accept(environment, [c for _, c in candidates])
+    except ApiError:
+        written = _accept_one_by_one(environment, candidates, results)
+    for index, candidate in candidates:
+        if results[index] is not None:
+            continue
+        if candidate.transaction_id in written:
+            results[index] = BulkItemResult(candidate.transaction_id, "accepted")
+        else:  # accepted by a concurrent request since the check above
+            results[index] = BulkItemResult(
+                candidate.request.transaction_id, "duplicate", _error_dict(_duplicate(candidate.transaction_id))
+            )
+    event_ids = [written[c.transaction_id].pk for _, c in candidates if c.transaction_id in written]
+    enqueue_many_on_commit(
+        PROCESS_MANY_TASK, [(event_ids[i : i + ENQUEUE_CHUNK],) for i in range(0, len(event_ids), ENQUEUE_CHUNK)]
+    )
+    return [r for r in results if r is not None]
+
+
+def _accept_one_by_one(
+    environment: Environment, candidates: list[tuple[int, _Candidate]], results: list[BulkItemResult | None]
+) -> dict[str, Event]:
+    """The rare path: a subscriber object of some item was refused by the batched upsert (which
+    checks every item before writing any). Each candidate alone, reporting its own error."""
+    written: dict[str, Event] = {}
+    for index, candidate in candidates:
+        try:
+            with transaction.atomic():
+                written.update(_accept(environment, [candidate]))
+        except ApiError as exc:
+            results[index] = BulkItemResult(candidate.request.transaction_id, "error", _error_dict(exc))
+    return written
 
 
 def _error_dict(exc: Any) -> dict[str, Any]:
