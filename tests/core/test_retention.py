@@ -406,3 +406,31 @@ def test_scans_stop_at_the_first_row_young_enough_to_keep() -> None:
     run = prune(environments=[environment.slug], now=now)
     assert run.totals() == {"events.IdempotencyRecord": 2}
     assert set(IdempotencyRecord.objects.values_list("pk", flat=True)) == {records[2].pk, records[3].pk}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_another_transaction_holds_are_skipped_not_waited_for() -> None:
+    from django.db import connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: PostgreSQL only (SQLite has no SKIP LOCKED)")
+    trace = _build_trace(EnvironmentFactory(slug="locks"), events=1, subscribers=6)
+    held = Run.objects.filter(environment=trace.environment, status=Run.Status.COMPLETED).order_by("pk")[3]
+    engine = connections.create_connection("default")  # another session, as a worker would be
+    try:
+        with engine.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT id FROM workflows_run WHERE id = %s FOR UPDATE", [held.pk])
+            with connection.cursor() as own:
+                own.execute("SET lock_timeout = '3s'")  # waiting on the held row would fail, not hang
+            run = prune(environments=["locks"])
+            cursor.execute("ROLLBACK")
+    finally:
+        engine.close()
+        with connection.cursor() as own:
+            own.execute("SET lock_timeout = 0")
+    assert run.finished
+    assert Run.objects.filter(pk=held.pk).exists()
+    # The others (6 finished runs, less runs[1] with its queued message, less the held one) went.
+    assert run.totals()["workflows.Run"] == 4
+    assert prune(environments=["locks"]).totals()["workflows.Run"] == 1  # once released, it goes
