@@ -213,7 +213,10 @@ else:
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis with a waiting, bounded connection pool and batched group calls
+            # (apps.inbox.layers): the stock pool raised MaxConnectionsError past 100 connections
+            # in use, so a storm of websocket handshakes got HTTP 500.
+            "BACKEND": "apps.inbox.layers.InboxChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
             # blocking BZPOPMIN (5 s): an idle consumer's receive then fails with "Timeout reading"
             # and its websocket closes (redis/redis-py#4091). Read longer than the block.
@@ -223,6 +226,9 @@ if REDIS_URL:
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": env.str("CHANNELS_PREFIX", default="clarion"),
                 "capacity": env.int("CHANNELS_CAPACITY", default=10000),
+                # Redis connections per process (and event loop); callers beyond wait, up to the timeout.
+                "max_connections": env.int("CHANNELS_MAX_CONNECTIONS", default=20),
+                "pool_timeout": env.float("CHANNELS_POOL_TIMEOUT", default=30.0),
             },
         }
     }
@@ -424,6 +430,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # One line per accepted trigger request and per settled message (docs/operations.md).
+        "clarion.activity": {"level": env.str("LOG_ACTIVITY_LEVEL", default=LOG_LEVEL).upper()},
         # django-q2 logs two to four INFO lines per task (and per sweeper run): dropped, errors kept.
         "django-q": {"filters": ["no_task_chatter"]},
         # uvicorn configures its loggers before Django starts; these take them over (same format),

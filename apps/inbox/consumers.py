@@ -116,16 +116,29 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         if self.group_name is not None and not await self._session_current():
             await self.inbox_revoke({"type": "inbox.revoke", "reason": "session_revoked"})
 
+    def _groups(self) -> list[str]:
+        return [g for g in (self.group_name, self.environment_group_name) if g is not None]
+
     async def _join_groups(self) -> None:
-        for group in (self.group_name, self.environment_group_name):
-            if group is not None:
-                await self.channel_layer.group_add(group, self.channel_name)
+        # One round trip for both groups on the Redis layer (apps.inbox.layers); one call per
+        # group on layers without the batch call (in-memory, SQLite).
+        groups = self._groups()
+        add_many = getattr(self.channel_layer, "group_add_many", None)
+        if add_many is not None:
+            await add_many(groups, self.channel_name)
+            return
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
 
     async def _leave_groups(self) -> None:
-        for group in (self.group_name, self.environment_group_name):
-            if group is not None:
-                await self.channel_layer.group_discard(group, self.channel_name)
+        groups = self._groups()
         self.group_name = self.environment_group_name = None
+        discard_many = getattr(self.channel_layer, "group_discard_many", None)
+        if discard_many is not None:
+            await discard_many(groups, self.channel_name)
+            return
+        for group in groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def disconnect(self, code: int) -> None:
         if self.recheck_task is not None:

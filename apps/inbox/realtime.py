@@ -37,12 +37,19 @@ def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
     layer = get_channel_layer()
     if layer is None or not frames:
         return
-
-    async def send() -> None:
-        for group, frame in frames:
-            await layer.group_send(group, {"type": "inbox.event", "frame": frame})
-
+    messages = [(group, {"type": "inbox.event", "frame": frame}) for group, frame in frames]
     try:
+        send_many = getattr(layer, "group_send_many", None)
+        if send_many is not None:
+            # The Redis layer (apps.inbox.layers): synchronous, two round trips for the whole batch,
+            # on a process-wide pool: no event loop and no connection made per push.
+            send_many(messages)
+            return
+
+        async def send() -> None:
+            for group, message in messages:
+                await layer.group_send(group, message)
+
         async_to_sync(send)()
     except Exception:  # the inbox re-syncs over REST; a push failure must not fail the run
         logger.exception("inbox push failed for %d frame(s)", len(frames))
@@ -107,6 +114,10 @@ def publish_sessions_revoked(
     if layer is None:
         return
     try:
+        send_many = getattr(layer, "group_send_many", None)
+        if send_many is not None:
+            send_many([(group, message)])
+            return
         async_to_sync(layer.group_send)(group, message)
     except Exception:  # the sockets' next request or reconnect is refused anyway (token version)
         logger.exception("inbox revocation push failed for %s", group)

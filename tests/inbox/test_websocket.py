@@ -32,6 +32,8 @@ from tests.inbox.conftest import token_for
 LIVE_DB = pytest.mark.django_db(
     transaction=True, databases=["default", "channels"] if "channels" in django_settings.DATABASES else ["default"]
 )
+# channels-redis (apps.inbox.layers.InboxChannelLayer) when REDIS_URL is set
+REDIS_LAYER = django_settings.CHANNEL_LAYERS["default"]["BACKEND"] == "apps.inbox.layers.InboxChannelLayer"
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 FRAME_TIMEOUT = 5
 
@@ -364,7 +366,7 @@ async def test_forwarding_frames_costs_no_query():
 async def test_idle_socket_survives_the_redis_blocking_read():
     """On channels-redis, a consumer idle for longer than the layer's 5 s BZPOPMIN still gets frames
     (redis-py 8 reads with a 5 s timeout by default; settings give the layer 15 s)."""
-    if "channels_redis" not in django_settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+    if not REDIS_LAYER:
         pytest.skip("needs the channels-redis layer (REDIS_URL)")
     subscriber = await make_subscriber()
     token = await sync_to_async(token_for)(subscriber)
@@ -383,7 +385,7 @@ async def test_idle_socket_survives_the_redis_blocking_read():
 async def test_a_burst_to_many_sockets_of_one_process_is_not_dropped():
     """All sockets of a process share one Redis list in channels-redis; a burst larger than the
     layer's capacity (100 by default) used to be dropped silently. 150 subscribers, one frame each."""
-    if "channels_redis" not in django_settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+    if not REDIS_LAYER:
         pytest.skip("needs the channels-redis layer (REDIS_URL)")
     subscribers = [await make_subscriber() for _ in range(150)]
     sockets = []

@@ -1,0 +1,134 @@
+"""The inbox's Redis channel layer (apps.inbox.layers): handshake storms, batched sends, order, capacity.
+
+Needs the Redis layer (``REDIS_URL``); skipped on the embedded default's SQLite layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+
+from apps.inbox.layers import InboxChannelLayer
+from apps.inbox.realtime import subscriber_group
+from config.asgi import application
+from tests.factories import SubscriberFactory
+from tests.inbox.conftest import token_for
+
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.skipif(
+        django_settings.CHANNEL_LAYERS["default"]["BACKEND"] != "apps.inbox.layers.InboxChannelLayer",
+        reason="needs the Redis channel layer (REDIS_URL)",
+    ),
+]
+TIMEOUT = 20
+
+
+def _layers_config(**overrides: Any) -> dict[str, Any]:
+    config = copy.deepcopy(django_settings.CHANNEL_LAYERS)
+    # A prefix of its own: these tests never see (or leave) another test's messages.
+    config["default"]["CONFIG"].update({"prefix": "clarion-layer-test", **overrides})
+    return config
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_layer() -> AsyncIterator[None]:
+    channel_layers.backends = {}
+    yield
+    for layer in list(channel_layers.backends.values()):
+        await layer.flush()
+    channel_layers.backends = {}
+
+
+def _layer(**overrides: Any) -> InboxChannelLayer:
+    return InboxChannelLayer(**_layers_config(**overrides)["default"]["CONFIG"])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_storm_of_handshakes_waits_for_connections_instead_of_failing(settings):
+    """300 sockets connect at once through a pool of 4 Redis connections: every one is accepted
+    (the stock channels-redis pool raised MaxConnectionsError once its connections were in use)."""
+    settings.CHANNEL_LAYERS = _layers_config(max_connections=4)
+    subscribers = [await sync_to_async(SubscriberFactory)() for _ in range(10)]
+    tokens = [await sync_to_async(token_for)(s) for s in subscribers]
+    sockets = [WebsocketCommunicator(application, f"/ws/inbox/?token={quote(tokens[n % 10])}") for n in range(300)]
+    try:
+        results = await asyncio.gather(*(ws.connect(timeout=TIMEOUT) for ws in sockets))
+        assert [connected for connected, _ in results] == [True] * 300
+        ready = await asyncio.gather(*(ws.receive_json_from(timeout=TIMEOUT) for ws in sockets))
+        assert {frame["event"] for frame in ready} == {"ready"}
+        # every socket is in its subscriber's group: one push reaches its 30 sockets
+        group = subscriber_group(environment_id=subscribers[3].environment_id, subscriber_pk=subscribers[3].pk)
+        frame = {"event": "counts.changed", "cursor": 7, "counts": {"unread": 1, "unseen": 1, "total": 1}}
+        await sync_to_async(get_channel_layer().group_send_many)([(group, {"type": "inbox.event", "frame": frame})])
+        got = await asyncio.gather(*(sockets[n].receive_json_from(timeout=TIMEOUT) for n in range(3, 300, 10)))
+        assert got == [frame] * 30
+        assert all([await sockets[n].receive_nothing(timeout=0.2) for n in range(0, 300, 10)])
+    finally:
+        await asyncio.gather(*(ws.disconnect() for ws in sockets))
+
+
+async def test_group_add_many_is_one_round_trip_per_handshake():
+    layer = _layer()
+    channel = await layer.new_channel()
+    calls: list[str] = []
+    connection = layer.connection(0)
+    original_pipeline = connection.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        calls.append("pipeline")
+        return original_pipeline(*args, **kwargs)
+
+    connection.pipeline = counting_pipeline  # type: ignore[method-assign]
+    await layer.group_add_many(["inbox.1.2", "inbox.1"], channel)
+    assert calls == ["pipeline"]
+    for group in ("inbox.1.2", "inbox.1"):
+        assert await connection.zscore(layer._group_key(group), channel) is not None
+    await layer.group_discard_many(["inbox.1.2", "inbox.1"], channel)
+    for group in ("inbox.1.2", "inbox.1"):
+        assert await connection.zscore(layer._group_key(group), channel) is None
+
+
+async def test_group_send_many_delivers_each_group_in_order():
+    layer = _layer()
+    first, second, third = [await layer.new_channel() for _ in range(3)]
+    await layer.group_add_many(["g.a"], first)
+    await layer.group_add_many(["g.a", "g.b"], second)
+    await layer.group_add_many(["g.c"], third)
+    sends = [("g.a", {"type": "t", "n": 1}), ("g.b", {"type": "t", "n": 2}), ("g.a", {"type": "t", "n": 3})]
+    sends += [("g.empty", {"type": "t", "n": 4})] + [("g.c", {"type": "t", "n": 10 + n}) for n in range(50)]
+    assert await sync_to_async(layer.group_send_many)(sends) == 0
+
+    async def drain(channel: str, count: int) -> list[int]:
+        return [(await asyncio.wait_for(layer.receive(channel), TIMEOUT))["n"] for _ in range(count)]
+
+    assert await drain(first, 2) == [1, 3]
+    assert await drain(second, 3) == [1, 2, 3]
+    assert await drain(third, 50) == [10 + n for n in range(50)]
+
+
+async def test_group_send_many_drops_past_capacity_and_says_so():
+    layer = _layer(capacity=2)
+    channel = await layer.new_channel()
+    await layer.group_add_many(["g.full"], channel)
+    sends = [("g.full", {"type": "t", "n": n}) for n in range(3)]
+    assert await sync_to_async(layer.group_send_many)(sends) == 1
+    assert [(await asyncio.wait_for(layer.receive(channel), TIMEOUT))["n"] for _ in range(2)] == [0, 1]
+
+
+async def test_the_stock_group_send_reaches_channels_added_in_batches():
+    """Processes running channels-redis's own layer (the same keys) still reach our sockets."""
+    layer = _layer()
+    channel = await layer.new_channel()
+    await layer.group_add_many(["g.stock"], channel)
+    await layer.group_send("g.stock", {"type": "t", "n": 1})
+    assert (await asyncio.wait_for(layer.receive(channel), TIMEOUT))["n"] == 1
