@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars, clear_contextvars
+from structlog.contextvars import bind_contextvars, clear_contextvars, unbind_contextvars
 
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 
@@ -30,7 +31,11 @@ _SHARED_PROCESSORS: list[Any] = [
 def formatter(json: bool = False) -> logging.Formatter:
     """The logging formatter (named in ``settings.LOGGING``); also sets structlog up for its own loggers."""
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,  # a disabled level costs a level check, nothing more
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -79,9 +84,66 @@ class TaskChatterFilter(logging.Filter):
 
 
 def bind_log_context(**values: Any) -> None:
-    """Bind values to every log line of the current request or task (None values are skipped)."""
+    """Bind values to every later log line of the current request or task; a None value unbinds its key."""
+    unbind_contextvars(*[key for key, value in values.items() if value is None])
     bind_contextvars(**{key: value for key, value in values.items() if value is not None})
 
 
 def clear_log_context() -> None:
     clear_contextvars()
+
+
+def bind_message_log_context(message: Any) -> None:
+    """Delivery, for each message it sends: the message, its run, its environment and transaction id."""
+    bind_log_context(
+        environment=message.environment_id,
+        transaction_id=(message.data or {}).get("transaction_id"),
+        run_id=message.run_id,
+        message_id=message.pk,
+    )
+
+
+def bind_chunk_log_context(runs: Sequence[Any]) -> None:
+    """The engine, for the chunk of runs it advances (their events are loaded with the claim): the
+    transaction id when they share one event (the usual case), else the chunk's transaction ids."""
+    if not runs:
+        return
+    events = {run.event_id: run.event for run in runs}
+    transaction_ids = sorted(event.transaction_id for event in events.values())
+    environments = {event.environment_id for event in events.values()}
+    bind_log_context(
+        environment=next(iter(environments)) if len(environments) == 1 else None,
+        transaction_id=transaction_ids[0] if len(transaction_ids) == 1 else None,
+        transaction_ids=transaction_ids[:100] if len(transaction_ids) > 1 else None,
+        run_id=runs[0].pk if len(runs) == 1 else None,
+        run_ids=f"{runs[0].pk}..{runs[-1].pk} ({len(runs)})" if len(runs) > 1 else None,
+        message_id=None,
+    )
+
+
+# --- activity: one line per accepted trigger request and per settled message ------------------------
+# "clarion.activity" at INFO: what lets one grep follow a transaction id from the trigger to the
+# provider. Its level can be raised on its own (LOG_ACTIVITY_LEVEL=WARNING) to drop them.
+
+activity = structlog.get_logger("clarion.activity")
+
+
+def log_events_accepted(*, environment_id: int, workflow: str, transaction_ids: Sequence[str]) -> None:
+    """One line per request or batch, whatever its size."""
+    if len(transaction_ids) == 1:
+        activity.info(
+            "event accepted", environment=environment_id, workflow=workflow, transaction_id=transaction_ids[0]
+        )
+    elif transaction_ids:
+        activity.info(
+            "events accepted",
+            environment=environment_id,
+            workflow=workflow,
+            count=len(transaction_ids),
+            transaction_ids=list(transaction_ids),
+        )
+
+
+def log_message_settled(message: Any, *, status: str, provider: str) -> None:
+    """After ``bind_message_log_context(message)``: what became of the send."""
+    activity.info(f"message {status}", channel=message.channel, provider=provider or "none")

@@ -12,9 +12,13 @@ host's uvicorn and django-q2 worker processes (docs/operations.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import collections
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from apps.observability.logs import log_events_accepted, log_message_settled
 
 EVENTS = Counter("clarion_events", "Events accepted by the trigger, bulk and broadcast API", ["workflow"])
 MESSAGES = Counter(
@@ -58,6 +62,12 @@ def events_accepted_counts(counts: Mapping[str, int]) -> None:
         events_accepted(workflow, n)
 
 
+def events_accepted_batch(*, environment_id: int, workflow: str, transaction_ids: Sequence[str]) -> None:
+    """A trigger request (or a bulk batch of one workflow) committed: count it and log one line."""
+    events_accepted(workflow, len(transaction_ids))
+    log_events_accepted(environment_id=environment_id, workflow=workflow, transaction_ids=transaction_ids)
+
+
 def messages_finished(channel: str, status: str, provider: str = "", n: int = 1) -> None:
     """``n`` messages on ``channel`` reached ``status`` through ``provider`` (empty: none was called)."""
     if n:
@@ -68,6 +78,13 @@ def messages_finished_counts(counts: Mapping[tuple[str, str, str], int]) -> None
     """Aggregated ``{(channel, status, provider): n}`` of one batch."""
     for (channel, status, provider), n in counts.items():
         messages_finished(channel, status, provider, n)
+
+
+def message_settled(message: Any, *, status: str, provider: str = "") -> None:
+    """Delivery settled one message (sent, failed, deferred, in doubt): count it and log one line
+    carrying the message's context (bind it first with ``logs.bind_message_log_context``)."""
+    messages_finished(message.channel, status, provider)
+    log_message_settled(message, status=status, provider=provider)
 
 
 def delivery_observed(provider: str, seconds: float) -> None:
@@ -81,6 +98,11 @@ def step_decisions(counts: Mapping[tuple[str, str, str], int] | Iterable[tuple[t
     for (step_type, decision, reason), n in items:
         if n:
             STEP_DECISIONS.labels(step_type, decision, reason or "none").inc(n)
+
+
+def step_decisions_of(entries: Iterable[Any]) -> None:
+    """A committed chunk's trace entries (``step_type``, ``decision``, ``reason``), counted in memory."""
+    step_decisions(collections.Counter((e.step_type, str(e.decision), e.reason) for e in entries))
 
 
 def http_request_observed(method: str, route: str, status: int, seconds: float) -> None:
