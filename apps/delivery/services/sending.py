@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, F, Q, Value, When
+from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.delivery.addresses import SUPPRESSIBLE_CHANNELS, address_normalize, subscriber_recipient
@@ -1037,44 +1037,55 @@ def _integrations_of(groups: dict[tuple[int, str], list[Message]]) -> dict[tuple
 
 def _record_sent(sent: list[tuple[Message, SendResult, int]], integration: Integration | None, name: str) -> None:
     """What ``_record_attempt`` + ``_finish_sent`` + ``_apply_early_events`` do, for many messages:
-    one INSERT of the attempts, one UPDATE of the messages, one look for early callbacks."""
+    one INSERT of the attempts, one UPDATE of the messages, one look for early callbacks. Plain SQL:
+    compiling the ORM's CASE over a window costs more than the statement itself."""
     now = timezone.now()
-    DeliveryAttempt.objects.bulk_create(
-        [
-            DeliveryAttempt(
-                message=message,
-                integration=integration,
-                provider=name,
-                status=DeliveryAttempt.Status.SUCCESS,
-                response_code=result.status_code,
-                response=result.response,
-                duration_ms=duration_ms,
-            )
-            for message, result, duration_ms in sent
+    quote = connection.ops.quote_name
+    at = connection.ops.adapt_datetimefield_value(now)
+    integration_id = integration.pk if integration is not None else None
+    response_field = DeliveryAttempt._meta.get_field("response")
+    columns = (
+        "message_id, integration_id, provider, status, response_code, error_kind, retryable, response, error, "
+        "duration_ms, created_at"
+    )
+    values: list[Any] = []
+    for message, result, duration_ms in sent:
+        values += [
+            message.pk,
+            integration_id,
+            name,
+            DeliveryAttempt.Status.SUCCESS.value,
+            result.status_code,
+            "",
+            False,
+            response_field.get_db_prep_save(result.response, connection),
+            "",
+            duration_ms,
+            at,
         ]
-    )
-    ids = [message.pk for message, _, _ in sent]
+    row = "(" + ", ".join(["%s"] * 11) + ")"
     provider_ids = {message.pk: result.provider_message_id[:255] for message, result, _ in sent}
-    if any(provider_ids.values()):
-        provider_id: Any = Case(
-            *[When(pk=pk, then=Value(value)) for pk, value in provider_ids.items()],
-            default=Value(""),
-            output_field=CharField(),
-        )
-    else:
-        provider_id = ""
-    moved = Message.objects.filter(_SETTLEABLE_BY_SUCCESS, pk__in=ids).update(
-        status=Message.Status.SENT,
-        attempts=F("attempts") + 1,
-        provider=name,
-        integration=integration,
-        provider_message_id=provider_id,
-        sent_at=now,
-        error="",
-        next_attempt_at=None,
-        send_started_at=None,
-        updated_at=now,
+    ids = list(provider_ids)
+    settleable = "(status IN (%s, %s) OR (status = %s AND in_doubt_count > 0))"  # as _SETTLEABLE_BY_SUCCESS
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    update = (
+        f"UPDATE {quote(Message._meta.db_table)} SET status = %s, attempts = attempts + 1, provider = %s, "
+        f"integration_id = %s, provider_message_id = CASE id {cases} ELSE '' END, sent_at = %s, error = '', "
+        f"next_attempt_at = NULL, send_started_at = NULL, updated_at = %s "
+        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND {settleable}"
     )
+    update_params: list[Any] = [Message.Status.SENT.value, name, integration_id]
+    for pk, value in provider_ids.items():
+        update_params += [pk, value]
+    update_params += [at, at, *ids]
+    update_params += [Message.Status.SENDING.value, Message.Status.IN_DOUBT.value, Message.Status.QUEUED.value]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(DeliveryAttempt._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(sent))}",
+            values,
+        )
+        cursor.execute(update, update_params)
+        moved = cursor.rowcount
     if moved < len(ids):
         # A callback got there first for some (delivered, opened…): keep the provider's id for the next ones.
         for pk, value in provider_ids.items():
