@@ -1,257 +1,195 @@
-"""Ingest: requests/s of the trigger API against a bare DRF endpoint on one real uvicorn process.
+"""Ingest: the trigger and bulk APIs against baselines that do the same validation and one insert.
 
-The server is ``uvicorn config.asgi:application`` (one worker, ``DEBUG=0``, access log off) with
-``DJANGO_SETTINGS_MODULE=bench.settings`` (Clarion's settings + ``POST /bench/bare``). No
-qcluster runs: the trigger only enqueues ``process_event`` (on the ORM broker an INSERT into
-django-q2's queue table, on Redis an RPUSH), which is part of the honest cost of an accepted event.
+For each web process count (``IngestConfig.web_processes``, uvicorn ``--workers N``), a real stack
+(``bench.procs.Stack``: uvicorn, ``DEBUG=0``, access log off, no worker: accepted events only
+queue their fan-out, which is part of the honest cost of an accepted event) serves:
 
-Load comes from this process (asyncio + ``httpx.AsyncClient``, ``concurrency`` keep-alive
-connections), alternating bare and trigger rounds so that drift (a warming cache, a growing
-table, a noisy neighbour) hits both the same way.
+* ``POST /api/v1/events/trigger`` against ``POST /bench/trigger-baseline`` (bench.views: the same
+  authentication, rate-limit scope, parser and ``TriggerSerializer`` validation, then ONE INSERT of
+  an Event-shaped row into the same table);
+* ``POST /api/v1/events/bulk`` with 1,000 events against ``POST /bench/bulk-baseline`` (the same
+  ``BulkTriggerSerializer`` validation, then one ``bulk_create`` of the rows).
+
+Load comes from ``bench.loadgen`` in its own process (``wrk``, closed loop: the maximum rate),
+alternating baseline and Clarion rounds so that drift (a warming cache, a growing table, the
+machine's other tenants) hits both the same way; each figure is the median of its rounds. The CPU
+of every process involved (uvicorn and its workers, the PostgreSQL backends of the run's database,
+Redis, the load generator) is counted per request (``bench.procs.CpuMeter``). SQL statements per
+request are counted in this process through Django's test client against the same database.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from bench.common import ROOT, Installation, log, median, percentile
+from bench.common import Installation, log
+from bench.procs import Stack
+from bench.report import Row
 
 TRIGGER_PATH = "/api/v1/events/trigger"
-BARE_PATH = "/bench/bare"
-WORKFLOW_KEY = "bench"
+BULK_PATH = "/api/v1/events/bulk"
+BASELINE_PATH = "/bench/trigger-baseline"
+BULK_BASELINE_PATH = "/bench/bulk-baseline"
+WORKFLOW_KEY = "bench"  # bench.views.BENCH_WORKFLOW
 TEMPLATE_KEY = "bench-in-app"
-START_TIMEOUT = 90.0
+TRIGGER_BODY = (
+    '{"workflow":"bench","to":["bench-user-__M__"],'
+    '"payload":{"title":"Order shipped","order_id":__I__,"products":["book","lamp"]}}'
+)
+# The rate limit is the same for the trigger and its baseline (one cache round trip each); raised
+# so that a fast run is never refused.
+RATE_LIMIT_ENV = {"CLARION_RATE_TRIGGER": "100000000/minute"}
+
+
+def bulk_body(events: int, pool: int) -> str:
+    """``events`` triggers to ``pool`` subscribers; ``__I__`` makes every request's payloads distinct."""
+    items = ",".join(
+        f'{{"workflow":"bench","to":["bench-user-{k % pool}"],"payload":{{"order_id":__I__,"k":{k}}}}}'
+        for k in range(events)
+    )
+    return f'{{"events":[{items}]}}'
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    requests: int = 3000  # per endpoint, timed
-    concurrency: int = 16
-    rounds: int = 3  # the timed requests are split in this many alternating rounds
-    warmup: int = 300  # per endpoint, untimed
-    subscriber_pool: int = 100  # triggers go to one of this many subscriber ids (created during warm-up)
+    concurrency: int = 16  # connections of the single-trigger load
+    seconds: float = 8.0  # per round and endpoint
+    rounds: int = 3  # alternating baseline / Clarion rounds
+    warmup_seconds: float = 3.0  # per endpoint, untimed
+    subscriber_pool: int = 100
+    web_processes: tuple[int, ...] = (1, 2)
+    bulk_events: int = 1000
+    bulk_concurrency: int = 2
 
     @classmethod
     def quick(cls) -> IngestConfig:
-        return cls(requests=200, concurrency=4, rounds=1, warmup=20, subscriber_pool=10)
+        return cls(
+            concurrency=4,
+            seconds=2.0,
+            rounds=1,
+            warmup_seconds=1.0,
+            subscriber_pool=10,
+            web_processes=(1,),
+            bulk_events=100,
+            bulk_concurrency=1,
+        )
 
 
-@dataclass
-class PhaseResult:
-    requests: int = 0
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str = ""
-    server_cpu_seconds: float = 0.0
-    round_rps: list[float] = field(default_factory=list)
-
-    def add(self, other: PhaseResult) -> None:
-        self.requests += other.requests
-        self.seconds += other.seconds
-        self.latencies.extend(other.latencies)
-        self.errors += other.errors
-        self.first_error = self.first_error or other.first_error
-        self.server_cpu_seconds += other.server_cpu_seconds
-        self.round_rps.append(other.requests / other.seconds if other.seconds else 0.0)
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "first_error": self.first_error or None,
-            "seconds": round(self.seconds, 3),
-            "requests_per_s": round(median(self.round_rps), 1),
-            "round_requests_per_s": [round(r, 1) for r in self.round_rps],
-            "p50_ms": round(percentile(lat, 50) * 1000, 2),
-            "p99_ms": round(percentile(lat, 99) * 1000, 2),
-            "server_cpu_ms_per_request": round(self.server_cpu_seconds * 1000 / self.requests, 3)
-            if self.requests
-            else 0.0,
-        }
+def _setup_workflow(stack: Stack, secret_key: str) -> None:
+    with stack.client(secret_key) as client:
+        for path, body in (
+            (
+                f"/api/v1/templates/{TEMPLATE_KEY}",
+                {
+                    "channel": "in_app",
+                    "content": {"en": {"title": "{{ payload.title }}", "body": "Order {{ payload.order_id }}"}},
+                    "publish": True,
+                },
+            ),
+            (
+                f"/api/v1/workflows/{WORKFLOW_KEY}",
+                {
+                    "name": "Bench",
+                    "steps": [{"id": "inbox", "type": "in_app", "template": TEMPLATE_KEY}],
+                    "publish": True,
+                },
+            ),
+        ):
+            response = client.put(path, json=body)
+            if response.status_code not in (200, 201):
+                raise RuntimeError(f"PUT {path} answered {response.status_code}: {response.text[:500]}")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc; 0 where unavailable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    """``uvicorn config.asgi:application`` in its own process group, output to a log file."""
-
-    def __init__(self, installation: Installation) -> None:
-        self.installation = installation
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = installation.var_dir / "uvicorn.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=self.installation.process_env(CLARION_PUBLIC_URL=self.base_url),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
-
-    def wait_ready(self, secret_key: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        last = "no answer yet"
-        with httpx.Client(base_url=self.base_url, timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self.proc is None or self.proc.poll() is not None:
-                    raise RuntimeError(f"uvicorn exited before it was ready\n{self.output()}")
-                try:
-                    response = client.post(BARE_PATH, json={}, headers={"Authorization": f"Bearer {secret_key}"})
-                    if response.status_code == 202:
-                        return
-                    last = f"{response.status_code}: {response.text[:300]}"
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                time.sleep(0.2)
-        raise RuntimeError(f"uvicorn not ready after {START_TIMEOUT:.0f} s ({last})\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # our own process group only
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-
-def _bodies(count: int, offset: int, pool: int) -> list[bytes]:
-    """The same trigger body for both endpoints: one subscriber id from a small pool, a payload."""
-    return [
-        json.dumps(
-            {
-                "workflow": WORKFLOW_KEY,
-                "to": [f"bench-user-{i % pool}"],
-                "payload": {"title": "Order shipped", "order_id": i, "products": ["book", "lamp"]},
-            },
-            separators=(",", ":"),
-        ).encode()
-        for i in range(offset, offset + count)
+def _phase(
+    stack: Stack, secret_key: str, path: str, body: str, concurrency: int, seconds: float, pool: int
+) -> dict[str, Any]:
+    args = [
+        "--engine",
+        "wrk",
+        "--path",
+        path,
+        "--body",
+        body,
+        "--mod",
+        str(pool),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(seconds),
     ]
+    with stack.meter() as meter:
+        load = stack.loadgen(args, secret_key, timeout=seconds + 120)
+        cpu = meter.stop()
+    if load["errors"]:
+        raise RuntimeError(f"{path}: {load['errors']} failed requests\n{load.get('wrk_output', '')}")
+    requests = max(1, load["ok"])
+    return {
+        "requests_per_s": load["requests_per_s"],
+        "requests": load["ok"],
+        "p50_ms": load["p50_ms"],
+        "p99_ms": load["p99_ms"],
+        # ms of CPU per request: every process of the system (web, PostgreSQL backends, Redis) and the load generator
+        "cpu_ms_per_request": {
+            group: round(cpu.get(group, 0.0) * 1000 / requests, 3)
+            for group in ("web", "postgres", "redis", "system", "loadgen")
+        },
+        "system_cores": cpu.get("system_cores", 0.0),
+    }
 
 
-async def _run_phase(
-    client: httpx.AsyncClient, path: str, bodies: list[bytes], concurrency: int, server_pid: int
-) -> PhaseResult:
-    result = PhaseResult(requests=len(bodies))
-    counter = itertools.count()
+def _summary(rounds: list[dict[str, Any]], per_request: int = 1) -> dict[str, Any]:
+    def med(key: str) -> float:
+        return round(statistics.median(r[key] for r in rounds), 2)
 
-    async def worker() -> None:
-        while True:
-            i = next(counter)
-            if i >= len(bodies):
-                return
-            started = time.perf_counter()
-            try:
-                response = await client.post(path, content=bodies[i])
-                status, text = response.status_code, response.text
-            except httpx.HTTPError as exc:
-                status, text = 0, repr(exc)
-            result.latencies.append(time.perf_counter() - started)
-            if status != 202:
-                result.errors += 1
-                result.first_error = result.first_error or f"{status}: {text[:300]}"
-
-    cpu_before = _cpu_seconds(server_pid)
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.seconds = time.perf_counter() - started
-    result.server_cpu_seconds = _cpu_seconds(server_pid) - cpu_before
-    return result
+    return {
+        "requests_per_s": med("requests_per_s"),
+        "events_per_s": round(med("requests_per_s") * per_request, 1),
+        "round_requests_per_s": [r["requests_per_s"] for r in rounds],
+        "p50_ms": med("p50_ms"),
+        "p99_ms": med("p99_ms"),
+        "cpu_ms_per_request": {
+            group: round(statistics.median(r["cpu_ms_per_request"][group] for r in rounds), 3)
+            for group in rounds[0]["cpu_ms_per_request"]
+        },
+        "requests": sum(r["requests"] for r in rounds),
+    }
 
 
-async def _load(base_url: str, secret_key: str, config: IngestConfig, server_pid: int) -> dict[str, PhaseResult]:
-    headers = {"Authorization": f"Bearer {secret_key}", "Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
-    totals = {"bare": PhaseResult(), "trigger": PhaseResult()}
-    paths = {"bare": BARE_PATH, "trigger": TRIGGER_PATH}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
-        log(f"ingest: warm-up, {config.warmup} requests per endpoint")
-        warm = _bodies(config.warmup, 0, config.subscriber_pool)
-        for name in ("bare", "trigger"):
-            phase = await _run_phase(client, paths[name], warm, config.concurrency, server_pid)
-            if phase.errors:
-                raise RuntimeError(f"warm-up of {name} failed: {phase.errors} errors, first: {phase.first_error}")
-        per_round = max(1, config.requests // config.rounds)
-        offset = config.warmup
-        for round_index in range(config.rounds):
-            order = ("bare", "trigger") if round_index % 2 == 0 else ("trigger", "bare")
-            bodies = _bodies(per_round, offset, config.subscriber_pool)
-            offset += per_round
-            for name in order:
-                phase = await _run_phase(client, paths[name], bodies, config.concurrency, server_pid)
-                totals[name].add(phase)
-                log(
-                    f"ingest: round {round_index + 1}/{config.rounds} {name:7s} "
-                    f"{phase.requests / phase.seconds:8.1f} req/s ({phase.errors} errors)"
-                )
-    return totals
+def _compare(
+    stack: Stack,
+    secret_key: str,
+    config: IngestConfig,
+    pair: tuple[tuple[str, str], tuple[str, str]],
+    body: str,
+    concurrency: int,
+    per_request: int,
+) -> dict[str, Any]:
+    """Warm both endpoints, then alternate them for ``config.rounds`` rounds; medians."""
+    label = f"web x{stack.web_processes}"
+    for _, path in pair:
+        _phase(stack, secret_key, path, body, concurrency, config.warmup_seconds, config.subscriber_pool)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in pair}
+    for index in range(config.rounds):
+        for name, path in pair if index % 2 == 0 else tuple(reversed(pair)):
+            phase = _phase(stack, secret_key, path, body, concurrency, config.seconds, config.subscriber_pool)
+            rounds[name].append(phase)
+            log(
+                f"ingest {label}: round {index + 1}/{config.rounds} {name:17s} {phase['requests_per_s']:8.1f} req/s, "
+                f"p50 {phase['p50_ms']} ms, p99 {phase['p99_ms']} ms, "
+                f"CPU {phase['cpu_ms_per_request']['system']} ms/req"
+            )
+    return {name: _summary(phases, per_request) for name, phases in rounds.items()}
 
 
-def _query_counts(installation: Installation, secret_key: str) -> dict[str, int]:
-    """SQL queries per request, counted in this process through Django's test client (same DB)."""
+def _ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 3) if denominator else 0.0
+
+
+def _statements(installation: Installation, secret_key: str, bulk_events: int) -> dict[str, int]:
+    """SQL statements per request, counted in this process through Django's test client (same database)."""
     installation.setup_django()
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -259,16 +197,32 @@ def _query_counts(installation: Installation, secret_key: str) -> dict[str, int]
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret_key}")
-    body = json.loads(_bodies(1, 10_000_000, 1)[0])
+    single = json.loads(TRIGGER_BODY.replace("__I__", "1").replace("__M__", "1"))
+    bulk = json.loads(bulk_body(bulk_events, 10).replace("__I__", "1"))
     counts: dict[str, int] = {}
-    for name, path in (("bare", BARE_PATH), ("trigger", TRIGGER_PATH)):
-        client.post(path, body, format="json")  # the subscriber exists after the first call
+    for name, path, body in (
+        ("trigger_baseline", BASELINE_PATH, single),
+        ("trigger", TRIGGER_PATH, single),
+        ("bulk_baseline", BULK_BASELINE_PATH, bulk),
+        ("bulk", BULK_PATH, bulk),
+    ):
+        client.post(path, body, format="json")  # caches warm, as on the server
         with CaptureQueriesContext(connection) as queries:
             response = client.post(path, body, format="json")
         if response.status_code != 202:
             raise RuntimeError(f"{path} answered {response.status_code}: {response.content[:300]!r}")
         counts[name] = len(queries)
     return counts
+
+
+def _clean(installation: Installation, environment_ids: list[int]) -> None:
+    """Delete the run's events (the Clarion ones are pending: no later worker may pick them up)."""
+    installation.setup_django()
+    from django.db import connection
+
+    placeholders = ",".join("%s" for _ in environment_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM events_event WHERE environment_id IN ({placeholders})", environment_ids)
 
 
 def profile_trigger(installation: Installation, secret_key: str, requests: int = 300) -> str:
@@ -282,7 +236,7 @@ def profile_trigger(installation: Installation, secret_key: str, requests: int =
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret_key}")
-    bodies = [json.loads(b) for b in _bodies(requests, 20_000_000, 10)]
+    bodies = [json.loads(TRIGGER_BODY.replace("__I__", str(i)).replace("__M__", str(i % 10))) for i in range(requests)]
     for body in bodies[:20]:
         client.post(TRIGGER_PATH, body, format="json")
     profiler = cProfile.Profile()
@@ -298,94 +252,114 @@ def profile_trigger(installation: Installation, secret_key: str, requests: int =
     return out.getvalue()
 
 
-def _api(client: httpx.Client, method: str, path: str, body: dict[str, Any], expected: tuple[int, ...]) -> None:
-    response = client.request(method, path, json=body)
-    if response.status_code not in expected:
-        raise RuntimeError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return round(numerator / denominator, 3) if denominator else 0.0
-
-
 def run(installation: Installation, config: IngestConfig, *, profile: bool = False) -> dict[str, Any]:
-    log("ingest: migrating and creating the environment")
-    installation.manage("migrate", "--noinput")
-    created = installation.manage("create_environment", "bench", "--json")
-    keys = json.loads(created[created.index("{") :])
-    secret_key = keys["secret_key"]
-
-    server = Server(installation)
-    server.start()
-    try:
-        server.wait_ready(secret_key)
-        with httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {secret_key}"}, timeout=30
-        ) as client:
-            _api(
-                client,
-                "PUT",
-                f"/api/v1/templates/{TEMPLATE_KEY}",
-                {
-                    "channel": "in_app",
-                    "content": {
-                        "en": {
-                            "title": "{{ payload.title }}",
-                            "body": "Hello {{ subscriber.first_name }}, order {{ payload.order_id }} has shipped.",
-                        }
-                    },
-                    "publish": True,
-                },
-                (200, 201),
-            )
-            _api(
-                client,
-                "PUT",
-                f"/api/v1/workflows/{WORKFLOW_KEY}",
-                {
-                    "name": "Bench",
-                    "steps": [{"id": "inbox", "type": "in_app", "template": TEMPLATE_KEY}],
-                    "publish": True,
-                },
-                (200, 201),
-            )
-        log(
-            f"ingest: uvicorn pid {server.pid} on {server.base_url}; {config.requests} timed requests per endpoint, "
-            f"{config.concurrency} connections, {config.rounds} alternating rounds"
-        )
-        client_cpu_before = time.process_time()
-        totals = asyncio.run(_load(server.base_url, secret_key, config, server.pid))
-        client_cpu = time.process_time() - client_cpu_before
-    except Exception:
-        log(f"ingest failed; the server's log ({server.log_path}) ends with:\n{server.output()}")
-        raise
-    finally:
-        server.stop()
-
-    for name, phase in totals.items():
-        if phase.errors:
-            raise RuntimeError(f"ingest {name}: {phase.errors} failed requests; first: {phase.first_error}")
-    bare, trigger = totals["bare"].summary(), totals["trigger"].summary()
+    installation.migrate()
     result: dict[str, Any] = {
         "config": {
-            "requests_per_endpoint": totals["bare"].requests,
-            "concurrency": config.concurrency,
-            "rounds": config.rounds,
-            "warmup_per_endpoint": config.warmup,
-            "subscriber_pool": config.subscriber_pool,
-            "server": "uvicorn config.asgi:application, 1 worker, DEBUG=0, --no-access-log",
-            "client": "asyncio + httpx.AsyncClient in the bench process",
+            **{k: v for k, v in config.__dict__.items() if k != "web_processes"},
+            "web_processes": list(config.web_processes),
+            "server": "uvicorn config.asgi:application --workers N, DEBUG=0, --no-access-log; no task worker",
+            "client": "bench.loadgen --engine wrk (closed loop) in its own process",
         },
-        "bare": bare,
-        "trigger": trigger,
-        "ratio_trigger_over_bare": _ratio(trigger["requests_per_s"], bare["requests_per_s"]),
-        # Server CPU per request is steadier than req/s on a shared machine: the same ratio,
-        # measured as the inverse of CPU cost (what throughput would be if the server were CPU-bound).
-        "cpu_ratio_trigger_over_bare": _ratio(bare["server_cpu_ms_per_request"], trigger["server_cpu_ms_per_request"]),
-        "client_cpu_seconds": round(client_cpu, 2),
+        "by_web_processes": {},
     }
-    result["queries_per_request"] = _query_counts(installation, secret_key)
-    if profile:
-        log("ingest: profiling trigger requests in-process (cProfile)")
-        result["profile"] = profile_trigger(installation, secret_key)
+    environment_ids: list[int] = []
+    secret_key = ""
+    bulk = bulk_body(config.bulk_events, config.subscriber_pool)
+    try:
+        for processes in config.web_processes:
+            stack = Stack(
+                installation, web_processes=processes, worker_processes=0, esp=False, extra_env=RATE_LIMIT_ENV
+            )
+            with stack:
+                stack.start(workers=False)
+                keys = stack.environment(f"bench-ingest-{processes}")
+                secret_key = keys["secret_key"]
+                environment_ids.append(int(keys["environment"]["id"]))
+                _setup_workflow(stack, secret_key)
+                log(f"ingest: web x{processes} on {stack.base_url}, {config.concurrency} connections")
+                single = _compare(
+                    stack,
+                    secret_key,
+                    config,
+                    (("trigger_baseline", BASELINE_PATH), ("trigger", TRIGGER_PATH)),
+                    TRIGGER_BODY,
+                    config.concurrency,
+                    1,
+                )
+                many = _compare(
+                    stack,
+                    secret_key,
+                    config,
+                    (("bulk_baseline", BULK_BASELINE_PATH), ("bulk", BULK_PATH)),
+                    bulk,
+                    config.bulk_concurrency,
+                    config.bulk_events,
+                )
+            entry = {**single, **many}
+            entry["ratio_trigger_over_baseline"] = _ratio(
+                single["trigger"]["requests_per_s"], single["trigger_baseline"]["requests_per_s"]
+            )
+            entry["cpu_ratio_trigger_over_baseline"] = _ratio(
+                single["trigger_baseline"]["cpu_ms_per_request"]["system"],
+                single["trigger"]["cpu_ms_per_request"]["system"],
+            )
+            entry["ratio_bulk_over_baseline"] = _ratio(
+                many["bulk"]["events_per_s"], many["bulk_baseline"]["events_per_s"]
+            )
+            result["by_web_processes"][str(processes)] = entry
+        result["statements_per_request"] = _statements(installation, secret_key, config.bulk_events)
+        if profile:
+            log("ingest: profiling trigger requests in-process (cProfile)")
+            result["profile"] = profile_trigger(installation, secret_key)
+    finally:
+        if environment_ids:
+            _clean(installation, environment_ids)
     return result
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    statements = result.get("statements_per_request", {})
+    out: list[Row] = []
+    for processes, entry in result["by_web_processes"].items():
+        trigger, base = entry["trigger"], entry["trigger_baseline"]
+        out.append(
+            Row(
+                "ingest",
+                f"trigger API, web x{processes}",
+                trigger["requests_per_s"],
+                "req/s",
+                baseline=base["requests_per_s"],
+                baseline_name="same validation + one insert",
+                goal_min=400,
+                ratio_min=0.8,
+                note=(
+                    f"p50 {trigger['p50_ms']} / p99 {trigger['p99_ms']} ms "
+                    f"(baseline {base['p50_ms']} / {base['p99_ms']}); "
+                    f"CPU {trigger['cpu_ms_per_request']['system']} ms/req all processes "
+                    f"(baseline {base['cpu_ms_per_request']['system']}); "
+                    f"SQL {statements.get('trigger', '?')} statements/req "
+                    f"(baseline {statements.get('trigger_baseline', '?')})"
+                ),
+            )
+        )
+        bulk, bulk_base = entry["bulk"], entry["bulk_baseline"]
+        events = result["config"]["bulk_events"]
+        out.append(
+            Row(
+                "ingest",
+                f"bulk, {events:,} events per request, web x{processes}",
+                bulk["events_per_s"],
+                "events/s",
+                baseline=bulk_base["events_per_s"],
+                baseline_name="same validation + one bulk_create",
+                goal_min=5000,
+                note=(
+                    f"p50 {bulk['p50_ms']} ms per request; "
+                    f"CPU {round(bulk['cpu_ms_per_request']['system'] / events, 3)} ms/event all processes; "
+                    f"SQL {statements.get('bulk', '?')} statements/req "
+                    f"(baseline {statements.get('bulk_baseline', '?')})"
+                ),
+            )
+        )
+    return out

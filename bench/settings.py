@@ -1,4 +1,4 @@
-"""Settings for benchmark processes: Clarion's own settings plus the ``/bench/bare`` baseline URL.
+"""Settings for benchmark processes: Clarion's own settings plus the ingest baselines' URLs (bench.urls).
 
 Used by the uvicorn server of the ingest benchmark and by the in-process fan-out benchmark
 (``DJANGO_SETTINGS_MODULE=bench.settings``). Nothing else differs from ``config.settings``.
