@@ -194,28 +194,30 @@ def test_a_failing_source_is_reported_not_raised(db: Any, settings: Any) -> None
 
 WORKER = textwrap.dedent(
     """
-    import sys
+    import os, sys
     from apps.observability import metrics
     workflow, events, sockets, stay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stay"
     metrics.events_accepted(workflow, events)
     metrics.delivery_observed("smtp", 0.3)
     for _ in range(sockets):
         metrics.websocket_opened()
-    print("ready", flush=True)
+    print("ready", os.getpid(), flush=True)
     if stay:
         sys.stdin.readline()
     """
 )
 
 
-def test_values_of_several_processes_add_up_and_dead_processes_drop_their_live_gauges(
+def test_values_of_several_processes_add_up_and_exited_processes_are_folded_away(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     finished = subprocess.run(
         [sys.executable, "-c", WORKER, "welcome", "3", "1", "exit"], env=env, cwd=ROOT, check=True, capture_output=True
     )
-    assert finished.stdout.strip() == b"ready"
+    word, finished_pid = finished.stdout.split()
+    assert word == b"ready"
+    assert (tmp_path / f"counter_{int(finished_pid)}.db").exists()
     staying = subprocess.Popen(
         [sys.executable, "-c", WORKER, "welcome", "4", "2", "stay"],
         env=env,
@@ -224,14 +226,18 @@ def test_values_of_several_processes_add_up_and_dead_processes_drop_their_live_g
         stdout=subprocess.PIPE,
     )
     try:
-        assert staying.stdout is not None and staying.stdout.readline().strip() == b"ready"
+        assert staying.stdout is not None and staying.stdout.readline().split()[0] == b"ready"
         monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
 
-        families = _families(render(include_database=False).decode())
+        for _scrape in range(2):  # folding the exited process's files twice would count it twice
+            families = _families(render(include_database=False).decode())
 
-        assert _value(families, "clarion_events", "clarion_events_total", workflow="welcome") == 7  # 3 + 4
-        assert _value(families, "clarion_delivery_seconds", "clarion_delivery_seconds_count", provider="smtp") == 2
-        assert _value(families, "clarion_websocket_connections") == 2  # the exited process's socket is gone
+            assert _value(families, "clarion_events", "clarion_events_total", workflow="welcome") == 7  # 3 + 4
+            assert _value(families, "clarion_delivery_seconds", "clarion_delivery_seconds_count", provider="smtp") == 2
+            assert _value(families, "clarion_websocket_connections") == 2  # the exited process's socket is gone
+        leftovers = sorted(path.name for path in tmp_path.glob(f"*_{int(finished_pid)}.db"))
+        assert leftovers == []  # folded into the archive files
+        assert (tmp_path / "counter_archive.db").exists() and (tmp_path / "histogram_archive.db").exists()
     finally:
         assert staying.stdin is not None
         staying.stdin.close()
@@ -239,8 +245,11 @@ def test_values_of_several_processes_add_up_and_dead_processes_drop_their_live_g
 
     families = _families(render(include_database=False).decode())
     assert _value(families, "clarion_events", "clarion_events_total", workflow="welcome") == 7  # counters stay
+    assert _value(families, "clarion_delivery_seconds", "clarion_delivery_seconds_sum", provider="smtp") == (
+        pytest.approx(0.6)
+    )
     assert "clarion_websocket_connections" not in families  # no live process holds a socket
-    assert not list(tmp_path.glob("gauge_livesum_*.db"))
+    assert sorted(path.name for path in tmp_path.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
 
 
 def test_the_hot_path_api_imports_no_app() -> None:
