@@ -137,15 +137,21 @@ class Installation:
             return
         cache = _schema_cache() if self.database == "sqlite" else None
         files = ("clarion.sqlite3", "channels.sqlite3")
-        if cache is not None and all((cache / name).exists() for name in files):
+        if (
+            cache is not None
+            and all((cache / name).exists() for name in files)
+            and not any((self.var_dir / name).exists() for name in files)
+        ):
             for name in files:
                 shutil.copyfile(cache / name, self.var_dir / name)
             self._migrated = True
             return
+        # only a database this call creates from nothing is a clean schema worth caching
+        brand_new = not any((self.var_dir / name).exists() for name in files)
         self.manage("migrate", "--noinput")
         if self.database == "sqlite":
             self.manage("migrate", "--database", "channels", "--noinput")
-            if cache is not None:
+            if cache is not None and brand_new:
                 _fill_schema_cache(cache, [self.var_dir / name for name in files])
         self._migrated = True
 

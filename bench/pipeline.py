@@ -283,6 +283,11 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
             sampler.stop()
             accepted_total = int(counter.counts()["events"])
             drained, drain_seconds, last = _wait_drained(sampler, accepted_total, config.drain_timeout)
+            if not drained:
+                for proc in (*stack.workers, stack.web):
+                    if proc is not None:
+                        log(f"pipeline[{mode}]: not drained; {proc.name}'s log ends with:\n{proc.tail(2500)}")
+                log(f"pipeline[{mode}]: last counts {last}")
         cpu = meter.result()
         counter.close()
         esp_total = stack.esp_accepted()
