@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from apps.observability.logs import log_events_accepted, log_message_settled
+from apps.observability.logs import log_events_accepted, log_message_settled, log_messages_settled
 
 EVENTS = Counter("clarion_events", "Events accepted by the trigger, bulk and broadcast API", ["workflow"])
 MESSAGES = Counter(
@@ -87,6 +88,19 @@ def message_settled(message: Any, *, status: str, provider: str = "") -> None:
     log_message_settled(message, status=status, provider=provider)
 
 
+def messages_settled(messages: Sequence[Any]) -> None:
+    """A delivery batch is over: count its messages by (channel, status, provider) from the objects in
+    memory (no query) and log one line for the batch (for one message: that message's line)."""
+    if not messages:
+        return
+    counts = collections.Counter((m.channel, m.status, m.provider) for m in messages)
+    messages_finished_counts(counts)
+    if len(messages) == 1:
+        log_message_settled(messages[0], status=messages[0].status, provider=messages[0].provider)
+    else:
+        log_messages_settled(messages, counts)
+
+
 def delivery_observed(provider: str, seconds: float) -> None:
     """One provider call took ``seconds`` (whatever its outcome)."""
     DELIVERY_SECONDS.labels(provider or "none").observe(seconds)
@@ -100,9 +114,12 @@ def step_decisions(counts: Mapping[tuple[str, str, str], int] | Iterable[tuple[t
             STEP_DECISIONS.labels(step_type, decision, reason or "none").inc(n)
 
 
+_DECISION = attrgetter("step_type", "decision", "reason")
+
+
 def step_decisions_of(entries: Iterable[Any]) -> None:
     """A committed chunk's trace entries (``step_type``, ``decision``, ``reason``), counted in memory."""
-    step_decisions(collections.Counter((e.step_type, str(e.decision), e.reason) for e in entries))
+    step_decisions(collections.Counter(map(_DECISION, entries)))
 
 
 def http_request_observed(method: str, route: str, status: int, seconds: float) -> None:
