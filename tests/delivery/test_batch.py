@@ -247,3 +247,28 @@ def test_a_message_already_taken_is_not_sent_by_the_batch(tenant, fake_server):
 
     assert len(server.requests) == 2
     assert Message.objects.get(pk=ids[0]).status == Message.Status.SENDING
+
+
+def test_a_callback_that_arrived_before_the_batch_recorded_the_send_is_applied(tenant, fake_server):
+    from apps.delivery.models import MessageEvent
+
+    env = tenant.environment
+    server = postmark(fake_server)
+    email_integration(env, server)
+    ids = queued_emails(env, 3)
+    MessageEvent.objects.create(
+        environment=env,
+        provider="postmark",
+        provider_message_id="pm-2",  # the fake answers the second request with this id
+        event_type="delivered",
+        status=Message.Status.DELIVERED,
+        dedupe_key="early-1",
+    )
+
+    deliver_messages(ids)
+
+    second = Message.objects.get(pk=ids[1])
+    assert second.status == Message.Status.DELIVERED and second.provider_message_id == "pm-2"
+    event = MessageEvent.objects.get()
+    assert event.message_id == second.pk and event.applied
+    assert set(Message.objects.filter(pk__in=[ids[0], ids[2]]).values_list("status", flat=True)) == {"sent"}

@@ -926,22 +926,20 @@ class _Batch:
         if not window:
             return []
         now = timezone.now()
-        ours = _update_returning(
-            [m.pk for m in window],
-            {
-                "send_started_at": now,
-                "integration_id": integration.pk if integration else None,
-                "provider": name,
-                "updated_at": now,
-            },
-            status=Message.Status.SENDING,
-        )
+        ours = _update_returning([m.pk for m in window], _ahead_assignments(integration, name, now), status="sending")
+        return self._keep(window, ours, integration, name, now)
+
+    def _keep(
+        self, window: list[Message], ours: set[int], integration: Integration | None, name: str, now: datetime
+    ) -> list[Message]:
+        """The window's messages whose write-ahead took; the others were taken over (presumed dead
+        while they waited) and are not this task's any more."""
         kept = []
         for message in window:
             if message.pk in ours:
                 message.send_started_at, message.integration, message.provider = now, integration, name
                 kept.append(message)
-            else:  # taken over (presumed dead while it waited): not this task's any more
+            else:
                 self.held.pop(message.pk, None)
         return kept
 
@@ -957,18 +955,25 @@ class _Batch:
         """One transaction: the window's successes, the write-ahead taken back from messages that were
         not called, and the next window's write-ahead. If it cannot be recorded, every message the
         provider accepted is settled in doubt (it may not be sent again elsewhere)."""
+        now = timezone.now()
+        ahead = [m.pk for m in next_window]
         try:
-            with transaction.atomic():
-                if sent:
-                    _record_sent(sent, integration, name)
-                if unsent:
-                    ids = [m.pk for m in unsent]
-                    Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).update(
-                        send_started_at=None, updated_at=timezone.now()
-                    )
-                    for message in unsent:
-                        message.send_started_at = None
-                return self._write_ahead(next_window, integration, name)
+            if sent and not unsent and connection.vendor == "postgresql":
+                ours = _record_sent(sent, integration, name, ahead=ahead, ahead_at=now)  # one statement
+            else:
+                with transaction.atomic():
+                    if sent:
+                        ours = _record_sent(sent, integration, name, ahead=ahead, ahead_at=now)
+                    else:
+                        ours = _update_returning(ahead, _ahead_assignments(integration, name, now), status="sending")
+                    if unsent:
+                        ids = [m.pk for m in unsent]
+                        Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).update(
+                            send_started_at=None, updated_at=now
+                        )
+                        for message in unsent:
+                            message.send_started_at = None
+            return self._keep(next_window, ours, integration, name, now)
         except Exception as exc:
             logger.exception("delivery batch: recording %d send(s) through %s failed", len(sent), name)
             what = f"{type(exc).__name__}: {exc}"
@@ -983,6 +988,15 @@ class _Batch:
             for message in unsent:
                 message.send_started_at = None
             return self._write_ahead(next_window, integration, name)
+
+
+def _ahead_assignments(integration: Integration | None, name: str, now: datetime) -> dict[str, Any]:
+    return {
+        "send_started_at": now,
+        "integration_id": integration.pk if integration else None,
+        "provider": name,
+        "updated_at": now,
+    }
 
 
 def _plain_choice(candidates: list[Integration | None], now: datetime) -> tuple[int | None, datetime | None]:
@@ -1035,11 +1049,22 @@ def _integrations_of(groups: dict[tuple[int, str], list[Message]]) -> dict[tuple
     return found
 
 
-def _record_sent(sent: list[tuple[Message, SendResult, int]], integration: Integration | None, name: str) -> None:
-    """What ``_record_attempt`` + ``_finish_sent`` + ``_apply_early_events`` do, for many messages:
-    one INSERT of the attempts, one UPDATE of the messages, one look for early callbacks. Plain SQL:
-    compiling the ORM's CASE over a window costs more than the statement itself."""
-    now = timezone.now()
+def _record_sent(
+    sent: list[tuple[Message, SendResult, int]],
+    integration: Integration | None,
+    name: str,
+    *,
+    ahead: Sequence[int] = (),
+    ahead_at: datetime | None = None,
+) -> set[int]:
+    """What ``_record_attempt`` + ``_finish_sent`` + ``_apply_early_events`` do, for many messages,
+    plus the write-ahead of the ``ahead`` messages (the next window): returns the ids it took.
+
+    On PostgreSQL one statement (data-modifying CTEs: atomic, one round trip): the attempts' INSERT,
+    the messages' UPDATE, the write-ahead and the look for early callbacks. Elsewhere the same as
+    separate statements (the caller holds a transaction). Plain SQL: compiling the ORM's CASE over a
+    window costs more than running it."""
+    now = ahead_at or timezone.now()
     quote = connection.ops.quote_name
     at = connection.ops.adapt_datetimefield_value(now)
     integration_id = integration.pk if integration is not None else None
@@ -1079,13 +1104,48 @@ def _record_sent(sent: list[tuple[Message, SendResult, int]], integration: Integ
         update_params += [pk, value]
     update_params += [at, at, *ids]
     update_params += [Message.Status.SENDING.value, Message.Status.IN_DOUBT.value, Message.Status.QUEUED.value]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(DeliveryAttempt._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(sent))}",
-            values,
-        )
-        cursor.execute(update, update_params)
-        moved = cursor.rowcount
+    insert = f"INSERT INTO {quote(DeliveryAttempt._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(sent))}"
+    with_ids = [message for message, _, _ in sent if provider_ids[message.pk]]
+    early: set[tuple[int, str]] = set()
+    ours: set[int] = set()
+    if connection.vendor == "postgresql":
+        table = quote(Message._meta.db_table)
+        parts = [
+            f"WITH attempt AS ({insert} RETURNING 1), sent AS ({update} RETURNING id)",
+            "SELECT 's'::text, id::bigint, NULL::text FROM sent",
+        ]
+        params = [*values, *update_params]
+        if ahead:
+            assignments = _ahead_assignments(integration, name, now)
+            parts[0] += (
+                f", ahead AS (UPDATE {table} SET {', '.join(f'{quote(c)} = %s' for c in assignments)} "
+                f"WHERE status = %s AND id IN ({', '.join(['%s'] * len(ahead))}) RETURNING id)"
+            )
+            params += [*assignments.values(), Message.Status.SENDING.value, *ahead]
+            parts.append("SELECT 'a', id::bigint, NULL FROM ahead")
+        if with_ids:
+            envs = sorted({m.environment_id for m in with_ids})
+            pids = sorted({provider_ids[m.pk] for m in with_ids})
+            parts.append(
+                f"SELECT 'e', environment_id::bigint, provider_message_id::text "
+                f"FROM {quote(MessageEvent._meta.db_table)} WHERE message_id IS NULL "
+                f"AND environment_id IN ({', '.join(['%s'] * len(envs))}) "
+                f"AND provider_message_id IN ({', '.join(['%s'] * len(pids))})"
+            )
+            params += [*envs, *pids]
+        with connection.cursor() as cursor:
+            cursor.execute(f"{parts[0]} {' UNION ALL '.join(parts[1:])}", params)
+            rows = cursor.fetchall()
+        moved = sum(1 for kind, _, _ in rows if kind == "s")
+        ours = {int(pk) for kind, pk, _ in rows if kind == "a"}
+        early = {(int(env), pid) for kind, env, pid in rows if kind == "e"}
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(insert, values)
+            cursor.execute(update, update_params)
+            moved = cursor.rowcount
+        if ahead:
+            ours = _update_returning(ahead, _ahead_assignments(integration, name, now), status="sending")
     if moved < len(ids):
         # A callback got there first for some (delivered, opened…): keep the provider's id for the next ones.
         for pk, value in provider_ids.items():
@@ -1107,8 +1167,7 @@ def _record_sent(sent: list[tuple[Message, SendResult, int]], integration: Integ
         _circuit_success(integration)
         integration.circuit_failures, integration.circuit_open_until = 0, None
     _remove_dead_devices(dead)
-    with_ids = [message for message, _, _ in sent if message.provider_message_id]
-    if with_ids:
+    if with_ids and connection.vendor != "postgresql":
         early = set(
             MessageEvent.objects.filter(
                 environment_id__in={m.environment_id for m in with_ids},
@@ -1116,9 +1175,10 @@ def _record_sent(sent: list[tuple[Message, SendResult, int]], integration: Integ
                 message__isnull=True,
             ).values_list("environment_id", "provider_message_id")
         )
-        for message in with_ids:
-            if (message.environment_id, message.provider_message_id) in early:
-                _apply_early_events(message)
+    for message in with_ids:
+        if (message.environment_id, message.provider_message_id) in early:
+            _apply_early_events(message)
+    return ours
 
 
 def _update_returning(
