@@ -166,6 +166,13 @@ def _defer(func_path: str, args_list: list[list[Any]], exc: Exception) -> None:
     )
 
 
+def enqueue_is_transactional() -> bool:
+    """Whether ``enqueue_on_commit`` writes its queue row in the caller's transaction (the ORM
+    broker's outbox): then a write that must not exist without its task needs an atomic block
+    even when it is a single statement."""
+    return bool(settings.Q_CLUSTER.get("orm")) and not settings.CLARION_TASKS_EAGER
+
+
 def _orm_broker_in_this_transaction() -> bool:
     broker_alias = settings.Q_CLUSTER.get("orm")
     return bool(broker_alias) and transaction.get_connection(broker_alias).in_atomic_block

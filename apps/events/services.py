@@ -9,7 +9,7 @@ from django.db import connections, transaction
 from django.db.models.constants import OnConflict
 
 from apps.core.errors import ApiError, Conflict, NotFound, Unprocessable
-from apps.core.tasks import enqueue_many_on_commit, enqueue_on_commit
+from apps.core.tasks import enqueue_is_transactional, enqueue_many_on_commit, enqueue_on_commit
 from apps.events.models import Event
 from apps.subscribers.models import Subscriber, Topic
 from apps.subscribers.services import subscriber_bulk_upsert
@@ -247,14 +247,23 @@ def _accept(environment: Environment, candidates: list[_Candidate]) -> dict[str,
     return _insert_events(environment, candidates)
 
 
-@transaction.atomic
 def event_trigger(*, environment: Environment, request: TriggerRequest) -> Event:
     """Accept one trigger: write the event and wake the fan-out after commit. No per-recipient work
     beyond upserting inline subscriber objects; unknown subscriber ids are created by the fan-out.
 
-    A transaction id already accepted is a 409 and rolls back the subscriber upserts with it."""
+    A transaction id already accepted is a 409 and rolls back the subscriber upserts with it. When
+    the event row is the only write (no subscriber object to upsert, a broker outside the database)
+    it is written in autocommit: no BEGIN and COMMIT round trips around one INSERT, and the task is
+    sent right after it."""
     workflow = _resolve_workflow(environment, request.workflow)
     candidate = _candidate(request, workflow, _known_topics(environment, [request]))
+    if candidate.upserts or enqueue_is_transactional():
+        with transaction.atomic():
+            return _trigger_one(environment, candidate)
+    return _trigger_one(environment, candidate)
+
+
+def _trigger_one(environment: Environment, candidate: _Candidate) -> Event:
     event = _accept(environment, [candidate]).get(candidate.transaction_id)
     if event is None:
         raise _duplicate(candidate.transaction_id)
