@@ -91,17 +91,26 @@ def _config(name: str, module: ModuleType, args: argparse.Namespace) -> Any:
     return config
 
 
+def _failed(name: str, exc: BaseException) -> tuple[dict[str, Any], list[Row]]:
+    log(f"{name} failed:\n{traceback.format_exc()}")
+    return {"error": f"{type(exc).__name__}: {exc}"[:2000]}, [
+        Row(name, f"(failed: {type(exc).__name__}: {str(exc)[:200]})", None, unmet=True)
+    ]
+
+
 def run_one(name: str, installation: Installation, args: argparse.Namespace) -> tuple[dict[str, Any], list[Row]]:
+    if name == "websocket" and not installation.redis_url:  # the module predates Skipped
+        return {"skipped": "needs REDIS_URL (channels-redis)"}, []
     try:
         module = importlib.import_module(f"bench.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"bench.{name}":
-            raise
+            return _failed(name, exc)
         return {"skipped": f"bench/{name}.py does not exist yet"}, []
+    except Exception as exc:  # an import error of the module is its section's failure, not the run's
+        return _failed(name, exc)
     config = _config(name, module, args)
     started = time.monotonic()
-    if name == "websocket" and not installation.redis_url:  # the module predates Skipped
-        return {"skipped": "needs REDIS_URL (channels-redis)"}, []
     try:
         kwargs: dict[str, Any] = {"profile": True} if args.profile and name in ("ingest", "fanout") else {}
         result = dict(module.run(installation, config, **kwargs) if config is not None else module.run(installation))
@@ -109,10 +118,7 @@ def run_one(name: str, installation: Installation, args: argparse.Namespace) -> 
         log(f"{name} skipped: {exc}")
         return {"skipped": str(exc)}, []
     except Exception as exc:
-        log(f"{name} failed:\n{traceback.format_exc()}")
-        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}, [
-            Row(name, f"(failed: {type(exc).__name__}: {str(exc)[:200]})", None)
-        ]
+        return _failed(name, exc)
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     rows_of = getattr(module, "rows", None)
     try:
