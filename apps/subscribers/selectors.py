@@ -66,6 +66,16 @@ def devices_for(*, subscriber_id: int, providers: Sequence[str]) -> list[Device]
     return list(Device.objects.filter(subscriber_id=subscriber_id, provider__in=list(providers)).order_by("id"))
 
 
+def devices_for_subscribers(*, subscriber_ids: Sequence[int], providers: Sequence[str]) -> dict[int, list[Device]]:
+    """``devices_for`` for many subscribers in one query: {subscriber id: devices, oldest first}."""
+    found: dict[int, list[Device]] = {}
+    for device in Device.objects.filter(subscriber_id__in=list(subscriber_ids), provider__in=list(providers)).order_by(
+        "id"
+    ):
+        found.setdefault(device.subscriber_id, []).append(device)
+    return found
+
+
 def device_list(*, subscriber: Subscriber) -> QuerySet[Device]:
     return Device.objects.filter(subscriber=subscriber).order_by("id")
 

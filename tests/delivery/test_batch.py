@@ -272,3 +272,43 @@ def test_a_callback_that_arrived_before_the_batch_recorded_the_send_is_applied(t
     event = MessageEvent.objects.get()
     assert event.message_id == second.pk and event.applied
     assert set(Message.objects.filter(pk__in=[ids[0], ids[2]]).values_list("status", flat=True)) == {"sent"}
+
+
+def test_a_web_push_batch_loads_devices_once_and_uses_one_connection(
+    tenant, fake_server, django_assert_max_num_queries
+):
+    from apps.subscribers.models import Device
+    from tests.delivery.test_channels import PushSubscriber, vapid_private_key
+    from tests.factories import SubscriberFactory
+
+    env = tenant.environment
+    browser = PushSubscriber()
+    push_service = fake_server([Reply(status=201, body={})])
+    IntegrationFactory(
+        environment=env,
+        channel="push",
+        provider="webpush",
+        credentials={"vapid_private_key": vapid_private_key(), "vapid_subject": "mailto:ops@example.com"},
+    )
+    ids = []
+    for i in range(12):
+        subscriber = SubscriberFactory(environment=env, subscriber_id=f"u{i}")
+        Device.objects.create(
+            environment=env,
+            subscriber=subscriber,
+            provider="webpush",
+            token=f"{push_service.url}/p{i}",
+            keys=browser.keys,
+        )
+        ids.append(
+            Message.objects.create(
+                environment=env, step_id="s", channel="push", subscriber=subscriber, subject="Hi", body="x"
+            ).pk
+        )
+
+    with django_assert_max_num_queries(12):  # not one device query per message
+        deliver_messages(ids)
+
+    assert len(push_service.requests) == 12 and push_service.connections == 1
+    assert set(Message.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"sent"}
+    assert browser.decrypt(push_service.requests[0].body)["message_id"] == str(ids[0])

@@ -17,7 +17,7 @@ import email.utils
 import json
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -368,16 +368,25 @@ class Provider:
     # metadata; docs/providers.md lists both per provider (a test keeps it in step).
     idempotency_field: ClassVar[str] = ""
     metadata_field: ClassVar[str] = ""
+    # Whether ``send`` reads the subscriber's devices (push, chat): a batch loads them at once.
+    uses_devices: ClassVar[bool] = False
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         raise NotImplementedError
 
     @contextmanager
-    def connection(self, integration: Integration | None) -> Iterator[None]:
-        """Keep what can be reused open for the ``send`` calls made inside the block (one delivery
-        batch through one integration): by default one HTTP session whose connections are kept
-        alive. A provider whose library holds its own connection overrides this."""
-        with reused_session():
+    def connection(self, integration: Integration | None, messages: Sequence[Message] = ()) -> Iterator[None]:
+        """Keep what can be reused open for the ``send`` calls made inside the block (a delivery
+        batch of ``messages`` through one integration): by default one HTTP session whose
+        connections are kept alive, and (``uses_devices``) the subscribers' devices loaded at once.
+        A provider whose library holds its own connection overrides this."""
+        if not self.uses_devices:
+            with reused_session():
+                yield
+            return
+        from apps.delivery.providers.fanout import prefetched_devices
+
+        with reused_session(), prefetched_devices(messages, self.name):
             yield
 
     def deduplicates_for(self, integration: Integration | None) -> bool:

@@ -12,18 +12,18 @@ from typing import Any, ClassVar
 
 from apps.delivery.models import Integration, Message
 from apps.delivery.providers.base import ErrorKind, Provider, ProviderError, SendResult, http_post, register
-from apps.delivery.providers.fanout import Destination, send_to_each
-from apps.subscribers.selectors import devices_for
+from apps.delivery.providers.fanout import Destination, send_to_each, subscriber_devices
 
 
 class ChatProvider(Provider):
     channel = "chat"
     destination_credentials = ("webhook_url",)
     payload_kind: ClassVar[str]
+    uses_devices = True
 
     def destinations(self, message: Message, integration: Integration | None) -> list[Destination]:
         if message.subscriber_id:
-            devices = devices_for(subscriber_id=message.subscriber_id, providers=[self.name])
+            devices = subscriber_devices(message, self.name)
             if devices:
                 return [Destination(url=d.token, device_id=d.pk) for d in devices]
         url = (integration.credentials.get("webhook_url") if integration else "") or ""

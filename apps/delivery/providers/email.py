@@ -23,7 +23,7 @@ import socket
 import traceback
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -397,7 +397,7 @@ class EmailProvider(Provider):
         return send_email(message, integration)
 
     @contextmanager
-    def connection(self, integration: Integration | None) -> Iterator[None]:
+    def connection(self, integration: Integration | None, messages: Sequence[Message] = ()) -> Iterator[None]:
         with reused_backend(integration):
             yield
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apps.delivery.providers.base import ErrorKind, ProviderError, SendResult, heartbeat
+from apps.subscribers.selectors import devices_for, devices_for_subscribers
+
+if TYPE_CHECKING:
+    from apps.delivery.models import Message
+    from apps.subscribers.models import Device
 
 # A push service or chat webhook that says the endpoint is gone: remove it from the subscriber.
 GONE_STATUSES = frozenset({404, 410})
@@ -18,6 +25,38 @@ class Destination:
     token: str = ""
     keys: dict[str, Any] = field(default_factory=dict)
     device_id: int | None = None  # None: the integration's own destination, never removed
+
+
+# Devices of the subscribers of a delivery batch, loaded at once: {(provider, subscriber id): devices}.
+_prefetched: ContextVar[dict[tuple[str, int], list[Device]] | None] = ContextVar("clarion_devices", default=None)
+
+
+@contextmanager
+def prefetched_devices(messages: Sequence[Message], provider: str) -> Iterator[None]:
+    """Load the devices of every subscriber of ``messages`` for ``provider`` in one query, for
+    ``subscriber_devices`` inside the block (a delivery batch)."""
+    ids = sorted({m.subscriber_id for m in messages if m.subscriber_id})
+    if not ids:
+        yield
+        return
+    found = devices_for_subscribers(subscriber_ids=ids, providers=[provider])
+    cache = dict(_prefetched.get() or {})
+    cache.update({(provider, pk): found.get(pk, []) for pk in ids})
+    token = _prefetched.set(cache)
+    try:
+        yield
+    finally:
+        _prefetched.reset(token)
+
+
+def subscriber_devices(message: Message, provider: str) -> list[Device]:
+    """The message's subscriber's devices of ``provider`` (from the batch's prefetch when there is one)."""
+    if not message.subscriber_id:
+        return []
+    cached = (_prefetched.get() or {}).get((provider, message.subscriber_id))
+    if cached is not None:
+        return cached
+    return devices_for(subscriber_id=message.subscriber_id, providers=[provider])
 
 
 class DeadDestination(ProviderError):

@@ -29,9 +29,8 @@ from apps.delivery.providers.base import (
     parse_retry_after,
     register,
 )
-from apps.delivery.providers.fanout import DeadDestination, Destination, send_to_each
+from apps.delivery.providers.fanout import DeadDestination, Destination, send_to_each, subscriber_devices
 from apps.delivery.providers.webpush import push_payload
-from apps.subscribers.selectors import devices_for
 
 _apps_lock = threading.Lock()
 
@@ -103,13 +102,12 @@ class FirebaseCloudMessaging(Provider):
     name = "fcm"
     required_credentials = ("service_account",)
     metadata_field = "message_id in the data payload"
+    uses_devices = True
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         if integration is None:
             raise ProviderError("FCM needs an integration", kind=ErrorKind.CONFIGURATION)
-        devices = (
-            devices_for(subscriber_id=message.subscriber_id, providers=[self.name]) if message.subscriber_id else []
-        )
+        devices = subscriber_devices(message, self.name)
         if not devices:
             raise ProviderError("the subscriber has no FCM device", kind=ErrorKind.NO_DESTINATION)
         app = firebase_app(integration)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -91,7 +91,7 @@ class TwilioSms(Provider):
     metadata_field = "clarion_message_id in the StatusCallback URL"
 
     @contextmanager
-    def connection(self, integration: Integration | None) -> Iterator[None]:
+    def connection(self, integration: Integration | None, messages: Sequence[Message] = ()) -> Iterator[None]:
         """One Twilio client (and so one HTTP session, kept alive) for the whole batch."""
         clients = dict(_twilio_clients.get() or {})
         if integration is not None:

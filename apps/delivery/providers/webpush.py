@@ -30,8 +30,7 @@ from apps.delivery.providers.base import (
     refused_destination_error,
     register,
 )
-from apps.delivery.providers.fanout import GONE_STATUSES, DeadDestination, Destination, send_to_each
-from apps.subscribers.selectors import devices_for
+from apps.delivery.providers.fanout import GONE_STATUSES, DeadDestination, Destination, send_to_each, subscriber_devices
 
 
 def vapid_key(value: str) -> str:
@@ -62,13 +61,12 @@ class WebPush(Provider):
     # holds for an offline browser, but one already delivered is shown again: no deduplication.
     idempotency_field = "Topic header (replaces an undelivered copy only)"
     metadata_field = "message_id in the payload"
+    uses_devices = True
 
     def send(self, message: Message, integration: Integration | None) -> SendResult:
         if integration is None or not integration.credentials.get("vapid_private_key"):
             raise ProviderError("web push needs a VAPID private key", kind=ErrorKind.CONFIGURATION)
-        devices = (
-            devices_for(subscriber_id=message.subscriber_id, providers=[self.name]) if message.subscriber_id else []
-        )
+        devices = subscriber_devices(message, self.name)
         if not devices:
             raise ProviderError("the subscriber has no web push subscription", kind=ErrorKind.NO_DESTINATION)
         data = json.dumps(push_payload(message))

@@ -887,7 +887,7 @@ class _Batch:
         name = integration.provider if integration else "default"
         queue = list(group)
         failed: tuple[Message, _Made] | None = None
-        with provider.connection(integration):
+        with provider.connection(integration, group):
             window = self._write_ahead(queue[: self.window_size], integration, name)
             del queue[: self.window_size]
             while window:
