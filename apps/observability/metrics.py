@@ -17,9 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any
 
+from django.db import transaction
 from prometheus_client import Counter, Gauge, Histogram
 
-from apps.observability.logs import log_events_accepted, log_message_settled, log_messages_settled
+from apps.observability.logs import bind_log_context, log_events_accepted, log_message_settled, log_messages_settled
 
 EVENTS = Counter("clarion_events", "Events accepted by the trigger, bulk and broadcast API", ["workflow"])
 MESSAGES = Counter(
@@ -88,15 +89,19 @@ def message_settled(message: Any, *, status: str, provider: str = "") -> None:
     log_message_settled(message, status=status, provider=provider)
 
 
+_SETTLED_AS = {"queued": "deferred"}  # back in the queue after a delivery: a retry waits
+
+
 def messages_settled(messages: Sequence[Any]) -> None:
     """A delivery batch is over: count its messages by (channel, status, provider) from the objects in
     memory (no query) and log one line for the batch (for one message: that message's line)."""
     if not messages:
         return
-    counts = collections.Counter((m.channel, m.status, m.provider) for m in messages)
+    counts = collections.Counter((m.channel, _SETTLED_AS.get(m.status, m.status), m.provider) for m in messages)
     messages_finished_counts(counts)
     if len(messages) == 1:
-        log_message_settled(messages[0], status=messages[0].status, provider=messages[0].provider)
+        message = messages[0]
+        log_message_settled(message, status=_SETTLED_AS.get(message.status, message.status), provider=message.provider)
     else:
         log_messages_settled(messages, counts)
 
@@ -104,6 +109,13 @@ def messages_settled(messages: Sequence[Any]) -> None:
 def delivery_observed(provider: str, seconds: float) -> None:
     """One provider call took ``seconds`` (whatever its outcome)."""
     DELIVERY_SECONDS.labels(provider or "none").observe(seconds)
+
+
+def delivery_observed_many(provider: str, seconds: Iterable[float]) -> None:
+    """The calls of one window through ``provider``."""
+    histogram = DELIVERY_SECONDS.labels(provider or "none")
+    for value in seconds:
+        histogram.observe(value)
 
 
 def step_decisions(counts: Mapping[tuple[str, str, str], int] | Iterable[tuple[tuple[str, str, str], int]]) -> None:
@@ -126,9 +138,43 @@ def http_request_observed(method: str, route: str, status: int, seconds: float) 
     HTTP_SECONDS.labels(method, route, str(status)).observe(seconds)
 
 
-def websocket_opened() -> None:
+_COUNTED = "_clarion_websocket_counted"
+
+
+def websocket_opened(consumer: object | None = None) -> None:
+    """A socket was accepted. With ``consumer``, ``websocket_closed(consumer)`` counts it down exactly once."""
+    if consumer is not None:
+        if getattr(consumer, _COUNTED, False):
+            return
+        setattr(consumer, _COUNTED, True)
     WEBSOCKETS.inc()
 
 
-def websocket_closed() -> None:
+def websocket_closed(consumer: object | None = None) -> None:
+    """A socket closed: counted down only if ``websocket_opened(consumer)`` counted it (a rejected
+    handshake, or a second disconnect, counts nothing)."""
+    if consumer is not None:
+        if not getattr(consumer, _COUNTED, False):
+            return
+        setattr(consumer, _COUNTED, False)
     WEBSOCKETS.dec()
+
+
+def events_committed(environment_id: int, accepted: Iterable[tuple[str, str]]) -> None:
+    """The trigger accepted these ``(workflow key, transaction id)``: counted and logged once the
+    transaction commits (at once in autocommit), one line per request, grouped by workflow."""
+    by_workflow: dict[str, list[str]] = {}
+    for workflow, transaction_id in accepted:
+        by_workflow.setdefault(workflow, []).append(transaction_id)
+    if not by_workflow:
+        return
+    if len(by_workflow) == 1:
+        [(workflow, transaction_ids)] = by_workflow.items()
+        if len(transaction_ids) == 1:
+            bind_log_context(environment=environment_id, transaction_id=transaction_ids[0])
+
+    def committed() -> None:
+        for workflow, transaction_ids in by_workflow.items():
+            events_accepted_batch(environment_id=environment_id, workflow=workflow, transaction_ids=transaction_ids)
+
+    transaction.on_commit(committed)

@@ -260,3 +260,33 @@ def test_the_hot_path_api_imports_no_app() -> None:
         imported = graph.find_modules_directly_imported_by(module)
         api = {"apps.observability.metrics", "apps.observability.logs"}
         assert not [name for name in imported if name.startswith("apps.") and name not in api], module
+
+
+def test_a_websocket_is_counted_down_once_and_only_if_it_was_counted() -> None:
+    before = metrics.WEBSOCKETS._value.get()
+    accepted, rejected = object.__new__(type("Consumer", (), {})), object.__new__(type("Consumer", (), {}))
+
+    metrics.websocket_opened(accepted)
+    metrics.websocket_opened(accepted)
+    assert metrics.WEBSOCKETS._value.get() == before + 1
+    metrics.websocket_closed(rejected)  # never accepted: nothing to count down
+    metrics.websocket_closed(accepted)
+    metrics.websocket_closed(accepted)
+    assert metrics.WEBSOCKETS._value.get() == before
+
+
+def test_accepted_events_are_counted_when_their_transaction_commits(
+    db: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("clarion_events_total", {"workflow": "on-commit"}) or 0.0
+
+    before = count()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        metrics.events_committed(1, [("on-commit", "a"), ("on-commit", "b"), ("other", "c")])
+    assert count() == before  # not before the commit
+    for callback in callbacks:
+        callback()
+    assert count() == before + 2
