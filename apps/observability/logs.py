@@ -49,11 +49,22 @@ def formatter(json: bool = False) -> logging.Formatter:
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             structlog.processors.EventRenamer("message"),
+            _head_first,
             renderer,
         ]
     else:
         final = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, render_line]
     return structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_SHARED_PROCESSORS, processors=final)
+
+
+_HEAD = ("timestamp", "level", "logger", "message")
+
+
+def _head_first(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """JSON lines start with time, level, logger and message; the context follows."""
+    head = {key: event_dict.pop(key) for key in _HEAD if key in event_dict}
+    head.update(event_dict)
+    return head
 
 
 def render_line(_logger: Any, _name: str, event_dict: dict[str, Any]) -> str:
