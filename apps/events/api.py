@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -108,15 +109,34 @@ class TriggerSerializer(serializers.Serializer):
         return value
 
     def to_request(self) -> services.TriggerRequest:
-        data = self.validated_data
-        return services.TriggerRequest(
-            workflow=data["workflow"],
-            to=data["to"],
-            payload=data.get("payload") or {},
-            actor=data.get("actor"),
-            transaction_id=data.get("transaction_id"),
-            cancellation_key=data.get("cancellation_key", ""),
-        )
+        return _trigger_request(self.validated_data)
+
+
+def _trigger_request(data: Any) -> services.TriggerRequest:
+    return services.TriggerRequest(
+        workflow=data["workflow"],
+        to=data["to"],
+        payload=data.get("payload") or {},
+        actor=data.get("actor"),
+        transaction_id=data.get("transaction_id"),
+        cancellation_key=data.get("cancellation_key", ""),
+    )
+
+
+_validators = threading.local()
+
+
+def validate_trigger(data: Any) -> services.TriggerRequest:
+    """``TriggerSerializer`` validation of one trigger body, raising ``ValidationError`` with the
+    same details as ``is_valid(raise_exception=True)`` (or ``Unprocessable`` for a payload too large).
+
+    One serializer instance per thread runs every validation: DRF builds a serializer's fields
+    (a deep copy of the declared ones) once per instance, which cost more than the validation
+    itself, 1,000 times over for a bulk request. Validation keeps no state on the instance."""
+    serializer = getattr(_validators, "trigger", None)
+    if serializer is None:
+        serializer = _validators.trigger = TriggerSerializer()
+    return _trigger_request(serializer.run_validation(data))
 
 
 class TriggerResponseSerializer(serializers.Serializer):
@@ -146,16 +166,12 @@ class BulkTriggerSerializer(serializers.Serializer):
             if problem:
                 requests.append(services.BulkItemResult(None, "error", problem.as_dict()))
                 continue
-            serializer = TriggerSerializer(data=item)
             try:
-                valid = serializer.is_valid()
+                requests.append(validate_trigger(item))
             except Unprocessable as exc:
                 errors[str(index)] = {"payload": [str(exc.detail)]}
-                continue
-            if not valid:
-                errors[str(index)] = serializer.errors
-                continue
-            requests.append(serializer.to_request())
+            except serializers.ValidationError as exc:
+                errors[str(index)] = exc.detail
         if errors:
             raise serializers.ValidationError(errors)
         return requests
@@ -179,9 +195,8 @@ class TriggerView(APIView):
     )
     @idempotent
     def post(self, request: Request) -> Response:
-        serializer = TriggerSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        event = services.event_trigger(environment=request_environment(request), request=serializer.to_request())
+        trigger = validate_trigger(request.data)
+        event = services.event_trigger(environment=request_environment(request), request=trigger)
         return Response({"transaction_id": event.transaction_id, "status": "accepted"}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -223,3 +223,36 @@ def test_process_events_runs_every_event(api, tenant, comment_workflow, django_c
     assert [d["status"] for d in data] == ["accepted"] * 3
     assert InboxMessage.objects.count() == 3
     assert set(Event.objects.values_list("status", flat=True)) == {"processed"}
+
+
+def test_items_are_validated_independently(api, comment_workflow):
+    """One validator serves every item: nothing of an item (actor, cancellation key, payload) leaks into the next."""
+    data = _bulk(
+        api,
+        [
+            {"workflow": "comment-created", "to": ["a"], "actor": "boss", "cancellation_key": "c", "payload": {"x": 1}},
+            {"workflow": "comment-created", "to": ["b"]},
+        ],
+    )
+    second = Event.objects.get(transaction_id=data[1]["transaction_id"])
+    assert (second.actor, second.cancellation_key, second.payload) == (None, "", {})
+
+
+def test_invalid_items_are_reported_by_index_with_the_serializers_messages(api, comment_workflow):
+    response = api.post(
+        BULK,
+        {
+            "events": [
+                {"workflow": "comment-created", "to": ["a"]},
+                {"workflow": "not a slug!", "to": ["a"]},
+                {"workflow": "comment-created", "to": [""], "transaction_id": ""},
+            ]
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    details = response.json()["error"]["details"]["events"]
+    assert set(details) == {"1", "2"}
+    assert "workflow" in details["1"]
+    assert set(details["2"]) == {"to", "transaction_id"}
+    assert Event.objects.count() == 0
