@@ -16,7 +16,6 @@ completed ("merged") when the leader sends.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -94,17 +93,21 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
             break
         subscriber_ids = {g.subscriber_id for g in pending.values()}
         scopes = {g.scope for g in pending.values()}
+        open_buckets = _lock_open(subscriber_ids, scopes, pending)
         # A bucket whose window had passed when these events arrived takes no more of them, even if
         # its leader is late. "Arrived" is when each run was due at the step, not when a
         # backlogged worker got to it.
         arrived = min((j.reached_at or now for g in pending.values() for j in g.joins), default=now)
-        stale = DigestBucket.objects.filter(
-            status=DigestBucket.Status.OPEN, subscriber_id__in=subscriber_ids, scope__in=scopes, closes_at__lte=arrived
-        )
-        stale.filter(leader_run__isnull=False).update(status=DigestBucket.Status.CLOSING)
-        stale.filter(leader_run__isnull=True).update(status=DigestBucket.Status.EMPTY, closed_at=now)
-
-        open_buckets = _lock_open(subscriber_ids, scopes, pending)
+        stale = {key: bucket for key, bucket in open_buckets.items() if bucket.closes_at <= arrived}
+        if stale:
+            DigestBucket.objects.filter(pk__in=[b.pk for b in stale.values() if b.leader_run_id]).update(
+                status=DigestBucket.Status.CLOSING
+            )
+            DigestBucket.objects.filter(pk__in=[b.pk for b in stale.values() if not b.leader_run_id]).update(
+                status=DigestBucket.Status.EMPTY, closed_at=now
+            )
+            for key in stale:
+                del open_buckets[key]
         # Sorted, so that concurrent chunks insert (and so lock) new buckets in the same order.
         missing = sorted(
             (g for key, g in pending.items() if key not in open_buckets), key=lambda g: (g.subscriber_id, g.scope)
@@ -121,7 +124,7 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
                     results[first.run.pk] = JoinResult(role=ROLE_PASSTHROUGH, bucket_id=None, closes_at=None)
             open_buckets = _lock_open(subscriber_ids, scopes, pending)
 
-        entries: list[DigestEntry] = []
+        entries: list[tuple[int, int, str]] = []
         full: list[int] = []
         new_leaders: dict[int, int] = {}
         added: dict[int, int] = {}
@@ -135,7 +138,7 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
             placed, group.joins = group.joins[:room], group.joins[room:]
             added[bucket.pk] = added.get(bucket.pk, 0) + len(placed)
             for join in placed:
-                entries.append(DigestEntry(bucket_id=bucket.pk, run_id=join.run.pk, step_id=join.step_id))
+                entries.append((bucket.pk, join.run.pk, join.step_id))
                 if bucket.leader_run_id is None and bucket.pk not in new_leaders:
                     new_leaders[bucket.pk] = join.run.pk
                 leader = bucket.leader_run_id or new_leaders.get(bucket.pk)
@@ -150,7 +153,7 @@ def digests_join(*, joins: list[DigestJoin], now: datetime) -> tuple[dict[int, J
                     woken.append(bucket.leader_run_id)
             if not group.joins:
                 del pending[key]
-        DigestEntry.objects.bulk_create(entries, batch_size=1000)
+        _insert_entries(entries, now)
         for bucket_pk, run_pk in new_leaders.items():
             DigestBucket.objects.filter(pk=bucket_pk).update(leader_run_id=run_pk)
         _add_counts(added, now)
@@ -230,15 +233,51 @@ def digests_hold(*, held: list[HeldMessage], now: datetime) -> None:
     _add_counts(added, now)
 
 
+@dataclass(frozen=True)
+class _OpenBucket:
+    pk: int
+    leader_run_id: int | None
+    max_events: int | None
+    entry_count: int
+    closes_at: datetime
+
+
 def _lock_open(
     subscriber_ids: set[int], scopes: set[str], pending: dict[tuple[int, str], _Group]
-) -> dict[tuple[int, str], DigestBucket]:
+) -> dict[tuple[int, str], _OpenBucket]:
+    """Lock the open buckets of these subscribers and scopes (in pk order, as every chunk does), as
+    plain tuples: a chunk of 500 joins reads 500 rows, so no model instances."""
     rows = (
         DigestBucket.objects.select_for_update()
         .filter(status=DigestBucket.Status.OPEN, subscriber_id__in=subscriber_ids, scope__in=scopes)
         .order_by("pk")
+        .values_list("subscriber_id", "scope", "pk", "leader_run_id", "max_events", "entry_count", "closes_at")
     )
-    return {(b.subscriber_id, b.scope): b for b in rows if (b.subscriber_id, b.scope) in pending}
+    return {
+        (subscriber_id, scope): _OpenBucket(pk, leader, max_events, count, closes_at)
+        for subscriber_id, scope, pk, leader, max_events, count, closes_at in rows
+        if (subscriber_id, scope) in pending
+    }
+
+
+def _insert_entries(entries: list[tuple[int, int, str]], now: datetime) -> None:
+    """The chunk's digest entries (bucket, run, step id): on PostgreSQL one INSERT from three arrays,
+    with no model instance per row; elsewhere ``bulk_create``."""
+    if not entries:
+        return
+    if connection.vendor != "postgresql":
+        DigestEntry.objects.bulk_create(
+            [DigestEntry(bucket_id=b, run_id=r, step_id=step) for b, r, step in entries], batch_size=1000
+        )
+        return
+    quote = connection.ops.quote_name
+    buckets, runs, steps = (list(column) for column in zip(*entries, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(DigestEntry._meta.db_table)} (bucket_id, run_id, step_id, content, created_at) "
+            "SELECT b, r, s, '{}'::jsonb, %s FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS t (b, r, s)",
+            [now, buckets, runs, steps],
+        )
 
 
 def _quiet_groups(groups: list[_Group], now: datetime) -> set[tuple[int, str]]:
@@ -367,6 +406,21 @@ def digests_awaiting_stragglers(
     return waiting
 
 
+def digests_led_by(*, run_pks: set[int]) -> dict[tuple[int, str], int]:
+    """(run pk, step id) → the workflow bucket each run leads (or led: sent, or closing), one query."""
+    if not run_pks:
+        return {}
+    led: dict[tuple[int, str], int] = {}
+    for run_pk, step_id, bucket_pk in (
+        DigestBucket.objects.filter(leader_run_id__in=run_pks, workflow__isnull=False)
+        .exclude(status=DigestBucket.Status.EMPTY)
+        .order_by("pk")
+        .values_list("leader_run_id", "step_id", "pk")
+    ):
+        led[(run_pk, step_id)] = bucket_pk  # the newest, should a run ever have led two
+    return led
+
+
 def digests_close_for_leaders(*, leader_bucket: dict[int, int], now: datetime) -> dict[int, list[dict[str, Any]]]:
     """Close the leaders' buckets (if still open) and return bucket pk → its events, oldest first.
 
@@ -384,32 +438,38 @@ def digests_close_for_leaders(*, leader_bucket: dict[int, int], now: datetime) -
 
 
 def digest_events(*, bucket_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The events of the given buckets as templates see them (``digest.events``)."""
-    events: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    rows = (
+    """The events of the given buckets as templates see them (``digest.events``), oldest first.
+
+    Two queries whatever the number of entries: the entries, then each distinct event once (the
+    digests of one flush usually share their events: a trigger to a topic joins every subscriber's
+    bucket), so a million entries decode a payload per event, not per entry.
+    """
+    from apps.events.models import Event
+
+    entries = list(
         DigestEntry.objects.filter(bucket_id__in=bucket_pks)
         .order_by("pk")
-        .values(
-            "bucket_id",
-            "run_id",
-            "content",
-            "run__event__transaction_id",
-            "run__event__payload",
-            "run__event__actor",
-            "run__event__created_at",
-        )
+        .values_list("bucket_id", "content", "run__event_id")
     )
-    for row in rows:
-        item: dict[str, Any] = {
-            "transaction_id": row["run__event__transaction_id"],
-            "payload": row["run__event__payload"],
-            "actor": row["run__event__actor"] or {},
-            "created_at": row["run__event__created_at"].isoformat(),
+    items: dict[int, dict[str, Any]] = {
+        pk: {
+            "transaction_id": transaction_id,
+            "payload": payload,
+            "actor": actor or {},
+            "created_at": created_at.isoformat(),
         }
-        if row["content"]:
-            item.update(row["content"])
-        events[row["bucket_id"]].append(item)
+        for pk, transaction_id, payload, actor, created_at in Event.objects.filter(
+            pk__in={event_id for _, _, event_id in entries}
+        ).values_list("pk", "transaction_id", "payload", "actor", "created_at")
+    }
+    events: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for bucket_pk, content, event_id in entries:
+        item = items[event_id]
+        events[bucket_pk].append({**item, **content} if content else item)
     return events
+
+
+MEMBERS_BATCH = 400  # buckets per INSERT … SELECT (two parameters each)
 
 
 def digest_members_complete(*, sent: dict[int, int], now: datetime) -> None:
@@ -417,36 +477,32 @@ def digest_members_complete(*, sent: dict[int, int], now: datetime) -> None:
     buckets is complete, with a ``digest_merged`` decision naming the bucket and the run that sent it.
 
     Set-based on purpose: a flush completes up to a million runs, so the trace rows are written
-    with one INSERT … SELECT per bucket and the runs with one UPDATE per chunk, instead of building
-    a model instance per row.
+    with one INSERT … SELECT per chunk of digests (the bucket and its sender joined from a VALUES
+    list) and the runs with one UPDATE, instead of a model instance or a statement per row.
     """
     if not sent:
         return
     quote = connection.ops.quote_name
-    detail = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
-    sql = (
-        f"INSERT INTO {quote(StepRun._meta.db_table)} "
-        "(run_id, step_id, step_type, decision, reason, detail, created_at) "
-        f"SELECT e.run_id, e.step_id, %s, %s, %s, {detail}, %s "
-        f"FROM {quote(DigestEntry._meta.db_table)} e JOIN {quote(Run._meta.db_table)} r ON r.id = e.run_id "
-        "WHERE e.bucket_id = %s AND e.run_id <> %s AND r.status = %s"
-    )
+    build = "jsonb_build_object" if connection.vendor == "postgresql" else "json_object"
     created_at = connection.ops.adapt_datetimefield_value(now)
-    rows = [
-        (
-            "digest",
-            StepRun.Decision.EXECUTED,
-            "digest_merged",
-            json.dumps({"bucket": bucket_pk, "sent_by_run": leader}),
-            created_at,
-            bucket_pk,
-            leader,
-            Run.Status.WAITING,
-        )
-        for bucket_pk, leader in sent.items()
-    ]
+    pairs = sorted(sent.items())
     with connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+        for start in range(0, len(pairs), MEMBERS_BATCH):
+            batch = pairs[start : start + MEMBERS_BATCH]
+            values = ", ".join(["(%s, %s)"] * len(batch))
+            sql = (
+                f"WITH sent (bucket_id, leader) AS (VALUES {values}) "
+                f"INSERT INTO {quote(StepRun._meta.db_table)} "
+                "(run_id, step_id, step_type, decision, reason, detail, created_at) "
+                f"SELECT e.run_id, e.step_id, %s, %s, %s, {build}('bucket', s.bucket_id, 'sent_by_run', s.leader), %s "
+                f"FROM {quote(DigestEntry._meta.db_table)} e "
+                "JOIN sent s ON s.bucket_id = e.bucket_id "
+                f"JOIN {quote(Run._meta.db_table)} r ON r.id = e.run_id "
+                "WHERE e.run_id <> s.leader AND r.status = %s"
+            )
+            params: list[Any] = [value for pair in batch for value in pair]
+            params += ["digest", StepRun.Decision.EXECUTED, "digest_merged", created_at, Run.Status.WAITING]
+            cursor.execute(sql, params)
     Run.objects.filter(
         pk__in=DigestEntry.objects.filter(bucket_id__in=list(sent)).values("run_id"), status=Run.Status.WAITING
     ).exclude(pk__in=list(sent.values())).update(

@@ -15,7 +15,7 @@ from django.utils import timezone
 from apps.delivery.models import Message
 from apps.events.services import TriggerRequest, event_trigger
 from apps.workflows import engine
-from apps.workflows.models import DigestBucket, Run
+from apps.workflows.models import DigestBucket, DigestEntry, Run
 from tests.factories import SubscriberFactory
 from tests.workflows.conftest import make_workflow, published_template
 
@@ -132,3 +132,62 @@ def test_500_concurrent_events_make_exactly_one_digest(digest_env, django_captur
         ("sent", EVENTS),
         ("sent", EVENTS),
     ]
+
+
+def _flush_repeatedly(environment_id: int, stop: Any, errors: Any, flushes: Any) -> None:
+    """POST /digests/flush's service and the leaders' runs, over and over while events arrive."""
+    try:
+        from apps.workflows import digests
+
+        while True:
+            stopping = stop.is_set()
+            leaders = digests.digests_flush(environment_id=environment_id)
+            if leaders:
+                engine.advance_runs(sorted(leaders))
+                with flushes.get_lock():
+                    flushes.value += 1
+            if stopping:
+                return
+    except BaseException:
+        errors.put(traceback.format_exc())
+    finally:
+        _close_connections()
+
+
+def test_flushes_racing_arriving_events_send_every_event_exactly_once(digest_env, django_capture_on_commit_callbacks):
+    """Four processes fire 500 events to one digest key while a fifth flushes it again and again:
+    every event ends in exactly one sent digest (no entry lost, none in two), and each message
+    holds exactly the events of its bucket."""
+    context = multiprocessing.get_context("fork")
+    stop, errors, flushes = context.Event(), context.Queue(), context.Value("i", 0)
+    _close_connections()
+    flusher = context.Process(target=_flush_repeatedly, args=(digest_env.pk, stop, errors, flushes))
+    flusher.start()
+    try:
+        fire_from_processes(digest_env.pk, round_=3)
+    finally:
+        stop.set()
+        flusher.join(180)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert not failures, "\n".join(failures)
+    assert flusher.exitcode == 0
+    # whatever the last flush left open goes out when its window closes
+    _close_window(django_capture_on_commit_callbacks, timezone.now() + timedelta(hours=2))
+
+    runs = Run.objects.filter(event__workflow__key="comments")
+    assert runs.count() == EVENTS
+    assert set(runs.values_list("status", flat=True)) == {Run.Status.COMPLETED}
+    entries = list(DigestEntry.objects.values_list("run_id", "bucket_id"))
+    assert sorted(run for run, _ in entries) == sorted(runs.values_list("pk", flat=True))  # each run once
+    buckets = DigestBucket.objects.exclude(status="empty")
+    assert set(buckets.values_list("status", flat=True)) == {"sent"}
+    messages = list(Message.objects.filter(channel="email").order_by("pk"))
+    assert len(messages) == buckets.count() and flushes.value >= 1
+    seen: list[str] = []
+    for message in messages:
+        comments = [part.split("</li>")[0] for part in message.body.split("<li>")[1:]]
+        assert message.subject == f"{len(comments)} new comments"
+        seen += comments
+    assert sorted(seen) == sorted(f"r3-w{w}-{i}" for w in range(PROCESSES) for i in range(EVENTS // PROCESSES))

@@ -420,6 +420,47 @@ def test_digest_collects_events_and_sends_one_message(digest_flow, env, fire, mo
     assert DigestBucket.objects.get(digest_key="p1", status="open").entry_count == 1
 
 
+def test_digest_joins_and_sends_cost_queries_per_chunk_not_per_recipient(
+    digest_flow, env, fire, move, clock, monkeypatch
+):
+    """Joining open digests and sending them cost the same statements for 5 recipients as for 40
+    (locks, entries, counts and the members' trace are set-based), and every digest is whole."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.workflows import digests
+
+    digest_flow()
+    ids = [f"q{n:02d}" for n in range(40)]
+    for subscriber_id in ids:
+        SubscriberFactory(environment=env, subscriber_id=subscriber_id)
+    statements: dict[str, list[int]] = {"digests_join": [], "digest_members_complete": [], "digest_events": []}
+    for name, calls in statements.items():
+        original = getattr(digests, name)
+
+        def counted(*args: Any, _original: Any = original, _calls: list[int] = calls, **kwargs: Any) -> Any:
+            with CaptureQueriesContext(connection) as captured:
+                result = _original(*args, **kwargs)
+            _calls.append(len(captured.captured_queries))
+            return result
+
+        monkeypatch.setattr(digests, name, counted)
+
+    fire("comments", ids, {"post": "p1", "comment": "first"})  # opens 40 buckets
+    fire("comments", ids[:5], {"post": "p1", "comment": "few"})
+    fire("comments", ids, {"post": "p1", "comment": "all"})
+    assert statements["digests_join"][1] == statements["digests_join"][2] <= 4  # lock, entries, counts
+
+    move(START + timedelta(hours=1, seconds=1))
+    assert statements["digest_members_complete"] == [2]  # one INSERT … SELECT, one UPDATE, for 40 digests
+    assert statements["digest_events"] == [2]  # the entries, then each distinct event once
+    subjects = sorted(m.subject for m in mail.outbox)
+    assert subjects == ["2 new comments on p1"] * 35 + ["3 new comments on p1"] * 5
+    runs = Run.objects.filter(event__workflow__key="comments")
+    assert set(runs.values_list("status", flat=True)) == {Run.Status.COMPLETED}
+    assert StepRun.objects.filter(run__in=runs, reason="digest_merged").count() == 5 * 2 + 35
+
+
 def test_digest_max_events_closes_early(digest_flow, env, fire, move, clock):
     digest_flow(max_events=2)
     SubscriberFactory(environment=env, subscriber_id="u1")

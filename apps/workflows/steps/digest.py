@@ -64,17 +64,34 @@ class DigestStep(StepType):
 
     def prepare(self, plan: ChunkPlan, data: ChunkData, now: datetime) -> None:
         """Close the buckets whose leaders are here (unless events of their window are still on the
-        way) and load the events of every digest a run of the chunk sends or carries."""
-        leader_bucket: dict[int, int] = {}
-        carried_buckets: set[int] = set()
+        way) and load the events of every digest a run of the chunk sends or carries.
+
+        A leader's state names no bucket (so that a chunk of leaders shares one state and is saved
+        with one UPDATE): its bucket is the one it leads (``DigestBucket.leader_run``), one query
+        for the chunk. States written before carry ``bucket`` and are read as they are.
+        """
+        leading: set[int] = set()  # leaders about to send: their bucket closes now
+        carrying: set[int] = set()  # runs that sent a digest earlier and go on with it
+        known: dict[tuple[int, str], int] = {}
         for run in plan.runs:
-            for result in run.step_results.values():
-                if result.get("role") == digests.ROLE_LEADER and result.get("in_progress") and result.get("bucket"):
-                    leader_bucket[run.pk] = result["bucket"]
-                elif result.get("type") == "digest" and result.get("bucket"):
-                    carried_buckets.add(result["bucket"])
-        if not leader_bucket and not carried_buckets:
+            for step_id, result in run.step_results.items():
+                if result.get("type") != "digest":
+                    continue
+                if result.get("in_progress") and result.get("role") == digests.ROLE_LEADER:
+                    leading.add(run.pk)
+                elif result.get("status") == "sent":
+                    carrying.add(run.pk)
+                else:
+                    continue
+                if result.get("bucket"):
+                    known[(run.pk, step_id)] = result["bucket"]
+        if not leading and not carrying:
             return
+        buckets = digest_buckets(data)
+        buckets.update(digests.digests_led_by(run_pks=(leading | carrying) - {run for run, _ in known}))
+        buckets.update(known)
+        leader_bucket = {run_pk: bucket_pk for (run_pk, _), bucket_pk in buckets.items() if run_pk in leading}
+        carried_buckets = {bucket_pk for (run_pk, _), bucket_pk in buckets.items() if run_pk in carrying}
         held_open = digests.digests_awaiting_stragglers(leader_bucket=leader_bucket, now=now)
         data.digest_postponed = {run_pk for run_pk, bucket_pk in leader_bucket.items() if bucket_pk in held_open}
         leader_bucket = {run_pk: bucket_pk for run_pk, bucket_pk in leader_bucket.items() if bucket_pk not in held_open}
@@ -104,14 +121,23 @@ class DigestStep(StepType):
         return wake
 
 
+def digest_buckets(data: ChunkData) -> dict[tuple[int, str], int]:
+    """(run pk, digest step id) → the bucket that run leads, for the runs of this chunk that send or
+    carry a digest (filled by ``DigestStep.prepare``; kept with the chunk's other loads)."""
+    buckets: dict[tuple[int, str], int] = vars(data).setdefault("digest_buckets", {})
+    return buckets
+
+
 def digest_context(run: Run, data: ChunkData) -> dict[str, Any] | None:
     """The most recent digest this run carried, as templates see it (``digest.events``…)."""
     latest: dict[str, Any] | None = None
-    for result in run.step_results.values():
+    buckets = digest_buckets(data)
+    for step_id, result in run.step_results.items():
         if result.get("type") != "digest" or result.get("status") != "sent":
             continue
+        bucket = result.get("bucket") or buckets.get((run.pk, step_id))
         # passed straight through (look-back): a digest of one, itself
-        events = data.digest_events.get(result["bucket"], []) if result.get("bucket") else [event_item(run)]
+        events = data.digest_events.get(bucket, []) if bucket else [event_item(run)]
         latest = {"count": len(events), "key": result.get("key", ""), "events": events}
     return latest
 
@@ -126,22 +152,25 @@ def digest(
     if result.get("in_progress") and role == digests.ROLE_LEADER:
         if run.pk in data.digest_postponed:
             wait(run, now + STRAGGLER_RECHECK)
-        events = data.digest_events.get(result["bucket"], [])
+        bucket = result.get("bucket") or digest_buckets(data).get((run.pk, step_id))
+        if bucket is None:
+            raise RuntimeError(f"digest leader run {run.pk} leads no bucket of step {step_id!r}")
+        events = data.digest_events.get(bucket, [])
+        # No bucket pk in the state: leaders that sent digests of the same size share one state.
         run.step_results[step_id] = {
             "type": "digest",
             "status": "sent",
-            "bucket": result["bucket"],
             "key": result.get("key", ""),
             "count": len(events),
         }
-        writes.digests_sent[result["bucket"]] = run.pk
+        writes.digests_sent[bucket] = run.pk
         trace(
             writes,
             run,
             step,
             StepRun.Decision.EXECUTED,
             "digest_sent",
-            bucket=result["bucket"],
+            bucket=bucket,
             key=result.get("key", ""),
             count=len(events),
         )
@@ -193,7 +222,8 @@ def apply_digest_joins(joins: list[DigestJoin], writes: ChunkWrites, now: dateti
             trace(writes, run, step, StepRun.Decision.EXECUTED, "digest_lookback_quiet", key=join.digest_key)
             continue
         if result.role == digests.ROLE_LEADER:
-            state["bucket"] = result.bucket_id
+            # The bucket records its leader (DigestBucket.leader_run): the state names none, so the
+            # leaders of a chunk share one state with its members' and are saved together.
             run.resume_at = result.closes_at
             if result.due_now:
                 wake.append(run.pk)
