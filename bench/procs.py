@@ -139,6 +139,17 @@ def read_proc(pid: int) -> ProcInfo | None:
     return ProcInfo(pid, int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]), comm)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores; /proc/stat, idle and iowait excluded)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    values = [int(v) for v in fields]
+    busy = sum(values[:8]) - values[3] - values[4]  # user nice system idle iowait irq softirq steal
+    return busy / CLOCK_TICKS
+
+
 def all_procs() -> dict[int, ProcInfo]:
     found: dict[int, ProcInfo] = {}
     for entry in os.scandir("/proc"):
@@ -240,6 +251,8 @@ class CpuMeter:
     _seconds: float = 0.0
     _self_start: float = 0.0
     _self_cpu: float = 0.0
+    _machine_start: float = 0.0
+    _machine_busy: float = 0.0
     _samples: int = 0
 
     def _classify(self, procs: dict[int, ProcInfo]) -> dict[int, str]:
@@ -285,6 +298,7 @@ class CpuMeter:
         self._sample(first=True)
         self._started_at = time.monotonic()
         self._self_start = time.process_time()
+        self._machine_start = machine_busy_seconds()
         self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
         self._thread.start()
         return self
@@ -296,6 +310,7 @@ class CpuMeter:
         self._sample()
         self._seconds = time.monotonic() - self._started_at
         self._self_cpu = time.process_time() - self._self_start
+        self._machine_busy = machine_busy_seconds() - self._machine_start
         return self.result()
 
     def __enter__(self) -> CpuMeter:
@@ -310,6 +325,7 @@ class CpuMeter:
         self._sample()
         self._seconds = time.monotonic() - self._started_at
         self._self_cpu = time.process_time() - self._self_start
+        self._machine_busy = machine_busy_seconds() - self._machine_start
         return self.result()
 
     def result(self) -> dict[str, float]:
@@ -334,6 +350,14 @@ class CpuMeter:
         # cores busy on average: system CPU over wall time (2.0 = both cores of a 2-core machine)
         sums["system_cores"] = sums["system"] / self._seconds if self._seconds else 0.0
         sums["postgres_share"] = sums["postgres"] / sums["system"] if sums["system"] else 0.0
+        # the whole machine's busy cores, and what of it was not this run's (other work on a shared machine)
+        sums["machine_cores"] = self._machine_busy / self._seconds if self._seconds else 0.0
+        sums["other_cores"] = max(
+            0.0,
+            sums["machine_cores"]
+            - sums["system_cores"]
+            - ((sums["loadgen"] + self._self_cpu) / self._seconds if self._seconds else 0.0),
+        )
         sums = {k: round(v, 3) for k, v in sums.items()}
         sums["wall_seconds"] = round(self._seconds, 3)
         sums["samples"] = self._samples

@@ -74,6 +74,7 @@ def run(installation: Installation, config: Config | None = None) -> dict[str, A
                 "sustained_events_per_s": mode["sustained_events_per_s"],
                 "backlog_growth_per_s": mode["backlog_growth_per_s"],
                 "system_cores": cpu["system_cores"],
+                "other_cores": cpu.get("other_cores", 0.0),
                 "postgres_share": cpu["postgres_share"],
                 "cores": {
                     g: round(cpu[g] / cpu["wall_seconds"], 2) if cpu["wall_seconds"] else 0.0
@@ -100,7 +101,8 @@ def rows(result: dict[str, Any]) -> list[Row]:
                 baseline=first or None,
                 baseline_name="web x1 worker x1",
                 note=(
-                    f"CPU cores busy {combo['system_cores']} of {result['cpus']}: web {cores['web']}, "
+                    f"CPU cores busy {combo['system_cores']} of {result['cpus']} "
+                    f"(other work on the machine: {combo.get('other_cores', 0)}): web {cores['web']}, "
                     f"workers {cores['worker']}, postgres {cores['postgres']} "
                     f"({combo['postgres_share']:.0%} of the system's), redis {cores['redis']}, "
                     f"loadgen {cores['loadgen']}; trigger p99 {combo['trigger_p99_ms']} ms; "
