@@ -210,3 +210,20 @@ def test_the_ticker_heartbeat_writes_at_most_every_few_seconds(var_dir: Any, mon
     assert path.stat().st_mtime == 1
     health.ticker_heartbeat(now=1000.0 + health.HEARTBEAT_EVERY_SECONDS)
     assert path.stat().st_mtime > 1
+
+
+def test_a_failing_readyz_logs_one_warning_a_minute_and_no_request_error(
+    client: Client, migrations_applied: None, settings: Any, caplog: Any, monkeypatch: Any
+) -> None:
+    from apps.observability import views
+
+    monkeypatch.setattr(views, "_last_failure_log", 0.0)
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "redis": CLOSED_PORT_REDIS}
+    settings.Q_CLUSTER.pop("orm", None)
+
+    for _ in range(3):
+        assert client.get("/readyz").status_code == 503
+
+    warnings = [r for r in caplog.records if r.name == "apps.observability.views"]
+    assert [r.getMessage() for r in warnings] == ["not ready: broker (ConnectionError)"]
+    assert not [r for r in caplog.records if r.name == "django.request"]

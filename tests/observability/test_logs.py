@@ -118,3 +118,11 @@ def test_django_q2_per_task_lines_are_dropped_but_not_its_errors_nor_its_start()
     assert chatter.filter(_record("django-q", "Q Cluster clarion starting."))
     assert chatter.filter(_record("django-q", "Failed 'apps.x' (oscar) - boom", level=logging.ERROR))
     assert TaskChatterFilter(keep=True).filter(_record("django-q", "Enqueued [clarion] 12"))
+
+
+def test_the_settings_route_uvicorn_and_django_q2_through_the_filters() -> None:
+    access = logging.getLogger("uvicorn.access")
+    assert any(isinstance(f, ProbeFilter) for handler in access.handlers for f in handler.filters)
+    assert access.propagate is False
+    assert any(isinstance(f, TaskChatterFilter) for f in logging.getLogger("django-q").filters)
+    assert any(type(handler.formatter).__name__ == "ProcessorFormatter" for handler in logging.getLogger().handlers)
