@@ -141,7 +141,7 @@ def bind_chunk_log_context(runs: Sequence[Any]) -> None:
     if not runs:
         return
     events = {run.event_id: run.event for run in runs}
-    transaction_ids = sorted(event.transaction_id for event in events.values())
+    transaction_ids = sorted(str(event.transaction_id) for event in events.values())
     environments = {event.environment_id for event in events.values()}
     bind_log_context(
         environment=next(iter(environments)) if len(environments) == 1 else None,
@@ -190,5 +190,5 @@ def log_messages_settled(messages: Sequence[Any], counts: Mapping[tuple[str, str
         count=len(messages),
         outcomes={f"{channel}/{status}/{provider or 'none'}": n for (channel, status, provider), n in counts.items()},
         message_ids=[m.pk for m in messages],
-        transaction_ids=sorted({(m.data or {}).get("transaction_id") or "" for m in messages} - {""}),
+        transaction_ids=sorted({str((m.data or {}).get("transaction_id") or "") for m in messages} - {""}),
     )

@@ -13,14 +13,19 @@ host's uvicorn and django-q2 worker processes (docs/operations.md).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, ParamSpec
 
 from django.db import transaction
 from prometheus_client import Counter, Gauge, Histogram
 
 from apps.observability.logs import bind_log_context, log_events_accepted, log_message_settled, log_messages_settled
+
+P = ParamSpec("P")
+logger = logging.getLogger(__name__)
 
 EVENTS = Counter("clarion_events", "Events accepted by the trigger, bulk and broadcast API", ["workflow"])
 MESSAGES = Counter(
@@ -52,6 +57,19 @@ WEBSOCKETS = Gauge(
 )
 
 
+def _never_raises(func: Callable[P, None]) -> Callable[P, None]:
+    """A hook called from the hot paths: a bug in counting or logging must never fail the work."""
+
+    @functools.wraps(func)
+    def hook(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            func(*args, **kwargs)
+        except Exception:
+            logger.warning("observability hook %s failed", func.__name__, exc_info=True)
+
+    return hook
+
+
 def events_accepted(workflow: str, n: int = 1) -> None:
     """``n`` events of ``workflow`` were accepted (call after the commit, once per request or batch)."""
     if n:
@@ -64,6 +82,7 @@ def events_accepted_counts(counts: Mapping[str, int]) -> None:
         events_accepted(workflow, n)
 
 
+@_never_raises
 def events_accepted_batch(*, environment_id: int, workflow: str, transaction_ids: Sequence[str]) -> None:
     """A trigger request (or a bulk batch of one workflow) committed: count it and log one line."""
     events_accepted(workflow, len(transaction_ids))
@@ -76,12 +95,14 @@ def messages_finished(channel: str, status: str, provider: str = "", n: int = 1)
         MESSAGES.labels(channel, status, provider or "none").inc(n)
 
 
+@_never_raises
 def messages_finished_counts(counts: Mapping[tuple[str, str, str], int]) -> None:
     """Aggregated ``{(channel, status, provider): n}`` of one batch."""
     for (channel, status, provider), n in counts.items():
         messages_finished(channel, status, provider, n)
 
 
+@_never_raises
 def message_settled(message: Any, *, status: str, provider: str = "") -> None:
     """Delivery settled one message (sent, failed, deferred, in doubt): count it and log one line
     carrying the message's context (bind it first with ``logs.bind_message_log_context``)."""
@@ -92,6 +113,7 @@ def message_settled(message: Any, *, status: str, provider: str = "") -> None:
 _SETTLED_AS = {"queued": "deferred"}  # back in the queue after a delivery: a retry waits
 
 
+@_never_raises
 def messages_settled(messages: Sequence[Any]) -> None:
     """A delivery batch is over: count its messages by (channel, status, provider) from the objects in
     memory (no query) and log one line for the batch (for one message: that message's line)."""
@@ -111,6 +133,7 @@ def delivery_observed(provider: str, seconds: float) -> None:
     DELIVERY_SECONDS.labels(provider or "none").observe(seconds)
 
 
+@_never_raises
 def delivery_observed_many(provider: str, seconds: Iterable[float]) -> None:
     """The calls of one window through ``provider``."""
     histogram = DELIVERY_SECONDS.labels(provider or "none")
@@ -129,6 +152,7 @@ def step_decisions(counts: Mapping[tuple[str, str, str], int] | Iterable[tuple[t
 _DECISION = attrgetter("step_type", "decision", "reason")
 
 
+@_never_raises
 def step_decisions_of(entries: Iterable[Any]) -> None:
     """A committed chunk's trace entries (``step_type``, ``decision``, ``reason``), counted in memory."""
     step_decisions(collections.Counter(map(_DECISION, entries)))
@@ -141,6 +165,7 @@ def http_request_observed(method: str, route: str, status: int, seconds: float) 
 _COUNTED = "_clarion_websocket_counted"
 
 
+@_never_raises
 def websocket_opened(consumer: object | None = None) -> None:
     """A socket was accepted. With ``consumer``, ``websocket_closed(consumer)`` counts it down exactly once."""
     if consumer is not None:
@@ -150,6 +175,7 @@ def websocket_opened(consumer: object | None = None) -> None:
     WEBSOCKETS.inc()
 
 
+@_never_raises
 def websocket_closed(consumer: object | None = None) -> None:
     """A socket closed: counted down only if ``websocket_opened(consumer)`` counted it (a rejected
     handshake, or a second disconnect, counts nothing)."""
@@ -160,6 +186,7 @@ def websocket_closed(consumer: object | None = None) -> None:
     WEBSOCKETS.dec()
 
 
+@_never_raises
 def events_committed(environment_id: int, accepted: Iterable[tuple[str, str]]) -> None:
     """The trigger accepted these ``(workflow key, transaction id)``: counted and logged once the
     transaction commits (at once in autocommit), one line per request, grouped by workflow."""

@@ -290,3 +290,16 @@ def test_accepted_events_are_counted_when_their_transaction_commits(
     for callback in callbacks:
         callback()
     assert count() == before + 2
+
+
+def test_a_hook_that_fails_never_fails_the_work(caplog: Any) -> None:
+    class Broken:
+        channel = "email"
+
+        @property
+        def status(self) -> str:
+            raise RuntimeError("a bug in the hook's input")
+
+    metrics.messages_settled([Broken(), Broken()])  # does not raise
+
+    assert "observability hook messages_settled failed" in caplog.text
