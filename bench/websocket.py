@@ -1,424 +1,426 @@
-"""Websocket: N concurrent inbox sockets on ONE uvicorn process with Redis (channels-redis).
+"""Websocket: connection storms and trigger → frame latency, open loop, on real processes.
 
-What it measures, against real processes (``uvicorn config.asgi:application``, one worker, and
-``manage.py qcluster`` on the Redis broker), with every client in this process (asyncio +
-``websockets``):
+What runs (``bench.procs.Stack`` on a fresh installation: a new throwaway PostgreSQL database and
+the Redis database flushed first, both dropped/flushed at the end): one ``uvicorn`` process, one
+``manage.py clarion_worker`` (django-q2 on the Redis broker + the ticker), channels-redis. The
+clients run in a process of their own (``python -m bench.websocket --client``), counted as
+``loadgen`` by the CPU meter; the orchestrator only sets up and waits.
 
-* **memory per connection**: the server's RSS with N sockets open (each authenticated, in its
-  subscriber's group) minus its RSS before, divided by N;
-* **push → frame**: this process does ``group_send`` on the channel layer to every subscriber's
-  group (what ``apps.inbox.realtime`` does after a commit) and times each frame's arrival: Redis
-  + the consumer's relay, nothing else;
-* **trigger → frame, one recipient**: ``POST /api/v1/events/trigger`` to one connected
-  subscriber, timed until its ``message.created`` frame arrives: the API, the queue, the worker
-  running the workflow, the commit, the push and the relay;
-* **trigger → frame, broadcast**: one trigger to a topic holding all N subscribers, each socket's
-  arrival time (p50 / p99 / last).
-
-Needs ``REDIS_URL`` (point it at a throwaway database: it is flushed) and uses ``DATABASE_URL``
-when set (a throwaway PostgreSQL database), else SQLite in a temporary folder.
+* **storm**: N sockets (default 1,000, one per subscriber, tokens minted beforehand so the server
+  checks each session against the database as after a restart) open all at once — no semaphore —
+  and each waits for its ``ready`` frame; then every socket is dropped and all N reconnect at once.
+  Errors: handshakes refused (HTTP 500 was channels-redis's ``MaxConnectionsError``), closed, or
+  without ``ready`` within 60 s.
+* **trigger → frame, open loop**: with the N sockets open, ``POST /api/v1/events/trigger`` at a
+  fixed rate (default 50/s for 30 s after 5 s of warm-up), trigger ``i`` due at ``t0 + i / rate``
+  whatever happened to the earlier ones, each to one subscriber (round robin) of a workflow with
+  one in-app step; latency from the trigger's *due* time to its ``message.created`` frame on that
+  subscriber's socket (so the generator's own lag and every queue count). Frames still missing
+  60 s after the last trigger are reported as missing (the goal is then unmet).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
+import resource
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from bench.common import ROOT, Installation, log, median, percentile
-from bench.ingest import Server
+from bench.common import Installation, log, percentile
+from bench.report import Row, Skipped
 
 TEMPLATE_KEY = "ws-bench-in-app"
 WORKFLOW_KEY = "ws-bench"
-TOPIC_KEY = "ws-bench-all"
-READY_TIMEOUT = 60.0
-FRAME_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 60.0
+FRAME_GRACE = 60.0
 
 
 @dataclass(frozen=True)
 class WebsocketConfig:
     clients: int = 1000
-    push_rounds: int = 5
-    single_pushes: int = 300
-    triggers: int = 100
-    trigger_concurrency: int = 4
-    broadcasts: int = 3
-    connect_concurrency: int = 50
+    rate: float = 50.0  # triggers per second, open loop
+    seconds: float = 30.0  # measured
+    warmup_seconds: float = 5.0
+    trigger_connections: int = 64
 
     @classmethod
     def quick(cls) -> WebsocketConfig:
-        return cls(clients=50, push_rounds=2, single_pushes=20, triggers=10, broadcasts=1)
+        return cls(clients=100, rate=20.0, seconds=5.0, warmup_seconds=1.0)
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+def _stats(values_ms: list[float]) -> dict[str, float]:
+    values = sorted(values_ms)
+    return {
+        "count": len(values),
+        "p50_ms": round(percentile(values, 50), 1),
+        "p90_ms": round(percentile(values, 90), 1),
+        "p99_ms": round(percentile(values, 99), 1),
+        "max_ms": round(values[-1], 1) if values else 0.0,
+    }
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
-        stat = stat_file.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# --- the client process -------------------------------------------------------------------------
 
 
-class Worker:
-    """``manage.py qcluster`` in its own process group."""
-
-    def __init__(self, installation: Installation) -> None:
-        self.installation = installation
-        self.log_path = installation.var_dir / "qcluster.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "clarion_worker"],
-                cwd=ROOT,
-                env=self.installation.process_env(CLARION_WORKERS="2", LOG_LEVEL="INFO"),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"qcluster exited\n{self.output()}")
-            if "running." in self.output():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"qcluster not ready\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # our own process group only
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-
-class Client:
-    """One subscriber's socket; records when each awaited frame arrives."""
+class Socket:
+    """One subscriber's websocket; resolves the future waiting for a frame's title."""
 
     def __init__(self, subscriber_id: str, token: str) -> None:
         self.subscriber_id = subscriber_id
         self.token = token
         self.ws: Any = None
-        self.waiting: dict[str, asyncio.Future[float]] = {}
         self.reader: asyncio.Task[None] | None = None
-
-    def expect(self, key: str) -> asyncio.Future[float]:
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[key] = future
-        return future
+        self.waiting: dict[str, asyncio.Future[float]] = {}
 
     async def connect(self, ws_base: str) -> None:
         from websockets.asyncio.client import connect
 
-        self.ws = await connect(f"{ws_base}/ws/inbox/?token={quote(self.token)}", open_timeout=READY_TIMEOUT)
-        ready = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=READY_TIMEOUT))
+        self.ws = await connect(
+            f"{ws_base}/ws/inbox/?token={quote(self.token)}", open_timeout=HANDSHAKE_TIMEOUT, max_queue=None
+        )
+        ready = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=HANDSHAKE_TIMEOUT))
         if ready.get("event") != "ready":
-            raise RuntimeError(f"{self.subscriber_id}: expected ready, got {ready}")
+            raise RuntimeError(f"expected ready, got {str(ready)[:200]}")
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        async for raw in self.ws:
-            arrived = time.perf_counter()
-            frame = json.loads(raw)
-            key = frame.get("bench_id") or (frame.get("message") or {}).get("title", "")
-            future = self.waiting.pop(key, None)
-            if future is not None and not future.done():
-                future.set_result(arrived)
+        with contextlib.suppress(Exception):
+            async for raw in self.ws:
+                arrived = time.monotonic()
+                frame = json.loads(raw)
+                title = (frame.get("message") or {}).get("title", "")
+                future = self.waiting.pop(title, None)
+                if future is not None and not future.done():
+                    future.set_result(arrived)
 
-    async def close(self) -> None:
+    async def drop(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
         if self.ws is not None:
-            await self.ws.close()
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        self.ws = self.reader = None
 
 
-def _stats(latencies_s: list[float]) -> dict[str, float]:
-    values = sorted(x * 1000 for x in latencies_s)
+async def _storm(sockets: list[Socket], ws_base: str) -> dict[str, Any]:
+    """Every socket connects at the same moment; per socket: seconds to ``ready``, or its error."""
+
+    async def one(sock: Socket) -> tuple[float, str]:
+        started = time.monotonic()
+        try:
+            await sock.connect(ws_base)
+        except Exception as exc:  # a refused handshake, a close, a timeout: all errors
+            return time.monotonic() - started, f"{type(exc).__name__}: {str(exc)[:120]}"
+        return time.monotonic() - started, ""
+
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(one(s) for s in sockets))
+    errors: dict[str, int] = {}
+    for _, error in outcomes:
+        if error:
+            errors[error] = errors.get(error, 0) + 1
     return {
-        "count": len(values),
-        "p50_ms": round(percentile(values, 50), 2),
-        "p99_ms": round(percentile(values, 99), 2),
-        "max_ms": round(values[-1], 2) if values else 0.0,
-        "mean_ms": round(sum(values) / len(values), 2) if values else 0.0,
+        "clients": len(sockets),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
+        "all_ready_seconds": round(time.monotonic() - started, 2),
+        "ready": _stats([seconds * 1000 for seconds, error in outcomes if not error]),
     }
 
 
-async def _gather_limited(coros: list[Any], limit: int) -> list[Any]:
-    semaphore = asyncio.Semaphore(limit)
+async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
 
-    async def one(coro: Any) -> Any:
-        async with semaphore:
-            return await coro
+    rate, run_id = float(plan["rate"]), uuid.uuid4().hex[:6]
+    warm = int(plan["warmup_seconds"] * rate)
+    total = warm + int(plan["seconds"] * rate)
+    url = f"{plan['http_base']}/api/v1/events/trigger"
+    headers = {"Authorization": f"Bearer {plan['secret_key']}", "Content-Type": "application/json"}
+    latencies: list[float] = []
+    missing = 0
+    statuses: dict[str, int] = {}
+    lag: list[float] = []
+    connector = aiohttp.TCPConnector(limit=plan["trigger_connections"])
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
 
-    return await asyncio.gather(*(one(c) for c in coros))
-
-
-async def _scenario(server: Server, secret_key: str, groups: dict[str, str], config: WebsocketConfig) -> dict[str, Any]:
-    from channels.layers import get_channel_layer
-
-    headers = {"Authorization": f"Bearer {secret_key}"}
-    ws_base = server.base_url.replace("http://", "ws://")
-    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=60) as http:
-        # Tokens minted by the server API (the short-lived token path), one per subscriber.
-        async def mint(subscriber_id: str) -> Client:
-            response = await http.post(
-                "/api/v1/inbox/tokens", json={"subscriber_id": subscriber_id, "ttl_seconds": 3600}
-            )
-            response.raise_for_status()
-            return Client(subscriber_id, response.json()["token"])
-
-        clients: list[Client] = await _gather_limited([mint(s) for s in groups], 16)
-
-        # Warm the server (imports, first handshake), then the baseline RSS.
-        warm = Client(clients[0].subscriber_id, clients[0].token)
-        await warm.connect(ws_base)
-        await warm.close()
-        await asyncio.sleep(1.0)
-        rss_before = _rss_kb(server.pid)
-        started = time.perf_counter()
-        await _gather_limited([c.connect(ws_base) for c in clients], config.connect_concurrency)
-        connect_seconds = time.perf_counter() - started
-        await asyncio.sleep(2.0)
-        rss_after = _rss_kb(server.pid)
-        log(
-            f"websocket: {len(clients)} sockets open in {connect_seconds:.1f} s; "
-            f"server RSS {rss_before} → {rss_after} kB"
-        )
-
-        # Push → frame: group_send from here, as apps.inbox.realtime does after a commit.
-        layer = get_channel_layer()
-        push_latencies: list[float] = []
-        cpu_before = _cpu_seconds(server.pid)
-        push_started = time.perf_counter()
-        for round_no in range(config.push_rounds):
-            waits: list[tuple[float, asyncio.Future[float]]] = []
-            for client in clients:
-                bench_id = f"push-{round_no}-{client.subscriber_id}"
-                future = client.expect(bench_id)
-                frame = {
-                    "event": "message.updated",
-                    "bench_id": bench_id,
-                    "cursor": 0,
-                    "message": {"id": 0, "title": "x" * 40, "body": "y" * 120},
-                    "counts": {"unread": 1, "unseen": 1, "total": 1},
-                }
-                sent = time.perf_counter()
-                await layer.group_send(groups[client.subscriber_id], {"type": "inbox.event", "frame": frame})
-                waits.append((sent, future))
-            _done, pending = await asyncio.wait([f for _, f in waits], timeout=FRAME_TIMEOUT)
-            if pending:
-                closed = sum(1 for c in clients if c.ws is None or c.ws.state.name != "OPEN")
-                raise RuntimeError(
-                    f"push round {round_no}: {len(pending)} of {len(waits)} frames missing after {FRAME_TIMEOUT} s; "
-                    f"{closed} sockets closed"
+        async def trigger(i: int, due: float) -> None:
+            nonlocal missing
+            sock = sockets[i % len(sockets)]
+            title = f"ws {run_id} {i}"
+            future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            sock.waiting[title] = future
+            body = json.dumps({"workflow": WORKFLOW_KEY, "to": [sock.subscriber_id], "payload": {"title": title}})
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    status = str(response.status)
+            except Exception as exc:
+                status = type(exc).__name__
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != "202":
+                sock.waiting.pop(title, None)
+                if i >= warm:
+                    missing += 1
+                return
+            try:
+                arrived = await asyncio.wait_for(
+                    future, timeout=max(1.0, end_of_schedule + FRAME_GRACE - time.monotonic())
                 )
-            push_latencies += [future.result() - sent for sent, future in waits]
-        push_seconds = time.perf_counter() - push_started
-        push_cpu = _cpu_seconds(server.pid) - cpu_before
+            except TimeoutError:
+                sock.waiting.pop(title, None)
+                if i >= warm:
+                    missing += 1
+                return
+            if i >= warm:
+                latencies.append((arrived - due) * 1000)
 
-        # The same, one frame at a time (no burst queued ahead of it): the relay's own latency.
-        single_latencies: list[float] = []
-        for n in range(config.single_pushes):
-            client = clients[(n * 7919) % len(clients)]
-            bench_id = f"single-{n}"
-            future = client.expect(bench_id)
-            frame = {"event": "counts.changed", "bench_id": bench_id, "cursor": n, "counts": {"unread": n}}
-            sent = time.perf_counter()
-            await layer.group_send(groups[client.subscriber_id], {"type": "inbox.event", "frame": frame})
-            single_latencies.append(await asyncio.wait_for(future, timeout=FRAME_TIMEOUT) - sent)
-
-        # Trigger → frame, one recipient per trigger.
-        async def trigger_one(n: int) -> float:
-            client = clients[(n * 7919) % len(clients)]
-            title = f"bench {n} {uuid.uuid4().hex[:8]}"
-            future = client.expect(title)
-            sent = time.perf_counter()
-            response = await http.post(
-                "/api/v1/events/trigger",
-                json={"workflow": WORKFLOW_KEY, "to": [client.subscriber_id], "payload": {"title": title}},
-            )
-            if response.status_code != 202:
-                raise RuntimeError(f"trigger answered {response.status_code}: {response.text[:300]}")
-            return await asyncio.wait_for(future, timeout=FRAME_TIMEOUT) - sent
-
-        await trigger_one(-1)  # warm the worker
-        trigger_latencies = await _gather_limited(
-            [trigger_one(n) for n in range(config.triggers)], config.trigger_concurrency
-        )
-
-        # Trigger → frame, broadcast to the topic of all N subscribers.
-        broadcast: list[dict[str, Any]] = []
-        for n in range(config.broadcasts):
-            title = f"broadcast {n} {uuid.uuid4().hex[:8]}"
-            futures = [c.expect(title) for c in clients]
-            sent = time.perf_counter()
-            response = await http.post(
-                "/api/v1/events/trigger",
-                json={"workflow": WORKFLOW_KEY, "to": [{"topic": TOPIC_KEY}], "payload": {"title": title}},
-            )
-            if response.status_code != 202:
-                raise RuntimeError(f"broadcast answered {response.status_code}: {response.text[:300]}")
-            arrivals = await asyncio.wait_for(asyncio.gather(*futures), timeout=FRAME_TIMEOUT * 4)
-            broadcast.append(_stats([a - sent for a in arrivals]))
-
-        alive = sum(1 for c in clients if c.ws is not None and c.ws.state.name == "OPEN")
-        await asyncio.gather(*(c.close() for c in clients))
-
+        t0 = time.monotonic() + 0.2
+        end_of_schedule = t0 + total / rate
+        tasks = []
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag.append(max(0.0, time.monotonic() - due))
+            tasks.append(asyncio.create_task(trigger(i, due)))
+        await asyncio.gather(*tasks)
+        measured_seconds = time.monotonic() - t0
     return {
-        "connections": len(clients),
-        "connections_open_at_end": alive,
-        "connect_seconds": round(connect_seconds, 2),
-        "server_rss_before_mb": round(rss_before / 1024, 1),
-        "server_rss_after_mb": round(rss_after / 1024, 1),
-        "memory_per_connection_kb": round((rss_after - rss_before) / len(clients), 1),
-        "push": {
-            **_stats(push_latencies),
-            "frames_per_s": round(len(push_latencies) / push_seconds, 1),
-            "server_cpu_ms_per_frame": round(push_cpu * 1000 / len(push_latencies), 3),
-        },
-        "push_single": _stats(single_latencies),
-        "trigger_one": _stats(list(trigger_latencies)),
-        "broadcast": broadcast,
-        "broadcast_last_ms_median": round(median([b["max_ms"] for b in broadcast]), 1) if broadcast else 0.0,
+        "rate": rate,
+        "triggers": total - warm,
+        "warmup_triggers": warm,
+        "frames": len(latencies),
+        "missing": missing,
+        "statuses": statuses,
+        "latency": _stats(latencies),
+        "generator_lag_ms_max": round(max(lag, default=0.0) * 1000, 1),
+        "wall_seconds": round(measured_seconds, 1),
     }
 
 
-def _flush_redis(url: str) -> None:
-    import redis
+async def _client_main(plan: dict[str, Any]) -> dict[str, Any]:
+    sockets = [Socket(subscriber_id, token) for subscriber_id, token in plan["tokens"].items()]
+    ws_base = plan["http_base"].replace("http://", "ws://")
+    first = await _storm(sockets, ws_base)
+    log(f"websocket: storm 1: {first['errors']} errors, all ready in {first['all_ready_seconds']} s")
+    Path(plan["connected_marker"]).write_text(json.dumps(first))
+    # every socket drops (a proxy restart, a network blip), then all reconnect at the same moment
+    await asyncio.gather(*(s.drop() for s in sockets))
+    await asyncio.sleep(1.0)
+    reconnect = await _storm(sockets, ws_base)
+    log(f"websocket: reconnect storm: {reconnect['errors']} errors, all ready in {reconnect['all_ready_seconds']} s")
+    connected = [s for s in sockets if s.ws is not None]
+    loop = await _open_loop(connected, plan) if connected else {}
+    if loop:
+        log(
+            f"websocket: {loop['triggers']} triggers at {loop['rate']}/s: p50 {loop['latency']['p50_ms']} ms, "
+            f"p99 {loop['latency']['p99_ms']} ms, {loop['missing']} missing"
+        )
+    open_at_end = sum(1 for s in connected if s.ws is not None and s.ws.state.name == "OPEN")
+    await asyncio.gather(*(s.drop() for s in sockets))
+    return {"storm": first, "reconnect": reconnect, "open_loop": loop, "sockets_open_at_end": open_at_end}
 
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+
+def client(plan_path: str, out_path: str) -> int:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    plan = json.loads(Path(plan_path).read_text())
+    started = time.process_time()
+    result = asyncio.run(_client_main(plan))
+    result["cpu_seconds"] = round(time.process_time() - started, 2)
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+# --- the orchestrator ---------------------------------------------------------------------------
+
+
+def _setup(stack: Any, secret_key: str, config: WebsocketConfig) -> list[str]:
+    subscriber_ids = [f"ws-{n:05d}" for n in range(config.clients)]
+    with stack.client(secret_key) as c:
+        for method, path, body in [
+            (
+                "PUT",
+                f"/api/v1/templates/{TEMPLATE_KEY}",
+                {
+                    "channel": "in_app",
+                    "content": {"en": {"title": "{{ payload.title }}", "body": "Your order has shipped."}},
+                    "publish": True,
+                },
+            ),
+            (
+                "PUT",
+                f"/api/v1/workflows/{WORKFLOW_KEY}",
+                {
+                    "name": "WS bench",
+                    "steps": [{"id": "inbox", "type": "in_app", "template": TEMPLATE_KEY}],
+                    "publish": True,
+                },
+            ),
+        ]:
+            response = c.request(method, path, json=body)
+            if response.status_code not in (200, 201):
+                raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
+        for start in range(0, len(subscriber_ids), 500):
+            chunk = subscriber_ids[start : start + 500]
+            bulk = c.post("/api/v1/subscribers/bulk", json={"subscribers": [{"subscriber_id": s} for s in chunk]})
+            if bulk.status_code not in (200, 201, 202):
+                raise RuntimeError(f"subscribers/bulk: {bulk.status_code} {bulk.text[:300]}")
+    return subscriber_ids
+
+
+def _tokens(installation: Installation, environment_slug: str, subscriber_ids: list[str]) -> dict[str, str]:
+    """Inbox tokens minted in this process: the server has never seen these sessions, so each
+    handshake checks its session against the database, as after a server restart."""
+    installation.setup_django()
+    from apps.inbox.auth import inbox_token_issue
+    from apps.subscribers.models import Subscriber
+
+    subscribers = {
+        s.subscriber_id: s
+        for s in Subscriber.objects.select_related("environment").filter(
+            environment__slug=environment_slug, subscriber_id__in=subscriber_ids
+        )
+    }
+    return {
+        sid: inbox_token_issue(environment=subscribers[sid].environment, subscriber=subscribers[sid])
+        for sid in subscriber_ids
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
     if not installation.redis_url:
-        raise RuntimeError("the websocket benchmark needs REDIS_URL (a throwaway Redis database: it is flushed)")
-    log(f"websocket: flushing {installation.redis_url}, migrating, creating the environment")
-    _flush_redis(installation.redis_url)
-    installation.manage("migrate", "--noinput")
-    created = installation.manage("create_environment", f"ws-bench-{uuid.uuid4().hex[:6]}", "--json")
-    keys = json.loads(created[created.index("{") :])
-    secret_key = keys["secret_key"]
-    installation.setup_django()  # this process talks to the same channel layer (channels-redis)
+        raise Skipped("needs REDIS_URL (channels-redis and the Redis broker)")
+    from bench.procs import Proc, Stack
 
-    server = Server(installation)
-    worker = Worker(installation)
-    server.start()
+    fresh = installation.fresh()  # its own database and a flushed Redis db, dropped/flushed below
     try:
-        server.wait_ready(secret_key)
-        worker.start()
-        subscriber_ids = [f"ws-{n:05d}" for n in range(config.clients)]
-        with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {secret_key}"}, timeout=60) as c:
-            for method, path, body in [
-                (
-                    "PUT",
-                    f"/api/v1/templates/{TEMPLATE_KEY}",
+        with Stack(fresh, web_processes=1, worker_processes=1, esp=False) as stack:
+            stack.start()
+            keys = stack.environment(f"ws-bench-{uuid.uuid4().hex[:6]}")
+            subscriber_ids = _setup(stack, keys["secret_key"], config)
+            tokens = _tokens(fresh, keys["environment"]["slug"], subscriber_ids)
+            assert stack.web is not None
+            rss_before = _rss_mb(stack.web.pid)
+            plan_path, out_path = fresh.var_dir / "ws-plan.json", fresh.var_dir / "ws-result.json"
+            marker = fresh.var_dir / "ws-connected.json"
+            plan_path.write_text(
+                json.dumps(
                     {
-                        "channel": "in_app",
-                        "content": {"en": {"title": "{{ payload.title }}", "body": "Your order has shipped."}},
-                        "publish": True,
-                    },
-                ),
-                (
-                    "PUT",
-                    f"/api/v1/workflows/{WORKFLOW_KEY}",
-                    {
-                        "name": "WS bench",
-                        "steps": [{"id": "inbox", "type": "in_app", "template": TEMPLATE_KEY}],
-                        "publish": True,
-                    },
-                ),
-                ("PUT", f"/api/v1/topics/{TOPIC_KEY}", {"name": "Everyone"}),
-            ]:
-                response = c.request(method, path, json=body)
-                if response.status_code not in (200, 201):
-                    raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-            for start in range(0, len(subscriber_ids), 500):
-                chunk = subscriber_ids[start : start + 500]
-                bulk = c.post("/api/v1/subscribers/bulk", json={"subscribers": [{"subscriber_id": s} for s in chunk]})
-                if bulk.status_code not in (200, 201, 202):
-                    raise RuntimeError(f"subscribers/bulk: {bulk.status_code} {bulk.text[:300]}")
-                members = c.post(f"/api/v1/topics/{TOPIC_KEY}/subscribers", json={"subscribers": chunk})
-                if members.status_code not in (200, 201):
-                    raise RuntimeError(f"topic members: {members.status_code} {members.text[:300]}")
-
-        from apps.inbox.realtime import subscriber_group
-        from apps.subscribers.models import Subscriber
-
-        groups = {
-            s.subscriber_id: subscriber_group(environment_id=s.environment_id, subscriber_pk=s.pk)
-            for s in Subscriber.objects.filter(
-                environment__slug=keys["environment"]["slug"], subscriber_id__in=subscriber_ids
+                        **config.__dict__,
+                        "http_base": stack.base_url,
+                        "secret_key": keys["secret_key"],
+                        "tokens": tokens,
+                        "connected_marker": str(marker),
+                    }
+                )
             )
-        }
-        log(
-            f"websocket: uvicorn pid {server.pid} on {server.base_url}, "
-            f"qcluster pid {worker.proc.pid if worker.proc else '?'}"
-        )
-        result = asyncio.run(_scenario(server, secret_key, groups, config))
-    except Exception:
-        log(f"websocket failed; uvicorn log:\n{server.output()}\nqcluster log:\n{worker.output()}")
-        raise
+            log(f"websocket: {config.clients} clients, uvicorn pid {stack.web.pid}, worker pid {stack.workers[0].pid}")
+            argv = [sys.executable, "-m", "bench.websocket", "--client", str(plan_path), str(out_path)]
+            clients = Proc("ws-clients", argv, stack.env(), fresh.var_dir / "ws-clients.log")
+            rss_connected = 0.0
+            with stack.meter() as cpu:
+                clients.start()
+                stack.loadgens.append(clients.pid)
+                try:
+                    deadline = time.monotonic() + 600 + config.seconds + config.warmup_seconds
+                    while clients.alive():
+                        if not rss_connected and marker.exists():
+                            rss_connected = _rss_mb(stack.web.pid)
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"the websocket clients did not finish\n{clients.tail()}")
+                        time.sleep(0.2)
+                finally:
+                    clients.stop()
+            if not out_path.exists():
+                raise RuntimeError(f"the websocket clients failed\n{clients.tail()}\nweb:\n{stack.web.tail()}")
+            result: dict[str, Any] = json.loads(out_path.read_text())
+            result["cpu_seconds"] = cpu.result()
+            result["server_rss_mb"] = {"before": rss_before, "connected": rss_connected}
+            if rss_connected:
+                result["memory_per_connection_kb"] = round((rss_connected - rss_before) * 1024 / config.clients, 1)
     finally:
-        worker.stop()
-        server.stop()
+        fresh.cleanup()
     result["config"] = {
         **config.__dict__,
-        "server": "uvicorn config.asgi:application, 1 worker, DEBUG=0; channels-redis; qcluster (2 workers) on Redis",
-        "client": "asyncio + websockets in the bench process (same machine)",
+        "server": "uvicorn config.asgi:application ×1, DEBUG=0; apps.inbox.layers (channels-redis); "
+        "manage.py clarion_worker ×1 on the Redis broker",
+        "client": "its own process: websockets + aiohttp, open loop",
     }
     return result
 
 
-def render(result: dict[str, Any]) -> str:
-    cfg = result["config"]
-    push, single, one = result["push"], result["push_single"], result["trigger_one"]
-    lines = [
-        f"websocket: {result['connections']:,} concurrent inbox sockets on one uvicorn process "
-        f"({result['connections_open_at_end']:,} still open at the end), opened in {result['connect_seconds']} s",
-        f"  server RSS {result['server_rss_before_mb']} MB → {result['server_rss_after_mb']} MB: "
-        f"{result['memory_per_connection_kb']} kB per connection",
-        f"  {'path':<44} {'frames':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
-        f"  {'push → frame (burst: all N, then wait)':<44} {push['count']:>7} {push['p50_ms']:>8} {push['p99_ms']:>8} "
-        f"{push['max_ms']:>8}   ({push['frames_per_s']:,} frames/s, "
-        f"{push['server_cpu_ms_per_frame']} ms server CPU/frame)",
-        f"  {'push → frame, one at a time':<44} {single['count']:>7} {single['p50_ms']:>8} {single['p99_ms']:>8} "
-        f"{single['max_ms']:>8}",
-        f"  {'trigger → frame (1 recipient, ' + str(cfg['trigger_concurrency']) + ' in flight)':<44} {one['count']:>7} "
-        f"{one['p50_ms']:>8} {one['p99_ms']:>8} {one['max_ms']:>8}",
+def rows(result: dict[str, Any]) -> list[Row]:
+    loop, storm, reconnect = result.get("open_loop") or {}, result["storm"], result["reconnect"]
+    rate = loop.get("rate", result["config"]["rate"])
+    clients = result["config"]["clients"]
+    latency = loop.get("latency", {})
+    missing = loop.get("missing", 0)
+    note = (
+        f"{loop.get('frames', 0)} frames, {missing} missing, generator lag max {loop.get('generator_lag_ms_max')} ms; "
+        f"statuses {loop.get('statuses')}"
+    )
+    return [
+        Row(
+            "websocket",
+            f"trigger -> frame p50, {clients:,} clients, {rate:g} triggers/s",
+            latency.get("p50_ms"),
+            "ms",
+            goal_max=50,
+            unmet=bool(missing),
+            note=note,
+        ),
+        Row(
+            "websocket",
+            f"trigger -> frame p99, {clients:,} clients, {rate:g} triggers/s",
+            latency.get("p99_ms"),
+            "ms",
+            goal_max=250,
+            unmet=bool(missing),
+            note=f"max {latency.get('max_ms')} ms",
+        ),
+        Row(
+            "websocket",
+            f"connection storm: {clients:,} reconnect at once, errors",
+            float(reconnect["errors"]),
+            "errors",
+            goal_max=0,
+            note=(
+                f"first storm {storm['errors']} errors, all ready in {storm['all_ready_seconds']} s; "
+                f"reconnect all ready in {reconnect['all_ready_seconds']} s (p99 {reconnect['ready']['p99_ms']} ms)"
+                + (f"; {reconnect['error_kinds']}" if reconnect["errors"] else "")
+            ),
+        ),
     ]
-    for n, b in enumerate(result["broadcast"]):
-        label = f"trigger → frame (topic of {result['connections']:,}) #{n + 1}"
-        lines.append(f"  {label:<44} {b['count']:>7} {b['p50_ms']:>8} {b['p99_ms']:>8} {b['max_ms']:>8}")
-    return "\n".join(lines)
+
+
+def render(result: dict[str, Any]) -> str:
+    return "\n".join(
+        f"  {row.name}: {row.measured} {row.unit} (goal {'<=' if row.goal_max is not None else '>='} "
+        f"{row.goal_max if row.goal_max is not None else row.goal_min}) {row.note}"
+        for row in rows(result)
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.websocket")
+    parser.add_argument("--client", nargs=2, metavar=("PLAN", "OUT"), required=True)
+    arguments = parser.parse_args()
+    raise SystemExit(client(*arguments.client))
