@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from apps.delivery.gauges import circuits_not_closed
-from apps.observability.health import broker_redis_url, redis_client
+from apps.observability.health import broker_redis_url, redis_client, ticker_heartbeat_age
 from apps.workflows.gauges import run_backlog
 
 logger = logging.getLogger(__name__)
@@ -76,4 +76,11 @@ class DatabaseCollector(Collector):
             logger.warning("metrics: could not read the circuit breakers", exc_info=True)
             errors.add_metric(["circuits"], 1)
         yield circuit
+        age = ticker_heartbeat_age()  # a stat of this host's heartbeat file: no query
+        if age is not None:
+            yield GaugeMetricFamily(
+                "clarion_ticker_heartbeat_age_seconds",
+                "Seconds since this host's ticker last succeeded (written at most every 5 s)",
+                value=age,
+            )
         yield errors

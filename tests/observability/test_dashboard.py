@@ -14,6 +14,7 @@ from apps.observability import metrics
 from apps.observability.exposition import render
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "clarion.json"
+ALERTS = DASHBOARD.with_name("clarion-alerts.yml")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
 
 
@@ -24,10 +25,31 @@ def _served_series_names(text: str) -> set[str]:
     return names
 
 
-@pytest.mark.django_db(databases="__all__")
-def test_every_series_the_dashboard_queries_is_served() -> None:
+@pytest.fixture
+def served(tmp_path: Path, settings: Any, monkeypatch: Any) -> set[str]:
+    from apps.observability import health
+
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setattr(health, "_last_beat", 0.0)
+    health.ticker_heartbeat(now=1e9)  # this host's ticker has ticked: its gauge is served
     metrics.events_accepted("dashboard", 1)
-    served = _served_series_names(render().decode())
+    return _served_series_names(render().decode())
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_every_series_the_alert_rules_use_is_served(served: set[str]) -> None:
+    import yaml
+
+    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    queried = {name for rule in rules for name in re.findall(r"\bclarion_[a-z_]+", rule["expr"])}
+
+    assert len(rules) >= 5
+    assert queried <= served, queried - served
+    assert "clarion_ticker_heartbeat_age_seconds" in queried
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_every_series_the_dashboard_queries_is_served(served: set[str]) -> None:
     dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
