@@ -31,6 +31,7 @@ from typing import Any
 from unittest import mock
 
 from bench.common import Installation, log, median
+from bench.report import Row
 
 TOPIC_KEY = "bench-digest-topic"
 WORKFLOW_KEY = "bench-digest"
@@ -233,3 +234,30 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
             "entries_per_s": round(expected / flush_seconds, 1),
         },
     }
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    """The table's digest rows: ingest entries/s (against the bulk_create baseline) and the flush."""
+    cfg, ingest, flush = result["config"], result["ingest"], result["flush"]
+    scale = f"{cfg['entries']:,} events into {cfg['digests']:,} digests"
+    return [
+        Row(
+            "digest",
+            f"ingest, {scale}",
+            ingest["entries_per_s"],
+            "entries/s",
+            baseline=result["baseline"]["entries_per_s"],
+            baseline_name="Run + DigestEntry bulk_create",
+            goal_min=10000,
+            note=f"median trigger of {cfg['subscribers']:,} recipients {ingest['median_trigger_seconds']} s",
+        ),
+        Row(
+            "digest",
+            f"flush of {cfg['digests']:,} digests ({cfg['entries']:,} entries)",
+            flush["seconds"],
+            "s",
+            goal_max=30,
+            lower_is_better=True,
+            note=f"{flush['digests_per_s']:,} digests/s, {flush['entries_per_s']:,} entries/s; every message checked",
+        ),
+    ]
