@@ -150,6 +150,16 @@ def delete_all(run: PruneRun, queryset: models.QuerySet[Any]) -> int:
     return total
 
 
+def delete_ids(run: PruneRun, model: type[models.Model], ids: list[Any]) -> int:
+    """Delete these rows (at most one batch of them) in one statement."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk = connection.ops.quote_name(str(model._meta.pk.column))
+    placeholders = ", ".join(["%s"] * len(ids))
+    rows = _execute(run, model, f"DELETE FROM {table} WHERE {pk} IN ({placeholders})", ids)
+    run.count(model, rows)
+    return rows
+
+
 def clear_all(run: PruneRun, queryset: models.QuerySet[Any], column: str, *, within_budget: bool = False) -> int:
     """Set ``column`` to NULL on every row of ``queryset`` that has it set, ``batch_size`` rows per
     statement; ``within_budget``: stop once the time budget is spent (outside a batch's transaction)."""
@@ -224,7 +234,7 @@ def prune_batches(
                 break
             if delete_children is not None:
                 delete_children(ids)
-            total += delete_all(run, model._default_manager.filter(pk__in=ids))
+            total += delete_ids(run, model, ids)
         if len(ids) < run.batch_size:
             break
     return total

@@ -14,6 +14,8 @@ from apps.core.retention import PruneRun, RetentionPolicy, clear_all, prune_batc
 from apps.delivery.retention import prunable_messages
 from apps.inbox.models import InboxMessage
 
+DETACH_ROWS_PER_TICK = 20_000
+
 
 def prune(policy: RetentionPolicy, run: PruneRun) -> None:
     cutoff = policy.cutoff(policy.inbox_days, run.now)
@@ -25,14 +27,22 @@ def prune(policy: RetentionPolicy, run: PruneRun) -> None:
             ),
             written_before=("created_at", cutoff),
         )
-    if run.dry_run or run.out_of_time():
+    if run.dry_run:
         return
-    # One statement per batch, each its own transaction.
-    clear_all(
-        run,
-        InboxMessage.objects.filter(
-            environment_id=policy.environment_id, message_id__in=prunable_messages(policy, run.now).values("pk")
-        ),
-        "message",
-        within_budget=True,
+    # Let go of in-app messages delivery is about to prune, batch by batch from the oldest, as
+    # many per tick as delivery prunes in the same tick (the rest wait for the next one).
+    attached = (
+        prunable_messages(policy, run.now)
+        .filter(channel="in_app", inbox_message__isnull=False)
+        .order_by("pk")
+        .values_list("pk", flat=True)
     )
+    last = 0
+    for _ in range(max(1, DETACH_ROWS_PER_TICK // run.batch_size)):
+        if run.out_of_time():
+            break
+        message_ids = list(attached.filter(pk__gt=last)[: run.batch_size])
+        if not message_ids:
+            break
+        clear_all(run, InboxMessage.objects.filter(message_id__in=message_ids), "message")
+        last = message_ids[-1]
