@@ -171,7 +171,8 @@ class Installation:
 
     def process_env(self, **extra: str) -> dict[str, str]:
         """Environment for the processes the benchmarks start (server, manage.py)."""
-        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CLARION_TASKS_EAGER"}}
+        drop = {"DATABASE_URL", "REDIS_URL", "CLARION_TASKS_EAGER", "CLARION_BENCH_DJANGO_DATABASE"}
+        env = {k: v for k, v in os.environ.items() if k not in drop}
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
@@ -216,7 +217,17 @@ class Installation:
         """Configure Django in this process against the same installation, and migrate it."""
         if self._django_ready:
             return
+        bound = os.environ.get("CLARION_BENCH_DJANGO_DATABASE")
+        if bound is not None and bound != self.process_env()["DATABASE_URL"]:
+            # Django's settings and connections are configured once per process: they cannot be
+            # pointed at a second installation's database (a fresh() one) afterwards.
+            raise RuntimeError(
+                "in-process Django is already bound to another installation's database "
+                f"({bound}); use that installation, or do this installation's in-process work in a "
+                "subprocess (Installation.manage, or the API)"
+            )
         os.environ.update(self.process_env())
+        os.environ["CLARION_BENCH_DJANGO_DATABASE"] = self.process_env()["DATABASE_URL"]
         os.environ.pop("CLARION_TASKS_EAGER", None)
         import django
 

@@ -177,3 +177,16 @@ def test_loadgen_closed_loop(tmp_path: Path, http_server: str) -> None:
 )
 def test_postgres_processes_of_the_run(title: str, ours: bool) -> None:
     assert postgres_process_is_ours(title, "clarion_b_1a2b3c") is ours
+
+
+def test_in_process_django_stays_on_the_installation_it_was_bound_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.common import Installation
+
+    installation = Installation.create(embedded=True)
+    try:
+        monkeypatch.setenv("CLARION_BENCH_DJANGO_DATABASE", "postgres://elsewhere/other")
+        with pytest.raises(RuntimeError, match="already bound to another installation"):
+            installation.setup_django()
+        assert "CLARION_BENCH_DJANGO_DATABASE" not in installation.process_env()
+    finally:
+        installation.cleanup()
