@@ -8,6 +8,8 @@ unique constraint).
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +34,50 @@ def event_fanout_claim(*, event: Event, lease: timedelta, template_versions: dic
     if claimed and "template_versions" in updates:
         event.template_versions = updates["template_versions"]
     return bool(claimed)
+
+
+def events_fanout_claim_batch(*, event_ids: Sequence[int], lease: timedelta, limit: int) -> list[int]:
+    """Take the fan-out of the given events and of other pending events nobody holds, up to ``limit``.
+
+    One ``UPDATE … RETURNING`` (rows locked with SKIP LOCKED on PostgreSQL): concurrent workers
+    take disjoint events, and an event's later wake-up finds it held or processed and returns at
+    once. The given events come first, then the oldest others.
+    """
+    now = timezone.now()
+    given = ",".join(str(int(pk)) for pk in event_ids) or "0"
+    return update_returning_ids(
+        table=Event._meta.db_table,
+        assignments={"fanout_lease_until": now + lease},
+        where="status = %s AND (fanout_lease_until IS NULL OR fanout_lease_until < %s)",
+        params=[Event.Status.PENDING, now],
+        order_by=f"CASE WHEN id IN ({given}) THEN 0 ELSE 1 END, id",
+        limit=limit,
+    )
+
+
+def events_fanout_release(*, event_ids: Sequence[int]) -> None:
+    """Give back the fan-out of claimed events this worker will not start (another task takes them)."""
+    Event.objects.filter(pk__in=list(event_ids), status=Event.Status.PENDING).update(fanout_lease_until=None)
+
+
+def events_pin_templates(*, event_ids: Sequence[int], template_versions: dict[str, int]) -> None:
+    """Fix the template versions of events that have none yet (the first claim of each)."""
+    if template_versions and event_ids:
+        Event.objects.filter(pk__in=list(event_ids), status=Event.Status.PENDING, template_versions={}).update(
+            template_versions=template_versions
+        )
+
+
+def events_fanout_finish(*, recipient_counts: dict[int, int]) -> None:
+    """Mark many events processed (every recipient has a run): one UPDATE per distinct count."""
+    by_count: dict[int, list[int]] = defaultdict(list)
+    for event_id, count in recipient_counts.items():
+        by_count[count].append(event_id)
+    now = timezone.now()
+    for count, ids in by_count.items():
+        Event.objects.filter(pk__in=ids, status=Event.Status.PENDING).update(
+            status=Event.Status.PROCESSED, processed_at=now, recipient_count=count, fanout_lease_until=None
+        )
 
 
 def event_fanout_renew(*, event: Event, lease: timedelta) -> None:

@@ -276,7 +276,9 @@ def test_a_dead_workers_critical_message_is_resent_only_through_the_integration_
     from apps.events.models import Event
     from apps.workflows.engine import process_event
 
-    process_event(Event.objects.get().pk)
+    with pytest.MonkeyPatch.context() as patch:  # the message is created, not delivered inline
+        patch.setattr("apps.workflows.engine.chunks.inline_delivery_limit", lambda: 0)
+        process_event(Event.objects.get().pk)
     message = Message.objects.get(channel="sms")
     t0 = timezone.now() - timedelta(minutes=5)
     Message.objects.filter(pk=message.pk).update(
@@ -336,7 +338,9 @@ def test_the_category_policy_decides(tenant, fake_server, critical, policy, dedu
     from apps.events.models import Event
     from apps.workflows.engine import process_event
 
-    process_event(Event.objects.get().pk)
+    with pytest.MonkeyPatch.context() as patch:  # the message is created, not delivered inline
+        patch.setattr("apps.workflows.engine.chunks.inline_delivery_limit", lambda: 0)
+        process_event(Event.objects.get().pk)
     message = Message.objects.get(channel="sms")
     t0 = timezone.now() - timedelta(minutes=5)
     Message.objects.filter(pk=message.pk).update(

@@ -8,7 +8,10 @@ make a duplicate impossible even if two workers ever held the same run.
 
 Where things are:
 
-* ``fanout`` — events into runs, chunk by chunk, under a lease on the event;
+* ``batch`` — the common case in one task: a micro-batch of small events claimed at once, their
+  runs created, walked and their messages delivered without a task hop in between;
+* ``fanout`` — events into runs, chunk by chunk, under a lease on the event (topics, broadcasts,
+  long recipient lists);
 * ``chunks`` — claim a chunk of runs, load what they need, walk them, commit their writes;
 * ``walker`` — one run through its program (control flow; steps are ``apps/workflows/steps/``);
 * ``cancel`` — stop unfinished runs;
@@ -17,6 +20,7 @@ Where things are:
   every second).
 """
 
+from apps.workflows.engine.batch import process_event, process_events
 from apps.workflows.engine.cancel import event_cancel_runs, events_cancel_runs
 from apps.workflows.engine.category_digests import category_digests_send
 from apps.workflows.engine.chunks import (
@@ -28,7 +32,7 @@ from apps.workflows.engine.chunks import (
     runs_renew_lease,
     walk_and_commit,
 )
-from apps.workflows.engine.fanout import ADVANCE_TASK, process_event
+from apps.workflows.engine.fanout import ADVANCE_TASK
 from apps.workflows.engine.sweeper import sweep
 from apps.workflows.engine.walker import walk
 from apps.workflows.leases import lease_seconds
@@ -47,6 +51,7 @@ __all__ = [
     "lease_seconds",
     "load_chunk",
     "process_event",
+    "process_events",
     "runs_renew_lease",
     "sweep",
     "walk",

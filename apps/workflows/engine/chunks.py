@@ -13,15 +13,18 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from django.conf import settings
 from django.db import OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from apps.core.tasks import enqueue_on_commit
-from apps.delivery.services import DELIVER_TASK, messages_create_bulk
+from apps.core.tasks import enqueue, enqueue_on_commit
+from apps.delivery.services import DELIVER_TASK, messages_create_bulk, messages_deliver
 from apps.events.models import Event
 from apps.inbox.services import inbox_messages_create
 from apps.templates.models import TemplateVersion
@@ -100,9 +103,66 @@ def load_chunk(runs: list[Run], now: datetime) -> ChunkData:
 
 
 def advance_runs(run_ids: Sequence[int]) -> None:
-    """Walk the given runs as far as they can go now. Safe to call twice."""
+    """Walk the given runs as far as they can go now, then deliver what they sent. Safe to call twice."""
+    with delivering_inline():
+        walk_runs(run_ids)
+
+
+def walk_runs(run_ids: Sequence[int]) -> None:
+    """Walk the given runs chunk by chunk (each claimed, walked and committed on its own)."""
     for start in range(0, len(run_ids), chunk_size()):
         _advance_chunk(run_ids[start : start + chunk_size()])
+
+
+# Outbound messages the chunks committed in this task, for the same worker to deliver right after
+# the commits instead of through a task hop (see ``delivery_hand_off``).
+_inline_outbound: ContextVar[list[int] | None] = ContextVar("inline_outbound", default=None)
+
+
+def inline_delivery_limit() -> int:
+    return int(settings.CLARION.get("INLINE_DELIVERY_MAX", 200))
+
+
+def delivery_hand_off(message_ids: list[int]) -> None:
+    """Hand a chunk's outbound messages to delivery; called inside the chunk's transaction.
+
+    Inside ``delivering_inline()`` (and up to ``INLINE_DELIVERY_MAX`` per task) the ids are kept
+    for this worker to deliver as soon as its work is committed: no task hop. The message rows,
+    committed ``queued`` with the chunk, are the outbox: a worker that dies before delivering them
+    leaves them queued, and the ticker's ``messages_redrive`` hands them out again after
+    ``STALL_SECONDS``. Elsewhere (or past the limit) a deliver task is enqueued on commit.
+    An id kept from a commit attempt that rolled back (a lock conflict retried) names no queued
+    message: delivery claims only queued rows, so it is skipped.
+    """
+    kept = _inline_outbound.get()
+    if kept is not None and len(kept) + len(message_ids) <= inline_delivery_limit():
+        kept.extend(message_ids)
+    else:
+        enqueue_on_commit(DELIVER_TASK, message_ids)
+
+
+@contextmanager
+def delivering_inline() -> Iterator[list[int]]:
+    """Collect the outbound messages committed inside the block and deliver them when it ends.
+
+    If the block fails, what was already committed goes to a deliver task instead (the failure
+    may be the database's; the task waits in the broker, or as a deferred task, until it is back).
+    """
+    if _inline_outbound.get() is not None:  # nested: the outer block delivers
+        yield cast(list[int], _inline_outbound.get())
+        return
+    kept: list[int] = []
+    token = _inline_outbound.set(kept)
+    try:
+        yield kept
+    except BaseException:
+        if kept:
+            enqueue(DELIVER_TASK, sorted(set(kept)))
+        raise
+    finally:
+        _inline_outbound.reset(token)
+    if kept:
+        messages_deliver(message_ids=kept)
 
 
 def _advance_chunk(run_ids: Sequence[int]) -> None:
@@ -181,7 +241,7 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         _save_runs(held_runs)
         outbound_ids = [m.pk for m in messages if m.channel != "in_app"]
         if outbound_ids:
-            enqueue_on_commit(DELIVER_TASK, outbound_ids)
+            delivery_hand_off(outbound_ids)
         if wake:
             enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
 

@@ -10,13 +10,12 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.core.tasks import enqueue
-from apps.events.fanout import event_fanout_claim, event_fanout_finish, event_fanout_renew
+from apps.events.fanout import event_fanout_finish, event_fanout_renew
 from apps.events.models import Event
 from apps.subscribers.models import Subscriber, TopicSubscription
 from apps.subscribers.services import subscribers_ensure
 from apps.templates.selectors import published_versions_for_keys
 from apps.workflows.definitions import template_keys
-from apps.workflows.leases import lease_seconds
 from apps.workflows.models import Run
 
 logger = logging.getLogger(__name__)
@@ -74,18 +73,13 @@ def _recipient_pk_chunks(event: Event) -> Iterator[list[int]]:
             after = pks[-1]
 
 
-def process_event(event_id: int) -> None:
-    """Create one run per recipient (chunk by chunk) and wake the engine for each chunk.
+def fan_out_event(event: Event, lease: timedelta) -> None:
+    """Create one run per recipient of an event this worker has claimed, chunk by chunk, and wake
+    the engine for each chunk (the path of topics and long recipient lists).
 
     The worker holds a lease on the event while it fans out (renewed per chunk); if it dies, the
     ticker hands the event to another worker, which resumes where the runs stop.
     """
-    event = Event.objects.select_related("workflow_version__workflow", "environment").filter(pk=event_id).first()
-    if event is None or event.status != Event.Status.PENDING:
-        return
-    lease = timedelta(seconds=lease_seconds())
-    if not event_fanout_claim(event=event, lease=lease, template_versions=_template_pins(event)):
-        return  # another worker is fanning it out
     runs_created = 0
     for pks in _recipient_pk_chunks(event):
         if not pks:
