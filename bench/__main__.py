@@ -45,6 +45,8 @@ OVERRIDES = {
     "clients": ("websocket", "clients"),
     "rate": ("pipeline", "rate"),
     "seconds": ("pipeline", "seconds"),
+    "web_processes": ("pipeline", "web_processes"),
+    "worker_processes": ("pipeline", "worker_processes"),
 }
 
 
@@ -68,6 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, help="websocket: concurrent sockets")
     parser.add_argument("--rate", type=float, help="pipeline: triggers per second (PG + Redis)")
     parser.add_argument("--seconds", type=float, help="pipeline: seconds of load")
+    parser.add_argument("--web-processes", type=int, help="pipeline: uvicorn processes (default 1)")
+    parser.add_argument("--worker-processes", type=int, help="pipeline: clarion_worker processes (default 1)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:

@@ -382,7 +382,8 @@ def _note(mode: dict[str, Any]) -> str:
         f"trigger p50 {load['p50_ms']} / p99 {load['p99_ms']} ms, errors {mode['trigger_errors']}; "
         f"backlog growth {mode['backlog_growth_per_s']}/s, drained in {mode['drain_seconds']} s; "
         f"in-app {mode['inbox_committed']}/{mode['accepted']}, emails {mode['emails_accepted']}/{mode['accepted']}; "
-        f"CPU ms/event: web {cpu['web']}, worker {cpu['worker']}, postgres {cpu['postgres']}, redis {cpu['redis']}, "
+        f"CPU ms/event: web {cpu['web']}, worker {cpu['worker']}, postgres {cpu['postgres']} "
+        f"(whole cluster {cpu['postgres_cluster']}), redis {cpu['redis']}, "
         f"esp {cpu['esp']}, loadgen {cpu['loadgen']}; system {cpu['system']}; "
         f"other work on the machine {mode['cpu_seconds'].get('other_cores', 0)} cores"
     )
