@@ -12,6 +12,9 @@ H6 pipeline/scaleout):
   says so. Keep ``rows`` pure (no I/O): it also runs on saved ``--json`` output.
 * a module that cannot run on this installation raises :class:`Skipped` ("needs REDIS_URL"):
   not a failure; its expected rows show "(not measured)" and the reason.
+* in-process Django (``installation.setup_django()``) binds this process to ONE installation's
+  database for good: a section on ``installation.fresh()`` must do its in-process work in a
+  subprocess or through the API (``setup_django`` on a second installation raises).
 * processes, load and CPU: ``bench.procs.Stack`` (web / workers / fake ESP on loopback, and
   ``CpuMeter`` over every process incl. PostgreSQL backends and Redis), ``bench.loadgen`` (open
   loop at a fixed rate, or closed loop / wrk), ``bench.baselines.copy_rows`` (COPY), and
