@@ -1,24 +1,26 @@
-"""Fan-out: notifications/s of the engine against a raw ``bulk_create`` of the same rows.
+"""Fan-out and broadcast: in-app notifications committed per second by real workers, against a
+COPY of exactly the rows the design writes and against django-notifications-hq in the same run.
 
-In this process (``bench.settings``, the temporary SQLite database or ``DATABASE_URL``), one
-environment holds a topic with ``subscribers`` members and a published workflow with a single
-``in_app`` step. Each repetition measures, alternating which goes first:
+One environment holds ``subscribers`` subscribers, all in one topic, and a published workflow with
+a single ``in_app`` step (the title reads only the payload, the body the subscriber's first name).
+``clarion_worker`` processes (``bench.procs.Stack``: the django-q2 cluster on the real broker —
+Redis with ``REDIS_URL``, the ORM broker otherwise) do the work. Each round, in alternating order:
 
-* **clarion**: ``process_event(event_id)`` for a new event addressed to the topic, with tasks
-  eager (``CLARION_TASKS_EAGER=True``): the keyset walk of the topic, one Run per member
-  (``bulk_create``), then ``advance_runs`` per chunk of ``FANOUT_CHUNK_SIZE``: claim with a
-  lease, load chunk data (templates, categories, preferences), render the template in the
-  Jinja sandbox, bulk-create Message + InboxMessage + StepRun rows, bulk-update the Runs. The
-  websocket push after commit (``apps.inbox.realtime.publish_messages_created``) is replaced
-  by a no-op: its cost belongs to the websocket benchmark. One extra, informational run with
-  the real push into Channels' in-memory layer times the push calls themselves (counts query,
-  frame building, ``group_send``) and reports their share of that run.
-* **baseline**: build and ``bulk_create`` (batches of 500, one transaction) the same number of
-  Message rows (channel in_app, status sent, fixed title/body) and InboxMessage rows (each
-  linked to its Message) for the same subscribers. The Messages point at Runs created once
-  before timing (Message.run is required); subscriber rows are loaded before timing too. No
-  Runs, StepRuns, template rendering, preferences or leases: the least any design must write
-  to show one in-app notification with a delivery record.
+* **topic**: ``events.services.event_trigger`` to the topic (the service the API calls); the
+  wake-up goes through the broker; the clock stops when every run is completed (polled every
+  0.25 s). Then every row is counted: N runs completed, N step runs, N messages, N inbox rows.
+* **broadcast**: the same through ``events.broadcasts.event_broadcast`` (every subscriber of the
+  environment: the same N).
+* **copy**: the rows the first topic round wrote (its runs, step runs, messages and inbox rows,
+  read back whole), with new keys and a new event, written by four ``COPY … FROM STDIN`` in one
+  transaction; the rows are built and the keys reserved before the clock starts.
+
+The realtime push after commit is whatever the worker does (with Redis: channels-redis, no
+socket listening). The CPU of every process (workers, PostgreSQL backends, Redis) is metered per
+round. With PostgreSQL, ``bench.peers.run_notifications_hq`` then runs django-notifications-hq's
+``notify.send`` to as many users in its own virtualenv against a database on the same server.
+
+``--profile``: one extra in-process, eager run (no broker) with phase timings and a cProfile.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from unittest import mock
 
 from bench.common import Installation, log, median
+from bench.report import Row
 
 TOPIC_KEY = "bench-topic"
 WORKFLOW_KEY = "bench-fanout"
@@ -47,13 +50,17 @@ PAYLOAD = {"order_id": 42, "products": ["book", "lamp"]}
 
 @dataclass(frozen=True)
 class FanoutConfig:
-    subscribers: int = 10_000
+    subscribers: int = 100_000
     repeats: int = 3
-    with_push: bool = True  # one extra informational run with the real push (in-memory layer)
+    worker_processes: int = 1
+    cluster_workers: int = 2
+    peer: bool = True  # django-notifications-hq (PostgreSQL only)
+    broadcast: bool = True
+    timeout: float = 1800.0  # per round
 
     @classmethod
     def quick(cls) -> FanoutConfig:
-        return cls(subscribers=300, repeats=1, with_push=False)
+        return cls(subscribers=500, repeats=1, peer=False)
 
 
 @dataclass
@@ -61,19 +68,16 @@ class _Fixture:
     environment: Any
     workflow: Any
     subscribers: list[tuple[int, str, str]]  # (pk, subscriber_id, first_name)
-    baseline_run_ids: list[int]
     template_version: Any
 
 
 def _setup(config: FanoutConfig, tag: str) -> _Fixture:
     from django.db import transaction
 
-    from apps.events.models import Event
     from apps.subscribers.models import Subscriber, TopicSubscription
     from apps.subscribers.services import topic_upsert
     from apps.templates.services import template_save
     from apps.tenancy.services import environment_create
-    from apps.workflows.models import Run
     from apps.workflows.services import workflow_upsert
 
     with transaction.atomic():
@@ -115,36 +119,10 @@ def _setup(config: FanoutConfig, tag: str) -> _Fixture:
             publish=True,
         )
         workflow.refresh_from_db()
-        baseline_event = Event.objects.create(
-            environment=environment,
-            transaction_id="baseline-runs",
-            workflow=workflow,
-            workflow_version_id=workflow.published_version_id,
-            payload=PAYLOAD,
-            recipients=[{"topic": TOPIC_KEY}],
-            status=Event.Status.PROCESSED,
-        )
-        Run.objects.bulk_create(
-            [
-                Run(
-                    environment=environment,
-                    event=baseline_event,
-                    workflow_version_id=workflow.published_version_id,
-                    subscriber_id=pk,
-                    status=Run.Status.COMPLETED,
-                )
-                for pk, _, _ in subscribers
-            ],
-            batch_size=500,
-        )
-    baseline_run_ids = list(
-        Run.objects.filter(event=baseline_event).order_by("subscriber_id").values_list("pk", flat=True)
-    )
     return _Fixture(
         environment=environment,
         workflow=workflow,
         subscribers=subscribers,
-        baseline_run_ids=baseline_run_ids,
         template_version=saved.version,
     )
 
@@ -263,68 +241,150 @@ def _clarion_once(
     return seconds
 
 
-def _baseline_once(fixture: _Fixture, label: str, *, limit: int | None = None) -> float:
-    from django.db import transaction
-    from django.utils import timezone
-
-    from apps.delivery.models import Message
-    from apps.inbox.models import InboxMessage
-
-    environment_id = fixture.environment.pk
-    version = fixture.template_version
-    step_id = f"baseline-{label}"
-    title = "Order 42 shipped"
-    rows = list(zip(fixture.baseline_run_ids, fixture.subscribers, strict=True))[:limit]
-    gc.collect()
-    started = time.perf_counter()
-    now = timezone.now()
-    with transaction.atomic():
-        messages = [
-            Message(
-                environment_id=environment_id,
-                run_id=run_id,
-                step_id=step_id,
-                channel="in_app",
-                subscriber_id=pk,
-                template_version=version,
-                locale="en",
-                recipient=subscriber_id,
-                subject=title,
-                body=f"Hello {first_name}, your book, lamp are on their way.",
-                status=Message.Status.SENT,
-                provider="inbox",
-                sent_at=now,
-            )
-            for run_id, (pk, subscriber_id, first_name) in rows
-        ]
-        Message.objects.bulk_create(messages, batch_size=500)
-        InboxMessage.objects.bulk_create(
-            [
-                InboxMessage(
-                    environment_id=environment_id,
-                    subscriber_id=message.subscriber_id,
-                    message=message,
-                    workflow_key=WORKFLOW_KEY,
-                    title=message.subject,
-                    body=message.body,
-                    data={"transaction_id": step_id, "payload": PAYLOAD},
-                )
-                for message in messages
-            ],
-            batch_size=500,
-        )
-    seconds = time.perf_counter() - started
-    inserted = InboxMessage.objects.filter(message__step_id=step_id).count()
-    if inserted != len(rows):
-        raise RuntimeError(f"baseline {label}: expected {len(rows)} inbox rows, got {inserted}")
-    return seconds
-
-
 def _rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds else 0.0
 
 
+def _counts(event_pk: int) -> dict[str, int]:
+    from apps.delivery.models import Message
+    from apps.inbox.models import InboxMessage
+    from apps.workflows.models import Run, StepRun
+
+    return {
+        "runs completed": Run.objects.filter(event_id=event_pk, status=Run.Status.COMPLETED).count(),
+        "step runs": StepRun.objects.filter(run__event_id=event_pk).count(),
+        "messages": Message.objects.filter(run__event_id=event_pk).count(),
+        "inbox messages": InboxMessage.objects.filter(message__run__event_id=event_pk).count(),
+    }
+
+
+def _through_workers(fixture: _Fixture, stack: Any, label: str, *, broadcast: bool, timeout: float) -> dict[str, Any]:
+    """One event through the service and the real broker; seconds until every run completed."""
+    from django.db import close_old_connections
+
+    from apps.events.broadcasts import BroadcastRequest, event_broadcast
+    from apps.events.models import Event
+    from apps.events.services import TriggerRequest, event_trigger
+    from apps.workflows.models import Run
+
+    n = len(fixture.subscribers)
+    transaction_id = f"fanout-{label}"
+    with stack.meter() as cpu:
+        started = time.perf_counter()
+        if broadcast:
+            request = BroadcastRequest(workflow=WORKFLOW_KEY, payload=PAYLOAD, transaction_id=transaction_id)
+            event = event_broadcast(environment=fixture.environment, request=request)
+        else:
+            event = event_trigger(
+                environment=fixture.environment,
+                request=TriggerRequest(
+                    workflow=WORKFLOW_KEY, to=[{"topic": TOPIC_KEY}], payload=PAYLOAD, transaction_id=transaction_id
+                ),
+            )
+        done = 0
+        while True:
+            done = Run.objects.filter(event_id=event.pk, status=Run.Status.COMPLETED).count()
+            if done >= n:
+                break
+            if time.perf_counter() - started > timeout:
+                raise RuntimeError(f"fan-out {label}: {done} of {n} runs completed after {timeout:.0f} s")
+            time.sleep(0.25)
+        seconds = time.perf_counter() - started
+    close_old_connections()
+    counts = _counts(event.pk)
+    wrong = {k: v for k, v in counts.items() if v != n}
+    if wrong or Event.objects.get(pk=event.pk).status != Event.Status.PROCESSED:
+        raise RuntimeError(f"fan-out {label}: expected {n} of each and a processed event, got {counts}")
+    usage = cpu.result()
+    return {"event": event.pk, "seconds": seconds, "cpu": usage}
+
+
+_TABLES = ("workflows_run", "workflows_steprun", "delivery_message", "inbox_inboxmessage")
+_JSON_OIDS = (114, 3802)
+
+
+def _design_rows(event_pk: int) -> dict[str, tuple[list[str], list[list[Any]], list[int]]]:
+    """Every row the design wrote for one event, per table: (columns, rows, indexes of JSON columns)."""
+    from django.db import connection
+
+    queries = {
+        "workflows_run": "SELECT r.* FROM workflows_run r WHERE r.event_id = %s ORDER BY r.id",
+        "workflows_steprun": "SELECT s.* FROM workflows_steprun s JOIN workflows_run r ON r.id = s.run_id "
+        "WHERE r.event_id = %s ORDER BY s.id",
+        "delivery_message": "SELECT m.* FROM delivery_message m JOIN workflows_run r ON r.id = m.run_id "
+        "WHERE r.event_id = %s ORDER BY m.id",
+        "inbox_inboxmessage": "SELECT i.* FROM inbox_inboxmessage i JOIN delivery_message m ON m.id = i.message_id "
+        "JOIN workflows_run r ON r.id = m.run_id WHERE r.event_id = %s ORDER BY i.id",
+    }
+    found = {}
+    with connection.cursor() as cursor:
+        for table, sql in queries.items():
+            cursor.execute(sql, [event_pk])
+            columns = [d.name for d in cursor.description]
+            json_columns = [i for i, d in enumerate(cursor.description) if d.type_code in _JSON_OIDS]
+            found[table] = (columns, [list(row) for row in cursor.fetchall()], json_columns)
+    return found
+
+
+def _copy_once(fixture: _Fixture, design: dict[str, Any], label: str) -> dict[str, Any]:
+    """The design's rows again, new keys and a new event, by four COPYs in one transaction."""
+    from django.db import connection, transaction
+
+    from apps.events.models import Event
+
+    event = Event.objects.create(
+        environment=fixture.environment,
+        transaction_id=f"copy-{label}",
+        workflow=fixture.workflow,
+        workflow_version_id=fixture.workflow.published_version_id,
+        payload=PAYLOAD,
+        recipients=[{"topic": TOPIC_KEY}],
+        status=Event.Status.PROCESSED,
+    )
+    new_keys: dict[str, dict[int, int]] = {}
+    prepared: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    with connection.cursor() as cursor:
+        for table in _TABLES:
+            columns, rows, json_columns = design[table]
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(rows)]
+            )
+            ids = [pk for (pk,) in cursor.fetchall()]
+            new_keys[table] = {row[columns.index("id")]: pk for row, pk in zip(rows, ids, strict=True)}
+            remap: dict[str, Any] = {
+                "workflows_run": lambda: {"event_id": lambda _old: event.pk},
+                "workflows_steprun": lambda: {"run_id": new_keys["workflows_run"].__getitem__},
+                "delivery_message": lambda: {"run_id": new_keys["workflows_run"].__getitem__},
+                "inbox_inboxmessage": lambda: {"message_id": new_keys["delivery_message"].__getitem__},
+            }[table]()
+            positions = [(columns.index(name), change) for name, change in remap.items()]
+            id_position = columns.index("id")
+            out = []
+            for row, pk in zip(rows, ids, strict=True):
+                row = list(row)
+                row[id_position] = pk
+                for position, change in positions:
+                    row[position] = change(row[position])
+                for position in json_columns:
+                    row[position] = None if row[position] is None else json.dumps(row[position])
+                out.append(row)
+            prepared[table] = (columns, out)
+    gc.collect()
+    started = time.perf_counter()
+    with transaction.atomic(), connection.cursor() as cursor:
+        for table in _TABLES:
+            columns, rows = prepared[table]
+            names = ", ".join(f'"{c}"' for c in columns)
+            with cursor.cursor.copy(f'COPY "{table}" ({names}) FROM STDIN') as copy:
+                for row in rows:
+                    copy.write_row(row)
+    seconds = time.perf_counter() - started
+    return {"event": event.pk, "seconds": seconds, "rows": {t: len(prepared[t][1]) for t in _TABLES}}
+
+
 def run(installation: Installation, config: FanoutConfig, *, profile: bool = False) -> dict[str, Any]:
+    from bench.procs import Stack
+
     installation.setup_django()
     from django.conf import settings
 
@@ -332,71 +392,90 @@ def run(installation: Installation, config: FanoutConfig, *, profile: bool = Fal
     log(f"fanout: creating {config.subscribers} subscribers in one topic")
     fixture = _setup(config, tag)
     n = len(fixture.subscribers)
-    # One small untimed warm-up of each path: imports, template compilation, caches.
-    warm = min(n, 200)
-    _baseline_once(fixture, f"{tag}-warm", limit=warm)
-    _clarion_once(fixture, f"{tag}-warm", direct=warm)
+    postgres = installation.database == "postgresql"
+    series: dict[str, list[float]] = {"topic": [], "broadcast": [], "copy": []}
+    cpu: dict[str, list[dict[str, float]]] = {"topic": [], "broadcast": []}
+    design: dict[str, Any] | None = None
+    result: dict[str, Any] = {}
+    with Stack(
+        installation,
+        web_processes=0,
+        worker_processes=config.worker_processes,
+        cluster_workers=config.cluster_workers,
+        esp=False,
+    ) as stack:
+        stack.start(web=False, workers=True)
+        # Untimed warm-up: imports, template compilation, connections in every worker process.
+        warm = _through_workers(fixture, stack, f"{tag}-warm", broadcast=False, timeout=config.timeout)
+        if postgres:
+            design = _design_rows(warm["event"])
+        for index in range(config.repeats):
+            names = ["topic", "broadcast", "copy"] if index % 2 == 0 else ["copy", "broadcast", "topic"]
+            for name in names:
+                if name == "copy":
+                    if design is None:
+                        continue
+                    seconds = _copy_once(fixture, design, f"{tag}-{index}")["seconds"]
+                elif name == "broadcast" and not config.broadcast:
+                    continue
+                else:
+                    measured = _through_workers(
+                        fixture, stack, f"{tag}-{name}-{index}", broadcast=name == "broadcast", timeout=config.timeout
+                    )
+                    seconds = measured["seconds"]
+                    cpu[name].append(measured["cpu"])
+                series[name].append(seconds)
+                log(
+                    f"fanout: round {index + 1}/{config.repeats} {name:9s} {seconds:7.2f} s "
+                    f"{n / seconds:9.1f} notifications/s"
+                )
 
-    clarion: list[float] = []
-    baseline: list[float] = []
-    for index in range(config.repeats):
-        order = ("baseline", "clarion") if index % 2 == 0 else ("clarion", "baseline")
-        for name in order:
-            if name == "clarion":
-                seconds = _clarion_once(fixture, f"{tag}-{index}")
-                clarion.append(seconds)
-            else:
-                seconds = _baseline_once(fixture, f"{tag}-{index}")
-                baseline.append(seconds)
-            log(
-                f"fanout: repeat {index + 1}/{config.repeats} {name:8s} {seconds:7.2f} s "
-                f"{n / seconds:9.1f} notifications/s"
-            )
-
-    result: dict[str, Any] = {
-        "config": {
-            "subscribers": n,
-            "repeats": config.repeats,
-            "fanout_chunk_size": settings.CLARION["FANOUT_CHUNK_SIZE"],
-            "push": "replaced by a no-op (publish_messages_created)",
-            "baseline_inserts": f"{n} Message + {n} InboxMessage rows (bulk_create, batch 500, one transaction)",
-            "clarion_writes": f"{n} Run + {n} StepRun + {n} Message + {n} InboxMessage rows, {n} Run updates",
-        },
-        "clarion": {
-            "seconds": round(median(clarion), 3),
-            "notifications_per_s": _rate(n, median(clarion)),
-            "runs_seconds": [round(s, 3) for s in clarion],
-        },
-        "baseline": {
-            "seconds": round(median(baseline), 3),
-            "notifications_per_s": _rate(n, median(baseline)),
-            "runs_seconds": [round(s, 3) for s in baseline],
-        },
-    }
-    result["ratio_clarion_over_baseline"] = (
-        round(result["clarion"]["notifications_per_s"] / result["baseline"]["notifications_per_s"], 3)
-        if result["baseline"]["notifications_per_s"]
-        else 0.0
-    )
-    if config.with_push:
-        push_timings: list[float] = []
-        seconds = _clarion_once(fixture, f"{tag}-push", push=True, push_timings=push_timings)
-        push_seconds = sum(push_timings)
-        log(f"fanout: clarion with the push to an in-memory layer {seconds:7.2f} s, of which push {push_seconds:.2f} s")
-        result["clarion_with_inmemory_push"] = {
+    def summary(name: str) -> dict[str, Any]:
+        runs = series[name]
+        if not runs:
+            return {}
+        seconds = median(runs)
+        out: dict[str, Any] = {
             "seconds": round(seconds, 3),
             "notifications_per_s": _rate(n, seconds),
-            "push_seconds": round(push_seconds, 3),
-            "push_share": round(push_seconds / seconds, 3) if seconds else 0.0,
+            "runs_seconds": [round(s, 3) for s in runs],
         }
+        if cpu.get(name):
+            system = median([c["system"] for c in cpu[name]])
+            out["cpu_ms_per_notification"] = round(1000 * system / n, 4)
+            out["cpu_median_round"] = cpu[name][len(cpu[name]) // 2]
+        return out
+
+    result.update(
+        {
+            "config": {
+                "subscribers": n,
+                "repeats": config.repeats,
+                "worker_processes": config.worker_processes,
+                "cluster_workers": config.cluster_workers,
+                "fanout_chunk_size": settings.CLARION["FANOUT_CHUNK_SIZE"],
+                "broker": "redis" if installation.redis_url else "django ORM",
+                "copy_rows_per_notification": (
+                    {t: len(design[t][1]) // n for t in _TABLES} if design is not None else None
+                ),
+            },
+            "topic": summary("topic"),
+            "broadcast": summary("broadcast"),
+            "copy": summary("copy"),
+        }
+    )
+    if config.peer and postgres:
+        from bench.peers import run_notifications_hq
+
+        log(f"fanout: django-notifications-hq notify.send to {n} users ({config.repeats} runs)")
+        result["peer"] = run_notifications_hq(installation.database_url, n, repeats=config.repeats)
     if profile:
         phases: dict[str, float] = {}
         with _phase_timer(phases):
             seconds = _clarion_once(fixture, f"{tag}-phases")
         ordered = sorted(phases.items(), key=lambda item: (item[0].startswith(" "), -item[1]))
         result["phases"] = {"total": round(seconds, 3), **{k: round(v, 3) for k, v in ordered}}
-        log("fanout: phases of one clarion run: " + json.dumps(result["phases"]))
-        log("fanout: profiling one clarion run (cProfile)")
+        log("fanout: phases of one in-process run: " + json.dumps(result["phases"]))
         profiler = cProfile.Profile()
         _clarion_once(fixture, f"{tag}-profile", profiler=profiler)
         out = io.StringIO()
@@ -406,3 +485,47 @@ def run(installation: Installation, config: FanoutConfig, *, profile: bool = Fal
         stats.sort_stats("tottime").print_stats(30)
         result["profile"] = out.getvalue()
     return result
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    n = result.get("config", {}).get("subscribers", 0)
+    topic = result.get("topic", {}).get("notifications_per_s")
+    broadcast = result.get("broadcast", {}).get("notifications_per_s")
+    copy = result.get("copy", {}).get("notifications_per_s")
+    peer = result.get("peer", {}).get("notifications_per_s")
+    workers = result.get("config", {}).get("worker_processes", 1)
+    cpu = result.get("topic", {}).get("cpu_ms_per_notification")
+    note = f"{workers} worker process(es); CPU {cpu} ms/notification (all processes)" if cpu else ""
+    return [
+        Row(
+            section="fanout",
+            name=f"in-app fan-out to a {n:,} topic, committed",
+            measured=topic,
+            unit="notifications/s",
+            baseline=copy,
+            baseline_name="COPY of the same rows (run, step run, message, inbox row)",
+            goal_min=10_000,
+            ratio_min=0.6,
+            note=note,
+        ),
+        Row(
+            section="fanout",
+            name="fan-out vs django-notifications-hq notify.send",
+            measured=topic,
+            unit="notifications/s",
+            baseline=peer,
+            baseline_name="django-notifications-hq notify.send (own virtualenv)",
+            ratio_min=7,
+            note=f"peer {result['peer'].get('version', '')}" if "peer" in result else "peer not run (PostgreSQL only)",
+        ),
+        Row(
+            section="fanout",
+            name=f"broadcast to every subscriber ({n:,})",
+            measured=broadcast,
+            unit="notifications/s",
+            baseline=topic,
+            baseline_name="the same fan-out to a topic",
+            goal_min=10_000,
+            ratio_min=0.9,
+        ),
+    ]

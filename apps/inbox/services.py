@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -22,6 +22,7 @@ from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from apps.core.bulk import rows_insert
 from apps.core.errors import ApiError, NotFound, Unprocessable
 from apps.inbox import realtime
 from apps.inbox.auth import (
@@ -39,9 +40,6 @@ from apps.subscribers.models import Subscriber
 from apps.subscribers.services import subscriber_upsert
 from apps.tenancy.models import ApiKey, Environment
 from apps.tenancy.selectors import api_key_for_raw
-
-if TYPE_CHECKING:
-    from apps.delivery.models import Message
 
 __all__ = [
     "InboxAction",
@@ -106,30 +104,41 @@ class InboxItem:
     actions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def inbox_messages_create(*, items: Sequence[tuple[InboxItem, Message]]) -> list[InboxMessage]:
+def inbox_messages_create(*, items: Sequence[tuple[InboxItem, Any]]) -> list[int]:
     """Put in-app messages in their subscribers' inboxes: each item with the (saved) delivery
-    Message it belongs to. One INSERT per 500 rows, in the caller's transaction; after it commits,
-    one ``message.created`` frame per row goes to its subscriber's open inboxes."""
+    Message it belongs to (anything with its ``pk``). One insert for all of them
+    (``apps.core.bulk.rows_insert``: a COPY on PostgreSQL), in the caller's transaction, no model
+    instance per row; after it commits, one ``message.created`` frame per row goes to its
+    subscriber's open inboxes. Returns the new rows' primary keys."""
+    if not items:
+        return []
+    now = timezone.now()
     rows = [
-        InboxMessage(
-            environment_id=item.environment_id,
-            subscriber_id=item.subscriber_id,
-            message=message,
-            workflow_key=item.workflow_key,
-            category_key=item.category_key,
-            title=item.title,
-            body=item.body,
-            action_url=item.action_url,
-            avatar=item.avatar,
-            data=item.data,
-            actions=item.actions,
-        )
+        {
+            "environment_id": item.environment_id,
+            "subscriber_id": item.subscriber_id,
+            "message_id": message.pk,
+            "workflow_key": item.workflow_key,
+            "category_key": item.category_key,
+            "title": item.title,
+            "body": item.body,
+            "action_url": item.action_url,
+            "avatar": item.avatar,
+            "data": item.data,
+            "actions": item.actions,
+            "seq": inbox_seq_next(),
+            "created_at": now,
+        }
         for item, message in items
     ]
-    InboxMessage.objects.bulk_create(rows, batch_size=500)
-    if rows:
-        transaction.on_commit(lambda: realtime.publish_messages_created(rows))
-    return rows
+    pks = rows_insert(InboxMessage, rows)
+    # The frames need model instances; build them only once the rows are committed.
+    transaction.on_commit(lambda: realtime.publish_messages_created(_instances(rows, pks)))
+    return pks
+
+
+def _instances(rows: list[dict[str, Any]], pks: list[int]) -> list[InboxMessage]:
+    return [InboxMessage(pk=pk, **row) for row, pk in zip(rows, pks, strict=True)]
 
 
 def inbox_subscriber_hash(*, environment: Environment, subscriber_id: str) -> str:

@@ -24,7 +24,14 @@ from inscriptis.model.config import ParserConfig
 from markdown.htmlparser import HTMLExtractor
 from markupsafe import Markup
 
-from apps.core.sandbox import MAX_OUTPUT_CHARS, SandboxError, check_deadline, render_string, time_limit
+from apps.core.sandbox import (
+    MAX_OUTPUT_CHARS,
+    SandboxError,
+    check_deadline,
+    render_string,
+    template_variables,
+    time_limit,
+)
 from apps.templates.models import EmailLayout, TemplateVersion
 
 TRANSLATED_FIELDS = ("subject", "title", "body", "preheader", "primary_action_label", "secondary_action_label")
@@ -160,6 +167,20 @@ class FieldErrors(SandboxError):
         super().__init__(f"{where}: {message}")
 
 
+# Names of the render context that are the same for every recipient of one event's step.
+RECIPIENT_INDEPENDENT_NAMES = frozenset({"payload", "actor", "step"})
+
+
+@lru_cache(maxsize=4096)
+def reads_only_event(source: str) -> bool:
+    """Whether the template reads nothing but the event (payload, actor) and the step: then its
+    output is the same for every recipient, and a fan-out renders it once."""
+    try:
+        return template_variables(source) <= RECIPIENT_INDEPENDENT_NAMES
+    except SandboxError:
+        return False
+
+
 def render_version(
     *,
     version: TemplateVersion,
@@ -167,6 +188,7 @@ def render_version(
     context: dict[str, Any],
     strict: bool = False,
     layout: EmailLayout | bool | None = True,
+    memo: dict[tuple[str, str], str] | None = None,
 ) -> RenderedContent:
     """Render every field. ``context`` must be plain data (dicts, lists, scalars).
 
@@ -180,6 +202,17 @@ def render_version(
     rendered: dict[str, str] = {}
     fallbacks: dict[str, str] = {}
     errors: dict[str, str] = {}
+
+    def render(name: str, source: str, autoescape: bool) -> str:
+        if not source:
+            return ""
+        if memo is None or not reads_only_event(source):
+            return render_string(source, context, autoescape=autoescape, strict=strict)
+        key = (name, source)
+        if key not in memo:
+            memo[key] = render_string(source, context, autoescape=autoescape, strict=strict)
+        return memo[key]
+
     with time_limit():
         for name in TRANSLATED_FIELDS:
             source, used = translated_source(version, name, language)
@@ -187,14 +220,14 @@ def render_version(
                 fallbacks[name] = used
             autoescape = channel == "email" and name == "body"
             try:
-                rendered[name] = render_string(source, context, autoescape=autoescape, strict=strict)
+                rendered[name] = render(name, source, autoescape)
             except SandboxError as exc:
                 errors[f"{used}.{name}"] = str(exc)
         urls: dict[str, str] = {}
         for name in URL_FIELDS:
             source = getattr(version, name, "") or ""
             try:
-                urls[name] = render_string(source, context, strict=strict) if source else ""
+                urls[name] = render(name, source, False)
             except SandboxError as exc:
                 errors[name] = str(exc)
         if errors:

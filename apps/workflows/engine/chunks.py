@@ -23,8 +23,10 @@ from django.db import OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from apps.core.bulk import rows_insert
 from apps.core.tasks import enqueue, enqueue_on_commit
-from apps.delivery.services import DELIVER_TASK, messages_create_bulk, messages_deliver
+from apps.delivery.services import DELIVER_TASK, messages_deliver
+from apps.delivery.services.rows import messages_insert
 from apps.events.models import Event
 from apps.inbox.services import inbox_messages_create
 from apps.templates.models import TemplateVersion
@@ -35,6 +37,7 @@ from apps.workflows.engine.walker import walk
 from apps.workflows.leases import LeaseHeartbeat, lease_seconds
 from apps.workflows.models import Run, StepRun, WorkflowVersion
 from apps.workflows.steps import ChunkData, ChunkPlan, ChunkWrites, all_step_types, known_step_types, step_type
+from apps.workflows.steps.base import TraceEntry
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +195,13 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
             run.status = Run.Status.FAILED
             run.completed_at = now
             writes.step_runs.append(
-                StepRun(
-                    run=run,
-                    step_id="-",
-                    step_type="engine",
-                    decision=StepRun.Decision.FAILED,
-                    reason="engine_error",
-                    detail={"error": f"{type(exc).__name__}: {exc}"},
+                TraceEntry(
+                    run,
+                    "-",
+                    "engine",
+                    StepRun.Decision.FAILED,
+                    "engine_error",
+                    {"error": f"{type(exc).__name__}: {exc}"},
                 )
             )
     for attempt in range(3):
@@ -209,9 +212,8 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
             if attempt == 2:
                 raise
             logger.warning("chunk commit hit a lock conflict; retrying", exc_info=True)
-            for obj in [*writes.messages, *writes.step_runs]:
-                obj.pk = None
-                obj._state.adding = True
+            for message in writes.messages:
+                message.pk = None
             time.sleep(0.05 * (attempt + 1))
 
 
@@ -229,7 +231,8 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         wake: list[int] = []
         for kind in sorted(all_step_types(), key=lambda kind: kind.commit_order):
             wake.extend(kind.commit(writes, still_held, now))
-        messages = messages_create_bulk(messages=[m for m in writes.messages if m.run_id in still_held])
+        messages = [m for m in writes.messages if m.run_id in still_held]
+        messages_insert(messages=messages)
         inbox_messages_create(
             items=[
                 (item, writes.messages[message_index])
@@ -237,13 +240,34 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
                 if run.pk in still_held
             ]
         )
-        StepRun.objects.bulk_create([s for s in writes.step_runs if s.run_id in still_held], batch_size=1000)
+        _insert_trace(writes.step_runs, still_held, now)
         _save_runs(held_runs)
         outbound_ids = [m.pk for m in messages if m.channel != "in_app"]
         if outbound_ids:
             delivery_hand_off(outbound_ids)
         if wake:
             enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
+
+
+def _insert_trace(entries: list[TraceEntry | StepRun], held: set[int], now: datetime) -> None:
+    """The chunk's decisions as StepRun rows, in the order they were taken: one insert, no model instances."""
+    rows = []
+    for entry in entries:
+        if isinstance(entry, StepRun):  # a step type that builds its StepRun itself
+            entry = TraceEntry(entry.run, entry.step_id, entry.step_type, entry.decision, entry.reason, entry.detail)
+        if entry.run.pk in held:
+            rows.append(
+                {
+                    "run_id": entry.run.pk,
+                    "step_id": entry.step_id,
+                    "step_type": entry.step_type,
+                    "decision": entry.decision,
+                    "reason": entry.reason,
+                    "detail": entry.detail,
+                    "created_at": now,
+                }
+            )
+    rows_insert(StepRun, rows, returning=False)
 
 
 def _save_runs(runs: list[Run]) -> None:

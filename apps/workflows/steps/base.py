@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from apps.core.durations import parse_duration
 from apps.core.sandbox import RenderTimeout, SandboxError, validate_expression
@@ -28,7 +28,7 @@ from apps.core.schedule import is_valid_zone, zone
 from apps.workflows.models import Run, StepRun
 
 if TYPE_CHECKING:
-    from apps.delivery.models import Message
+    from apps.delivery.services.rows import MessageRow
     from apps.inbox.models import InboxMessage
     from apps.inbox.services import InboxItem
     from apps.preferences.models import Category, QuietHours
@@ -58,12 +58,24 @@ class Held:
     content: dict[str, Any]
 
 
+class TraceEntry(NamedTuple):
+    """One decision for a run's trace (a StepRun row once the chunk commits)."""
+
+    run: Run
+    step_id: str
+    step_type: str
+    decision: str
+    reason: str
+    detail: dict[str, Any]
+
+
 @dataclass
 class ChunkWrites:
     """Everything one chunk will write, committed together."""
 
-    step_runs: list[StepRun] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
+    # decisions for the trace: TraceEntry (``trace``) or an unsaved StepRun
+    step_runs: list[TraceEntry | StepRun] = field(default_factory=list)
+    messages: list[MessageRow] = field(default_factory=list)
     # (inbox item, index of its Message in ``messages``, run, step id)
     inbox: list[tuple[InboxItem, int, Run, str]] = field(default_factory=list)
     digest_joins: list[DigestJoin] = field(default_factory=list)
@@ -102,6 +114,9 @@ class ChunkData:
     prepared: set[str] = field(default_factory=set)
     # renders and conditions that ran out of time in this chunk: not tried again for its other runs
     timed_out: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    # (event pk, step id, template version pk, locale) -> the fields of that render that read
+    # nothing of the subscriber: rendered once for the chunk's recipients of one event
+    render_memo: dict[tuple[Any, ...], dict[tuple[str, str], str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,9 +165,7 @@ def time_guarded(data: ChunkData, key: tuple[Any, ...], call: Callable[..., T], 
 
 
 def trace(writes: ChunkWrites, run: Run, step: dict[str, Any], decision: str, reason: str, **detail: Any) -> None:
-    writes.step_runs.append(
-        StepRun(run=run, step_id=step["id"], step_type=step["type"], decision=decision, reason=reason, detail=detail)
-    )
+    writes.step_runs.append(TraceEntry(run, step["id"], step["type"], decision, reason, detail))
 
 
 def wait(run: Run, until: datetime | None) -> None:

@@ -3,7 +3,7 @@
 A channel step resolves the subscriber's preferences, checks there is an address, waits out quiet
 hours, renders the template version (the one pinned at fan-out unless the workflow uses the
 latest), holds the message for the category digest when a frequency cap or a digest choice says
-so, and otherwise builds the message (``delivery.services.message_build``; in-app: the inbox item too)
+so, and otherwise builds the message (``delivery.services.rows.message_row_build``; in-app: the inbox item too)
 into the chunk's writes, which the chunk's commit hands to the delivery and inbox services.
 """
 
@@ -21,7 +21,7 @@ from apps.core.sandbox import SandboxError
 from apps.core.schedule import parse_schedule, zone
 from apps.delivery.models import Message
 from apps.delivery.selectors import reachable_channels
-from apps.delivery.services import message_build
+from apps.delivery.services.rows import message_row_build
 from apps.inbox.models import InboxMessage
 from apps.inbox.services import InboxItem
 from apps.preferences.links import email_links
@@ -130,12 +130,18 @@ def prepare_channels(plan: ChunkPlan, data: ChunkData, now: datetime) -> None:
         groups[(run.environment_id, category_key, run.workflow_version.workflow_id)].add(run.subscriber_id)
         by_category[(run.environment_id, category_key)].add(run.subscriber_id)
     workflow_defaults = workflow_channel_defaults_many(workflow_ids={key[2] for key in groups})
+    # Only the channels the runs can still send on (an escalation may send on any).
+    channels = (
+        set(CHANNEL_STEP_TYPES.values())
+        if "escalate" in ahead
+        else {CHANNEL_STEP_TYPES[kind] for kind in ahead if kind in CHANNEL_STEP_TYPES}
+    )
     for (environment_id, category_key, workflow_id), subscriber_pks in groups.items():
         data.preferences[(environment_id, category_key, workflow_id)] = resolve_preferences(
             environment=environment_id,
             subscriber_ids=subscriber_pks,
             category=data.categories.get((environment_id, category_key)) if category_key else None,
-            channels=sorted(set(CHANNEL_STEP_TYPES.values())),
+            channels=sorted(channels),
             workflow_defaults=workflow_defaults.get(workflow_id),
         )
     for (environment_id, category_key), subscriber_pks in by_category.items():
@@ -359,6 +365,7 @@ def send_channel(
                 version=version,
                 locale=subscriber.locale,
                 context=step_context,
+                memo=data.render_memo.setdefault((run.event_id, step_id, version.pk), {}),
             )
         except SandboxError as exc:
             if record:
@@ -422,17 +429,18 @@ def send_channel(
         message_data["payload"] = event.payload
     if links.get("headers"):
         message_data["headers"] = links["headers"]
-    message = message_build(
+    message = message_row_build(
         environment_id=run.environment_id,
-        run=run,
+        run_id=run.pk,
         step_id=step_id,
         channel=channel,
         subscriber=subscriber,
-        template_version=version,
+        template_version_id=version.pk if version else None,
         locale=rendered.locale if rendered else "",
         subject=subject,
         body=body,
         data=message_data,
+        now=now,
     )
     writes.messages.append(message)
     result: dict[str, Any] = {"status": "sent" if is_in_app else "queued", "channel": channel}

@@ -1,0 +1,118 @@
+"""Many rows in one statement, without a model instance per row: the hot paths' inserts.
+
+``rows_insert(model, rows)`` takes plain ``{attname: value}`` dicts (a field left out takes its
+default; ``auto_now``/``auto_now_add`` fields get the same "now" for the whole call) and returns
+the new primary keys in row order. On PostgreSQL the keys are taken from the table's sequence in
+one query and the rows go in with one ``COPY`` (no SQL compiled per value, no quoting of tens of
+thousands of parameters); elsewhere (SQLite) it is one ``bulk_create``. Either way it runs in the
+caller's transaction, and both statements show in Django's query log like any other query.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from django.db import connections, models
+from django.utils import timezone
+
+_NOW = object()  # marker: the call's "now" (auto_now / auto_now_add)
+
+
+@dataclass(frozen=True)
+class _Column:
+    attname: str
+    column: str
+    default: Any  # a value, a callable (called per row) or _NOW
+    dump: Callable[[Any], Any] | None  # JSON fields: the text PostgreSQL parses
+
+
+@cache
+def _columns(model: type[models.Model]) -> tuple[_Column, ...]:
+    columns = []
+    for f in model._meta.concrete_fields:
+        if f.primary_key:
+            continue
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            default: Any = _NOW
+        elif f.has_default():
+            default = f.default
+        elif f.null:
+            default = None
+        else:
+            default = f.get_default()
+        dump = None
+        if isinstance(f, models.JSONField):
+            encoder = f.encoder
+
+            def dump(value: Any, encoder: Any = encoder) -> Any:
+                return None if value is None else json.dumps(value, cls=encoder)
+
+        columns.append(_Column(f.attname, str(f.column), default, dump))
+    return tuple(columns)
+
+
+def rows_insert(
+    model: type[models.Model], rows: Sequence[dict[str, Any]], *, using: str = "default", returning: bool = True
+) -> list[int]:
+    """Insert ``rows`` into ``model``'s table; returns their new pks in row order (``returning``
+    False: nothing, and on PostgreSQL one statement less — the keys come from the column default).
+
+    Every row is a dict of attname → value with the same keys (those of the first row).
+    """
+    if not rows:
+        return []
+    connection = connections[using]
+    now = timezone.now()
+    given = [c for c in _columns(model) if c.attname in rows[0]]
+    absent = [c for c in _columns(model) if c.attname not in rows[0]]
+    per_row = [c for c in absent if callable(c.default) and c.default is not _NOW]
+    fixed = [c for c in absent if c not in per_row]
+    fixed_values = [now if c.default is _NOW else c.default for c in fixed]
+    if connection.vendor != "postgresql":
+        constant = {c.attname: v for c, v in zip(fixed, fixed_values, strict=True)}
+        objs = [model(**row, **constant, **{c.attname: c.default() for c in per_row}) for row in rows]
+        model._default_manager.db_manager(using).bulk_create(objs, batch_size=500)
+        return [obj.pk for obj in objs] if returning else []
+
+    meta = model._meta
+    pk_column = str(meta.pk.column)
+    quote = connection.ops.quote_name
+    fixed_dumped = [c.dump(v) if c.dump is not None else v for c, v in zip(fixed, fixed_values, strict=True)]
+    plain_columns = [c for c in given if c.dump is None]
+    dumped_columns = [c for c in given if c.dump is not None]
+    plain = [c.attname for c in plain_columns]
+    dumped = [(c.attname, c.dump) for c in dumped_columns if c.dump is not None]
+    calls = [(c.default, c.dump) for c in per_row]
+    order = [c.column for c in (*plain_columns, *dumped_columns, *per_row, *fixed)]
+    with connection.cursor() as cursor:
+        if returning:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                [meta.db_table, pk_column, len(rows)],
+            )
+            pks = [pk for (pk,) in cursor.fetchall()]
+            order.insert(0, pk_column)
+        else:
+            pks = []
+        sql = f"COPY {quote(meta.db_table)} ({', '.join(quote(name) for name in order)}) FROM STDIN"
+        debug = getattr(cursor, "debug_sql", None)  # DEBUG / tests: logged like an execute()
+        with (
+            connection.wrap_database_errors,  # psycopg's errors as Django's (IntegrityError, OperationalError)
+            debug(sql) if debug is not None else nullcontext(),
+            cursor.cursor.copy(sql) as copy,
+        ):
+            write = copy.write_row
+            for pk, row in zip(pks or [None] * len(rows), rows, strict=True):
+                write(
+                    ([pk] if returning else [])
+                    + [row[a] for a in plain]
+                    + [dump(row[a]) for a, dump in dumped]
+                    + [call() if dump is None else dump(call()) for call, dump in calls]
+                    + fixed_dumped
+                )
+    return pks
