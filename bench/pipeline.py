@@ -255,7 +255,7 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
         worker_processes=config.worker_processes,
         cluster_workers=config.cluster_workers,
     ) as stack:
-        stack.start()
+        stack.start(environment="bench")
         secret_key = stack.environment("bench")["secret_key"]
         _setup(stack, secret_key, config.subscribers)
         counter = Counter(installation)

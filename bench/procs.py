@@ -443,6 +443,7 @@ class Stack:
     esp_port: int = 0
     loadgens: list[int] = field(default_factory=list)
     _meters: list[CpuMeter] = field(default_factory=list)
+    _environments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -472,17 +473,47 @@ class Stack:
 
     # --- lifecycle ---
 
-    def start(self, *, web: bool = True, workers: bool = True) -> Stack:
+    def start(self, *, web: bool = True, workers: bool = True, environment: str | None = None) -> Stack:
+        """Migrate, then start everything at once and wait until each part is ready.
+
+        ``environment``: also run ``create_environment NAME`` meanwhile; :meth:`environment` then
+        returns its keys without waiting again."""
         self.installation.migrate()
-        if self.esp:
-            self.start_esp()
+        creating = None
+        if environment is not None:
+            creating = subprocess.Popen(
+                [sys.executable, "manage.py", "create_environment", environment, "--json"],
+                cwd=ROOT,
+                env=self.installation.process_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         if web:
-            self.start_web()
-        if workers:
-            self.start_workers()
+            self.web_port = free_port()  # first: the workers' CLARION_PUBLIC_URL names it
+        if self.esp:
+            self._spawn_esp()
+        if web:
+            self._spawn_web()
+        started = self._spawn_workers(self.worker_processes) if workers else []
+        if self.esp:
+            self._wait_esp()
+        if web:
+            self._wait_web()
+        self._wait_workers(started)
+        if creating is not None and environment is not None:
+            out, err = creating.communicate(timeout=300)
+            if creating.returncode != 0:
+                raise RuntimeError(f"create_environment {environment} exited {creating.returncode}\n{out}\n{err}")
+            self._environments[environment] = dict(json.loads(out[out.index("{") :]))
         return self
 
     def start_esp(self) -> None:
+        self._spawn_esp()
+        self._wait_esp()
+
+    def _spawn_esp(self) -> None:
         self.esp_port = free_port()
         self.esp_proc = self._spawn(
             "esp",
@@ -501,11 +532,18 @@ class Stack:
             ],
             self.env(),
         )
-        if not wait_port(self.esp_port, 30):
+
+    def _wait_esp(self) -> None:
+        assert self.esp_proc is not None
+        if not wait_port(self.esp_port, 60):
             raise RuntimeError(f"the fake ESP did not listen on {self.esp_port}\n{self.esp_proc.tail()}")
 
     def start_web(self) -> None:
-        self.web_port = free_port()
+        self.web_port = self.web_port or free_port()
+        self._spawn_web()
+        self._wait_web()
+
+    def _spawn_web(self) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -522,6 +560,9 @@ class Stack:
             "warning",
         ]
         self.web = self._spawn("web", argv, self.env())
+
+    def _wait_web(self) -> None:
+        assert self.web is not None
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if not self.web.alive():
@@ -539,15 +580,20 @@ class Stack:
             time.sleep(2.0)
 
     def start_workers(self, count: int | None = None) -> None:
-        count = self.worker_processes if count is None else count
+        self._wait_workers(self._spawn_workers(self.worker_processes if count is None else count))
+
+    def _spawn_workers(self, count: int) -> list[Proc]:
         env = self.env()
-        per_process = int(env.get("CLARION_WORKERS") or 2)
         started = [
             self._spawn(f"worker{len(self.workers) + i}", [sys.executable, "manage.py", "clarion_worker"], env)
             for i in range(count)
         ]
         self.workers.extend(started)
-        # ready: the sentinel has forked its pusher, monitor and every cluster worker
+        return started
+
+    def _wait_workers(self, started: list[Proc]) -> None:
+        """Ready: each sentinel has forked its pusher, monitor and every cluster worker."""
+        per_process = int(self.env().get("CLARION_WORKERS") or 2)
         deadline = time.monotonic() + READY_TIMEOUT
         for proc in started:
             while len(descendants(proc.pid, all_procs())) < per_process + 4:
@@ -582,8 +628,11 @@ class Stack:
 
     def environment(self, name: str = "bench") -> dict[str, Any]:
         """``manage.py create_environment NAME --json``: ``secret_key``, ``environment`` …"""
+        if name in self._environments:
+            return self._environments[name]
         out = self.installation.manage("create_environment", name, "--json")
-        return dict(json.loads(out[out.index("{") :]))
+        self._environments[name] = dict(json.loads(out[out.index("{") :]))
+        return self._environments[name]
 
     def client(self, secret_key: str, timeout: float = 60) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {secret_key}"}, timeout=timeout)
