@@ -45,6 +45,7 @@ BODY = (
     '"payload": {"n": __I__, "title": "Order __I__ shipped", "products": ["socks", "shoes"]}}'
 )
 GOALS = {"services": 250.0, "embedded": 100.0}
+KEYS = {"services": "pipeline.pg", "embedded": "pipeline.embedded"}
 
 
 @dataclass(frozen=True)
@@ -401,6 +402,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
                     None,
                     "events/s",
                     goal_min=GOALS[mode],
+                    key=KEYS[mode],
                     note="needs DATABASE_URL and REDIS_URL" if mode == "services" else "",
                 )
             )
@@ -417,6 +419,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
                 baseline=data["rate"],
                 baseline_name="offered",
                 goal_min=GOALS[mode],
+                key=KEYS[mode],
                 unmet=not complete_ok or growing,
                 note=("INCOMPLETE: not everything delivered; " if not complete_ok else "")
                 + ("BACKLOG GROWING; " if growing else "")

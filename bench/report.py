@@ -33,6 +33,12 @@ A :class:`Row` is one line of the table::
         note="p99 37 ms; CPU 2.1 ms/req (all processes)",
     )
 
+Give ``key`` (one of :data:`EXPECTED`'s: ``ingest.trigger``, ``ingest.bulk``, ``pipeline.pg``,
+``pipeline.embedded``, ``websocket.p50`` / ``.p99`` / ``.storm``, ``fanout.peer`` / ``.copy`` /
+``.broadcast``, ``delivery.email`` / ``.sms`` / ``.push``, ``digest.ingest`` / ``.flush``,
+``scaleout``) so that a figure of the issue your section did not produce still shows as
+"(not measured)" instead of vanishing.
+
 ``ratio`` is ``measured / baseline`` unless given (give it when the baseline is in another
 unit, e.g. a cost ratio from CPU per event). ``met`` is derived: True when every goal given holds,
 False when one fails or ``unmet=True`` (a condition beyond the number failed: something lost, a
@@ -70,6 +76,7 @@ class Row:
     lower_is_better: bool = False
     unmet: bool = False  # a condition beyond the numbers failed (lost messages, growing backlog, errors)
     note: str = ""
+    key: str = ""  # which figure of the issue this row measures (see EXPECTED), e.g. "fanout.copy"
 
     def computed_ratio(self) -> float | None:
         if self.ratio is not None:
@@ -222,37 +229,49 @@ def render(results: dict[str, Any]) -> str:
 # --- every figure of issue #15: shown "(not measured)" when its section did not run -------------
 
 EXPECTED: tuple[Row, ...] = (
-    Row("ingest", "trigger API", None, "req/s", goal_min=400, ratio_min=0.8, baseline_name="same validation + insert"),
-    Row("ingest", "bulk, 1,000 events per request", None, "events/s", goal_min=5000),
-    Row("pipeline", "in-app + email, PG + Redis, 60 s open loop", None, "events/s", goal_min=250),
-    Row("pipeline", "in-app + email, embedded (SQLite + ORM broker)", None, "events/s", goal_min=100),
-    Row("websocket", "trigger -> frame p50, 1,000 clients, 50 triggers/s", None, "ms", goal_max=50),
-    Row("websocket", "trigger -> frame p99, 1,000 clients, 50 triggers/s", None, "ms", goal_max=250),
-    Row("websocket", "connection storm: 1,000 reconnect at once, errors", None, "errors", goal_max=0),
-    Row("fanout", "in-app fan-out to 100k vs django-notifications-hq", None, "notif/s", goal_min=10000, ratio_min=7),
-    Row("fanout", "in-app fan-out to 100k vs COPY", None, "notif/s", goal_min=10000, ratio_min=0.6),
-    Row("fanout", "broadcast to 100k", None, "notif/s", goal_min=10000),
-    Row("delivery", "email, one worker, fake ESP", None, "msg/s", goal_min=500),
-    Row("delivery", "SMS, one worker, fake provider", None, "msg/s"),
-    Row("delivery", "push, one worker, fake provider", None, "msg/s"),
-    Row("digest", "ingest, 1M events into 10k digests", None, "entries/s", goal_min=10000),
-    Row("digest", "flush of 10k digests", None, "s", goal_max=30, lower_is_better=True),
-    Row("scaleout", "workers 1/2/4 x web 1/2", None, "events/s"),
+    Row("ingest", "trigger API", None, "req/s", goal_min=400, ratio_min=0.8, key="ingest.trigger"),
+    Row("ingest", "bulk, 1,000 events per request", None, "events/s", goal_min=5000, key="ingest.bulk"),
+    Row("pipeline", "in-app + email, PG + Redis, 60 s open loop", None, "events/s", goal_min=250, key="pipeline.pg"),
+    Row("pipeline", "in-app + email, embedded", None, "events/s", goal_min=100, key="pipeline.embedded"),
+    Row("websocket", "trigger -> frame p50, 1,000 clients, 50/s", None, "ms", goal_max=50, key="websocket.p50"),
+    Row("websocket", "trigger -> frame p99, 1,000 clients, 50/s", None, "ms", goal_max=250, key="websocket.p99"),
+    Row("websocket", "connection storm: 1,000 reconnect, errors", None, "errors", goal_max=0, key="websocket.storm"),
+    Row(
+        "fanout",
+        "fan-out to 100k vs django-notifications-hq",
+        None,
+        "notif/s",
+        goal_min=10000,
+        ratio_min=7,
+        key="fanout.peer",
+    ),
+    Row("fanout", "fan-out to 100k vs COPY", None, "notif/s", goal_min=10000, ratio_min=0.6, key="fanout.copy"),
+    Row("fanout", "broadcast to 100k", None, "notif/s", goal_min=10000, key="fanout.broadcast"),
+    Row("delivery", "email, one worker, fake ESP", None, "msg/s", goal_min=500, key="delivery.email"),
+    Row("delivery", "SMS, one worker, fake provider", None, "msg/s", key="delivery.sms"),
+    Row("delivery", "push, one worker, fake provider", None, "msg/s", key="delivery.push"),
+    Row("digest", "ingest, 1M events into 10k digests", None, "entries/s", goal_min=10000, key="digest.ingest"),
+    Row("digest", "flush of 10k digests", None, "s", goal_max=30, lower_is_better=True, key="digest.flush"),
+    Row("scaleout", "workers 1/2/4 x web 1/2", None, "events/s", key="scaleout"),
 )
 SECTION_ORDER = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout")
 
 
 def complete(rows: list[Row], skipped: dict[str, str] | None = None) -> list[Row]:
-    """The measured rows, plus an "(not measured)" row for each expected figure of a section that did not run."""
-    measured_sections = {row.section for row in rows}
+    """The measured rows, plus a "(not measured)" row for each expected figure nobody measured.
+
+    A placeholder goes when a measured row has its ``key``; a section whose rows carry no keys at
+    all replaces all of its placeholders (its rows name their figures their own way)."""
     reasons = skipped or {}
-    out = list(rows) + [
+    keys = {row.key for row in rows if row.key}
+    keyless_sections = {row.section for row in rows} - {row.section for row in rows if row.key}
+    missing = [
         Row(**{**asdict(row), "note": reasons.get(row.section, row.note)})
         for row in EXPECTED
-        if row.section not in measured_sections
+        if row.key not in keys and row.section not in keyless_sections
     ]
     order = {name: i for i, name in enumerate(SECTION_ORDER)}
-    return sorted(out, key=lambda r: order.get(r.section, len(order)))  # stable: keeps each section's order
+    return sorted([*rows, *missing], key=lambda r: order.get(r.section, len(order)))  # stable
 
 
 # --- rows for result shapes of modules that do not define rows() yet --------------------------

@@ -100,6 +100,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
                 "events/s",
                 baseline=first or None,
                 baseline_name="web x1 worker x1",
+                key="scaleout",
                 note=(
                     f"CPU cores busy {combo['system_cores']} of {result['cpus']} "
                     f"(other work on the machine: {combo.get('other_cores', 0)}): web {cores['web']}, "

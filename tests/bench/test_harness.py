@@ -57,6 +57,13 @@ def test_a_plain_dict_row_is_accepted() -> None:
     assert coerce_row("delivery", {"name": "sms", "measured": 10.0, "met": False}).met() is False
 
 
+def test_a_keyed_section_keeps_the_placeholders_it_did_not_fill() -> None:
+    measured = [Row("websocket", "p50 at 50/s", 30.0, "ms", goal_max=50, key="websocket.p50")]
+    names = [r.name for r in complete(measured) if r.section == "websocket"]
+    assert names[0] == "p50 at 50/s"
+    assert len(names) == 3  # p99 and the storm still show, "(not measured)"
+
+
 def test_complete_lists_every_figure_of_the_issue_once() -> None:
     measured = [Row("pipeline", "in-app + email, embedded", 120.0, "events/s", goal_min=100)]
     rows = complete(measured, {"websocket": "needs REDIS_URL"})
