@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,10 +50,18 @@ TWILIO_AUTH_CODES = frozenset({20003, 20005, 20008})
 TWILIO_RATE_CODES = frozenset({20429, 14107, 30022})
 
 
+TWILIO_API_URL = "https://api.twilio.com"
+
+
+@functools.lru_cache(maxsize=1024)
+def _twilio_status_path(webhook_key: str) -> str:
+    return reverse("delivery-webhook-twilio-status", kwargs={"key": webhook_key})
+
+
 def twilio_status_callback_url(integration: Integration, message: Message | None = None) -> str:
     """The status callback URL; per message it carries ``clarion_message_id``, so a callback is
     matched even when the send's answer (the Message SID) was never recorded (in doubt)."""
-    path = reverse("delivery-webhook-twilio-status", kwargs={"key": integration.webhook_key})
+    path = _twilio_status_path(integration.webhook_key)
     query = f"?{urlencode({'clarion_message_id': message.pk})}" if message is not None else ""
     return f"{settings.PUBLIC_URL}{path}{query}"
 
@@ -113,6 +123,15 @@ class TwilioSms(Provider):
     def _new_client(self, integration: Integration) -> Client:
         creds = integration.credentials
         http_client = TwilioHttpClient(timeout=self.timeout(integration))
+        session = http_client.session
+        if session is not None and session.trust_env:
+            # requests reads the proxy and CA bundle variables again on every request (a scan of the
+            # whole environment each time): read them once, when the client (one per batch) is made.
+            session.proxies.update(requests.utils.get_environ_proxies(TWILIO_API_URL))
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                session.verify = bundle
+            session.trust_env = False
         if creds.get("api_key_sid"):
             return Client(
                 creds["api_key_sid"], creds.get("api_key_secret"), creds["account_sid"], http_client=http_client
