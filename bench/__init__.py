@@ -1,12 +1,12 @@
-"""Clarion's benchmark suite: ``python -m bench`` (or ``make bench``).
+"""Clarion's benchmark suite: ``python -m bench`` (or ``make bench``) prints ONE table,
+goal | measured | baseline | ratio, for every figure of issue #15.
 
-Every number is reported next to a baseline measured in the same run on the same server or in
-the same process, and the ratio between the two is the result worth comparing across machines:
+The harness (``bench/procs.py``, ``bench/loadgen.py``, ``bench/report.py``, ``bench/common.py``)
+runs real web and worker processes on loopback with a fake ESP, drives them from a load generator
+in its own process (open loop at a fixed rate, or closed loop / wrk), counts the CPU of every
+process involved (PostgreSQL backends and Redis included), and cleans up (throwaway database,
+flushed Redis database). Each section (ingest, pipeline, websocket, fanout, delivery, digest,
+scaleout; recovery by name) measures against a baseline of the same work in the same run.
 
-* ``ingest``: requests/s of ``POST /api/v1/events/trigger`` against a bare DRF endpoint
-  (same authentication, same JSON body, no work) on one real uvicorn process;
-* ``fanout``: notifications/s of the engine (``process_event`` + ``advance_runs``) creating
-  in-app messages for a 10,000-subscriber topic, against a raw ``bulk_create`` of the same rows.
-
-See ``docs/benchmarks.md`` for what is measured, how, and the published results.
+See ``docs/benchmarks.md`` for the method, the machine and the results.
 """
