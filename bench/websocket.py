@@ -352,6 +352,9 @@ def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
             if not out_path.exists():
                 raise RuntimeError(f"the websocket clients failed\n{clients.tail()}\nweb:\n{stack.web.tail()}")
             result: dict[str, Any] = json.loads(out_path.read_text())
+            if (result.get("open_loop") or {}).get("missing"):  # say why, before the logs are removed
+                result["log_tails"] = {"web": stack.web.tail(2000), "worker": stack.workers[0].tail(4000)}
+                log(f"websocket: frames missing; worker log:\n{stack.workers[0].tail(4000)}")
             result["cpu_seconds"] = cpu.result()
             result["server_rss_mb"] = {"before": rss_before, "connected": rss_connected}
             if rss_connected:
