@@ -507,6 +507,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
             goal_min=10_000,
             ratio_min=0.6,
             note=note,
+            key="fanout.copy",
         ),
         Row(
             section="fanout",
@@ -515,7 +516,9 @@ def rows(result: dict[str, Any]) -> list[Row]:
             unit="notifications/s",
             baseline=peer,
             baseline_name="django-notifications-hq notify.send (own virtualenv)",
+            goal_min=10_000,
             ratio_min=7,
+            key="fanout.peer",
             note=f"peer {result['peer'].get('version', '')}" if "peer" in result else "peer not run (PostgreSQL only)",
         ),
         Row(
@@ -527,5 +530,6 @@ def rows(result: dict[str, Any]) -> list[Row]:
             baseline_name="the same fan-out to a topic",
             goal_min=10_000,
             ratio_min=0.9,
+            key="fanout.broadcast",
         ),
     ]
