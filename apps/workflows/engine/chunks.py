@@ -242,7 +242,7 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         )
         _insert_trace(writes.step_runs, still_held, now)
         _save_runs(held_runs)
-        outbound_ids = [m.pk for m in messages if m.channel != "in_app"]
+        outbound_ids = [m.pk for m in messages if m.channel != "in_app" and m.pk is not None]
         if outbound_ids:
             delivery_hand_off(outbound_ids)
         if wake:
