@@ -13,11 +13,13 @@ nothing else:
 * the fake email provider runs on loopback, so ``CLARION_ALLOWED_PRIVATE_NETWORKS`` allows it;
 * shorter recovery periods (lease 10 s, stall 5 s, wedge 10 s) keep the test under three minutes.
 
-Triggers alternate between the two web processes; after a third of them one worker is killed
-(SIGKILL to its whole process group, as when a container or host dies). Then every notification
-must arrive exactly once: one in-app row per (trigger, subscriber), and one email per (trigger,
-subscriber) taken by the fake provider — an email left in doubt by the kill may be missing but
-never doubled (the default category's policy holds it: at most once).
+Triggers alternate between the two web processes. A third of the way in, the other two workers
+pause (SIGSTOP) for a few triggers so that work lands on the first one; once it holds runs or
+is sending (seen in the database), it is killed — SIGKILL to its whole process group, as when a
+container or host dies — and the others go on. Then every notification must arrive exactly
+once: one in-app row per (trigger, subscriber), and one email per (trigger, subscriber) taken by
+the fake provider — an email left in doubt by the kill may be missing but never doubled (the
+default category's policy holds it: at most once).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +60,7 @@ TRIGGERS = 36
 RECIPIENTS_PER_TRIGGER = 5
 SUBSCRIBERS = 30
 KILL_AFTER = TRIGGERS // 3
+FROZEN_TRIGGERS = 6  # sent while only the worker to be killed runs
 DRAIN_SECONDS = 90.0
 TEST_OVERRIDES = {
     "CLARION_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,::1/128",
@@ -195,6 +199,30 @@ def _setup_tenant(client: httpx.Client, esp_port: int) -> None:
     )
 
 
+def _signal_group(process: ManagedProcess, sig: int) -> None:
+    if process.proc is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.proc.pid, sig)
+
+
+def _wait_for_work_in_hand(database: str, environment_id: int, timeout: float = 5.0) -> bool:
+    """Wait (briefly) until a worker holds runs (``running``) or is sending an email."""
+    import psycopg
+
+    until = time.monotonic() + timeout
+    with psycopg.connect(database, autocommit=True) as conn:
+        while time.monotonic() < until:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM workflows_run WHERE environment_id = %s AND status = 'running')"
+                " OR EXISTS (SELECT 1 FROM delivery_message WHERE environment_id = %s AND status = 'sending')",
+                [environment_id, environment_id],
+            ).fetchone()
+            if row and row[0]:
+                return True
+            time.sleep(0.005)
+    return False
+
+
 def _observed(database: str, environment_id: int, esp_log: Path) -> dict[str, Any]:
     import psycopg
 
@@ -210,6 +238,9 @@ def _observed(database: str, environment_id: int, esp_log: Path) -> dict[str, An
             " JOIN subscribers_subscriber s ON s.id = i.subscriber_id WHERE i.environment_id = %s",
             [environment_id],
         ).fetchall()
+        reclaimed = conn.execute(
+            "SELECT count(*) FROM workflows_run WHERE environment_id = %s AND attempts > 1", [environment_id]
+        ).fetchone()
         busy_row = conn.execute(
             "SELECT (SELECT count(*) FROM events_event WHERE environment_id = %s AND status = 'pending')"
             " + (SELECT count(*) FROM workflows_run WHERE environment_id = %s"
@@ -224,7 +255,13 @@ def _observed(database: str, environment_id: int, esp_log: Path) -> dict[str, An
                 "SELECT message_id FROM requests WHERE outcome IN ('accepted', 'accepted_late')"
             ):
                 accepted[message_id] += 1
-    return {"messages": messages, "inbox": inbox, "busy": busy_row[0] if busy_row else -1, "accepted": accepted}
+    return {
+        "messages": messages,
+        "inbox": inbox,
+        "busy": busy_row[0] if busy_row else -1,
+        "reclaimed": reclaimed[0] if reclaimed else 0,
+        "accepted": accepted,
+    }
 
 
 def test_compose_services_scale_out_natively_and_survive_a_killed_worker(tmp_path: Path) -> None:
@@ -316,9 +353,12 @@ def test_compose_services_scale_out_natively_and_survive_a_killed_worker(tmp_pat
                 _setup_tenant(clients[0], esp_port)
                 expected: set[tuple[str, str]] = set()
                 served = Counter[int]()
+                caught_mid_run = False
                 for n in range(TRIGGERS):
-                    if n == KILL_AFTER:
-                        workers[0].kill()  # SIGKILL to its process group, mid-run
+                    if n == KILL_AFTER - FROZEN_TRIGGERS:
+                        # The other two pause, so the next triggers' work lands on the worker to kill.
+                        for worker in workers[1:]:
+                            _signal_group(worker, signal.SIGSTOP)
                     recipients = [
                         f"d{(n * RECIPIENTS_PER_TRIGGER + k) % SUBSCRIBERS}" for k in range(RECIPIENTS_PER_TRIGGER)
                     ]
@@ -331,9 +371,16 @@ def test_compose_services_scale_out_natively_and_survive_a_killed_worker(tmp_pat
                     assert response.status_code in (200, 201, 202), response.text
                     served[web_index] += 1
                     expected.update((txid, subscriber) for subscriber in recipients)
+                    if n == KILL_AFTER:
+                        caught_mid_run = _wait_for_work_in_hand(database, environment_id)
+                        workers[0].kill()  # SIGKILL to its whole process group, as a dying container
+                        for worker in workers[1:]:
+                            _signal_group(worker, signal.SIGCONT)
             finally:
                 for client in clients:
                     client.close()
+                for worker in workers[1:]:
+                    _signal_group(worker, signal.SIGCONT)
             assert served == {0: TRIGGERS // 2, 1: TRIGGERS // 2}
             assert not workers[0].alive()
 
@@ -370,7 +417,8 @@ def test_compose_services_scale_out_natively_and_survive_a_killed_worker(tmp_pat
             print(
                 f"deploy scale-out: {len(expected)} notifications x 2 channels via {WEB_PROCESSES} web / "
                 f"{WORKER_PROCESSES} workers (1 killed), drained {time.monotonic() - killed_at:.1f} s after the "
-                f"kill, {len(in_doubt)} in doubt"
+                f"kill (work in hand when killed: {caught_mid_run}), {len(in_doubt)} in doubt, "
+                f"{observed['reclaimed']} runs claimed more than once"
             )
         except BaseException:
             for process in processes:
