@@ -317,7 +317,7 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
         sustained = (steady[-1]["completed"] - steady[0]["completed"]) / max(1e-9, steady[-1]["t"] - steady[0]["t"])
     else:
         sustained = (in_window[-1]["completed"] / load_end) if in_window and load_end else 0.0
-    second_half = [(s["t"], s["backlog"]) for s in in_window if s["t"] >= 0.5 * load_end]
+    steady_backlog = [(s["t"], s["backlog"]) for s in steady]
     inbox_new = int(last.get("inbox", 0) - before["inbox"]) if last else 0
     emails_new = esp_total - esp_before
     result: dict[str, Any] = {
@@ -334,7 +334,7 @@ def run_mode(installation: Installation, config: Config, mode: str) -> dict[str,
         "answered_ok": int(load["ok"]),
         "trigger_errors": int(load["errors"]),
         "sustained_events_per_s": round(sustained, 1),
-        "backlog_growth_per_s": round(_slope(second_half), 2),
+        "backlog_growth_per_s": round(_slope(steady_backlog), 2),
         "backlog_at_load_end": int(in_window[-1]["backlog"]) if in_window else None,
         "max_backlog": int(max((s["backlog"] for s in samples), default=0)),
         "drained": drained,
@@ -408,7 +408,11 @@ def rows(result: dict[str, Any]) -> list[Row]:
             )
             continue
         complete_ok = data["drained"] and data["all_inbox"] and data["all_emails"] and not data["trigger_errors"]
-        growing = data["backlog_growth_per_s"] > 0.02 * data["rate"]
+        # growing: it rose by more than 2 % of the rate per second over the steady window AND more
+        # than two seconds of arrivals were still waiting when the load ended (latency jitter alone
+        # moves a short window's slope; a pipeline that falls behind piles up both)
+        backlog_end = data["backlog_at_load_end"] or 0
+        growing = data["backlog_growth_per_s"] > 0.02 * data["rate"] and backlog_end > 2 * data["rate"]
         out.append(
             Row(
                 "pipeline",
