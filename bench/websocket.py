@@ -11,6 +11,9 @@ clients run in a process of their own (``python -m bench.websocket --client``), 
   and each waits for its ``ready`` frame; then every socket is dropped and all N reconnect at once.
   Errors: handshakes refused (HTTP 500 was channels-redis's ``MaxConnectionsError``), closed, or
   without ``ready`` within 60 s.
+* **push → frame** (the push path alone): with the N sockets open, the orchestrator pushes one frame
+  at a time at the trigger rate for 10 s through ``apps.inbox.realtime`` (what a commit's push
+  does), each stamped with its wall-clock time; the clients time its arrival (same machine).
 * **trigger → frame, open loop**: with the N sockets open, ``POST /api/v1/events/trigger`` at a
   fixed rate (default 50/s for 30 s after 5 s of warm-up), trigger ``i`` due at ``t0 + i / rate``
   whatever happened to the earlier ones, each to one subscriber (round robin) of a workflow with
@@ -70,6 +73,9 @@ def _stats(values_ms: list[float]) -> dict[str, float]:
 # --- the client process -------------------------------------------------------------------------
 
 
+PUSH_LATENCIES: list[float] = []  # ms from the orchestrator's push (wall clock) to the frame
+
+
 class Socket:
     """One subscriber's websocket; resolves the future waiting for a frame's title."""
 
@@ -96,6 +102,9 @@ class Socket:
             async for raw in self.ws:
                 arrived = time.monotonic()
                 frame = json.loads(raw)
+                if "bench_pushed_at" in frame:
+                    PUSH_LATENCIES.append((time.time() - frame["bench_pushed_at"]) * 1000)
+                    continue
                 title = (frame.get("message") or {}).get("title", "")
                 future = self.waiting.pop(title, None)
                 if future is not None and not future.done():
@@ -219,6 +228,14 @@ async def _client_main(plan: dict[str, Any]) -> dict[str, Any]:
     reconnect = await _storm(sockets, ws_base)
     log(f"websocket: reconnect storm: {reconnect['errors']} errors, all ready in {reconnect['all_ready_seconds']} s")
     connected = [s for s in sockets if s.ws is not None]
+    # push → frame: the orchestrator pushes as apps.inbox.realtime does after a commit
+    Path(plan["push_marker"]).write_text("ready")
+    deadline = time.monotonic() + 300
+    while not Path(plan["push_done_marker"]).exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0)  # the last frames' way
+    push = {"pushed": int(Path(plan["push_done_marker"]).read_text() or 0), **_stats(PUSH_LATENCIES)}
+    log(f"websocket: push → frame: {push}")
     loop = await _open_loop(connected, plan) if connected else {}
     if loop:
         log(
@@ -227,7 +244,13 @@ async def _client_main(plan: dict[str, Any]) -> dict[str, Any]:
         )
     open_at_end = sum(1 for s in connected if s.ws is not None and s.ws.state.name == "OPEN")
     await asyncio.gather(*(s.drop() for s in sockets))
-    return {"storm": first, "reconnect": reconnect, "open_loop": loop, "sockets_open_at_end": open_at_end}
+    return {
+        "storm": first,
+        "reconnect": reconnect,
+        "push": push,
+        "open_loop": loop,
+        "sockets_open_at_end": open_at_end,
+    }
 
 
 def client(plan_path: str, out_path: str) -> int:
@@ -297,6 +320,35 @@ def _tokens(installation: Installation, environment_slug: str, subscriber_ids: l
     }
 
 
+def _groups(environment_slug: str, subscriber_ids: list[str]) -> list[str]:
+    """Each subscriber's inbox group, in ``subscriber_ids`` order."""
+    from apps.inbox.realtime import subscriber_group
+    from apps.subscribers.models import Subscriber
+
+    rows = Subscriber.objects.filter(environment__slug=environment_slug, subscriber_id__in=subscriber_ids)
+    by_id = {
+        sid: subscriber_group(environment_id=environment_id, subscriber_pk=pk)
+        for sid, environment_id, pk in rows.values_list("subscriber_id", "environment_id", "pk")
+    }
+    return [by_id[sid] for sid in subscriber_ids]
+
+
+def _push(groups: list[str], config: WebsocketConfig) -> int:
+    """Push → frame, open loop at the trigger rate for 10 s: one frame per push, round robin over the
+    subscribers, through ``apps.inbox.realtime._send_all`` (what a commit's push does)."""
+    from apps.inbox import realtime
+
+    count = int(config.rate * 10)
+    t0 = time.monotonic()
+    for i in range(count):
+        delay = t0 + i / config.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        frame = {"event": "counts.changed", "cursor": i, "counts": {"unread": 1}, "bench_pushed_at": time.time()}
+        realtime._send_all([(groups[i % len(groups)], frame)])
+    return count
+
+
 def _rss_mb(pid: int) -> float:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
@@ -321,6 +373,8 @@ def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
             rss_before = _rss_mb(stack.web.pid)
             plan_path, out_path = fresh.var_dir / "ws-plan.json", fresh.var_dir / "ws-result.json"
             marker = fresh.var_dir / "ws-connected.json"
+            push_marker, push_done = fresh.var_dir / "ws-push-ready", fresh.var_dir / "ws-push-done"
+            groups = _groups(keys["environment"]["slug"], subscriber_ids)
             plan_path.write_text(
                 json.dumps(
                     {
@@ -329,6 +383,8 @@ def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
                         "secret_key": keys["secret_key"],
                         "tokens": tokens,
                         "connected_marker": str(marker),
+                        "push_marker": str(push_marker),
+                        "push_done_marker": str(push_done),
                     }
                 )
             )
@@ -344,6 +400,8 @@ def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
                     while clients.alive():
                         if not rss_connected and marker.exists():
                             rss_connected = _rss_mb(stack.web.pid)
+                        if push_marker.exists() and not push_done.exists():
+                            push_done.write_text(str(_push(groups, config)))
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"the websocket clients did not finish\n{clients.tail()}")
                         time.sleep(0.2)
@@ -372,6 +430,7 @@ def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
 
 def rows(result: dict[str, Any]) -> list[Row]:
     loop, storm, reconnect = result.get("open_loop") or {}, result["storm"], result["reconnect"]
+    push = result.get("push") or {}
     rate = loop.get("rate", result["config"]["rate"])
     clients = result["config"]["clients"]
     latency = loop.get("latency", {})
@@ -398,6 +457,16 @@ def rows(result: dict[str, Any]) -> list[Row]:
             goal_max=250,
             unmet=bool(missing),
             note=f"max {latency.get('max_ms')} ms",
+        ),
+        Row(
+            "websocket",
+            f"push -> frame p50 (the push path alone), {clients:,} clients, {rate:g}/s",
+            push.get("p50_ms"),
+            "ms",
+            note=(
+                f"p99 {push.get('p99_ms')} ms, max {push.get('max_ms')} ms, "
+                f"{push.get('count')} of {push.get('pushed')} frames"
+            ),
         ),
         Row(
             "websocket",
