@@ -37,13 +37,15 @@ RUN groupadd --system --gid 10001 clarion \
     && chown clarion:clarion /var/lib/clarion
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# The application runs from the source tree: manage.py, apps, config, templates, static, locale.
+# The application runs from the source tree: manage.py, apps, config, templates, static, locale, docs.
 COPY manage.py ./
 COPY apps ./apps
 COPY config ./config
 COPY templates ./templates
 COPY static ./static
 COPY locale ./locale
+# The guides, served at /docs/ by the running application.
+COPY docs ./docs
 # Static files collected at build time into $CLARION_VAR_DIR/static (served by WhiteNoise). The
 # settings refuse to load without keys: throwaway values for this one command, never kept.
 RUN SECRET_KEY=collectstatic-only-not-a-secret \
