@@ -312,3 +312,32 @@ def test_a_web_push_batch_loads_devices_once_and_uses_one_connection(
     assert len(push_service.requests) == 12 and push_service.connections == 1
     assert set(Message.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"sent"}
     assert browser.decrypt(push_service.requests[0].body)["message_id"] == str(ids[0])
+
+
+def test_a_batch_counts_its_messages_and_provider_calls_in_the_metrics(tenant, fake_server):
+    from apps.observability.metrics import DELIVERY_SECONDS, MESSAGES
+
+    def sample(metric: Any, name: str, **labels: str) -> float:
+        for family in metric.collect():
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0
+
+    env = tenant.environment
+    server = postmark(fake_server, fail={2: Reply(status=422, body={"ErrorCode": 300, "Message": "Invalid"})})
+    email_integration(env, server)
+    ids = queued_emails(env, 4)
+    sent_before = sample(MESSAGES, "clarion_messages_total", channel="email", status="sent", provider="postmark")
+    failed_before = sample(MESSAGES, "clarion_messages_total", channel="email", status="failed", provider="postmark")
+    calls_before = sample(DELIVERY_SECONDS, "clarion_delivery_seconds_count", provider="postmark")
+
+    deliver_messages(ids)
+
+    assert sample(MESSAGES, "clarion_messages_total", channel="email", status="sent", provider="postmark") == (
+        sent_before + 3
+    )
+    assert sample(MESSAGES, "clarion_messages_total", channel="email", status="failed", provider="postmark") == (
+        failed_before + 1
+    )
+    assert sample(DELIVERY_SECONDS, "clarion_delivery_seconds_count", provider="postmark") == calls_before + 4

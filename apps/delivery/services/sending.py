@@ -55,6 +55,7 @@ from apps.delivery.services.circuit import (
 from apps.delivery.services.config import DeliveryConfig, delivery_config
 from apps.delivery.services.statuses import _apply_early_events
 from apps.delivery.services.suppressions import _suppression_of, address_suppress
+from apps.observability.metrics import delivery_observed, delivery_observed_many, messages_settled
 from apps.preferences.models import IN_DOUBT_DROP, IN_DOUBT_RESEND
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ def _record_attempt(
         error=str(error)[:5000] if error else "",
         duration_ms=int((time.monotonic() - started) * 1000),
     )
+    delivery_observed(provider, time.monotonic() - started)
     message.attempts += 1
     if error is not None:
         # The call is over (a heartbeat too). A success is counted by the UPDATE that marks it sent.
@@ -410,6 +412,7 @@ def message_deliver(*, message_id: int, only_integration: Integration | None = N
         return None
     message = Message.objects.select_related("subscriber", "integration").get(pk=message_id)
     _deliver_guarded(message, only_integration=only_integration)
+    messages_settled([message])
     return message
 
 
@@ -767,6 +770,7 @@ class _Batch:
         self.deadline = time.monotonic() + self.cfg.task_budget
         self.window_size = max(1, int(self.cfg.send_window))
         self.started = 0  # messages this task began to deliver (at least one before any hand-off)
+        self.begun: list[Message] = []  # those messages (their final state is counted at the end)
         # Claimed by this task and not begun yet: released on a hand-off, kept alive by heartbeats.
         self.held: dict[int, Message] = {}
         self.beat_every = send_heartbeat_seconds() / 4
@@ -775,6 +779,12 @@ class _Batch:
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            messages_settled(self.begun)
+
+    def _run(self) -> None:
         for start in range(0, len(self.ids), CLAIM_CHUNK):
             if self.started and time.monotonic() > self.deadline:
                 self._hand_off(self.ids[start:])
@@ -795,6 +805,7 @@ class _Batch:
         if self.held.pop(message.pk, None) is None:
             return False
         self.started += 1
+        self.begun.append(message)
         return True
 
     def _hand_off(self, unclaimed: list[int]) -> None:
@@ -957,6 +968,8 @@ class _Batch:
         provider accepted is settled in doubt (it may not be sent again elsewhere)."""
         now = timezone.now()
         ahead = [m.pk for m in next_window]
+        if sent:
+            delivery_observed_many(name, [ms / 1000 for _, _, ms in sent])
         try:
             if sent and not unsent and connection.vendor == "postgresql":
                 ours = _record_sent(sent, integration, name, ahead=ahead, ahead_at=now)  # one statement
