@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -89,6 +89,7 @@ class PruneRun:
     statements: list[tuple[str, int]] = field(default_factory=list)
     environment: str = ""
     finished: bool = True  # False when the budget ran out before everything due was pruned
+    failed: list[str] = field(default_factory=list)  # environments whose pruning raised a database error
 
     def out_of_time(self) -> bool:
         if time.monotonic() - self.started >= self.budget_seconds:
@@ -271,7 +272,14 @@ def prune(
         for pruner in pruners:
             if run.out_of_time():
                 return run
-            pruner(policy, run)
+            try:
+                pruner(policy, run)
+            except DatabaseError:
+                # One environment's failure (a lost connection, a constraint) must not stop the
+                # others; the next tick tries it again.
+                logger.exception("retention: %s failed for environment %s", pruner.__module__, policy.environment_slug)
+                run.failed.append(policy.environment_slug)
+                break
     return run
 
 

@@ -434,3 +434,24 @@ def test_rows_another_transaction_holds_are_skipped_not_waited_for() -> None:
     # The others (6 finished runs, less runs[1] with its queued message, less the held one) went.
     assert run.totals()["workflows.Run"] == 4
     assert prune(environments=["locks"]).totals()["workflows.Run"] == 1  # once released, it goes
+
+
+def fail_for_bad_environment(policy: Any, run: PruneRun) -> None:
+    from django.db import DatabaseError
+
+    if policy.environment_slug == "bad":
+        raise DatabaseError("simulated")
+
+
+def test_one_environment_failing_does_not_stop_the_others(monkeypatch: Any, caplog: Any) -> None:
+    import apps.core.retention as retention
+
+    good = _build_trace(EnvironmentFactory(slug="good"), events=1, subscribers=6)
+    EnvironmentFactory(slug="bad")
+    monkeypatch.setattr(retention, "PRUNERS", [f"{__name__}.fail_for_bad_environment", *retention.PRUNERS])
+    with caplog.at_level("ERROR", logger="apps.core.retention"):
+        run = prune()
+    assert run.failed == ["bad"]
+    assert "environment bad" in caplog.text
+    assert run.totals()["workflows.Run"] == 5  # good's 6 finished runs, less runs[1] (its queued message)
+    assert Run.objects.filter(environment=good.environment).count() == 5
