@@ -58,3 +58,6 @@ class Command(BaseCommand):
             self.stdout.write(f"{len(run.statements)} statement(s).")
         if not run.finished:
             self.stdout.write("Budget spent before everything due was pruned: run again to continue.")
+        if run.failed:
+            self.stderr.write(f"Failed (see the log): {', '.join(run.failed)}")
+            raise SystemExit(1)
