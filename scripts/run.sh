@@ -51,7 +51,9 @@ trap on_signal INT TERM
 # together with everything it forked (qcluster starts a sentinel, workers, a monitor, a pusher).
 set -m
 
-"$PY" -m uvicorn config.asgi:application --host "$HOST" --port "$PORT" &
+# WEB_CONCURRENCY: uvicorn processes (≈ cores). One process runs one thread of Python at a time,
+# so it gives the API at most one core (docs/deployment.md, "Web concurrency").
+"$PY" -m uvicorn config.asgi:application --host "$HOST" --port "$PORT" --workers "${WEB_CONCURRENCY:-1}" &
 web=$!
 "$PY" manage.py clarion_worker &
 worker=$!
