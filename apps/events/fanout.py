@@ -41,16 +41,18 @@ def events_fanout_claim_batch(*, event_ids: Sequence[int], lease: timedelta, lim
 
     One ``UPDATE … RETURNING`` (rows locked with SKIP LOCKED on PostgreSQL): concurrent workers
     take disjoint events, and an event's later wake-up finds it held or processed and returns at
-    once. The given events come first, then the oldest others.
+    once. The oldest pending events are taken first (the status index gives them in order, so a
+    deep backlog is not sorted per claim); the given ones among them or, behind a backlog, by a
+    later wake-up — every accepted event has one.
     """
     now = timezone.now()
-    given = ",".join(str(int(pk)) for pk in event_ids) or "0"
+    limit = max(limit, len(event_ids))
     return update_returning_ids(
         table=Event._meta.db_table,
         assignments={"fanout_lease_until": now + lease},
         where="status = %s AND (fanout_lease_until IS NULL OR fanout_lease_until < %s)",
         params=[Event.Status.PENDING, now],
-        order_by=f"CASE WHEN id IN ({given}) THEN 0 ELSE 1 END, id",
+        order_by="created_at, id",
         limit=limit,
     )
 
