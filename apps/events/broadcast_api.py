@@ -17,6 +17,8 @@ from apps.tenancy.auth import request_environment
 
 
 class BroadcastSerializer(serializers.Serializer):
+    rejects_unknown_fields = True  # the OpenAPI schema says so (apps.core.openapi)
+
     workflow = serializers.SlugField(max_length=100)
     payload = serializers.DictField(required=False, default=dict)
     actor = ActorField(
