@@ -433,7 +433,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
     push = result.get("push") or {}
     rate = loop.get("rate", result["config"]["rate"])
     clients = result["config"]["clients"]
-    latency = loop.get("latency", {})
+    latency = loop.get("latency", {}) if (loop.get("latency") or {}).get("count") else {}  # no frame: no figure
     missing = loop.get("missing", 0)
     note = (
         f"{loop.get('frames', 0)} frames, {missing} missing, generator lag max {loop.get('generator_lag_ms_max')} ms; "
@@ -448,6 +448,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
             goal_max=50,
             unmet=bool(missing),
             note=note,
+            key="websocket.p50",
         ),
         Row(
             "websocket",
@@ -457,6 +458,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
             goal_max=250,
             unmet=bool(missing),
             note=f"max {latency.get('max_ms')} ms",
+            key="websocket.p99",
         ),
         Row(
             "websocket",
@@ -474,6 +476,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
             float(reconnect["errors"]),
             "errors",
             goal_max=0,
+            key="websocket.storm",
             note=(
                 f"first storm {storm['errors']} errors, all ready in {storm['all_ready_seconds']} s; "
                 f"reconnect all ready in {reconnect['all_ready_seconds']} s (p99 {reconnect['ready']['p99_ms']} ms)"
