@@ -433,7 +433,11 @@ def rows(result: dict[str, Any]) -> list[Row]:
     push = result.get("push") or {}
     rate = loop.get("rate", result["config"]["rate"])
     clients = result["config"]["clients"]
-    latency = loop.get("latency", {}) if (loop.get("latency") or {}).get("count") else {}  # no frame: no figure
+    latency = loop.get("latency") or {}
+    if not latency.get("count") and loop:
+        # no frame at all within the grace after the last trigger: the latency is at least that
+        bound = FRAME_GRACE * 1000
+        latency = {"p50_ms": bound, "p99_ms": bound, "max_ms": f"> {bound:.0f} (no frame arrived)"}
     missing = loop.get("missing", 0)
     note = (
         f"{loop.get('frames', 0)} frames, {missing} missing, generator lag max {loop.get('generator_lag_ms_max')} ms; "
