@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -100,8 +101,19 @@ def _spectacular_path(route: str) -> str:
     return "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
 
 
-@functools.cache
+_schema_lock = threading.Lock()
+
+
 def _schema() -> dict[str, Any]:
+    # Built once per process, by one thread: a cold web process's first concurrent requests each
+    # generated it, and drf-spectacular's lazy loading of its extensions is not thread-safe
+    # ("'NoneType' object has no attribute 'startswith'": HTTP 500s on the first triggers).
+    with _schema_lock:
+        return _generated_schema()
+
+
+@functools.cache
+def _generated_schema() -> dict[str, Any]:
     from drf_spectacular.generators import SchemaGenerator
 
     return SchemaGenerator().get_schema(request=None, public=True)
