@@ -36,7 +36,7 @@ LEGACY_CONFIG = {
 }
 # command-line option -> (benchmark, config field)
 OVERRIDES = {
-    "requests": ("ingest", "requests"),
+    "ingest_seconds": ("ingest", "seconds"),
     "concurrency": ("ingest", "concurrency"),
     "subscribers": ("fanout", "subscribers"),
     "repeats": ("fanout", "repeats"),
@@ -61,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke sizes (seconds; the numbers mean nothing)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout")
     parser.add_argument("--profile", action="store_true", help="ingest/fanout: add a cProfile of the Clarion path")
-    parser.add_argument("--requests", type=int, help="ingest: timed requests per endpoint")
+    parser.add_argument("--ingest-seconds", type=float, help="ingest: seconds per round and endpoint")
     parser.add_argument("--concurrency", type=int, help="ingest: concurrent connections")
     parser.add_argument("--subscribers", type=int, help="fanout: topic size")
     parser.add_argument("--repeats", type=int, help="fanout: alternating repetitions")
