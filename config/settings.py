@@ -258,9 +258,9 @@ Q_CLUSTER: dict = {
     "max_attempts": 3,
     "ack_failures": True,
     "catch_up": False,
-    # No Success row per finished task: with a limit, the monitor locks and loads every saved
-    # success (up to the limit) for each task it acknowledges, one process doing it for the whole
-    # cluster, which capped the pipeline near 15 tasks/s. Failures are still saved.
+    # No Success row per finished task: with a limit, the monitor (one process for the whole
+    # cluster) locks and loads every saved success, up to the limit, for each task it
+    # acknowledges, then inserts a Task row. Failures are still saved.
     "save_limit": env.int("CLARION_TASK_SAVE_LIMIT", default=-1),
     # Tasks a worker runs before it is replaced (a fresh fork: new connections, cold caches).
     "recycle": env.int("CLARION_WORKER_RECYCLE", default=5000),
