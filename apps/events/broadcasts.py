@@ -20,6 +20,7 @@ from apps.core.errors import Conflict
 from apps.core.tasks import enqueue_on_commit
 from apps.events.models import Event
 from apps.events.services import PROCESS_TASK, _actor_data, _check_payload, _resolve_workflow
+from apps.observability.metrics import events_committed
 from apps.subscribers.models import Subscriber
 from apps.subscribers.services import subscriber_bulk_upsert
 from apps.tenancy.models import Environment
@@ -74,4 +75,5 @@ def event_broadcast(*, environment: Environment, request: BroadcastRequest) -> E
             details={"transaction_id": transaction_id},
         ) from exc
     enqueue_on_commit(PROCESS_TASK, event.pk)
+    events_committed(environment.pk, [(workflow.key, event.transaction_id)])  # metrics + log, on commit
     return event

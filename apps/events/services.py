@@ -11,6 +11,7 @@ from django.db.models.constants import OnConflict
 from apps.core.errors import ApiError, Conflict, NotFound, Unprocessable
 from apps.core.tasks import enqueue_is_transactional, enqueue_many_on_commit, enqueue_on_commit
 from apps.events.models import Event
+from apps.observability.metrics import events_committed
 from apps.subscribers.models import Subscriber, Topic
 from apps.subscribers.services import subscriber_bulk_upsert
 from apps.tenancy.models import Environment
@@ -268,6 +269,7 @@ def _trigger_one(environment: Environment, candidate: _Candidate) -> Event:
     if event is None:
         raise _duplicate(candidate.transaction_id)
     enqueue_on_commit(PROCESS_TASK, event.pk)
+    events_committed(environment.pk, [(candidate.workflow.key, event.transaction_id)])  # metrics + log, on commit
     return event
 
 
@@ -332,6 +334,9 @@ def event_trigger_bulk(*, environment: Environment, requests: list[TriggerReques
     event_ids = [written[c.transaction_id].pk for _, c in candidates if c.transaction_id in written]
     enqueue_many_on_commit(
         PROCESS_MANY_TASK, [(event_ids[i : i + ENQUEUE_CHUNK],) for i in range(0, len(event_ids), ENQUEUE_CHUNK)]
+    )
+    events_committed(  # metrics + one log line, on commit
+        environment.pk, [(c.workflow.key, c.transaction_id) for _, c in candidates if c.transaction_id in written]
     )
     return [r for r in results if r is not None]
 

@@ -27,6 +27,7 @@ from apps.inbox.auth import InboxTokenClaims, inbox_session_current, inbox_sessi
 from apps.inbox.origins import aorigin_allowed
 from apps.inbox.realtime import environment_group, subscriber_group
 from apps.inbox.sequence import inbox_seq_next
+from apps.observability.metrics import websocket_closed, websocket_opened
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
             await self._reject(CLOSE_UNAUTHORIZED)
             return
         await self.accept()
+        websocket_opened(self)  # clarion_websocket_connections
         if remembered_for is not None:
             # Let in from this process's memory: a revocation made in another process shortly
             # before we joined the groups reached no socket of ours, and the memory may not know
@@ -141,6 +143,7 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def disconnect(self, code: int) -> None:
+        websocket_closed(self)  # counted down once, only if it was counted
         if self.recheck_task is not None:
             self.recheck_task.cancel()
             self.recheck_task = None

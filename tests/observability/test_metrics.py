@@ -70,9 +70,17 @@ def test_metrics_parse_and_carry_every_documented_name(client: Client, tenant: A
         _value(families, "clarion_messages", "clarion_messages_total", channel="email", status="sent", provider="smtp")
         >= 2
     )
-    assert _value(
-        families, "clarion_step_decisions", "clarion_step_decisions_total", type="delay", decision="waited"
-    ) == pytest.approx(_value(families, "clarion_step_decisions", "clarion_step_decisions_total", type="delay"))
+    assert (
+        _value(
+            families,
+            "clarion_step_decisions",
+            "clarion_step_decisions_total",
+            type="delay",
+            decision="waited",
+            reason="none",
+        )
+        >= 1
+    )
     assert _value(families, "clarion_delivery_seconds", "clarion_delivery_seconds_count", provider="smtp") >= 1
     assert (
         _value(

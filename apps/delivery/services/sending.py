@@ -55,6 +55,7 @@ from apps.delivery.services.circuit import (
 from apps.delivery.services.config import DeliveryConfig, delivery_config
 from apps.delivery.services.statuses import _apply_early_events
 from apps.delivery.services.suppressions import _suppression_of, address_suppress
+from apps.observability.logs import bind_message_log_context
 from apps.observability.metrics import delivery_observed, delivery_observed_many, messages_settled
 from apps.preferences.models import IN_DOUBT_DROP, IN_DOUBT_RESEND
 
@@ -420,6 +421,7 @@ def _deliver_guarded(
     message: Message, *, only_integration: Integration | None = None, made: _Made | None = None
 ) -> None:
     """Deliver a message this worker claimed; a crash settles it (in doubt if a call was under way)."""
+    bind_message_log_context(message)  # its warnings carry the message, run and transaction ids
     try:
         _deliver_claimed(message, only_integration=only_integration, made=made)
     except Exception as exc:  # a bug must not leave the message in sending until it is presumed dead

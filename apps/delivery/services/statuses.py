@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from django.utils import timezone
 from apps.delivery.models import Integration, Message, MessageEvent
 from apps.delivery.services.suppressions import address_suppress
 from apps.delivery.status import FAILURES, statuses_that_may_move_to
+from apps.observability.metrics import messages_finished_counts
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ def message_events_record(*, integration: Integration, events: Sequence[StatusEv
                 message=message,
             )
         stored.append(row)
+    messages_finished_counts(Counter((integration.channel, r.status, r.provider) for r in stored if r.applied))
     return stored
 
 

@@ -29,6 +29,8 @@ from apps.delivery.services import DELIVER_TASK, messages_deliver
 from apps.delivery.services.rows import messages_insert
 from apps.events.models import Event
 from apps.inbox.services import inbox_messages_create
+from apps.observability.logs import bind_chunk_log_context
+from apps.observability.metrics import step_decisions_of
 from apps.templates.models import TemplateVersion
 from apps.templates.selectors import pinned_versions, published_versions_for_keys
 from apps.workflows.definitions import program_for
@@ -184,6 +186,7 @@ def runs_renew_lease(*, token: Any) -> int:
 
 
 def walk_and_commit(token: Any, runs: list[Run]) -> None:
+    bind_chunk_log_context(runs)  # every line logged for this chunk carries its transaction id(s)
     now = timezone.now()
     data = load_chunk(runs, now)
     writes = ChunkWrites()
@@ -207,6 +210,7 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
     for attempt in range(3):
         try:
             commit_chunk(token, runs, writes, now)
+            step_decisions_of(writes.step_runs)  # clarion_step_decisions_total, counted in memory
             return
         except OperationalError:  # a deadlock or lock timeout between concurrent chunks: try again
             if attempt == 2:
