@@ -135,12 +135,22 @@ def bind_message_log_context(message: Any) -> None:
     )
 
 
+def _loaded_event(run: Any) -> Any:
+    """The run's event if it is already loaded (never a query on the hot path), else None."""
+    state = getattr(run, "_state", None)
+    if state is None:  # not a model instance
+        return getattr(run, "event", None)
+    return state.fields_cache.get("event")
+
+
 def bind_chunk_log_context(runs: Sequence[Any]) -> None:
     """The engine, for the chunk of runs it advances (their events are loaded with the claim): the
     transaction id when they share one event (the usual case), else the chunk's transaction ids."""
     if not runs:
         return
-    events = {run.event_id: run.event for run in runs}
+    events = {run.event_id: event for run in runs if (event := _loaded_event(run)) is not None}
+    if not events:
+        return
     transaction_ids = sorted(str(event.transaction_id) for event in events.values())
     environments = {event.environment_id for event in events.values()}
     bind_log_context(

@@ -96,3 +96,31 @@ def test_a_chunk_of_one_event_binds_its_transaction_id_and_of_several_their_list
     assert one["transaction_id"] == "tx-a" and one["run_ids"] == "10..11 (2)" and "transaction_ids" not in one
     assert two["transaction_ids"] == ["tx-a", "tx-b"] and "transaction_id" not in two
     assert single["run_id"] == 10 and "run_ids" not in single and single["transaction_id"] == "tx-a"
+
+
+def test_a_chunk_whose_events_are_not_loaded_costs_no_query(
+    tenant: Any, welcome: Any, django_assert_num_queries: Any, json_lines: Any
+) -> None:
+    from apps.events.models import Event
+    from apps.workflows.models import Run
+
+    event = Event.objects.create(
+        environment=tenant.environment,
+        transaction_id="not-loaded",
+        workflow=welcome,
+        workflow_version_id=welcome.published_version_id,
+        recipients=[{"subscriber_id": "ada"}],
+    )
+    Run.objects.create(
+        environment=tenant.environment,
+        event=event,
+        workflow_version_id=welcome.published_version_id,
+        subscriber=tenant.environment.subscribers.get(subscriber_id="ada"),
+    )
+    runs = list(Run.objects.all())
+    with django_assert_num_queries(0):
+        bind_chunk_log_context(runs)
+    runs[0].event = event
+    bind_chunk_log_context(runs)
+    logging.getLogger("apps.workflows").warning("loaded")
+    assert json_lines()[-1]["transaction_id"] == "not-loaded"
