@@ -67,3 +67,15 @@ def test_dockerfile_is_multistage_non_root_with_static_and_healthcheck() -> None
         assert (ROOT / source).exists(), source
         assert source not in ignored, source
     assert {".git", ".venv", "var", ".env"} <= ignored
+
+
+def test_web_and_worker_count_metrics_across_their_processes() -> None:
+    """uvicorn --workers and django-q2's task processes each count in their own memory: both
+    containers share a per-container directory that is empty at start (a tmpfs)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = load_compose(ROOT / "docker-compose.yml", REQUIRED)
+    for name in ("web", "worker"):
+        directory = services[name].environment["PROMETHEUS_MULTIPROC_DIR"]
+        assert directory in raw["services"][name]["tmpfs"], name

@@ -133,6 +133,10 @@ def _service_env(environment: dict[str, str], *, var_dir: Path, database: str, r
     env.update(TEST_OVERRIDES)
     env.update({"DATABASE_URL": database, "REDIS_URL": redis_url, "CLARION_VAR_DIR": str(var_dir)})
     var_dir.mkdir(parents=True, exist_ok=True)
+    if "PROMETHEUS_MULTIPROC_DIR" in env:  # the container's tmpfs: a fresh directory of this run
+        metrics_dir = var_dir / "metrics"
+        metrics_dir.mkdir(exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env
 
 
