@@ -393,6 +393,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=8 *
 CLARION = {
     "MAX_PAYLOAD_BYTES": 512 * 1024,
     "FANOUT_CHUNK_SIZE": env.int("CLARION_FANOUT_CHUNK_SIZE", default=500),
+    # Micro-batches (apps/workflows/engine/batch.py): one wake-up claims up to EVENT_BATCH_SIZE
+    # pending events; those with at most SMALL_EVENT_RECIPIENTS direct recipients are walked in the
+    # same task, and up to INLINE_DELIVERY_MAX of their messages are delivered right after the commit.
+    "EVENT_BATCH_SIZE": env.int("CLARION_EVENT_BATCH_SIZE", default=100),
+    "SMALL_EVENT_RECIPIENTS": env.int("CLARION_SMALL_EVENT_RECIPIENTS", default=50),
+    "INLINE_DELIVERY_MAX": env.int("CLARION_INLINE_DELIVERY_MAX", default=200),
     # A worker holds the runs (and the event fan-out) it works on for this long and renews the
     # lease every quarter of it while it works; a killed worker's runs resume once it runs out.
     "RUN_LEASE_SECONDS": env.int("CLARION_RUN_LEASE_SECONDS", default=20),
