@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "apps.inbox",
     "apps.demo",
     "apps.observability",
+    "apps.analytics",
 ]
 
 MIDDLEWARE = [

@@ -12,6 +12,11 @@ from apps.tenancy.models import Environment
 class Template(models.Model):
     """A message for one channel. Content lives in immutable versions; one is published."""
 
+    class Tracking(models.TextChoices):
+        INHERIT = "inherit", "as the environment says"
+        ON = "on", "on"
+        OFF = "off", "off"
+
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="templates")
     key = models.SlugField(max_length=100)
     name = models.CharField(max_length=200)
@@ -22,6 +27,12 @@ class Template(models.Model):
     )
     published_version = models.ForeignKey(
         "TemplateVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    tracking = models.CharField(
+        max_length=10,
+        choices=Tracking.choices,
+        default=Tracking.INHERIT,
+        help_text="Email open and click tracking for this template (the environment's switches by default).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -49,6 +49,15 @@ class Environment(models.Model):
     retention_inbox_days = models.PositiveIntegerField(
         default=180, help_text="Inbox messages: days kept after they were archived or deleted (0: forever)."
     )
+    # The savings report prices messages in this currency (ISO 4217); see docs/analytics.md.
+    currency = models.CharField(max_length=3, default="USD", help_text="ISO 4217 code, e.g. USD, EUR")
+    # Clarion's own email open and click tracking (an open pixel, links through a signed redirect),
+    # for providers that don't report them. Each template may turn it off (or on) for itself.
+    track_opens = models.BooleanField(default=False, help_text="Add an open pixel to emails.")
+    track_clicks = models.BooleanField(default=False, help_text="Send email links through Clarion's redirect.")
+    track_critical = models.BooleanField(
+        default=False, help_text="Also track emails of critical categories (off: they are never rewritten)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
