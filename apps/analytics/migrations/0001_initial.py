@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('tenancy', '0005_environment_currency_environment_track_clicks_and_more'),
+        ('tenancy', '0005_environment_currency_tracking'),
     ]
 
     operations = [
