@@ -420,7 +420,13 @@ def send_channel(
         return "held"
 
     is_in_app = channel == "in_app"
-    message_data: dict[str, Any] = {"transaction_id": event.transaction_id, "workflow": workflow_key}
+    # "category" and "template": the dimensions analytics counts the message by (no lookup per status change).
+    message_data: dict[str, Any] = {
+        "transaction_id": event.transaction_id,
+        "workflow": workflow_key,
+        "category": category_key or "",
+        "template": template_key or "",
+    }
     if rendered is not None and rendered.action_url:
         message_data["action_url"] = rendered.action_url
     if rendered is not None and rendered.text:
