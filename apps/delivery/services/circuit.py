@@ -61,6 +61,15 @@ def _circuit_success(integration: Integration) -> None:
     ).update(circuit_failures=0, circuit_open_until=None)
 
 
+def integrations_circuit_close(*, integration_ids: list[int]) -> int:
+    """Close these integrations' circuits now (an operator's "try the provider again"); how many changed."""
+    return (
+        Integration.objects.filter(pk__in=integration_ids)
+        .filter(Q(circuit_failures__gt=0) | Q(circuit_open_until__isnull=False))
+        .update(circuit_failures=0, circuit_open_until=None)
+    )
+
+
 # --- rate limit ---------------------------------------------------------------------------------
 
 
