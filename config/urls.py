@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("apps.preferences.urls")),
     path("", include("apps.delivery.urls")),
     path("inbox/", include("apps.inbox.urls")),
+    path("", include("apps.analytics.urls")),
 ]
 
 urlpatterns = [
@@ -27,6 +28,8 @@ urlpatterns = [
     path("", include("apps.core.pages")),
     path("", include("apps.demo.pages")),
     path("", include("apps.preferences.pages")),
+    # The email open pixel and click redirect (/t/o/<token>, /t/c/<token>): public, signed tokens.
+    path("", include("apps.delivery.tracking_views")),
     path("", include("apps.core.urls")),
 ]
 

@@ -217,3 +217,22 @@ class InboxSessionIpThrottle(ClarionRateThrottle):
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         return self.key_for(_ip_ident(client_ip(request)))
+
+
+class TrackingIpThrottle(ClarionRateThrottle):
+    """The open pixel and click redirect (``/t/o/``, ``/t/c/``) per client IP (IPv6 per /64).
+
+    Over the limit the request is still answered (the image, the redirect: a recipient's link
+    never breaks) but not recorded. Mail providers' image proxies fetch for many recipients from
+    few addresses, hence a generous default (``DEFAULT_THROTTLE_RATES["tracking_ip"]`` overrides it).
+    """
+
+    scope = "tracking_ip"
+    default_rate = "6000/minute"
+
+    def get_rate(self) -> str | None:
+        rates = api_settings.DEFAULT_THROTTLE_RATES
+        return super().get_rate() if self.scope in rates else self.default_rate
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.key_for(_ip_ident(client_ip(request)))

@@ -52,6 +52,7 @@ from apps.delivery.providers.base import (
     refused_destination_error,
     register,
 )
+from apps.delivery.tracking import message_html, prefetched_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,9 @@ def build_email(message: Message, integration: Integration | None) -> EmailMulti
     reply_to = integration.settings.get("reply_to") if integration else None
     if reply_to:
         email.reply_to = [reply_to]
-    email.attach_alternative(message.body, "text/html")
+    # The HTML part through Clarion's open and click tracking when the rules say so (the stored
+    # body and the plain-text part stay as rendered; see apps.delivery.tracking).
+    email.attach_alternative(message_html(message), "text/html")
     # Anymail: tag the message with its id so tracking webhooks can be matched by metadata too
     # (not for MailerSend, whose Anymail backend refuses metadata).
     if provider != "mailersend":
@@ -398,7 +401,8 @@ class EmailProvider(Provider):
 
     @contextmanager
     def connection(self, integration: Integration | None, messages: Sequence[Message] = ()) -> Iterator[None]:
-        with reused_backend(integration):
+        # One connection for the batch, and its tracking decided at once (not a query per email).
+        with reused_backend(integration), prefetched_tracking(messages):
             yield
 
 
