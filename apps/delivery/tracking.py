@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -246,18 +247,19 @@ def redirectable(url: str) -> bool:
     return parts.scheme.lower() in TRACKED_SCHEMES and bool(parts.hostname)
 
 
+@lru_cache(maxsize=1)
+def _own_paths() -> tuple[str, ...]:
+    """The paths of Clarion's hosted preference and unsubscribe pages and of its own redirects."""
+    return tuple(
+        reverse(name, kwargs={"token": "x"}).rsplit("x", 1)[0]
+        for name in ("preference-center", "one-click-unsubscribe", "tracking-click", "tracking-open")
+    )
+
+
 def _own_prefixes() -> tuple[str, ...]:
     """Links Clarion must not wrap: its hosted preference and unsubscribe pages, its own redirects."""
     base = public_url()
-    return tuple(
-        f"{base}{path}"
-        for path in (
-            reverse("preference-center", kwargs={"token": "x"}).rsplit("x/", 1)[0],
-            reverse("one-click-unsubscribe", kwargs={"token": "x"}).rsplit("x", 1)[0],
-            reverse("tracking-click", kwargs={"token": "x"}).rsplit("x", 1)[0],
-            reverse("tracking-open", kwargs={"token": "x"}).rsplit("x", 1)[0],
-        )
-    )
+    return tuple(f"{base}{path}" for path in _own_paths())
 
 
 def action_click_url(message_id: int | None, url: str) -> str:

@@ -161,6 +161,10 @@ class InboxActionSerializer(serializers.Serializer):
     # do not shadow Field.label / Serializer.data as the stubs believe.
     label = serializers.CharField()  # type: ignore[assignment]
     url = serializers.CharField(allow_blank=True)
+    tracking_url = serializers.CharField(
+        required=False,
+        help_text="``url`` through Clarion's click redirect (counts the click); absent when it cannot be counted.",
+    )
     kind = serializers.ChoiceField(choices=["primary", "secondary"])
     completed_at = serializers.DateTimeField(allow_null=True)
 
@@ -173,6 +177,10 @@ class InboxMessageSerializer(serializers.Serializer):
     title = serializers.CharField()
     body = serializers.CharField()
     action_url = serializers.CharField()
+    action_tracking_url = serializers.CharField(
+        allow_blank=True,
+        help_text='``action_url`` through Clarion\'s click redirect (counts the click); "" when not http(s).',
+    )
     avatar = serializers.CharField()
     workflow = serializers.CharField()
     category = serializers.CharField()

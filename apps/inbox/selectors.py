@@ -11,6 +11,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from apps.core.errors import NotFound
+from apps.delivery.tracking import action_click_url
 from apps.inbox.models import InboxMessage
 from apps.subscribers.models import Subscriber
 
@@ -21,6 +22,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _action_data(message_id: int | None, action: Any) -> Any:
+    """An action button as stored, plus ``tracking_url`` (its URL through the click redirect) when
+    the click can be counted."""
+    if not isinstance(action, dict):
+        return action
+    tracking_url = action_click_url(message_id, str(action.get("url") or ""))
+    return {**action, "tracking_url": tracking_url} if tracking_url else action
+
+
 def inbox_message_data(message: InboxMessage) -> dict[str, Any]:
     """The one JSON shape of an inbox message: REST list, websocket frames and the widget."""
     return {
@@ -29,11 +39,14 @@ def inbox_message_data(message: InboxMessage) -> dict[str, Any]:
         "title": message.title,
         "body": message.body,
         "action_url": message.action_url,
+        # The same URL through Clarion's click redirect (counts the click on the delivery message);
+        # "" when it cannot go through it (not an absolute http(s) URL). Widgets open this one.
+        "action_tracking_url": action_click_url(message.message_id, message.action_url),
         "avatar": message.avatar,
         "workflow": message.workflow_key,
         "category": message.category_key,
         "tags": list(message.tags or []),
-        "actions": list(message.actions or []),
+        "actions": [_action_data(message.message_id, action) for action in message.actions or []],
         "data": message.data,
         "created_at": _iso(message.created_at),
         "seen_at": _iso(message.seen_at),

@@ -858,7 +858,8 @@
 
     _completeAction(m, action) {
       var self = this;
-      var url = safeUrl(action.url);
+      // Through Clarion's click redirect when there is one (the click is counted), else directly.
+      var url = safeUrl(action.tracking_url) || safeUrl(action.url);
       this._emit("action", { message: m, action: action });
       this._write("/messages/" + m.id + "/actions/" + encodeURIComponent(action.id) + "/complete").then(function () {
         if (url) window.open(url, "_blank", "noopener,noreferrer");
@@ -868,7 +869,7 @@
 
     _openMessage(m) {
       this.markRead(m.id);
-      var url = safeUrl(m.action_url);
+      var url = safeUrl(m.action_tracking_url) || safeUrl(m.action_url);
       var event = new CustomEvent("clarion-inbox:click", { detail: { message: m }, bubbles: true, composed: true, cancelable: true });
       if (this.dispatchEvent(event) && url) window.open(url, "_blank", "noopener,noreferrer");
     }
