@@ -16,11 +16,12 @@ completed ("merged") when the leader sends.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import Count, F, Max, OuterRef, Subquery
@@ -472,7 +473,22 @@ def digest_events(*, bucket_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
 MEMBERS_BATCH = 400  # buckets per INSERT … SELECT (two parameters each)
 
 
-def digest_members_complete(*, sent: dict[int, int], now: datetime) -> None:
+class MergedMember(NamedTuple):
+    """A run completed because its digest was sent by another run of the bucket."""
+
+    pk: int
+    environment_id: int
+    workflow_version_id: int
+    step_index: int
+    step_results: dict[str, Any]
+
+
+def _json(value: Any) -> dict[str, Any]:
+    """A JSON column read by a raw cursor: decoded by the driver (PostgreSQL) or text (SQLite)."""
+    return json.loads(value) if isinstance(value, str | bytes) else dict(value or {})
+
+
+def digest_members_complete(*, sent: dict[int, int], now: datetime) -> list[MergedMember]:
     """The leaders (bucket pk → leader run pk) sent their digests: every other waiting run in those
     buckets is complete, with a ``digest_merged`` decision naming the bucket and the run that sent it.
 
@@ -481,7 +497,7 @@ def digest_members_complete(*, sent: dict[int, int], now: datetime) -> None:
     list) and the runs with one UPDATE, instead of a model instance or a statement per row.
     """
     if not sent:
-        return
+        return []
     quote = connection.ops.quote_name
     build = "jsonb_build_object" if connection.vendor == "postgresql" else "json_object"
     created_at = connection.ops.adapt_datetimefield_value(now)
@@ -503,11 +519,25 @@ def digest_members_complete(*, sent: dict[int, int], now: datetime) -> None:
             params: list[Any] = [value for pair in batch for value in pair]
             params += ["digest", StepRun.Decision.EXECUTED, "digest_merged", created_at, Run.Status.WAITING]
             cursor.execute(sql, params)
-    Run.objects.filter(
-        pk__in=DigestEntry.objects.filter(bucket_id__in=list(sent)).values("run_id"), status=Run.Status.WAITING
-    ).exclude(pk__in=list(sent.values())).update(
-        status=Run.Status.COMPLETED, resume_at=None, completed_at=now, updated_at=now
+    # The members' new state in one UPDATE … RETURNING (PostgreSQL, SQLite ≥ 3.35): what the
+    # caller counts them by (their version and results), without reading them again.
+    buckets = sorted(sent)
+    leaders = sorted(sent.values())
+    run_table, entry_table = quote(Run._meta.db_table), quote(DigestEntry._meta.db_table)
+    sql = (
+        f"UPDATE {run_table} SET status = %s, resume_at = NULL, completed_at = %s, updated_at = %s "
+        f"WHERE status = %s AND id IN (SELECT run_id FROM {entry_table} "
+        f"WHERE bucket_id IN ({', '.join(['%s'] * len(buckets))})) "
+        f"AND id NOT IN ({', '.join(['%s'] * len(leaders))}) "
+        "RETURNING id, environment_id, workflow_version_id, step_index, step_results"
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Run.Status.COMPLETED, created_at, created_at, Run.Status.WAITING, *buckets, *leaders])
+        rows = cursor.fetchall()
+    return [
+        MergedMember(pk, environment_id, version_id, step_index, _json(results))
+        for pk, environment_id, version_id, step_index, results in rows
+    ]
 
 
 def digests_flush(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
@@ -8,7 +9,7 @@ from apps.core.errors import NotFound
 from apps.delivery.models import DeliveryAttempt, Message
 from apps.events.models import Event
 from apps.tenancy.models import Environment
-from apps.workflows.models import FrequencyCap, Run, StepRun, Workflow
+from apps.workflows.models import FrequencyCap, Run, StepRun, Workflow, WorkflowVersion
 
 
 def workflow_get(*, environment: Environment, key: str) -> Workflow:
@@ -123,3 +124,39 @@ def frequency_cap_get(*, environment: Environment, cap_id: int) -> FrequencyCap:
     if cap is None:
         raise NotFound(f"No frequency cap {cap_id} in this environment.", code="frequency_cap_not_found")
     return cap
+
+
+FINISHED_STATUSES = (Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED)
+
+
+def finished_runs_page(
+    *, environment: Environment, start: datetime, end: datetime, before: int | None, limit: int
+) -> list[Run]:
+    """Runs of the environment that finished in [start, end), newest first, below ``before`` (a run
+    pk): the savings report's drill-down. Two queries; the runs of one version share its instance."""
+    runs = Run.objects.filter(
+        environment=environment, status__in=FINISHED_STATUSES, completed_at__gte=start, completed_at__lt=end
+    )
+    if before is not None:
+        runs = runs.filter(pk__lt=before)
+    page = list(
+        runs.select_related("event", "subscriber")
+        .only(
+            "pk",
+            "environment_id",
+            "status",
+            "step_index",
+            "step_results",
+            "completed_at",
+            "workflow_version_id",
+            "event",
+            "subscriber",
+            "event__transaction_id",
+            "subscriber__subscriber_id",
+        )
+        .order_by("-pk")[:limit]
+    )
+    versions = WorkflowVersion.objects.select_related("workflow").in_bulk({run.workflow_version_id for run in page})
+    for run in page:
+        run.workflow_version = versions[run.workflow_version_id]
+    return page

@@ -110,7 +110,7 @@ def test_the_inline_send_is_one_delivery_batch(flow):
     with CaptureQueriesContext(connection) as queries:
         engine.process_events(ids[:1])
     assert len(mail.outbox) == 22
-    assert len(queries) <= 45
+    assert len(queries) <= 46  # 45 + the chunk's analytics counts (one INSERT)
 
 
 def test_a_batch_claim_taken_twice_does_nothing_twice(flow):

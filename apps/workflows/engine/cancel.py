@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from django.db import transaction
 from django.utils import timezone
 
+from apps.analytics.counters import Tally
 from apps.core.tasks import enqueue_on_commit
 from apps.events.models import Event
 from apps.events.services import events_mark_cancelled
-from apps.workflows import digests
+from apps.workflows import accounting, digests
 from apps.workflows.definitions import program_for
 from apps.workflows.engine.fanout import ADVANCE_TASK
 from apps.workflows.models import Run, StepRun
@@ -35,16 +36,23 @@ def events_cancel_runs(*, events: Sequence[Event], reason: str) -> int:
         runs = list(
             Run.objects.select_for_update()
             .filter(event_id__in=event_pks, status__in=[Run.Status.PENDING, Run.Status.WAITING, Run.Status.RUNNING])
-            .select_related("workflow_version")
+            .select_related("workflow_version__workflow")
             .order_by("pk")
         )
+        tally = Tally()
         for run in runs:
+            if run.status == Run.Status.PENDING and run.step_index == 0 and not run.step_results:
+                accounting.count_recipient(tally, run, now)  # never walked: counted here, once
+
             run.status = Run.Status.CANCELLED
             run.resume_at = None
             run.claim_token = None
             run.lease_until = None
             run.completed_at = now
         Run.objects.bulk_update(runs, ["status", "resume_at", "claim_token", "lease_until", "completed_at"])
+        for run in runs:
+            accounting.count_finished(tally, run, now)
+        tally.write()
         StepRun.objects.bulk_create(
             [
                 StepRun(

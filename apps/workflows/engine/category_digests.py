@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,13 +10,14 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.html import escape, strip_tags
 
+from apps.analytics.counters import Tally
 from apps.core.tasks import enqueue_on_commit
 from apps.delivery.services import DELIVER_TASK, message_build, messages_create_bulk
 from apps.inbox.services import InboxItem, inbox_messages_create
 from apps.preferences.models import Category
 from apps.templates.rendering import build_render_context, render_version
 from apps.templates.selectors import published_versions_for_keys
-from apps.workflows import digests
+from apps.workflows import accounting, digests
 from apps.workflows.models import DigestBucket
 
 
@@ -67,6 +69,7 @@ def _send_category_digest(bucket: DigestBucket, events: list[dict[str, Any]]) ->
         data={"digest_bucket": bucket.pk, "category": bucket.category_key, "count": len(events)},
     )
     messages_create_bulk(messages=[message])
+    _count_digest_sent(bucket, events, template_key or "", body)
     if bucket.channel == "in_app":
         inbox = InboxItem(
             environment_id=bucket.environment_id,
@@ -80,6 +83,21 @@ def _send_category_digest(bucket: DigestBucket, events: list[dict[str, Any]]) ->
         inbox_messages_create(items=[(inbox, message)])
     else:
         enqueue_on_commit(DELIVER_TASK, [message.pk])
+
+
+def _count_digest_sent(bucket: DigestBucket, events: list[dict[str, Any]], template_key: str, body: str) -> None:
+    """One message sent in place of the held ones: an actual message, and one of the held messages
+    taken back from the lever that held most of them (``replaced:<lever>``: the report nets it)."""
+    reasons = Counter(str(event.get("held_for") or "frequency_cap") for event in events)
+    lever = accounting.LEVER_OF_REASON.get(reasons.most_common(1)[0][0], "frequency_cap")
+    # workflow "": a category digest gathers the messages of any workflow of the category
+    dims = accounting.Dims(bucket.environment_id, timezone.now(), "", bucket.category_key, bucket.channel, template_key)
+    tally = Tally()
+    dims.add(tally, accounting.ACTUAL)
+    dims.add(tally, f"{accounting.REPLACED}:{lever}")
+    if bucket.channel == "sms":
+        accounting.count_sms_body(tally, dims, body)
+    tally.write()
 
 
 def _plain_digest(bucket: DigestBucket, events: list[dict[str, Any]]) -> tuple[str, str]:

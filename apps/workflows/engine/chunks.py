@@ -23,6 +23,7 @@ from django.db import OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from apps.analytics.counters import Tally
 from apps.core.bulk import rows_insert
 from apps.core.tasks import enqueue, enqueue_on_commit
 from apps.delivery.services import DELIVER_TASK, messages_deliver
@@ -33,6 +34,7 @@ from apps.observability.logs import bind_chunk_log_context
 from apps.observability.metrics import step_decisions_of
 from apps.templates.models import TemplateVersion
 from apps.templates.selectors import pinned_versions, published_versions_for_keys
+from apps.workflows import accounting
 from apps.workflows.definitions import program_for
 from apps.workflows.engine.fanout import ADVANCE_TASK, chunk_size
 from apps.workflows.engine.walker import walk
@@ -190,6 +192,8 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
     now = timezone.now()
     data = load_chunk(runs, now)
     writes = ChunkWrites()
+    # Runs walked for the first time: counted as recipients when the chunk commits.
+    writes.started = {run.pk for run in runs if run.step_index == 0 and not run.step_results}
     for run in runs:
         try:
             walk(run, data, writes, now)
@@ -222,6 +226,8 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
 
 
 def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime) -> None:
+    writes.tally = Tally()  # a new one per attempt: a rolled-back attempt's counts are dropped with it
+    writes.versions = {run.workflow_version_id: run.workflow_version for run in runs}
     with transaction.atomic():
         # Only write for runs this worker still holds (a lease may have expired meanwhile).
         still_held = set(
@@ -246,11 +252,40 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         )
         _insert_trace(writes.step_runs, still_held, now)
         _save_runs(held_runs)
+        _count(held_runs, messages, writes, now)
         outbound_ids = [m.pk for m in messages if m.channel != "in_app" and m.pk is not None]
         if outbound_ids:
             delivery_hand_off(outbound_ids)
         if wake:
             enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
+
+
+FINISHED = (Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED)
+
+
+def _count(held_runs: list[Run], messages: list[Any], writes: ChunkWrites, now: datetime) -> None:
+    """The chunk's analytics counts, one INSERT in its transaction (docs/analytics.md): recipients
+    (runs walked for the first time), every finished run's baseline messages and what became of
+    each (``accounting``), and the segments of the SMS bodies created. From memory only."""
+    tally = writes.tally
+    for run in held_runs:
+        if run.pk in writes.started:
+            accounting.count_recipient(tally, run, now)
+        if run.status in FINISHED:
+            accounting.count_finished(tally, run, now)
+    for message in messages:
+        if message.channel == "sms":
+            data = message.data or {}
+            dims = accounting.Dims(
+                message.environment_id,
+                now,
+                str(data.get("workflow", "")),
+                str(data.get("category", "")),
+                "sms",
+                str(data.get("template", "")),
+            )
+            accounting.count_sms_body(tally, dims, message.body)
+    tally.write()
 
 
 def _insert_trace(entries: list[TraceEntry | StepRun], held: set[int], now: datetime) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
+from apps.analytics.counters import Tally
 from apps.core.durations import parse_duration
 from apps.core.sandbox import RenderTimeout, SandboxError, validate_expression
 from apps.core.schedule import is_valid_zone, zone
@@ -83,6 +84,13 @@ class ChunkWrites:
     digests_sent: dict[int, int] = field(default_factory=dict)
     # messages held back by a frequency cap or a digest choice, for the category's next digest
     held: list[Held] = field(default_factory=list)
+    # runs walked for the first time in this chunk (counted as recipients when the chunk commits)
+    started: set[int] = field(default_factory=set)
+    # analytics counts of this commit attempt (``commit_chunk`` starts a new one per attempt; step
+    # types' commits add to it, e.g. the digest members they complete), written in its transaction
+    tally: Tally = field(default_factory=Tally)
+    # the workflow versions of the chunk's runs, by pk (what finished runs are counted against)
+    versions: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -312,6 +312,8 @@ def send_channel(
     def skip(reason: str, **detail: Any) -> str:
         if record:
             run.step_results[step_id] = {"status": "skipped", "reason": reason, "channel": channel}
+            if "rule" in detail:  # which preference rule (the savings report tells "unsubscribed" apart)
+                run.step_results[step_id]["rule"] = detail["rule"]
         trace(writes, run, step, StepRun.Decision.SKIPPED, reason, channel=channel, **detail)
         return reason
 
@@ -399,6 +401,8 @@ def send_channel(
                     "template": template_key,
                     "template_version": version.number if version else None,
                     "locale": rendered.locale if rendered else "",
+                    # why it was held: the savings report's lever for the digest that replaces it
+                    "held_for": reason,
                 },
             )
         )

@@ -8,9 +8,9 @@ from typing import Any
 
 from apps.core.durations import parse_duration
 from apps.core.schedule import ScheduleError, parse_schedule
-from apps.workflows import digests
+from apps.workflows import accounting, digests
 from apps.workflows.digests import DigestJoin
-from apps.workflows.models import Run, StepRun
+from apps.workflows.models import Run, StepRun, WorkflowVersion
 from apps.workflows.steps.base import (
     ChunkData,
     ChunkPlan,
@@ -117,8 +117,28 @@ class DigestStep(StepType):
             wake.extend(apply_digest_joins(joins, writes, now))
         sent = {bucket: leader for bucket, leader in writes.digests_sent.items() if leader in held_runs}
         if sent:
-            digests.digest_members_complete(sent=sent, now=now)
+            members = digests.digest_members_complete(sent=sent, now=now)
+            count_merged_members(members, writes, now)
         return wake
+
+
+def count_merged_members(members: list[digests.MergedMember], writes: ChunkWrites, now: datetime) -> None:
+    """Count the runs a sent digest completed as finished (their baseline messages after the digest
+    step were merged into it), from the versions the chunk holds; a member pinned to another
+    version of the workflow (republished while the bucket was open) costs one query for those."""
+    missing = {m.workflow_version_id for m in members} - set(writes.versions)
+    if missing:
+        writes.versions.update(WorkflowVersion.objects.select_related("workflow").in_bulk(missing))
+    for member in members:
+        run = Run(
+            pk=member.pk,
+            environment_id=member.environment_id,
+            workflow_version=writes.versions[member.workflow_version_id],
+            step_index=member.step_index,
+            step_results=member.step_results,
+            status=Run.Status.COMPLETED,
+        )
+        accounting.count_finished(writes.tally, run, now, ended_by="digest_merged")
 
 
 def digest_buckets(data: ChunkData) -> dict[tuple[int, str], int]:

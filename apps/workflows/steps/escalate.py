@@ -134,5 +134,19 @@ def escalate(
             record=False,
         )
         state["channels"][stage["channel"]] = outcome
+        refined = _refined_reason(outcome, writes)
+        if refined:  # which lever, where the outcome alone does not tell (docs/analytics.md)
+            state.setdefault("reasons", {})[stage["channel"]] = refined
         state["stage"] += 1
     run.step_results[step_id] = {**state, "in_progress": False, "status": "completed"}
+
+
+def _refined_reason(outcome: str, writes: ChunkWrites) -> str | None:
+    """An unsubscribed subscriber's skip, or why a message was held: read from the decision the
+    stage just traced (its last trace entry)."""
+    if outcome not in ("preference", "held") or not writes.step_runs:
+        return None
+    last = writes.step_runs[-1]
+    if outcome == "preference":
+        return "unsubscribed" if last.detail.get("rule") == "unsubscribed" else None
+    return str(last.reason)
