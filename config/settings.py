@@ -416,6 +416,17 @@ CLARION = {
     # tasks, a Redis that restarted empty): the ticker enqueues it again, at most once per period.
     "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=20),
     "INBOX_TOKEN_MAX_AGE": 60 * 60 * 12,
+    # The savings report's default price of one message per channel (one segment for SMS), in each
+    # environment's currency, when the channel's first integration has no price of its own
+    # (apps/analytics/pricing.py, docs/analytics.md). Decimal strings.
+    "MESSAGE_PRICES": {
+        "in_app": env.str("CLARION_PRICE_IN_APP", default="0"),
+        "email": env.str("CLARION_PRICE_EMAIL", default="0.0009"),
+        "sms": env.str("CLARION_PRICE_SMS", default="0.0079"),
+        "push": env.str("CLARION_PRICE_PUSH", default="0"),
+        "chat": env.str("CLARION_PRICE_CHAT", default="0"),
+        "webhook": env.str("CLARION_PRICE_WEBHOOK", default="0"),
+    },
     "SWEEP_INTERVAL_MINUTES": 1,
 }
 
