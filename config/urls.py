@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from apps.analytics import console
+
 api_v1 = [
     path("", include("apps.events.urls")),
     path("", include("apps.subscribers.urls")),
@@ -11,11 +13,17 @@ api_v1 = [
     path("", include("apps.delivery.urls")),
     path("inbox/", include("apps.inbox.urls")),
     path("", include("apps.analytics.urls")),
+    path("", include("apps.analytics.report_urls")),
 ]
 
 urlpatterns = [
     # /healthz, /readyz, /metrics (answered by apps.observability.middleware before host checks).
     path("", include("apps.observability.urls")),
+    # The savings report's console pages (staff only, inside the admin): apps.analytics.console
+    path("admin/analytics/savings/", admin.site.admin_view(console.savings_page), name="analytics-savings"),
+    path(
+        "admin/analytics/savings/runs/", admin.site.admin_view(console.savings_runs_page), name="analytics-savings-runs"
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
