@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -12,8 +11,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 
+from apps.core.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json, record_action
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
 from apps.delivery.providers.base import (
     destination_errors,
@@ -22,6 +22,7 @@ from apps.delivery.providers.base import (
     providers_by_channel,
 )
 from apps.delivery.services import integration_send_test, message_resend
+from apps.delivery.services.circuit import integrations_circuit_close
 from apps.delivery.webhooks.urls import webhook_urls
 from apps.subscribers.models import Subscriber
 
@@ -70,6 +71,7 @@ class IntegrationAdminForm(forms.ModelForm):
             "active",
             "retries",
             "rate_limit",
+            "price",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -117,7 +119,17 @@ class SendTestForm(forms.Form):
 @admin.register(Integration)
 class IntegrationAdmin(admin.ModelAdmin):
     form = IntegrationAdminForm
-    list_display = ["__str__", "name", "channel", "environment", "priority", "active", "rate_limit", "circuit_state"]
+    list_display = [
+        "__str__",
+        "name",
+        "channel",
+        "environment",
+        "priority",
+        "active",
+        "rate_limit",
+        "price",
+        "circuit_state",
+    ]
     list_filter = ["channel", "provider", "active", "environment"]
     list_select_related = ["environment"]
     search_fields = ["name", "provider"]
@@ -173,6 +185,7 @@ class IntegrationAdmin(admin.ModelAdmin):
                 return
             subscriber_pk = subscriber.pk
         message = integration_send_test(integration=integration, recipient=recipient, subscriber_id=subscriber_pk)
+        record_action(self, request, [integration], f"Sent test message {message.pk} ({message.status}).")
         if message.status == Message.Status.SENT:
             self.message_user(request, f"{integration}: test message {message.pk} sent.", messages.SUCCESS)
         else:
@@ -182,14 +195,14 @@ class IntegrationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Close the circuit breaker (try the provider again now)")
     def reset_circuit(self, request: HttpRequest, queryset: QuerySet[Integration]) -> None:
-        count = queryset.update(circuit_failures=0, circuit_open_until=None)
+        chosen = list(queryset)
+        count = integrations_circuit_close(integration_ids=[integration.pk for integration in chosen])
+        record_action(self, request, chosen, "Closed the circuit breaker from the admin.")
         self.message_user(request, f"Closed the circuit of {count} integration(s).", messages.SUCCESS)
 
 
-class DeliveryAttemptInline(admin.TabularInline):
+class DeliveryAttemptInline(ReadOnlyInline):
     model = DeliveryAttempt
-    extra = 0
-    can_delete = False
     fields = readonly_fields = (
         "created_at",
         "provider",
@@ -199,20 +212,30 @@ class DeliveryAttemptInline(admin.TabularInline):
         "retryable",
         "duration_ms",
         "error",
+        "response_display",
     )
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="response")
+    def response_display(self, obj: DeliveryAttempt) -> SafeString | str:
+        return pretty_json(obj.response) if obj.response else "—"
 
 
-class MessageEventInline(admin.TabularInline):
+class MessageEventInline(ReadOnlyInline):
     model = MessageEvent
-    extra = 0
-    can_delete = False
-    fields = readonly_fields = ("received_at", "provider", "event_type", "status", "applied", "description", "payload")
+    verbose_name = "provider callback"
+    fields = readonly_fields = (
+        "received_at",
+        "provider",
+        "event_type",
+        "status",
+        "applied",
+        "description",
+        "payload_display",
+    )
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="payload")
+    def payload_display(self, obj: MessageEvent) -> SafeString | str:
+        return pretty_json(obj.payload) if obj.payload else "—"
 
 
 class InDoubtFilter(admin.SimpleListFilter):
@@ -252,41 +275,58 @@ class WorkflowFilter(admin.SimpleListFilter):
         return queryset
 
 
+def email_frame(html: str) -> SafeString:
+    """An email's HTML in a sandboxed iframe: ``sandbox=""`` grants nothing (no script, an opaque
+    origin, no forms, no top navigation), and ``srcdoc`` holds the HTML escaped as an attribute
+    value, so nothing of it is ever parsed as part of the admin page."""
+    return format_html(
+        '<iframe class="clarion-email-frame" title="Rendered email" sandbox="" referrerpolicy="no-referrer" '
+        'srcdoc="{}"></iframe>',
+        html,
+    )
+
+
+def allow_inline_email_styles(response: HttpResponse) -> HttpResponse:
+    """The page's Content-Security-Policy with inline styles allowed, scripts still 'self' only: the
+    srcdoc iframe inherits the page's policy and email HTML is styled inline by nature (as in the
+    template editor's preview)."""
+    response._csp_replace = {"style-src": ["'self'", "'unsafe-inline'"]}  # type: ignore[attr-defined]
+    return response
+
+
+MESSAGE_ORIGIN_FIELDS = ("environment", "run", "step_id", "channel", "subscriber", "template_version", "locale")
+MESSAGE_CONTENT_FIELDS = ("recipient", "subject", "content_display", "text_display", "data_display")
+MESSAGE_DELIVERY_FIELDS = (
+    "status",
+    "provider",
+    "integration",
+    "provider_message_id",
+    "error",
+    "attempts",
+    "in_doubt_count",
+    "send_started_at",
+    "next_attempt_at",
+)
+MESSAGE_TIMELINE_FIELDS = ("created_at", "updated_at", "sent_at", "delivered_at", "opened_at", "clicked_at")
+
+
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(ReadOnlyAdmin):
     list_display = ["pk", "channel", "recipient", "status_badge", "provider", "workflow", "attempts", "created_at"]
     list_filter = ["status", InDoubtFilter, "channel", "provider", WorkflowFilter, "environment"]
     search_fields = ["recipient", "provider_message_id", "run__event__transaction_id"]
-    raw_id_fields = ["run", "subscriber", "template_version", "integration"]
-    readonly_fields = [
-        "environment",
-        "run",
-        "step_id",
-        "channel",
-        "subscriber",
-        "template_version",
-        "locale",
-        "recipient",
-        "subject",
-        "body",
-        "data_display",
-        "status",
-        "provider",
-        "integration",
-        "provider_message_id",
-        "error",
-        "attempts",
-        "in_doubt_count",
-        "send_started_at",
-        "next_attempt_at",
-        "created_at",
-        "updated_at",
-        "sent_at",
-        "delivered_at",
-        "opened_at",
-        "clicked_at",
+    fieldsets = [
+        (None, {"fields": MESSAGE_ORIGIN_FIELDS}),
+        ("Content", {"fields": MESSAGE_CONTENT_FIELDS}),
+        ("Delivery", {"fields": MESSAGE_DELIVERY_FIELDS}),
+        ("Timeline", {"fields": MESSAGE_TIMELINE_FIELDS}),
     ]
-    exclude = ["data"]
+    readonly_fields = (
+        *MESSAGE_ORIGIN_FIELDS,
+        *MESSAGE_CONTENT_FIELDS,
+        *MESSAGE_DELIVERY_FIELDS,
+        *MESSAGE_TIMELINE_FIELDS,
+    )
     inlines = [DeliveryAttemptInline, MessageEventInline]
     actions = ["resend"]
     show_full_result_count = False
@@ -309,28 +349,35 @@ class MessageAdmin(admin.ModelAdmin):
     def workflow(self, obj: Message) -> str:
         return (obj.data or {}).get("workflow") or "—"
 
-    @admin.display(description="data")
-    def data_display(self, obj: Message) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.data, indent=2, ensure_ascii=False))
+    @admin.display(description="body")
+    def content_display(self, obj: Message) -> SafeString | str:
+        if not obj.body:
+            return "—"
+        if obj.channel == "email":
+            return email_frame(obj.body)
+        return format_html('<pre class="clarion-text">{}</pre>', obj.body)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    @admin.display(description="plain-text part")
+    def text_display(self, obj: Message) -> SafeString | str:
+        text = (obj.data or {}).get("text") if isinstance(obj.data, dict) else None
+        return format_html('<pre class="clarion-text">{}</pre>', text) if text else "—"
+
+    @admin.display(description="data")
+    def data_display(self, obj: Message) -> SafeString:
+        return pretty_json(obj.data)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        # A message is a record: nothing on the page is editable, so offer no save buttons.
-        extra_context = {
-            **(extra_context or {}),
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
+        return allow_inline_email_styles(super().change_view(request, object_id, form_url, extra_context))
 
-    @admin.action(description="Resend (as a new message)")
+    @admin.action(description="Resend (as a new message)", permissions=["operate"])
     def resend(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        sent = [message_resend(message=m).pk for m in queryset.exclude(channel="in_app")]
+        sent: list[int] = []
+        for original in queryset.exclude(channel="in_app"):
+            copy = message_resend(message=original)
+            record_action(self, request, [original], f"Resent from the admin as message {copy.pk}.")
+            sent.append(copy.pk)
         self.message_user(request, f"Queued {len(sent)} message(s) again: {sent[:20]}.", messages.SUCCESS)
 
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.safestring import SafeString
 
+from apps.core.admin import ReadOnlyAdmin, pretty_json
 from apps.inbox.models import InboxMessage
 
 
@@ -47,16 +48,51 @@ class DeletedFilter(_StateFilter):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(admin.ModelAdmin):
+class InboxMessageAdmin(ReadOnlyAdmin):
+    """What a subscriber's inbox holds and its state (seen, read, archived): changed only by the
+    subscriber, through the inbox API and widget, never forged from the admin."""
+
     list_display = ["title", "subscriber", "environment", "category_key", "created_at", "is_read", "is_seen"]
     list_filter = [ReadFilter, SeenFilter, ArchivedFilter, DeletedFilter, "environment", "category_key", "created_at"]
     list_select_related = ["subscriber", "environment__project"]
     search_fields = ["title", "subscriber__subscriber_id", "workflow_key"]
-    raw_id_fields = ["subscriber", "message"]
     date_hierarchy = "created_at"
-    readonly_fields = ["created_at", "seq"]  # seq: the change cursor, stamped by the services
     ordering = ["-id"]
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    show_full_result_count = False
+
+    fields = readonly_fields = (
+        "environment",
+        "subscriber",
+        "message",
+        "workflow_key",
+        "category_key",
+        "title",
+        "body",
+        "action_url",
+        "avatar",
+        "data_display",
+        "actions_display",
+        "tags_display",
+        "created_at",
+        "seen_at",
+        "read_at",
+        "archived_at",
+        "snoozed_until",
+        "deleted_at",
+        "seq",  # the change cursor, stamped by the services
+    )
+
+    @admin.display(description="data")
+    def data_display(self, obj: InboxMessage) -> SafeString:
+        return pretty_json(obj.data)
+
+    @admin.display(description="actions")
+    def actions_display(self, obj: InboxMessage) -> SafeString:
+        return pretty_json(obj.actions)
+
+    @admin.display(description="tags")
+    def tags_display(self, obj: InboxMessage) -> SafeString:
+        return pretty_json(obj.tags)
 
     @admin.display(boolean=True, description="read", ordering="read_at")
     def is_read(self, obj: InboxMessage) -> bool:

@@ -5,7 +5,9 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
+from django.utils.safestring import SafeString
 
+from apps.core.admin import ReadOnlyAdmin, pretty_json
 from apps.core.schedule import ScheduleError, parse_schedule
 from apps.preferences.models import (
     IN_DOUBT_AUTO,
@@ -146,19 +148,20 @@ class CategoryFrequencyAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(PreferenceChange)
-class PreferenceChangeAdmin(_ReadOnlyAdmin):
+class PreferenceChangeAdmin(ReadOnlyAdmin):
     """The preference history: what changed, when and from where."""
 
     list_display = ["created_at", "subscriber", "source", "summary"]
     list_filter = ["environment", "source"]
     search_fields = ["subscriber__subscriber_id"]
     list_select_related = ["subscriber"]
-    readonly_fields = ["environment", "subscriber", "source", "changes", "created_at"]
+    fields = readonly_fields = ("environment", "subscriber", "source", "changes_display", "created_at")
     date_hierarchy = "created_at"
     show_full_result_count = False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="changes")
+    def changes_display(self, obj: PreferenceChange) -> SafeString:
+        return pretty_json(obj.changes)
 
     @admin.display(description="changes")
     def summary(self, obj: PreferenceChange) -> str:

@@ -4,9 +4,22 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from apps.core.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json, record_action
 from apps.core.errors import ApiError
-from apps.workflows.models import DigestBucket, FrequencyCap, Run, StepRun, Workflow, WorkflowVersion
+from apps.delivery.models import Message
+from apps.workflows.models import (
+    DigestBucket,
+    DigestEntry,
+    FrequencyCap,
+    Run,
+    StepRun,
+    Workflow,
+    WorkflowVersion,
+)
 from apps.workflows.services import workflow_publish
 
 
@@ -39,6 +52,7 @@ class WorkflowAdmin(admin.ModelAdmin):
             except ApiError as exc:
                 self.message_user(request, f"{workflow.key}: {exc.detail} {exc.details}", messages.ERROR)
             else:
+                record_action(self, request, [workflow], f"Published version {version.number} from the admin.")
                 self.message_user(request, f"{workflow.key}: published v{version.number}", messages.SUCCESS)
 
 
@@ -51,25 +65,89 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
         return False
 
 
-class StepRunInline(admin.TabularInline):
+class StepRunInline(ReadOnlyInline):
+    """The run's decisions, in order: what was decided, the machine-readable code and, when the
+    step gave one, the reason in plain words."""
+
     model = StepRun
-    extra = 0
-    can_delete = False
-    fields = readonly_fields = ("step_id", "step_type", "decision", "reason", "detail", "created_at")
+    verbose_name = "step decision"
+    fields = readonly_fields = (
+        "created_at",
+        "step_id",
+        "step_type",
+        "decision",
+        "reason_code",
+        "reason_in_words",
+        "detail_display",
+    )
+
+    @admin.display(description="reason code")
+    def reason_code(self, obj: StepRun) -> str:
+        return obj.reason or "—"
+
+    @admin.display(description="in plain words")
+    def reason_in_words(self, obj: StepRun) -> str:
+        message = (obj.detail or {}).get("message") if isinstance(obj.detail, dict) else None
+        return str(message) if message else "—"
+
+    @admin.display(description="detail")
+    def detail_display(self, obj: StepRun) -> SafeString | str:
+        return pretty_json(obj.detail) if obj.detail else "—"
+
+
+class RunMessageInline(ReadOnlyInline):
+    """The messages the run created, each linking to its page (attempts, callbacks, the email)."""
+
+    model = Message
+    verbose_name = "message"
+    fields = readonly_fields = ("message_link", "step_id", "channel", "status", "recipient", "provider", "sent_at")
+
+    @admin.display(description="message")
+    def message_link(self, obj: Message) -> SafeString:
+        url = reverse("admin:delivery_message_change", args=[obj.pk])
+        return format_html('<a href="{}">message {}</a>', url, obj.pk)
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(ReadOnlyAdmin):
     list_display = ["pk", "event", "subscriber", "status", "step_index", "resume_at", "created_at"]
     list_filter = ["status"]
+    list_select_related = ["event", "subscriber"]
     search_fields = ["event__transaction_id", "subscriber__subscriber_id"]
-    raw_id_fields = ["event", "subscriber", "workflow_version"]
-    readonly_fields = ["step_results", "claim_token", "lease_until", "attempts", "completed_at"]
-    inlines = [StepRunInline]
+    show_full_result_count = False
+    fields = readonly_fields = (
+        "event",
+        "subscriber",
+        "workflow_version",
+        "status",
+        "step_index",
+        "resume_at",
+        "attempts",
+        "claim_token",
+        "lease_until",
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "step_results_display",
+    )
+    inlines = [StepRunInline, RunMessageInline]
+
+    @admin.display(description="step results")
+    def step_results_display(self, obj: Run) -> SafeString:
+        return pretty_json(obj.step_results)
+
+
+class DigestEntryInline(ReadOnlyInline):
+    model = DigestEntry
+    fields = readonly_fields = ("run", "step_id", "created_at", "content_display")
+
+    @admin.display(description="content")
+    def content_display(self, obj: DigestEntry) -> SafeString | str:
+        return pretty_json(obj.content) if obj.content else "—"
 
 
 @admin.register(DigestBucket)
-class DigestBucketAdmin(admin.ModelAdmin):
+class DigestBucketAdmin(ReadOnlyAdmin):
     """Digests as they collect: who, which key, how many events, when they close."""
 
     list_display = ["pk", "scope", "subscriber", "digest_key", "status", "entry_count", "closes_at", "leader_run"]
@@ -77,23 +155,20 @@ class DigestBucketAdmin(admin.ModelAdmin):
     search_fields = ["scope", "digest_key", "subscriber__subscriber_id"]
     readonly_fields = [f.name for f in DigestBucket._meta.fields]
     list_select_related = ["subscriber"]
+    inlines = [DigestEntryInline]
     actions = ["flush"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    @admin.action(description="Send the selected open digests now")
+    @admin.action(description="Send the selected open digests now", permissions=["operate"])
     def flush(self, request: HttpRequest, queryset: QuerySet[DigestBucket]) -> None:
         from apps.core.tasks import enqueue_on_commit
         from apps.workflows.digests import digests_flush
         from apps.workflows.engine import ADVANCE_TASK, category_digests_send
 
         woken = 0
+        flushed: list[DigestBucket] = []
         with transaction.atomic():
             for bucket in queryset.filter(status=DigestBucket.Status.OPEN):
+                flushed.append(bucket)
                 if bucket.workflow_id is None:
                     woken += category_digests_send(bucket_pks=[bucket.pk])
                     continue
@@ -106,6 +181,7 @@ class DigestBucketAdmin(admin.ModelAdmin):
                 if leaders:
                     enqueue_on_commit(ADVANCE_TASK, leaders)
                 woken += len(leaders)
+            record_action(self, request, flushed, "Sent now from the admin.")
         self.message_user(request, f"{woken} digest(s) sent.", messages.SUCCESS)
 
 
