@@ -228,6 +228,37 @@ def test_an_email_without_a_template_is_not_tracked(tenant, mailoutbox):
     assert _html(mailoutbox[0]) == message.body
 
 
+def test_a_category_digest_is_decided_by_the_category_it_names(tenant, django_assert_num_queries):
+    """Run-less messages (a category digest) name their category in their data; a batch of them is
+    still two queries."""
+    from apps.delivery.tracking import tracking_for_messages
+
+    env = _environment(tenant, track_opens=True, track_clicks=True)
+    CategoryFactory(environment=env, key="security", critical=True)
+    CategoryFactory(environment=env, key="product", critical=False)
+    template = published_template(env, "digest", "email", body_en="x")
+    messages = [
+        Message.objects.create(
+            environment=env,
+            step_id="digest",
+            channel="email",
+            recipient=f"u{i}@example.com",
+            template_version=template.published_version,
+            data={"category": key},
+        )
+        for i, key in enumerate(["security", "product", "security", "product", ""])
+    ]
+    with django_assert_num_queries(2):
+        plan = tracking_for_messages(messages)
+    assert [plan[m.pk] for m in messages] == [
+        Tracking(),
+        Tracking(True, True),
+        Tracking(),
+        Tracking(True, True),
+        Tracking(True, True),
+    ]
+
+
 # --- through an ESP, in a batch -----------------------------------------------------------------
 
 
