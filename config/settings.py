@@ -188,12 +188,16 @@ USING_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresq
 
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# Threads of a web process that run HTTP requests (config.asgi); each holds at most one database
+# connection at a time, so keep it at or below DB_POOL_MAX_SIZE.
+WEB_THREADS = env.int("WEB_THREADS", default=10)
+
 # --- Cache (rate-limit counters, apps.core.throttling) ------------------------------------------
 if REDIS_URL:
     # Shared by every process. Its own key prefix; CACHE_REDIS_URL may name another Redis database.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "apps.core.cache.SharedRedisCache",
             "LOCATION": env.str("CACHE_REDIS_URL", default=REDIS_URL),
             "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="clarion-cache"),
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
