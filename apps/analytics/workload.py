@@ -24,6 +24,7 @@ created in: the same seed gives the same workload and the same counts. See docs/
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import random
@@ -123,6 +124,7 @@ class Person:
     quiet_hours: bool
     newsletter: bool  # a member of the newsletter topic
     activity: float  # how engaged this person is (scales read and open probabilities)
+    power: bool  # follows many more posts than most (hits the comment email cap)
 
 
 # Categories: key -> (name, critical, default channels).
@@ -240,6 +242,8 @@ REMINDER_RATE = 0.03
 ORDER_RATE = 0.02
 EXPRESS_SHARE = 0.2
 POSTS_PER_SUBSCRIBER_DAY = 0.01  # comment bursts: posts that get comments that day
+POWER_USERS = 0.05  # share of subscribers who follow many posts ...
+POWER_WEIGHT = 30  # ... this many times more than the others
 
 
 def _rng(seed: int, *names: Any) -> random.Random:
@@ -269,6 +273,7 @@ def people_for(spec: WorkloadSpec) -> list[Person]:
                 quiet_hours=rng.random() < 0.2,
                 newsletter=rng.random() < 0.95,
                 activity=rng.uniform(0.5, 1.5),
+                power=rng.random() < POWER_USERS,
             )
         )
     return people
@@ -294,11 +299,13 @@ def schedule_for(spec: WorkloadSpec, people: list[Person]) -> list[Trigger]:
     """Every trigger of the simulated days, in time order."""
     triggers: list[Trigger] = []
     count = len(people)
+    cumulative = list(itertools.accumulate(POWER_WEIGHT if p.power else 1 for p in people))
     for day_index in range(spec.days):
         day = spec.start + timedelta(days=day_index)
         rng = _rng(spec.seed, "day", day_index)
         for name, rate in (("reset", RESET_RATE), ("reminder", REMINDER_RATE), ("order", ORDER_RATE)):
-            for n in range(_poisson(rng, rate * count)):
+            # At least one a day of each kind, so that a small workload still has every kind.
+            for n in range(max(1, _poisson(rng, rate * count))):
                 person = people[rng.randrange(count)]
                 tid = f"sim-{spec.seed}-{day_index}-{name}-{n}"
                 at = _moment(rng, day)
@@ -306,14 +313,14 @@ def schedule_for(spec: WorkloadSpec, people: list[Person]) -> list[Trigger]:
                     triggers.append(Trigger(at, CRITICAL_WORKFLOW, tid, (person.subscriber_id,), {"ip": "192.0.2.1"}))
                 elif name == "reminder":
                     due = (at + timedelta(days=1)).strftime("%A")
-                    payload = {"task": f"Task {n}", "due": due}
-                    triggers.append(Trigger(at, "task-reminder", tid, (person.subscriber_id,), payload))
+                    reminder = {"task": f"Task {n}", "due": due}
+                    triggers.append(Trigger(at, "task-reminder", tid, (person.subscriber_id,), reminder))
                 else:
-                    payload = {"order": f"{day_index}-{n}", "express": rng.random() < EXPRESS_SHARE}
-                    triggers.append(Trigger(at, "order-shipped", tid, (person.subscriber_id,), payload))
+                    order = {"order": f"{day_index}-{n}", "express": rng.random() < EXPRESS_SHARE}
+                    triggers.append(Trigger(at, "order-shipped", tid, (person.subscriber_id,), order))
         # Comment bursts: a post gets a few comments within minutes; its followers hear of each.
-        for post in range(_poisson(rng, POSTS_PER_SUBSCRIBER_DAY * count)):
-            followers = rng.sample(people, min(count, rng.randint(3, 12)))
+        for post in range(max(1, _poisson(rng, POSTS_PER_SUBSCRIBER_DAY * count))):
+            followers = _followers(rng, people, cumulative, rng.randint(3, 12))
             at = _moment(rng, day)
             post_id = f"{day_index}-{post}"
             for comment in range(rng.randint(2, 6)):
@@ -334,6 +341,15 @@ def schedule_for(spec: WorkloadSpec, people: list[Person]) -> list[Trigger]:
             triggers.append(Trigger(at, "weekly-newsletter", tid, (), {"issue": day_index}, topic="newsletter"))
     triggers.sort(key=lambda t: (t.at, t.transaction_id))
     return triggers
+
+
+def _followers(rng: random.Random, people: list[Person], cumulative: list[int], wanted: int) -> list[Person]:
+    """``wanted`` distinct followers of a post; power users are ``POWER_WEIGHT`` times as likely."""
+    chosen: dict[int, Person] = {}
+    while len(chosen) < min(wanted, len(people)):
+        person = rng.choices(people, cum_weights=cumulative)[0]
+        chosen.setdefault(person.index, person)
+    return list(chosen.values())
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
@@ -437,8 +453,10 @@ def world_build(spec: WorkloadSpec, people: list[Person], fake_url: str) -> Worl
         )
     for key, (name, category, steps) in WORKFLOWS.items():
         workflow_upsert(environment=environment, key=key, name=name, category_key=category, steps=steps, publish=True)
-    # Caps on paid channels for everything non-critical: a heavy commenter's followers hit them.
+    # Caps on paid channels for everything non-critical, and at most one comment email a day
+    # (power users hit it: the rest of their comment emails wait for the daily comments digest).
     frequency_cap_upsert(environment=environment, channel="email", limit=6, window="1d")
+    frequency_cap_upsert(environment=environment, channel="email", limit=1, window="1d", category_key="comments")
     frequency_cap_upsert(environment=environment, channel="sms", limit=2, window="1d")
     email = integration_create(
         environment=environment,
@@ -740,3 +758,46 @@ def critical_delivery(*, environment: Environment) -> dict[str, Any]:
         "delivered": dict(delivered),
         "not_sent": dict(not_sent),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The printed report
+# --------------------------------------------------------------------------------------------
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """The savings report as a readable table (the command's output without ``--json``)."""
+    currency = report.get("currency", "")
+    baseline = report["baseline"]
+    actual = report["actual"]
+
+    def row(label: str, messages: int, cost: str) -> str:
+        return f"  {label:<34} {messages:>10,} {cost:>14} {currency}"
+
+    lines = [
+        f"  {'':<34} {'messages':>10} {'cost':>14}",
+        row("baseline (CPaaS only)", baseline["messages"], baseline["cost"]),
+        row("actual (sent by Clarion)", actual["messages"], actual["cost"]),
+        "  avoided, by lever:",
+    ]
+    for item in report["avoided"]:
+        if item["messages"]:
+            lines.append(row(f"  {item['lever']}", item["messages"], item["cost"]))
+    others = [item for item in report.get("other", []) if item["messages"]]
+    if others:
+        lines.append("  neither sent nor avoided:")
+        lines += [row(f"  {item['reason']}", item["messages"], item["cost"]) for item in others]
+    lines.append("  by channel (baseline -> actual):")
+    for part in report["by_channel"]:
+        lines.append(
+            f"    {part['channel']:<32} {part['baseline']['messages']:>10,} -> {part['actual']['messages']:>10,}"
+            f"   saved {part['avoided']['cost']} {currency}"
+        )
+    lines.append("  by workflow (baseline -> actual):")
+    for part in report["by_workflow"]:
+        name = part["workflow"] or "(category digests)"
+        lines.append(
+            f"    {name:<32} {part['baseline']['messages']:>10,} -> {part['actual']['messages']:>10,}"
+            f"   saved {part['avoided']['cost']} {currency}"
+        )
+    return "\n".join(lines)

@@ -11,7 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.analytics.workload import DEFAULT_START, WorkloadSpec, critical_delivery, workload_run
+from apps.analytics.savings import savings_report
+from apps.analytics.workload import DEFAULT_START, WorkloadSpec, critical_delivery, report_table, workload_run
 
 
 class Command(BaseCommand):
@@ -47,9 +48,22 @@ class Command(BaseCommand):
         finally:
             logging.disable(logging.NOTSET)
         critical = critical_delivery(environment=result.environment)
+        report = savings_report(environment=result.environment, start=spec.start, end=spec.end)
         print(
             f"workload: done in {result.seconds:.0f} s; environment {result.environment.slug}; "
-            f"critical: {json.dumps(critical)}",
+            f"triggers {dict(result.triggers)}; engagement {dict(result.engagement)}; critical {json.dumps(critical)}",
             file=sys.stderr,
         )
-        self.stdout.write(json.dumps({"critical": critical, "triggers": dict(result.triggers)}, indent=2))
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2, default=str))
+            return
+        sent = sum(critical["messages"].values())
+        delivered = sum(critical["delivered"].values())
+        self.stdout.write(
+            f"Savings report, environment {result.environment.slug}, "
+            f"{spec.start:%Y-%m-%d %H:%M} to {spec.end:%Y-%m-%d %H:%M} UTC "
+            f"({spec.subscribers:,} subscribers, {spec.days} day(s), seed {spec.seed})\n"
+            f"{report_table(report)}\n"
+            f"  critical ({critical['runs']:,} runs): {delivered:,} of {sent:,} messages delivered; "
+            f"not sent: {critical['not_sent'] or 'none'}"
+        )
