@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from apps.core.errors import Conflict
 from apps.core.tasks import enqueue_on_commit
 from apps.events.models import Event
-from apps.events.services import PROCESS_TASK, _actor_data, _check_payload, _resolve_workflow
+from apps.events.services import PROCESS_TASK, _actor_data, _check_payload, _resolve_workflow, triggered_count
 from apps.observability.metrics import events_committed
 from apps.subscribers.models import Subscriber
 from apps.subscribers.services import subscriber_bulk_upsert
@@ -74,6 +74,7 @@ def event_broadcast(*, environment: Environment, request: BroadcastRequest) -> E
             code="duplicate_transaction",
             details={"transaction_id": transaction_id},
         ) from exc
+    triggered_count(environment_id=environment.pk, workflows=[workflow])
     enqueue_on_commit(PROCESS_TASK, event.pk)
     events_committed(environment.pk, [(workflow.key, event.transaction_id)])  # metrics + log, on commit
     return event

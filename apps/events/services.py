@@ -5,9 +5,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
+from django.utils import timezone
 
+from apps.analytics import counters
+from apps.analytics.counters import Dims, Tally, counted_all_sql
 from apps.core.errors import ApiError, Conflict, NotFound, Unprocessable
 from apps.core.tasks import enqueue_is_transactional, enqueue_many_on_commit, enqueue_on_commit
 from apps.events.models import Event
@@ -193,6 +197,19 @@ def _actor_contexts(environment: Environment, candidates: list[_Candidate]) -> N
 _EVENT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
+def _event_of(environment: Environment, c: _Candidate) -> Event:
+    return Event(
+        environment=environment,
+        transaction_id=c.transaction_id,
+        workflow=c.workflow,
+        workflow_version_id=c.version_id,
+        payload=c.request.payload,
+        actor=c.actor,
+        recipients=c.recipients,
+        cancellation_key=c.request.cancellation_key,
+    )
+
+
 def _insert_events(environment: Environment, candidates: list[_Candidate]) -> dict[str, Event]:
     """``INSERT … ON CONFLICT DO NOTHING RETURNING id, transaction_id``: the events written, by
     transaction id. A transaction id already taken (by an earlier or a concurrent request) is
@@ -200,19 +217,7 @@ def _insert_events(environment: Environment, candidates: list[_Candidate]) -> di
 
     ``QuerySet._insert`` is what ``bulk_create`` runs; called directly because ``bulk_create``
     does not return which rows an ``ignore_conflicts`` insert skipped."""
-    events = [
-        Event(
-            environment=environment,
-            transaction_id=c.transaction_id,
-            workflow=c.workflow,
-            workflow_version_id=c.version_id,
-            payload=c.request.payload,
-            actor=c.actor,
-            recipients=c.recipients,
-            cancellation_key=c.request.cancellation_key,
-        )
-        for c in candidates
-    ]
+    events = [_event_of(environment, c) for c in candidates]
     if not events:
         return {}
     pk_field = Event._meta.pk
@@ -252,22 +257,80 @@ def event_trigger(*, environment: Environment, request: TriggerRequest) -> Event
     """Accept one trigger: write the event and wake the fan-out after commit. No per-recipient work
     beyond upserting inline subscriber objects; unknown subscriber ids are created by the fan-out.
 
-    A transaction id already accepted is a 409 and rolls back the subscriber upserts with it. When
-    the event row is the only write (no subscriber object to upsert, a broker outside the database)
-    it is written in autocommit: no BEGIN and COMMIT round trips around one INSERT, and the task is
-    sent right after it."""
+    A transaction id already accepted is a 409 and rolls back the subscriber upserts with it. The
+    event row and its analytics count are written together, so a crash neither loses nor doubles
+    the count: in one statement in autocommit on PostgreSQL when the event row is the only write (no
+    subscriber object to upsert, a broker outside the database: no BEGIN and COMMIT round trips,
+    and the task is sent right after it), else in one transaction."""
     workflow = _resolve_workflow(environment, request.workflow)
     candidate = _candidate(request, workflow, _known_topics(environment, [request]))
-    if candidate.upserts or enqueue_is_transactional():
-        with transaction.atomic():
+    if candidate.upserts or enqueue_is_transactional() or connection.vendor != "postgresql":
+        with transaction.atomic():  # the event, its analytics count (and the queue row, the upserts)
             return _trigger_one(environment, candidate)
-    return _trigger_one(environment, candidate)
+    return _trigger_one_statement(environment, candidate)
+
+
+def _trigger_one_statement(environment: Environment, candidate: _Candidate) -> Event:
+    """PostgreSQL, when the event row is the only write: the event and its analytics count in one
+    statement (``WITH e AS (INSERT … ON CONFLICT DO NOTHING RETURNING id) INSERT INTO counter …``),
+    in autocommit: no BEGIN and COMMIT round trips, and the task is sent right after it."""
+    _actor_contexts(environment, [candidate])
+    event = _event_of(environment, candidate)
+    pk_field = Event._meta.pk
+    assert pk_field is not None
+    query = InsertQuery(Event, on_conflict=OnConflict.IGNORE)
+    query.insert_values(_EVENT_FIELDS, [event])
+    compiler = query.get_compiler(using=Event.objects.db)
+    compiler.returning_fields = [pk_field]
+    [(insert_sql, insert_params)] = compiler.as_sql()
+    version = candidate.workflow.published_version
+    counted, counted_params = counted_all_sql(
+        source="e",
+        metric=counters.TRIGGERED,
+        at=timezone.now(),
+        dims=Dims(
+            environment_id=environment.pk,
+            workflow_key=candidate.workflow.key,
+            category_key=version.category_key if version is not None else "",
+        ),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH e AS ({insert_sql}), counted AS ({counted} RETURNING 1) SELECT id FROM e",
+            [*insert_params, *counted_params],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise _duplicate(candidate.transaction_id)
+    event.pk = row[0]
+    event._state.adding = False
+    event._state.db = Event.objects.db
+    enqueue_on_commit(PROCESS_TASK, event.pk)
+    events_committed(environment.pk, [(candidate.workflow.key, event.transaction_id)])  # metrics + log, on commit
+    return event
+
+
+def triggered_count(*, environment_id: int, workflows: Iterable[Workflow]) -> None:
+    """Count events accepted (one per workflow given), in the caller's transaction (docs/analytics.md)."""
+    tally = Tally()
+    now = timezone.now()
+    for workflow in workflows:
+        version = workflow.published_version
+        tally.add(
+            environment_id=environment_id,
+            at=now,
+            metric=counters.TRIGGERED,
+            workflow_key=workflow.key,
+            category_key=version.category_key if version is not None else "",
+        )
+    tally.write()
 
 
 def _trigger_one(environment: Environment, candidate: _Candidate) -> Event:
     event = _accept(environment, [candidate]).get(candidate.transaction_id)
     if event is None:
         raise _duplicate(candidate.transaction_id)
+    triggered_count(environment_id=environment.pk, workflows=[candidate.workflow])
     enqueue_on_commit(PROCESS_TASK, event.pk)
     events_committed(environment.pk, [(candidate.workflow.key, event.transaction_id)])  # metrics + log, on commit
     return event
@@ -332,6 +395,9 @@ def event_trigger_bulk(*, environment: Environment, requests: list[TriggerReques
                 candidate.request.transaction_id, "duplicate", _error_dict(_duplicate(candidate.transaction_id))
             )
     event_ids = [written[c.transaction_id].pk for _, c in candidates if c.transaction_id in written]
+    triggered_count(
+        environment_id=environment.pk, workflows=[c.workflow for _, c in candidates if c.transaction_id in written]
+    )
     enqueue_many_on_commit(
         PROCESS_MANY_TASK, [(event_ids[i : i + ENQUEUE_CHUNK],) for i in range(0, len(event_ids), ENQUEUE_CHUNK)]
     )

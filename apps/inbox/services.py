@@ -11,19 +11,23 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import DateTimeField, F, Value
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from apps.analytics import counters
+from apps.analytics.counters import Tally
 from apps.core.bulk import rows_insert
 from apps.core.errors import ApiError, NotFound, Unprocessable
+from apps.delivery.models import Message
 from apps.inbox import realtime
 from apps.inbox.auth import (
     SubscriberRef,
@@ -132,6 +136,21 @@ def inbox_messages_create(*, items: Sequence[tuple[InboxItem, Any]]) -> list[int
         for item, message in items
     ]
     pks = rows_insert(InboxMessage, rows)
+    tally = Tally()  # in-app messages are sent and delivered by this insert (docs/analytics.md)
+    for item, message in items:
+        data = getattr(message, "data", None)
+        template_key = str(data.get("template") or "")[:100] if isinstance(data, dict) else ""
+        for metric in (counters.SENT, counters.DELIVERED):
+            tally.add(
+                environment_id=item.environment_id,
+                at=now,
+                metric=metric,
+                workflow_key=item.workflow_key,
+                category_key=item.category_key,
+                channel="in_app",
+                template_key=template_key,
+            )
+    tally.write()
     # The frames need model instances; build them only once the rows are committed.
     transaction.on_commit(lambda: realtime.publish_messages_created(_instances(rows, pks)))
     return pks
@@ -234,7 +253,8 @@ def _apply(message: InboxMessage, action: InboxAction, now: datetime) -> list[st
 def _locked_message(subscriber: SubscriberRef, message_id: int) -> InboxMessage:
     """The subscriber's live (not deleted) message, row-locked; anything else is NotFound."""
     message = (
-        InboxMessage.objects.select_for_update()
+        InboxMessage.objects.select_for_update(of=("self",))
+        .annotate(analytics_template=KeyTextTransform("template", "message__data"))
         .filter(
             pk=message_id,
             subscriber_id=subscriber.pk,
@@ -257,6 +277,39 @@ def _save_changed(message: InboxMessage, changed: list[str]) -> None:
     transaction.on_commit(lambda: realtime.publish_messages_updated([message]))
 
 
+def _count_changes(message: InboxMessage, before: dict[str, Any], now: datetime, *, action_completed: bool) -> None:
+    """Count what one message's change did (docs/analytics.md): seen and action_completed the first
+    time (their timestamps are never cleared); read and archived net: an unread (unarchive) takes its
+    count back from the hour the read (archive) was counted in, so toggling changes nothing."""
+    tally = Tally()
+    dims = {
+        "environment_id": message.environment_id,
+        "workflow_key": message.workflow_key,
+        "category_key": message.category_key,
+        "channel": "in_app",
+        "template_key": (getattr(message, "analytics_template", None) or "")[:100],
+    }
+    for name, metric in (("seen_at", counters.SEEN), ("read_at", counters.READ), ("archived_at", counters.ARCHIVED)):
+        old, new = before[name], getattr(message, name)
+        if old == new:
+            continue
+        if old is not None:
+            tally.add(**dims, at=old, metric=metric, value=-1)
+        if new is not None:
+            tally.add(**dims, at=new, metric=metric)
+        if metric == counters.READ:
+            for at, sign in ((old, -1), (new, 1)):
+                if at is not None:
+                    seconds = (at - message.created_at).total_seconds()
+                    tally.add(**dims, at=at, metric=counters.latency_metric(counters.LATENCY_READ, seconds), value=sign)
+    if action_completed:
+        tally.add(**dims, at=now, metric=counters.ACTION_COMPLETED)
+    tally.write()
+
+
+_COUNTED_FIELDS = ("seen_at", "read_at", "archived_at")
+
+
 def inbox_message_mark(*, subscriber: SubscriberRef, message_id: int, action: InboxAction | str) -> InboxMessage:
     """Mark one of ``subscriber``'s messages; another subscriber's (or environment's) id is NotFound.
 
@@ -266,9 +319,12 @@ def inbox_message_mark(*, subscriber: SubscriberRef, message_id: int, action: In
     action = InboxAction(action)
     with transaction.atomic():
         message = _locked_message(subscriber, message_id)
-        changed = _apply(message, action, timezone.now())
+        before = {f: getattr(message, f) for f in _COUNTED_FIELDS}
+        now = timezone.now()
+        changed = _apply(message, action, now)
         if changed:
             _save_changed(message, changed)
+            _count_changes(message, before, now, action_completed=False)
     return message
 
 
@@ -328,13 +384,17 @@ def inbox_message_action_complete(*, subscriber: SubscriberRef, message_id: int,
         if target is None:
             raise NotFound("No such action on this message.", details={"action_id": action_id})
         now = timezone.now()
+        before = {f: getattr(message, f) for f in _COUNTED_FIELDS}
         changed = _apply(message, InboxAction.READ, now)
+        # The message's first completed action counts (once per message, whichever action it was).
+        first_action = not any(a.get("completed_at") for a in actions)
         if not target.get("completed_at"):
             target["completed_at"] = now.isoformat()
             message.actions = actions
             changed.append("actions")
         if changed:
             _save_changed(message, changed)
+            _count_changes(message, before, now, action_completed=first_action)
     return message
 
 
@@ -362,12 +422,19 @@ def _mark_all(
         values["seen_at"] = Coalesce(F("seen_at"), Value(now, output_field=DateTimeField()))
     scope = filter or InboxFilter()
     with transaction.atomic():
-        updated = InboxMessage.objects.filter(
-            scope.q(now),
-            subscriber_id=subscriber.pk,
-            environment_id=subscriber.environment_id,
-            **{f"{field}__isnull": True},
-        ).update(**values)
+        changed = _update_counting(
+            InboxMessage.objects.filter(
+                scope.q(now),
+                subscriber_id=subscriber.pk,
+                environment_id=subscriber.environment_id,
+                **{f"{field}__isnull": True},
+            ),
+            values,
+            field=field,
+            also_seen=also_seen,
+            now=now,
+        )
+        updated = len(changed)
         if updated:
             environment_id, subscriber_pk = subscriber.environment_id, subscriber.pk
             change = {"action": action, **scope.describe()}
@@ -377,6 +444,68 @@ def _mark_all(
                 )
             )
     return updated
+
+
+_METRIC_OF = {"read_at": counters.READ, "seen_at": counters.SEEN, "archived_at": counters.ARCHIVED}
+
+
+def _update_counting(
+    queryset: Any, values: dict[str, Any], *, field: str, also_seen: bool, now: datetime
+) -> list[tuple[Any, ...]]:
+    """The bulk UPDATE of ``_mark_all`` as one ``UPDATE … RETURNING`` of what analytics counts each
+    changed row by (its template key read from its delivery message in the same statement), then
+    one INSERT of the counts. Returns the changed rows."""
+    table = connection.ops.quote_name(InboxMessage._meta.db_table)
+    messages = connection.ops.quote_name(Message._meta.db_table)
+    # Our own UPDATE of the rows the filter selects (the ORM's update has no RETURNING).
+    selected = queryset.values("pk").query
+    select_sql, select_params = selected.get_compiler(connection=connection).as_sql()
+    assignments: list[str] = []
+    params: list[Any] = []
+    for column, value in values.items():
+        if column == "seen_at" and not isinstance(value, datetime):
+            assignments.append("seen_at = COALESCE(seen_at, %s)")
+            params.append(connection.ops.adapt_datetimefield_value(now))
+        else:
+            assignments.append(f"{column} = %s")
+            params.append(connection.ops.adapt_datetimefield_value(value) if isinstance(value, datetime) else value)
+    template = "d.data ->> 'template'" if connection.vendor == "postgresql" else "json_extract(d.data, '$.template')"
+    sql = (
+        f"UPDATE {table} SET {', '.join(assignments)} WHERE id IN ({select_sql}) AND {field} IS NULL "
+        f"RETURNING environment_id, workflow_key, category_key, created_at, seen_at, "
+        f"(SELECT {template} FROM {messages} d WHERE d.id = {table}.message_id)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *select_params])
+        rows = cursor.fetchall()
+    tally = Tally()
+    for environment_id, workflow_key, category_key, created_at, seen_at, template_key in rows:
+        dims = {
+            "environment_id": environment_id,
+            "workflow_key": workflow_key,
+            "category_key": category_key,
+            "channel": "in_app",
+            "template_key": str(template_key or "")[:100],
+        }
+        tally.add(**dims, at=now, metric=_METRIC_OF[field])
+        if field == "read_at":
+            created = _as_datetime(created_at)
+            seconds = (now - created).total_seconds() if created is not None else 0.0
+            tally.add(**dims, at=now, metric=counters.latency_metric(counters.LATENCY_READ, seconds))
+        if also_seen and _as_datetime(seen_at) == now:  # it was unseen: this statement set it
+            tally.add(**dims, at=now, metric=counters.SEEN)
+    tally.write()
+    return rows
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """A timestamp as a raw cursor returns it (a string on SQLite), aware in UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
 
 
 def inbox_mark_all_read(*, subscriber: SubscriberRef, filter: InboxFilter | None = None) -> int:

@@ -93,7 +93,8 @@ def test_an_sms_batch_uses_one_connection(tenant, fake_server):
 @pytest.mark.parametrize("count", [3, 60])
 def test_the_queries_of_a_batch_do_not_grow_with_its_size(tenant, fake_server, settings, count):
     """claim, load, suppressions, integrations, write-ahead; then per window of sends: attempts,
-    statuses, early callbacks (inside one savepoint here, as tests run in a transaction)."""
+    statuses, early callbacks (inside one savepoint here, as tests run in a transaction), and on
+    SQLite the analytics count (one INSERT; on PostgreSQL it is part of the window's statement)."""
     settings.CLARION_DELIVERY = {**settings.CLARION_DELIVERY, "SEND_WINDOW": 100}
     env = tenant.environment
     server = postmark(fake_server)
@@ -105,7 +106,9 @@ def test_the_queries_of_a_batch_do_not_grow_with_its_size(tenant, fake_server, s
 
     with CaptureQueriesContext(connection) as captured:
         deliver_messages(ids)
-    assert len(captured) <= 10, [q["sql"][:80] for q in captured.captured_queries]
+    assert len(captured) <= (10 if connection.vendor == "postgresql" else 11), [
+        q["sql"][:80] for q in captured.captured_queries
+    ]
     assert Message.objects.filter(pk__in=ids, status=Message.Status.SENT).count() == count
 
 
@@ -116,9 +119,12 @@ def test_windows_add_a_fixed_number_of_queries_each(tenant, fake_server, setting
     email_integration(env, server)
     ids = queued_emails(env, 50)
 
+    from django.db import connection
+
     # 5 per batch; per window of 10: attempts, statuses, early callbacks, the next write-ahead
-    # (+ SAVEPOINT and RELEASE, as tests run inside a transaction).
-    with django_assert_max_num_queries(5 + 6 * 5):
+    # (+ SAVEPOINT and RELEASE, as tests run inside a transaction; + the analytics count on SQLite,
+    # part of the window's one statement on PostgreSQL).
+    with django_assert_max_num_queries(5 + (6 if connection.vendor == "postgresql" else 7) * 5):
         deliver_messages(ids)
     assert Message.objects.filter(pk__in=ids, status=Message.Status.SENT).count() == 50
 

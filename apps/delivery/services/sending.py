@@ -33,7 +33,10 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from apps.analytics import counters
+from apps.analytics.counters import Tally, counted_rows_sql, update_counted
 from apps.delivery.addresses import SUPPRESSIBLE_CHANNELS, address_normalize, subscriber_recipient
+from apps.delivery.counting import dims_of
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
 from apps.delivery.providers.base import (
     ErrorKind,
@@ -155,8 +158,18 @@ def _claim(message_id: int, now: datetime) -> bool:
 
 def _finish_failed(message: Message, error: str) -> None:
     now = timezone.now()
-    Message.objects.filter(pk=message.pk, status=Message.Status.SENDING).update(
-        status=Message.Status.FAILED, error=error[:5000], next_attempt_at=None, send_started_at=None, updated_at=now
+    update_counted(  # counted for analytics in the same statement (transaction) when it moves
+        Message.objects.filter(pk=message.pk, status=Message.Status.SENDING),
+        {
+            "status": Message.Status.FAILED,
+            "error": error[:5000],
+            "next_attempt_at": None,
+            "send_started_at": None,
+            "updated_at": now,
+        },
+        dims=dims_of(message),
+        metric=counters.FAILED,
+        at=now,
     )
     message.status, message.error = Message.Status.FAILED, error[:5000]
 
@@ -184,17 +197,23 @@ _SETTLEABLE_BY_SUCCESS = Q(status__in=[Message.Status.SENDING, Message.Status.IN
 def _finish_sent(message: Message, integration: Integration | None, provider: str, result: SendResult) -> None:
     now = timezone.now()
     provider_id = result.provider_message_id[:255]
-    moved = Message.objects.filter(_SETTLEABLE_BY_SUCCESS, pk=message.pk).update(
-        status=Message.Status.SENT,
-        attempts=F("attempts") + 1,
-        provider=provider,
-        integration=integration,
-        provider_message_id=provider_id,
-        sent_at=now,
-        error="",
-        next_attempt_at=None,
-        send_started_at=None,
-        updated_at=now,
+    moved = update_counted(  # counted for analytics in the same statement (transaction) when it moves
+        Message.objects.filter(_SETTLEABLE_BY_SUCCESS, pk=message.pk),
+        {
+            "status": Message.Status.SENT,
+            "attempts": F("attempts") + 1,
+            "provider": provider,
+            "integration": integration,
+            "provider_message_id": provider_id,
+            "sent_at": now,
+            "error": "",
+            "next_attempt_at": None,
+            "send_started_at": None,
+            "updated_at": now,
+        },
+        dims=dims_of(message),
+        metric=counters.SENT,
+        at=now,
     )
     if not moved and provider_id:
         # A callback got there first (delivered, opened…): keep the provider's id for the next ones.
@@ -1125,11 +1144,16 @@ def _record_sent(
     ours: set[int] = set()
     if connection.vendor == "postgresql":
         table = quote(Message._meta.db_table)
+        # The messages that moved to sent are counted in the same statement (analytics).
+        counted, counted_params = counted_rows_sql(
+            source="sent", metric=counters.SENT, at=now, dims={m.pk: dims_of(m) for m, _, _ in sent}
+        )
         parts = [
-            f"WITH attempt AS ({insert} RETURNING 1), sent AS ({update} RETURNING id)",
+            f"WITH attempt AS ({insert} RETURNING 1), sent AS ({update} RETURNING id), "
+            f"counted AS ({counted} RETURNING 1)",
             "SELECT 's'::text, id::bigint, NULL::text FROM sent",
         ]
-        params = [*values, *update_params]
+        params = [*values, *update_params, *counted_params]
         if ahead:
             assignments = _ahead_assignments(integration, name, now)
             parts[0] += (
@@ -1157,8 +1181,22 @@ def _record_sent(
     else:
         with connection.cursor() as cursor:
             cursor.execute(insert, values)
-            cursor.execute(update, update_params)
-            moved = cursor.rowcount
+            if _RETURNING:
+                cursor.execute(f"{update} RETURNING id", update_params)
+                moved_ids = {int(row[0]) for row in cursor.fetchall()}
+            else:  # pragma: no cover - SQLite older than 3.35: this statement's rows carry its sent_at
+                cursor.execute(update, update_params)
+                moved_ids = set(
+                    Message.objects.filter(pk__in=ids, status=Message.Status.SENT, sent_at=now).values_list(
+                        "pk", flat=True
+                    )
+                )
+        moved = len(moved_ids)
+        tally = Tally()  # the caller holds the transaction
+        for message, _, _ in sent:
+            if message.pk in moved_ids:
+                tally.add_dims(dims_of(message), at=now, metric=counters.SENT)
+        tally.write()
         if ahead:
             ours = _update_returning(ahead, _ahead_assignments(integration, name, now), status="sending")
     if moved < len(ids):

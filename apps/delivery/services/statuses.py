@@ -12,6 +12,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.analytics.counters import Tally
+from apps.delivery.counting import count_status_change, message_dims
 from apps.delivery.models import Integration, Message, MessageEvent
 from apps.delivery.services.suppressions import address_suppress
 from apps.delivery.status import FAILURES, statuses_that_may_move_to
@@ -47,20 +49,54 @@ def _timestamp_field(status: str) -> str | None:
     return fields.get(status)
 
 
-def message_status_apply(*, message_id: int, status: str, at: datetime | None = None, error: str = "") -> bool:
+def message_status_apply(
+    *, message_id: int, status: str, at: datetime | None = None, error: str = "", message: Message | None = None
+) -> bool:
     """Move a message to ``status`` if that is forward (one conditional UPDATE: race-free).
 
     Engagement timestamps are set the first time even when the status does not move (an "opened"
-    that arrives after "clicked"). Returns whether the status changed.
+    that arrives after "clicked"). Returns whether the status changed. A move is counted for
+    analytics (``apps.delivery.counting``) in the same transaction, exactly once: the UPDATE is
+    conditional on the status it moves from. ``message``: the row if the caller just loaded it (its
+    status is tried first, saving a read); otherwise, or if it is stale, the status is read.
     """
     at = at or timezone.now()
     stamp = _timestamp_field(status)
-    if stamp:
-        Message.objects.filter(pk=message_id, **{f"{stamp}__isnull": True}).update(**{stamp: at})
-    updates: dict[str, Any] = {"status": status, "updated_at": timezone.now()}
-    if status in FAILURES and error:
-        updates["error"] = error[:5000]
-    return bool(Message.objects.filter(pk=message_id, status__in=statuses_that_may_move_to(status)).update(**updates))
+    targets = statuses_that_may_move_to(status)
+    with transaction.atomic():
+        if stamp:
+            Message.objects.filter(pk=message_id, **{f"{stamp}__isnull": True}).update(**{stamp: at})
+        updates: dict[str, Any] = {"status": status, "updated_at": timezone.now()}
+        if status in FAILURES and error:
+            updates["error"] = error[:5000]
+        known = (
+            (message.status, message.environment_id, message.channel, message.data, message.sent_at)
+            if message is not None and message.pk == message_id
+            else None
+        )
+        for _ in range(len(targets) + 1):  # each retry sees the status move forward: bounded
+            row = known or (
+                Message.objects.filter(pk=message_id)
+                .values_list("status", "environment_id", "channel", "data", "sent_at")
+                .first()
+            )
+            known = None
+            if row is None or row[0] not in targets:
+                return False
+            old, environment_id, channel, data, sent_at = row
+            if Message.objects.filter(pk=message_id, status=old).update(**updates):
+                tally = Tally()
+                count_status_change(
+                    tally,
+                    dims=message_dims(environment_id=environment_id, channel=channel, data=data),
+                    old=old,
+                    new=status,
+                    at=at,
+                    sent_at=sent_at,
+                )
+                tally.write()
+                return True
+        return False
 
 
 def _find_message(environment_id: int, event: StatusEvent) -> Message | None:
@@ -114,7 +150,11 @@ def message_events_record(*, integration: Integration, events: Sequence[StatusEv
             message.provider_message_id = event.provider_message_id[:255]
         if message is not None and event.status:
             row.applied = message_status_apply(
-                message_id=message.pk, status=event.status, at=event.occurred_at, error=event.description
+                message_id=message.pk,
+                status=event.status,
+                at=event.occurred_at,
+                error=event.description,
+                message=message,
             )
             if row.applied:
                 MessageEvent.objects.filter(pk=row.pk).update(applied=True)

@@ -1,0 +1,94 @@
+"""Analytics writes: folding the counted deltas into the rollups (docs/analytics.md).
+
+Counting itself is ``apps.analytics.counters`` (every app calls it in its own transactions). The
+fold moves ``Counter`` rows into ``Rollup`` sums: in one transaction it takes a batch of deltas
+(deleting them), sums them by bucket, dimensions and metric and adds the sums to the rollup rows
+(``INSERT … ON CONFLICT DO UPDATE SET value = rollup.value + excluded.value``). A crash in the
+middle rolls the whole batch back; two folders at once take disjoint batches (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL; SQLite serialises writers), and add to the rollup rows in one order
+(no deadlock). Readers sum rollups and unfolded deltas in one statement, so a fold never changes
+an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Sums
+from typing import Any
+
+from django.db import connection, transaction
+
+from apps.analytics.models import Counter, Rollup
+
+logger = logging.getLogger(__name__)
+
+FOLD_BATCH = 5000  # deltas per transaction
+_DIMS = "environment_id, bucket, workflow_key, category_key, channel, template_key, metric"
+
+
+def counters_fold(*, limit: int = FOLD_BATCH, batches: int = 20) -> int:
+    """Fold up to ``batches`` batches of ``limit`` deltas (each batch one transaction); returns how
+    many deltas were folded. Safe to run on many hosts at once, and to kill at any point."""
+    folded = 0
+    for _ in range(batches):
+        taken = _fold_batch(limit)
+        folded += taken
+        if taken < limit:
+            break
+    return folded
+
+
+def _fold_batch(limit: int) -> int:
+    quote = connection.ops.quote_name
+    counters, rollups = quote(Counter._meta.db_table), quote(Rollup._meta.db_table)
+    upsert = (
+        f"INSERT INTO {rollups} ({_DIMS}, value) {{rows}} "
+        f"ON CONFLICT ({_DIMS}) DO UPDATE SET value = {rollups}.value + excluded.value"
+    )
+    if connection.vendor == "postgresql":
+        # One statement: take, sum and add, atomically; rollup rows locked in key order.
+        sql = (
+            f"WITH taken AS (DELETE FROM {counters} WHERE id IN "
+            f"(SELECT id FROM {counters} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_DIMS}, value), "
+            f"added AS ("
+            + upsert.format(
+                rows=f"SELECT {_DIMS}, sum(value) FROM taken GROUP BY {_DIMS} HAVING sum(value) <> 0 ORDER BY {_DIMS}"
+            )
+            + " RETURNING 1) SELECT count(*) FROM taken"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [limit])
+            row = cursor.fetchone()
+        return int(row[0]) if row else 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {counters} WHERE id IN (SELECT id FROM {counters} ORDER BY id LIMIT %s) "
+            f"RETURNING {_DIMS}, value",
+            [limit],
+        )
+        taken = cursor.fetchall()
+        sums: Sums[tuple[Any, ...]] = Sums()
+        for *key, value in taken:
+            sums[tuple(key)] += value
+        rows = [(*key, value) for key, value in sorted(sums.items(), key=lambda kv: str(kv[0])) if value]
+        for start in range(0, len(rows), 100):
+            part = rows[start : start + 100]
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(part))
+            cursor.execute(upsert.format(rows=f"VALUES {values}"), [v for row in part for v in row])
+        return len(taken)
+
+
+def counters_fold_task() -> int:
+    """The django-q2 entry point (the worker's ticker calls ``counters_fold`` directly)."""
+    return counters_fold()
+
+
+def counters_fold_before_prune(policy: Any, run: Any) -> None:
+    """``apps.core.retention.ROLLUP_HOOKS``: fold every delta before an environment is pruned.
+
+    Counts are written when things happen, so pruning never loses one; folding first keeps the
+    delta table small. A dry run folds nothing."""
+    if getattr(run, "dry_run", False):
+        return
+    counters_fold(batches=1000)
