@@ -561,7 +561,9 @@ def test_the_report_is_two_queries_whatever_the_volume(env, api, fire, move, clo
         assert report(env)["baseline"]["messages"] > 0
 
 
-def test_a_chunk_of_finishing_runs_writes_its_counts_in_one_insert(env, fire, clock):
+def test_a_chunk_of_finishing_runs_writes_its_counts_in_one_insert(env, fire, clock, monkeypatch):
+    from apps.analytics.counters import Tally
+
     make_workflow(
         env,
         "all",
@@ -569,10 +571,21 @@ def test_a_chunk_of_finishing_runs_writes_its_counts_in_one_insert(env, fire, cl
     )
     for index in range(5):
         SubscriberFactory(environment=env, subscriber_id=f"u{index}", email="" if index % 2 else "a@example.com")
+    writes: list[set[str]] = []
+    original = Tally.write
+
+    def spied(self: Tally) -> int:
+        writes.append({key.metric for key in self.sums})
+        return original(self)
+
+    monkeypatch.setattr(Tally, "write", spied)
     with CaptureQueriesContext(connection) as queries:
         fire("all", [f"u{index}" for index in range(5)])
+    engine_writes = [metrics for metrics in writes if "baseline" in metrics]
+    assert len(engine_writes) == 1  # one Tally, one bulk INSERT, for the whole chunk
+    assert {"recipients", "actual", "avoided:no_address", "skipped:no_address"} <= engine_writes[0]
     inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "analytics_counter"')]
-    assert len([sql for sql in inserts if "'baseline'" in sql]) == 1  # the chunk's one INSERT (SQLite shows values)
+    assert len(inserts) == len([metrics for metrics in writes if metrics])
     rows = Counter.objects.filter(
         environment=env, metric__in=["baseline", "actual", "avoided:no_address", "recipients"]
     )

@@ -99,7 +99,7 @@ def test_batch_queries_do_not_grow_with_events(flow, monkeypatch):
         assert counts[0] == counts[1], counts
     else:
         assert counts[1] - counts[0] <= 2, counts
-    assert counts[1] <= 36, counts
+    assert counts[1] <= 37, counts  # 36 + the chunk's analytics counts (one INSERT)
 
 
 def test_the_inline_send_is_one_delivery_batch(flow):
