@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
@@ -55,6 +57,7 @@ MAX_TOKEN_CHARS = 4096
 # Longer links are left as they are rather than made longer still.
 MAX_URL_CHARS = 2000
 TRACKED_SCHEMES = frozenset({"http", "https"})
+_UNSAFE_URL_CHARACTER = re.compile(r"[\x00-\x20\x7f]")
 OPT_OUT_ATTRIBUTE = "data-clarion-track"
 
 TRACKING_ON = "on"
@@ -187,12 +190,22 @@ def message_tracking(message: Message) -> Tracking:
 # --- tokens and URLs ------------------------------------------------------------------------------
 
 
+def _signer(salt: str) -> signing.Signer:
+    return _signer_for(salt, settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS))
+
+
+@lru_cache(maxsize=8)
+def _signer_for(salt: str, key: str, fallback_keys: tuple[str, ...]) -> signing.Signer:
+    # One signer per key set (not one per link: its set-up reads the settings each time).
+    return signing.Signer(key=key, fallback_keys=list(fallback_keys), salt=salt)
+
+
 def open_token(message_id: int) -> str:
-    return signing.Signer(salt=OPEN_SALT).sign(str(message_id))
+    return _signer(OPEN_SALT).sign(str(message_id))
 
 
 def click_token(message_id: int, url: str) -> str:
-    return signing.Signer(salt=CLICK_SALT).sign_object([message_id, url], compress=True)
+    return _signer(CLICK_SALT).sign_object([message_id, url], compress=True)
 
 
 def open_token_read(token: str) -> int | None:
@@ -200,7 +213,7 @@ def open_token_read(token: str) -> int | None:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         return None
     try:
-        value = signing.Signer(salt=OPEN_SALT).unsign(token)
+        value = _signer(OPEN_SALT).unsign(token)
     except (signing.BadSignature, ValueError, TypeError):
         return None
     return int(value) if value.isascii() and value.isdigit() else None
@@ -211,7 +224,7 @@ def click_token_read(token: str) -> tuple[int, str] | None:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         return None
     try:
-        value: Any = signing.Signer(salt=CLICK_SALT).unsign_object(token)
+        value: Any = _signer(CLICK_SALT).unsign_object(token)
     except (signing.BadSignature, ValueError, TypeError, UnicodeError, zlib.error):
         return None
     if not (isinstance(value, list) and len(value) == 2):
@@ -228,17 +241,23 @@ def _absolute(path: str) -> str:
     return f"{public_url()}{path}"
 
 
+@lru_cache(maxsize=8)
+def _route_prefix(name: str) -> str:
+    """The path of route ``name`` (``<str:token>`` last) before its token: resolved once, not per link."""
+    return reverse(name, kwargs={"token": "x"}).rsplit("x", 1)[0]
+
+
 def open_url(message_id: int) -> str:
-    return _absolute(reverse("tracking-open", kwargs={"token": open_token(message_id)}))
+    return _absolute(_route_prefix("tracking-open") + open_token(message_id))
 
 
 def click_url(message_id: int, url: str) -> str:
-    return _absolute(reverse("tracking-click", kwargs={"token": click_token(message_id, url)}))
+    return _absolute(_route_prefix("tracking-click") + click_token(message_id, url))
 
 
 def redirectable(url: str) -> bool:
     """An absolute http(s) URL with a host, of a sane length, without control characters or spaces."""
-    if not url or len(url) > MAX_URL_CHARS or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+    if not url or len(url) > MAX_URL_CHARS or _UNSAFE_URL_CHARACTER.search(url):
         return False
     try:
         parts = urlsplit(url)
@@ -247,11 +266,10 @@ def redirectable(url: str) -> bool:
     return parts.scheme.lower() in TRACKED_SCHEMES and bool(parts.hostname)
 
 
-@lru_cache(maxsize=1)
 def _own_paths() -> tuple[str, ...]:
     """The paths of Clarion's hosted preference and unsubscribe pages and of its own redirects."""
     return tuple(
-        reverse(name, kwargs={"token": "x"}).rsplit("x", 1)[0]
+        _route_prefix(name)
         for name in ("preference-center", "one-click-unsubscribe", "tracking-click", "tracking-open")
     )
 
