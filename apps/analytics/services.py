@@ -13,6 +13,7 @@ an answer.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter as Sums
 from typing import Any
 
@@ -23,6 +24,8 @@ from apps.analytics.models import Counter, Rollup
 logger = logging.getLogger(__name__)
 
 FOLD_BATCH = 5000  # deltas per transaction
+FOLD_EVERY_SECONDS = 5.0  # how often the worker's ticker folds
+_last_fold = 0.0
 _DIMS = "environment_id, bucket, workflow_key, category_key, channel, template_key, metric"
 
 
@@ -79,6 +82,16 @@ def _fold_batch(limit: int) -> int:
         return len(taken)
 
 
+def counters_fold_if_due(*, every: float = FOLD_EVERY_SECONDS) -> int:
+    """Fold if ``every`` seconds passed since this process last did (the worker's ticker calls it
+    each second). Folders on many hosts at once are safe; this only keeps the idle cost low."""
+    global _last_fold
+    if time.monotonic() - _last_fold < every:
+        return 0
+    _last_fold = time.monotonic()
+    return counters_fold()
+
+
 def counters_fold_task() -> int:
     """The django-q2 entry point (the worker's ticker calls ``counters_fold`` directly)."""
     return counters_fold()
@@ -89,6 +102,7 @@ def counters_fold_before_prune(policy: Any, run: Any) -> None:
 
     Counts are written when things happen, so pruning never loses one; folding first keeps the
     delta table small. A dry run folds nothing."""
-    if getattr(run, "dry_run", False):
+    if getattr(run, "dry_run", False) or getattr(run, "analytics_folded", False):
         return
-    counters_fold(batches=1000)
+    counters_fold(batches=1000)  # every environment's deltas: once per pruning pass
+    run.analytics_folded = True

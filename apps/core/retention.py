@@ -47,7 +47,7 @@ DEFAULT_BUDGET_SECONDS = 20.0
 # Where the environments' policies come from (tenancy imports core, not the other way round).
 POLICY_SOURCE = "apps.tenancy.retention.retention_policies"
 # Called before any pruner of an environment: rollups of rows about to be pruned (issue #16).
-ROLLUP_HOOKS: list[str] = []
+ROLLUP_HOOKS: list[str] = ["apps.analytics.services.counters_fold_before_prune"]
 # Children before parents: each one deletes only rows nothing that runs after it still needs.
 PRUNERS: list[str] = [
     "apps.inbox.retention.prune",  # archived/deleted inbox rows; detaches rows from prunable messages

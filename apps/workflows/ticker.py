@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from apps.analytics.services import counters_fold_if_due
 from apps.core.db import update_returning_ids
 from apps.core.tasks import deferred_tasks_flush, enqueue
 from apps.delivery.services import messages_redrive
@@ -129,6 +130,7 @@ class Ticker(threading.Thread):
         while not self._stopping.wait(self.interval):
             try:
                 tick()
+                counters_fold_if_due()  # analytics deltas into rollups, every few seconds
                 self.ticks += 1
                 ticker_heartbeat()  # for manage.py clarion_health (a file touched at most every 5 s)
             except Exception:  # the database or the broker is away: try again next tick
