@@ -36,8 +36,10 @@ def period_bound(name: str, raw: str | None, *, end: bool) -> datetime:
         raise ApiError(f"'{name}' is required.", code="validation_error", details={name: ["Required."]})
     raw = raw.strip()
     try:
-        parsed = parse_datetime(raw)
-        day = None if parsed is not None else parse_date(raw)
+        # A bare date first: parse_datetime takes "2026-11-30" too (as midnight), which for `to`
+        # would leave the day out.
+        day = parse_date(raw) if len(raw) == 10 else None
+        parsed = None if day is not None else parse_datetime(raw)
     except ValueError:
         parsed, day = None, None
     if parsed is None and day is None:
