@@ -27,6 +27,7 @@ APPS = {
     "workflows",
     "demo",
     "observability",
+    "analytics",
 }
 
 
@@ -75,6 +76,7 @@ def test_every_app_has_its_contract(graph: grimp.ImportGraph, contracts: dict[st
         ("apps.events.services", "apps.delivery.services", "events"),
         ("apps.workflows.services", "apps.demo.services", "workflows"),
         ("apps.demo.services", "apps.events.services", "demo"),
+        ("apps.analytics.counters", "apps.delivery.models", "analytics"),
     ],
 )
 def test_an_import_against_the_map_breaks_its_contract(
