@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.core.admin import record_action
 from apps.tenancy.models import ApiKey, Environment, Project
 from apps.tenancy.origins import allowed_origins_forget, origin_entry_valid
 from apps.tenancy.services import (
@@ -33,9 +34,26 @@ class ApiKeyInline(admin.TabularInline):
 
 
 class EnvironmentForm(forms.ModelForm):
+    currency = forms.CharField(
+        max_length=3,
+        required=False,
+        help_text="ISO 4217 code the savings report prices messages in, e.g. USD or EUR "
+        "(empty: unchanged; USD for a new environment).",
+    )
+
     class Meta:
         model = Environment
-        fields = ["project", "name", "slug", "allowed_origins", "branding"]
+        fields = [
+            "project",
+            "name",
+            "slug",
+            "allowed_origins",
+            "branding",
+            "currency",
+            "track_opens",
+            "track_clicks",
+            "track_critical",
+        ]
         help_texts = {
             "allowed_origins": 'Sites that may embed the inbox, e.g. ["https://app.example.com", '
             '"https://*.example.com", "http://localhost:3000"]. Empty: any site.'
@@ -52,11 +70,19 @@ class EnvironmentForm(forms.ModelForm):
             )
         return [entry.strip().rstrip("/").lower() for entry in value]
 
+    def clean_currency(self) -> str:
+        value = (self.cleaned_data.get("currency") or "").strip().upper()
+        if not value:
+            return self.instance.currency if self.instance.pk else "USD"
+        if len(value) != 3 or not value.isascii() or not value.isalpha():
+            raise forms.ValidationError("Three letters (ISO 4217), e.g. USD or EUR.")
+        return value
+
 
 @admin.register(Environment)
 class EnvironmentAdmin(admin.ModelAdmin):
     form = EnvironmentForm
-    list_display = ["name", "project", "slug", "created_at"]
+    list_display = ["name", "project", "slug", "currency", "track_opens", "track_clicks", "created_at"]
     list_filter = ["project"]
     readonly_fields = ["inbox_hmac_secret", "created_at"]
     inlines = [ApiKeyInline]
@@ -73,6 +99,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
         rotated = 0
         for environment in queryset:
             environment_inbox_secret_rotate(environment=environment)
+            record_action(self, request, [environment], "Rotated the inbox HMAC secret from the admin.")
             rotated += 1
         self.message_user(
             request,
@@ -83,7 +110,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "kind", "environment", "created_at", "revoked_at"]
+    list_display = ["__str__", "name", "kind", "environment", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["kind", "environment"]
     readonly_fields = [
         "environment",
@@ -103,6 +130,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        for key in queryset:
+        revoked = 0
+        for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(api_key=key)
-        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+            record_action(self, request, [key], "Revoked from the admin.")
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)

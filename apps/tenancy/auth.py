@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
 from apps.tenancy.models import ApiKey, Environment
 from apps.tenancy.selectors import api_key_for_raw
+from apps.tenancy.services import api_key_mark_used
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class EnvironmentPrincipal:
 
 class SecretKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
+    # The clock ``last_used_at`` is written with (tests replace it).
+    now: ClassVar[Any] = staticmethod(timezone.now)
 
     def authenticate(self, request: Request) -> tuple[EnvironmentPrincipal, ApiKey] | None:
         header = authentication.get_authorization_header(request).decode("latin-1")
@@ -49,6 +53,7 @@ class SecretKeyAuthentication(authentication.BaseAuthentication):
         api_key = api_key_for_raw(raw_key=raw, kind=ApiKey.Kind.SECRET)
         if api_key is None:
             raise exceptions.AuthenticationFailed("The API key is invalid or has been revoked.")
+        api_key_mark_used(api_key=api_key, now=self.now())
         return EnvironmentPrincipal(environment=api_key.environment, api_key_id=api_key.pk), api_key
 
     def authenticate_header(self, request: Request) -> str:

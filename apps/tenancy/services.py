@@ -5,9 +5,10 @@ import html
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -59,6 +60,29 @@ def environment_inbox_sessions_revoke(*, environment_id: int, reason: str) -> in
         lambda: publish_sessions_revoked(environment_id=environment_id, version=version, reason=reason)
     )
     return version
+
+
+# ``ApiKey.last_used_at`` is precise to this: a key in constant use costs one UPDATE a minute.
+KEY_USE_RECORD_SECONDS = 60
+
+
+def api_key_mark_used(*, api_key: ApiKey, now: datetime) -> bool:
+    """Record that ``api_key`` (as just loaded by the caller) was used at ``now``, at most once a minute.
+
+    The loaded row says when it was last written, so a key used within the minute costs nothing
+    more. Otherwise one conditional UPDATE: concurrent requests (here or in other processes) all
+    try, and the condition lets exactly one of them write. Returns whether this call wrote."""
+    stale_before = now - timedelta(seconds=KEY_USE_RECORD_SECONDS)
+    if api_key.last_used_at is not None and api_key.last_used_at >= stale_before:
+        return False
+    written = (
+        ApiKey.objects.filter(pk=api_key.pk)
+        .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before))
+        .update(last_used_at=now)
+    )
+    if written:
+        api_key.last_used_at = now
+    return bool(written)
 
 
 @transaction.atomic
