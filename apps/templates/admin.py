@@ -352,10 +352,17 @@ class TemplateAdmin(TemplateEditorAdmin):
         )
 
     def get_fields(self, request: HttpRequest, obj: Template | None = None) -> tuple[str, ...]:
-        fields: tuple[str, ...] = ("environment", "key", "name", "channel", "description")
+        fields: tuple[str, ...] = ("environment", "key", "name", "channel", "description", "tracking")
         if obj is not None:
             fields += ("published", "new_version", "created_at", "updated_at")
         return fields
+
+    def get_form(self, request: HttpRequest, obj: Template | None = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change, **kwargs)
+        if "tracking" in form.base_fields:
+            # Left out of a submitted form, tracking stays as it is (a new template: the environment decides).
+            form.base_fields["tracking"].required = False
+        return form
 
     def get_readonly_fields(self, request: HttpRequest, obj: Template | None = None) -> list[str]:
         if obj is None:
@@ -372,6 +379,7 @@ class TemplateAdmin(TemplateEditorAdmin):
             name=obj.name,
             channel=obj.channel,
             description=obj.description,
+            tracking=obj.tracking or None,
         )
         obj.pk = template.pk
         obj.created_at = template.created_at

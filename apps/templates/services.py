@@ -101,8 +101,10 @@ def template_upsert(
     channel: str | None = None,
     description: str | None = None,
     sample_payload: dict[str, Any] | None = None,
+    tracking: str | None = None,
 ) -> tuple[Template, bool]:
-    """Create the template ``key`` or update its name / channel / description / sample payload.
+    """Create the template ``key`` or update its name / channel / description / sample payload /
+    email open and click tracking (``Template.Tracking``).
 
     ``None`` keeps the current value (on creation: name defaults to the key, channel is required).
     Changing the channel of a template that already has versions is a Conflict: its content
@@ -113,6 +115,12 @@ def template_upsert(
         _validate_channel(channel)
     if sample_payload is not None:
         _validate_sample(sample_payload)
+    if tracking is not None and tracking not in Template.Tracking.values:
+        raise Unprocessable(
+            f"tracking must be one of {', '.join(Template.Tracking.values)}.",
+            code="invalid_tracking",
+            details={"tracking": "Unknown value."},
+        )
 
     template = Template.objects.filter(environment=environment, key=key).first()
     created = False
@@ -128,6 +136,7 @@ def template_upsert(
                     channel=channel,
                     description=description or "",
                     sample_payload=sample_payload or {},
+                    tracking=tracking or Template.Tracking.INHERIT,
                 )
                 created = True
         except IntegrityError:
@@ -155,6 +164,9 @@ def template_upsert(
         if sample_payload is not None and sample_payload != template.sample_payload:
             template.sample_payload = sample_payload
             changed.append("sample_payload")
+        if tracking is not None and tracking != template.tracking:
+            template.tracking = tracking
+            changed.append("tracking")
         if changed:
             template.save(update_fields=[*changed, "updated_at"])
     return template, created
