@@ -2,7 +2,7 @@
 other trace table (an email message with hostile HTML, its attempt and provider callback, a preference
 change, a digest bucket with an entry, a deferred wake-up).
 
-Import the fixture into a test module: ``from tests.admin_trace import trace  # noqa: F401``; the module
+Import the fixture into a test module: ``from tests.admin_trace import trace_fixture  # noqa: F401``; the module
 also needs ``comment_workflow`` (``from tests.workflows.conftest import comment_workflow``).
 """
 
@@ -46,8 +46,8 @@ class Trace:
     deferred: DeferredTask
 
 
-@pytest.fixture
-def trace(api: Any, tenant: Any, comment_workflow: Any, django_capture_on_commit_callbacks: Any) -> Trace:
+@pytest.fixture(name="trace")
+def trace_fixture(api: Any, tenant: Any, comment_workflow: Any, django_capture_on_commit_callbacks: Any) -> Trace:
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post(
             "/api/v1/events/trigger",

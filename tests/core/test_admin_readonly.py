@@ -16,7 +16,7 @@ from django.db.models import Model
 from django.test import RequestFactory
 from django.urls import reverse
 
-from tests.admin_trace import Trace, trace  # noqa: F401
+from tests.admin_trace import Trace, trace_fixture  # noqa: F401
 from tests.workflows.conftest import comment_workflow  # noqa: F401
 
 pytestmark = pytest.mark.django_db
