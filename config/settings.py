@@ -181,7 +181,8 @@ else:
             "timeout": env.int("DB_POOL_TIMEOUT", default=10),
         }
     # A connection the server dropped (restart, failover, idle kill) is discarded when it is taken
-    # (with the pool: psycopg_pool's check_connection on every checkout) instead of being reused.
+    # instead of being reused (with the pool: apps.core.db.check_pooled_connection, a round trip
+    # only when the idle socket has something to read).
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USING_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,40 @@ def register_fork_safety() -> None:
         return
     os.register_at_fork(after_in_child=discard_inherited_connections)
     _registered = True
+
+
+def check_pooled_connection(conn: Any) -> None:
+    """The check psycopg_pool runs on a pooled connection before handing it out; raise if unusable.
+
+    psycopg_pool's own (what ``CONN_HEALTH_CHECKS`` installs) sends an empty query on every
+    checkout: a round trip per web request and per worker task, ~8% of a trigger's web CPU. A
+    connection the server dropped — restart, failover, ``pg_terminate_backend``, an idle timeout —
+    has something waiting on its idle socket (the server's last message, or end-of-file), so the
+    socket is looked at first, without blocking, and the round trip is paid only then.
+    """
+    from psycopg import OperationalError
+    from psycopg_pool import ConnectionPool
+
+    if conn.closed or conn.broken:
+        raise OperationalError("the pooled connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
+def use_socket_first_pool_check(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created`` receiver: the process's pool checks with ``check_pooled_connection``.
+
+    Django builds the pool itself and always passes its own ``check``, so it is replaced once,
+    on the pool's first connection.
+    """
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        return
+    from psycopg_pool import ConnectionPool
+
+    if getattr(pool, "_check", None) is ConnectionPool.check_connection:
+        pool._check = check_pooled_connection
 
 
 def update_returning_ids(

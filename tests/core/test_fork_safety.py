@@ -53,6 +53,19 @@ def _terminate(backend_pid: int) -> None:
         admin.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
 
 
+def _wait_until_gone(backend_pid: int) -> None:
+    params = connection.get_connection_params()
+    for key in ("pool", "cursor_factory", "context"):
+        params.pop(key, None)
+    with psycopg.connect(**params, autocommit=True) as admin:
+        for _ in range(500):
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [backend_pid]).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            admin.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"backend {backend_pid} still running")
+
+
 def test_forked_children_open_their_own_connections_and_leave_the_parents_alone() -> None:
     parent = _backend_pid()
     connection.close()  # as django-q2 does before it forks: back into this process's pool
@@ -75,3 +88,31 @@ def test_a_connection_the_server_dropped_is_discarded_not_reused() -> None:
     fresh = _backend_pid()  # would raise "terminating connection due to administrator command"
 
     assert fresh != dead
+
+
+def test_a_pooled_connection_is_checked_by_its_socket_and_pinged_only_when_the_server_spoke(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from psycopg_pool import ConnectionPool
+
+    from apps.core.db import check_pooled_connection
+
+    _backend_pid()
+    assert connection.pool._check is check_pooled_connection  # type: ignore[attr-defined]
+    pings: list[object] = []
+    real_ping = ConnectionPool.check_connection
+    monkeypatch.setattr(
+        ConnectionPool, "check_connection", staticmethod(lambda conn: (pings.append(conn), real_ping(conn)))
+    )
+
+    for _ in range(5):  # idle, healthy: taken from the pool without a round trip
+        connection.close()
+        _backend_pid()
+    assert pings == []
+
+    dead = _backend_pid()
+    connection.close()
+    _terminate(dead)
+    _wait_until_gone(dead)  # the backend wrote its goodbye on the idle socket, then exited
+    assert _backend_pid() != dead
+    assert len(pings) == 1  # the one connection whose socket had something to read
