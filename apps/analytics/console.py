@@ -17,7 +17,14 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from apps.analytics.report_api import period
-from apps.analytics.savings import decode_cursor, drill_down_names, encode_cursor, savings_report, savings_runs
+from apps.analytics.savings import (
+    decode_cursor,
+    drill_down_names,
+    encode_cursor,
+    money,
+    savings_report,
+    savings_runs,
+)
 from apps.core.errors import ApiError
 from apps.tenancy.models import Environment
 
@@ -57,7 +64,7 @@ def _chart(report: dict[str, Any]) -> dict[str, Any]:
             for item in report["avoided"]
             if item["counted"] or item["messages"]
         ),
-        ("other", "Other (cancelled, failed)", other, str(other_cost)),
+        ("other", "Other (cancelled, failed)", other, money(other_cost)),
     ]
     longest = max([abs(messages) for _, _, messages, _ in bars] + [1])
     rows = []
@@ -69,7 +76,7 @@ def _chart(report: dict[str, Any]) -> dict[str, Any]:
                 "messages": messages,
                 "cost": cost,
                 "y": index * ROW_HEIGHT,
-                "text_y": index * ROW_HEIGHT + ROW_HEIGHT * 0.65,
+                "text_y": round(index * ROW_HEIGHT + ROW_HEIGHT * 0.65, 1),
                 "width": round(CHART_WIDTH * abs(messages) / longest, 1),
                 "value_x": LABEL_WIDTH + round(CHART_WIDTH * abs(messages) / longest, 1) + 6,
             }
