@@ -55,7 +55,7 @@ def _period(request: HttpRequest) -> tuple[dict[str, str], tuple[datetime, datet
 def _chart(report: dict[str, Any]) -> dict[str, Any]:
     """Bars for baseline, actual, each lever and other, scaled to the longest: plain SVG numbers."""
     other = sum(item["messages"] for item in report["other"])
-    other_cost = sum(Decimal(item["cost"]) for item in report["other"])
+    other_cost = sum((Decimal(item["cost"]) for item in report["other"]), Decimal(0))
     bars = [
         ("baseline", "Baseline (CPaaS only)", report["baseline"]["messages"], report["baseline"]["cost"]),
         ("actual", "Actual sends", report["actual"]["messages"], report["actual"]["cost"]),
