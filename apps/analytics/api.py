@@ -24,7 +24,11 @@ from apps.analytics.selectors import (
 from apps.core.errors import ApiError, Unprocessable
 from apps.tenancy.auth import request_environment
 
-_RATE = {"allow_null": True, "help_text": "null when the denominator is 0"}
+
+def _rate_field(what: str) -> serializers.FloatField:
+    return serializers.FloatField(allow_null=True, help_text=f"{what}; null when the denominator is 0")
+
+
 _ROW_FIELDS: dict[str, serializers.Field] = {
     "bucket": serializers.DateTimeField(
         allow_null=True, help_text="Start of the UTC hour or day; null without an interval."
@@ -35,10 +39,10 @@ _ROW_FIELDS: dict[str, serializers.Field] = {
     },
     **{name: serializers.IntegerField() for name in COUNT_FIELDS},
     "skipped": serializers.DictField(child=serializers.IntegerField(), help_text="Runs' skipped steps by reason."),
-    "delivery_rate": serializers.FloatField(**_RATE),
-    "open_rate": serializers.FloatField(**_RATE),
-    "click_rate": serializers.FloatField(**_RATE),
-    "read_rate": serializers.FloatField(**_RATE),
+    "delivery_rate": _rate_field("delivered / sent"),
+    "open_rate": _rate_field("opened / delivered"),
+    "click_rate": _rate_field("clicked / delivered"),
+    "read_rate": _rate_field("read / delivered"),
     "median_open_seconds": serializers.FloatField(allow_null=True, help_text="From a histogram: see docs."),
     "median_read_seconds": serializers.FloatField(allow_null=True, help_text="From a histogram: see docs."),
 }
@@ -51,8 +55,8 @@ def _moment(name: str, raw: str | None, *, end: bool) -> datetime:
         raise ApiError(f"'{name}' is required.", code="invalid_parameter", details={name: "required"})
     raw = raw.strip()
     try:
-        parsed = parse_datetime(raw)
-        day = None if parsed is not None else parse_date(raw)
+        day = parse_date(raw)
+        parsed = None if day is not None else parse_datetime(raw)
     except ValueError:
         parsed, day = None, None
     if parsed is None and day is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter as _Sums
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.db import connection, transaction
 from django.db.models import QuerySet
@@ -207,7 +207,7 @@ def update_counted(queryset: QuerySet[Any], updates: dict[str, Any], *, dims: Di
                 )
                 tally.write()
         return moved
-    query = queryset.query.chain(UpdateQuery)
+    query = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
     query.add_update_values(updates)
     update_sql, update_params = query.get_compiler(using=queryset.db).as_sql()
     counted, counted_params = counted_all_sql(source="moved", metric=metric, at=at, dims=dims)

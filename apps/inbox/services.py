@@ -24,7 +24,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.analytics import counters
-from apps.analytics.counters import Tally
+from apps.analytics.counters import Dims, Tally
 from apps.core.bulk import rows_insert
 from apps.core.errors import ApiError, NotFound, Unprocessable
 from apps.delivery.models import Message
@@ -282,28 +282,30 @@ def _count_changes(message: InboxMessage, before: dict[str, Any], now: datetime,
     time (their timestamps are never cleared); read and archived net: an unread (unarchive) takes its
     count back from the hour the read (archive) was counted in, so toggling changes nothing."""
     tally = Tally()
-    dims = {
-        "environment_id": message.environment_id,
-        "workflow_key": message.workflow_key,
-        "category_key": message.category_key,
-        "channel": "in_app",
-        "template_key": (getattr(message, "analytics_template", None) or "")[:100],
-    }
+    dims = Dims(
+        environment_id=message.environment_id,
+        workflow_key=message.workflow_key,
+        category_key=message.category_key,
+        channel="in_app",
+        template_key=(getattr(message, "analytics_template", None) or "")[:100],
+    )
     for name, metric in (("seen_at", counters.SEEN), ("read_at", counters.READ), ("archived_at", counters.ARCHIVED)):
         old, new = before[name], getattr(message, name)
         if old == new:
             continue
         if old is not None:
-            tally.add(**dims, at=old, metric=metric, value=-1)
+            tally.add_dims(dims, at=old, metric=metric, value=-1)
         if new is not None:
-            tally.add(**dims, at=new, metric=metric)
+            tally.add_dims(dims, at=new, metric=metric)
         if metric == counters.READ:
             for at, sign in ((old, -1), (new, 1)):
                 if at is not None:
                     seconds = (at - message.created_at).total_seconds()
-                    tally.add(**dims, at=at, metric=counters.latency_metric(counters.LATENCY_READ, seconds), value=sign)
+                    tally.add_dims(
+                        dims, at=at, metric=counters.latency_metric(counters.LATENCY_READ, seconds), value=sign
+                    )
     if action_completed:
-        tally.add(**dims, at=now, metric=counters.ACTION_COMPLETED)
+        tally.add_dims(dims, at=now, metric=counters.ACTION_COMPLETED)
     tally.write()
 
 
@@ -480,20 +482,20 @@ def _update_counting(
         rows = cursor.fetchall()
     tally = Tally()
     for environment_id, workflow_key, category_key, created_at, seen_at, template_key in rows:
-        dims = {
-            "environment_id": environment_id,
-            "workflow_key": workflow_key,
-            "category_key": category_key,
-            "channel": "in_app",
-            "template_key": str(template_key or "")[:100],
-        }
-        tally.add(**dims, at=now, metric=_METRIC_OF[field])
+        dims = Dims(
+            environment_id=environment_id,
+            workflow_key=workflow_key,
+            category_key=category_key,
+            channel="in_app",
+            template_key=str(template_key or "")[:100],
+        )
+        tally.add_dims(dims, at=now, metric=_METRIC_OF[field])
         if field == "read_at":
             created = _as_datetime(created_at)
             seconds = (now - created).total_seconds() if created is not None else 0.0
-            tally.add(**dims, at=now, metric=counters.latency_metric(counters.LATENCY_READ, seconds))
+            tally.add_dims(dims, at=now, metric=counters.latency_metric(counters.LATENCY_READ, seconds))
         if also_seen and _as_datetime(seen_at) == now:  # it was unseen: this statement set it
-            tally.add(**dims, at=now, metric=counters.SEEN)
+            tally.add_dims(dims, at=now, metric=counters.SEEN)
     tally.write()
     return rows
 
