@@ -52,7 +52,7 @@ def _moment(name: str, raw: str | None, *, end: bool) -> datetime:
     """A date (``2026-11-30``: its UTC midnight; for ``to``, the next midnight: the day is included)
     or an ISO 8601 date-time (UTC when it has no offset)."""
     if raw is None or not raw.strip():
-        raise ApiError(f"'{name}' is required.", code="invalid_parameter", details={name: "required"})
+        raise ApiError(f"'{name}' is required.", code="validation_error", details={name: "required"})
     raw = raw.strip()
     try:
         day = parse_date(raw)
@@ -62,7 +62,7 @@ def _moment(name: str, raw: str | None, *, end: bool) -> datetime:
     if parsed is None and day is None:
         raise ApiError(
             f"'{name}' is not a date (YYYY-MM-DD) or an ISO 8601 date-time.",
-            code="invalid_parameter",
+            code="validation_error",
             details={name: raw[:100]},
         )
     if parsed is not None:
@@ -72,7 +72,7 @@ def _moment(name: str, raw: str | None, *, end: bool) -> datetime:
         moment = datetime.combine(day, time.min, tzinfo=UTC)
         return moment + timedelta(days=1) if end else moment
     except OverflowError:
-        raise ApiError(f"'{name}' is out of range.", code="invalid_parameter", details={name: raw[:100]}) from None
+        raise ApiError(f"'{name}' is out of range.", code="validation_error", details={name: raw[:100]}) from None
 
 
 class AnalyticsView(APIView):
@@ -116,14 +116,14 @@ class AnalyticsView(APIView):
         if unknown:
             raise ApiError(
                 f"Unknown group_by: {', '.join(unknown)}. Allowed: {', '.join(GROUP_COLUMNS)}.",
-                code="invalid_parameter",
+                code="validation_error",
                 details={"group_by": unknown, "allowed": list(GROUP_COLUMNS)},
             )
         interval_raw = params.get("interval") or None
         if interval_raw is not None and interval_raw not in INTERVALS:
             raise ApiError(
                 f"Unknown interval '{interval_raw[:20]}'. Allowed: {', '.join(INTERVALS)}.",
-                code="invalid_parameter",
+                code="validation_error",
                 details={"interval": interval_raw[:20], "allowed": list(INTERVALS)},
             )
         interval: Any = interval_raw
