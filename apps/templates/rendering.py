@@ -9,6 +9,7 @@ plain text. In-app versions also render their primary / secondary action buttons
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
@@ -358,7 +359,7 @@ def _checks_deadline(func: Callable[..., Any]) -> Callable[..., Any]:
 HTMLExtractor.parse_starttag = _checks_deadline(HTMLExtractor.parse_starttag)
 
 
-def markdown_to_html(source: str) -> str:
+def _deadline_checked_converter() -> markdown.Markdown:
     converter = markdown.Markdown(extensions=MARKDOWN_EXTENSIONS, output_format="html")
     for registry in (
         converter.preprocessors,
@@ -372,6 +373,20 @@ def markdown_to_html(source: str) -> str:
                 method = getattr(processor, name, None)
                 if method is not None:
                     setattr(processor, name, _checks_deadline(method))
+    return converter
+
+
+# A converter is costly to build (its extensions, and a deadline check around every processor:
+# about a third of an email's render) and not thread-safe, so each thread keeps one and resets it
+# before each use, as Python-Markdown documents.
+_converters = threading.local()
+
+
+def markdown_to_html(source: str) -> str:
+    converter: markdown.Markdown | None = getattr(_converters, "converter", None)
+    if converter is None:
+        converter = _converters.converter = _deadline_checked_converter()
+    converter.reset()
     return converter.convert(source)
 
 
