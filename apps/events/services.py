@@ -63,9 +63,9 @@ def _normalize_recipients(to: list[Any]) -> tuple[list[dict[str, Any]], list[dic
 
 
 def _resolve_workflow(environment: Environment, key: str) -> Workflow:
-    return _checked_workflow(
-        key, Workflow.objects.select_related("published_version").filter(environment=environment, key=key).first()
-    )
+    # (environment, key) is unique: no ORDER BY, which ``first()`` would add and compile per request.
+    found = Workflow.objects.select_related("published_version").filter(environment=environment, key=key)[:1]
+    return _checked_workflow(key, next(iter(found), None))
 
 
 def _checked_workflow(key: str, workflow: Workflow | None) -> Workflow:
