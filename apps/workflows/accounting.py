@@ -14,6 +14,7 @@ drill-down, so the report and its runs agree by construction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -21,6 +22,8 @@ from typing import Any, NamedTuple
 from apps.analytics.counters import Tally
 from apps.core.channels import CHANNELS
 from apps.workflows.models import Run
+
+logger = logging.getLogger(__name__)
 
 # A channel step's type is its channel's name (as ``steps.channel.CHANNEL_STEP_TYPES``; not imported
 # from there: the step types import this module).
@@ -225,7 +228,11 @@ def count_finished(tally: Tally, run: Run, at: datetime, *, ended_by: str | None
     """Add a finished run's baseline, actual, avoided and other messages (and the skips) to ``tally``."""
     version = run.workflow_version
     workflow_key = version.workflow.key
-    outcomes = run_outcomes(run, ended_by=ended_by)
+    try:
+        outcomes = run_outcomes(run, ended_by=ended_by)
+    except Exception:  # a bug here must not stop the engine: the run goes uncounted, loudly
+        logger.exception("savings: could not count finished run %s", run.pk)
+        return []
     for outcome in outcomes:
         slot = outcome.slot
         dims = Dims(run.environment_id, at, workflow_key, version.category_key, slot.channel, slot.template_key)

@@ -601,3 +601,17 @@ def test_an_environment_sees_only_its_own_savings(env, fire, clock, other_tenant
     theirs = savings_report(environment=other_tenant.environment, **PERIOD)
     assert theirs["baseline"]["messages"] == 0 and theirs["by_workflow"] == []
     assert savings_runs(environment=other_tenant.environment, lever="condition", **PERIOD) == ([], None)
+
+
+def test_a_counting_bug_never_stops_the_engine(env, fire, clock, monkeypatch, caplog):
+    make_workflow(env, "news", [{"id": "e", "type": "email", "template": "mail"}])
+    SubscriberFactory(environment=env, subscriber_id="u1")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(accounting, "run_outcomes", broken)
+    run = Run.objects.get(event=fire("news", ["u1"]))
+    assert run.status == Run.Status.COMPLETED and Message.objects.filter(run=run).count() == 1
+    assert "could not count finished run" in caplog.text
+    assert report(env)["baseline"]["messages"] == 0 and report(env)["recipients"] == 1
