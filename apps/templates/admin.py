@@ -28,6 +28,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from modeltranslation.admin import TranslationAdmin
 
+from apps.core.admin import record_action
 from apps.core.errors import ApiError
 from apps.core.sandbox import SandboxError, validate_template
 from apps.templates.editor_views import TemplateEditorAdmin, allow_email_preview_styles
@@ -284,9 +285,9 @@ def _publish(model_admin: admin.ModelAdmin, request: HttpRequest, template: Temp
         model_admin.message_user(request, f"{template.key}: {exc.detail}", messages.ERROR)
         return
     assert template.published_version is not None  # template_publish has just set it
-    model_admin.message_user(
-        request, f"Published {template.key} version {template.published_version.number}.", messages.SUCCESS
-    )
+    number = template.published_version.number
+    record_action(model_admin, request, [template], f"Published version {number} from the admin.")
+    model_admin.message_user(request, f"Published {template.key} version {number}.", messages.SUCCESS)
 
 
 # --- templates -----------------------------------------------------------------------------------
