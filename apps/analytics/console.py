@@ -107,6 +107,8 @@ def savings_page(request: HttpRequest) -> HttpResponse:
         "error": error,
         "report": report,
         "chart": _chart(report) if report else None,
+        "avoided_total": sum(item["messages"] for item in report["avoided"]) if report else 0,
+        "other_total": sum(item["messages"] for item in report["other"]) if report else 0,
         "csv_url": f"?{urlencode({**query, 'format': 'csv'})}",
         "runs_url": reverse("analytics-savings-runs"),
         "query": urlencode(query),
