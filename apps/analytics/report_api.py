@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from django.urls import reverse
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -132,6 +134,7 @@ SavingsReportSerializer = inline_serializer(
                 "replaced_by_digests": serializers.IntegerField(
                     help_text="Category digests sent in place of messages this lever held."
                 ),
+                "runs": serializers.CharField(help_text="The drill-down: the messages this lever counted."),
             },
             many=True,
         ),
@@ -141,6 +144,7 @@ SavingsReportSerializer = inline_serializer(
                 "reason": serializers.ChoiceField(choices=list(OTHER_REASONS)),
                 "messages": serializers.IntegerField(),
                 "cost": serializers.CharField(),
+                "runs": serializers.CharField(help_text="The drill-down: these messages and their runs."),
             },
             many=True,
         ),
@@ -193,7 +197,16 @@ class SavingsReportView(APIView):
     )
     def get(self, request: Request) -> Response:
         start, end = period(request.query_params)
-        return Response(savings_report(environment=request_environment(request), start=start, end=end))
+        report = savings_report(environment=request_environment(request), start=start, end=end)
+        # Each lever (and other reason) links to the messages it counted: the drill-down.
+        bounds = {"from": start.isoformat().replace("+00:00", "Z"), "to": end.isoformat().replace("+00:00", "Z")}
+        runs = reverse("reports-savings-runs")
+        for item in report["avoided"]:
+            item["runs"] = f"{runs}?{urlencode({'lever': item['lever'], **bounds})}"
+        for item in report["other"]:
+            lever = f"other:{item['reason']}"
+            item["runs"] = f"{runs}?{urlencode({'lever': lever, **bounds})}"
+        return Response(report)
 
 
 class SavingsRunsView(APIView):

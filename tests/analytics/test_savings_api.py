@@ -76,7 +76,13 @@ def test_the_report_has_the_documented_shape(api, workload):
         "cost": "0.001800",
         "counted": 2,
         "replaced_by_digests": 0,
+        "runs": "/api/v1/reports/savings/runs?lever=no_address"
+        "&from=2026-03-10T00%3A00%3A00Z&to=2026-03-11T00%3A00%3A00Z",
     }
+    # the link is the drill-down of exactly what the lever counted
+    drilled = api.get(avoided["no_address"]["runs"]).json()["data"]
+    assert len(drilled) == avoided["no_address"]["counted"]
+    assert body["other"][0]["runs"].startswith("/api/v1/reports/savings/runs?lever=other%3Acancelled&")
     assert avoided["preference"]["messages"] == 1
     assert [item["reason"] for item in body["other"]] == list(OTHER_REASONS)
     assert [row["channel"] for row in body["by_channel"]] == ["email", "in_app"]
@@ -199,6 +205,7 @@ def test_the_console_page_draws_the_report(staff, workload):
     assert response.status_code == 200
     page = response.content.decode()
     assert "<svg" in page and "Avoided: no_address" in page
+    assert "+ avoided <strong>3</strong> + other <strong>0</strong>" in page
     assert f"/admin/analytics/savings/runs/?environment={workload.pk}&amp;from=2026-03-10" in page
     assert "<script" not in page.split('id="content-main"')[1]  # no JavaScript library, no CDN
 
