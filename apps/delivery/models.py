@@ -37,7 +37,6 @@ class Integration(models.Model):
     rate_limit = models.FloatField(
         null=True, blank=True, help_text="At most this many messages per second through this integration"
     )
-    # Part of the inbound webhook URLs (status callbacks): identifies the integration, not a secret.
     # The savings report's price of one message through this integration (one segment for SMS),
     # in the environment's currency; empty: the channel's default (CLARION["MESSAGE_PRICES"]).
     price = models.DecimalField(
@@ -47,6 +46,7 @@ class Integration(models.Model):
         blank=True,
         help_text="Price per message (per segment for SMS) in the environment's currency; empty: the channel default.",
     )
+    # Part of the inbound webhook URLs (status callbacks): identifies the integration, not a secret.
     webhook_key = models.CharField(max_length=40, unique=True, default=_webhook_key, editable=False)
     # Circuit breaker: consecutive failures, and until when the provider is skipped.
     circuit_failures = models.PositiveIntegerField(default=0, editable=False)
