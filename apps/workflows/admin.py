@@ -11,6 +11,7 @@ from django.utils.safestring import SafeString
 from apps.core.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json, record_action
 from apps.core.errors import ApiError
 from apps.delivery.models import Message
+from apps.workflows.editor import WorkflowEditorAdmin
 from apps.workflows.models import (
     DigestBucket,
     DigestEntry,
@@ -35,11 +36,11 @@ class WorkflowVersionInline(admin.TabularInline):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(WorkflowEditorAdmin):  # the steps editor, its diagram, diff and rollback: editor.py
     list_display = ["key", "name", "environment", "category", "active", "use_latest_templates", "published_version"]
     list_filter = ["environment", "active"]
     search_fields = ["key", "name"]
-    readonly_fields = ["published_version", "created_at", "updated_at"]
+    readonly_fields = ["steps_editor_link", "published_version", "created_at", "updated_at"]
     raw_id_fields = ["category"]
     inlines = [WorkflowVersionInline]
     actions = ["publish"]

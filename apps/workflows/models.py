@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 from apps.preferences.models import Category
@@ -45,6 +46,11 @@ class WorkflowVersion(models.Model):
     steps = models.JSONField()
     category_key = models.CharField(max_length=100, blank=True)
     payload_schema = models.JSONField(null=True, blank=True)
+    # Why it was published (the editor's "what changed", a rollback's origin), and by whom (None: the API).
+    note = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

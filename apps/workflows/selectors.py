@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -160,3 +161,37 @@ def finished_runs_page(
     for run in page:
         run.workflow_version = versions[run.workflow_version_id]
     return page
+
+
+def workflow_versions(*, workflow: Workflow) -> QuerySet[WorkflowVersion]:
+    """A workflow's versions, newest first, with who published each (one query)."""
+    return WorkflowVersion.objects.filter(workflow=workflow).select_related("created_by").order_by("-number")
+
+
+def workflow_version_diff(*, workflow: Workflow, a: int, b: int) -> list[dict[str, Any]]:
+    """Two versions side by side: ``[{"field", "before", "after", "changed"}]`` for the steps (as
+    indented JSON, one line per value), the category and the payload schema."""
+    found = {version.number: version for version in WorkflowVersion.objects.filter(workflow=workflow, number__in=[a, b])}
+    missing = [number for number in (a, b) if number not in found]
+    if missing:
+        raise NotFound(
+            f"Workflow {workflow.key!r} has no version {missing[0]}.",
+            code="version_not_found",
+            details={"version": missing[0]},
+        )
+
+    def fields(version: WorkflowVersion) -> dict[str, str]:
+        return {
+            "steps": json.dumps(version.steps, indent=2, ensure_ascii=False),
+            "category": version.category_key,
+            "payload_schema": json.dumps(version.payload_schema, indent=2, ensure_ascii=False)
+            if version.payload_schema is not None
+            else "",
+        }
+
+    before, after = fields(found[a]), fields(found[b])
+    return [
+        {"field": name, "before": before[name], "after": after[name], "changed": before[name] != after[name]}
+        for name in before
+        if before[name] or after[name]
+    ]

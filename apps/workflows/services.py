@@ -43,6 +43,8 @@ def workflow_upsert(
     active: bool | None = None,
     use_latest_templates: bool | None = None,
     publish: bool = False,
+    note: str = "",
+    created_by: Any = None,
 ) -> tuple[Workflow, bool]:
     if steps is not None:
         try:
@@ -74,7 +76,7 @@ def workflow_upsert(
         workflow.use_latest_templates = use_latest_templates
     workflow.save()
     if publish:
-        workflow_publish(workflow=workflow)
+        workflow_publish(workflow=workflow, note=note, created_by=created_by)
     return workflow, created
 
 
@@ -112,11 +114,55 @@ def _template_references_set(workflow: Workflow, template_pks: list[int]) -> Non
 
 
 @transaction.atomic
-def workflow_publish(*, workflow: Workflow) -> WorkflowVersion:
-    """Freeze the draft into a new immutable version and make it the one new events use."""
+def workflow_publish(*, workflow: Workflow, note: str = "", created_by: Any = None) -> WorkflowVersion:
+    """Freeze the draft into a new immutable version and make it the one new events use.
+
+    ``note`` says why (shown in the version history); ``created_by`` is the admin user (None: the API)."""
     steps = workflow.draft_steps
     if not steps:
         raise Unprocessable("A workflow needs at least one step to be published.", code="empty_workflow")
+    return _version_publish(
+        workflow=workflow,
+        steps=steps,
+        category_key=workflow.category.key if workflow.category else "",
+        payload_schema=workflow.payload_schema,
+        note=note,
+        created_by=created_by,
+    )
+
+
+@transaction.atomic
+def workflow_rollback(*, workflow: Workflow, version_number: int, created_by: Any = None) -> WorkflowVersion:
+    """Publish a NEW version equal to version ``version_number`` (history only ever grows); the
+    draft becomes its steps, so the next edit starts from what is published."""
+    source = WorkflowVersion.objects.filter(workflow=workflow, number=version_number).first()
+    if source is None:
+        raise NotFound(
+            f"Workflow {workflow.key!r} has no version {version_number}.",
+            code="version_not_found",
+            details={"version": version_number},
+        )
+    workflow.draft_steps = source.steps
+    workflow.save(update_fields=["draft_steps", "updated_at"])
+    return _version_publish(
+        workflow=workflow,
+        steps=source.steps,
+        category_key=source.category_key,
+        payload_schema=source.payload_schema,
+        note=f"Rollback to version {source.number}",
+        created_by=created_by,
+    )
+
+
+def _version_publish(
+    *,
+    workflow: Workflow,
+    steps: list[dict[str, Any]],
+    category_key: str,
+    payload_schema: dict[str, Any] | None,
+    note: str,
+    created_by: Any,
+) -> WorkflowVersion:
     try:
         validate_steps(steps)
     except DefinitionError as exc:
@@ -129,8 +175,10 @@ def workflow_publish(*, workflow: Workflow) -> WorkflowVersion:
                 workflow=workflow,
                 number=latest + 1,
                 steps=steps,
-                category_key=workflow.category.key if workflow.category else "",
-                payload_schema=workflow.payload_schema,
+                category_key=category_key,
+                payload_schema=payload_schema,
+                note=note[:500],
+                created_by=created_by,
             )
     except IntegrityError as exc:
         raise Conflict("Another publish of this workflow happened at the same time; try again.") from exc
