@@ -89,6 +89,33 @@ def resolve_preferences(
     return result
 
 
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One row of a subscriber's effective preferences: a category (None: messages without one)."""
+
+    category: Category | None
+    resolutions: dict[str, Resolution]  # channel -> allowed, and the rule that decides it
+
+
+def subscriber_preference_table(*, subscriber: Subscriber, channels: Iterable[str]) -> list[PreferenceRow]:
+    """The effective preference per category and channel for one subscriber (the operator console):
+    the rule of ``resolve_preferences`` (``_resolve_one``) for every category of the environment at
+    once, without a workflow's own channel defaults. Two queries, whatever the number of categories."""
+    channels = list(channels)
+    choices: Choices = {
+        (category_pk, channel): enabled
+        for category_pk, channel, enabled in Preference.objects.filter(
+            environment_id=subscriber.environment_id, subscriber=subscriber, channel__in=[*channels, ALL_CHANNELS]
+        ).values_list("category_id", "channel", "enabled")
+    }
+    categories: list[Category | None] = [None]
+    categories.extend(Category.objects.filter(environment_id=subscriber.environment_id).order_by("order", "key"))
+    return [
+        PreferenceRow(category, {channel: _resolve_one(category, channel, choices) for channel in channels})
+        for category in categories
+    ]
+
+
 def workflow_channel_defaults(*, environment: Environment | int, workflow: Any) -> dict[str, bool]:
     """The workflow's own channel defaults (empty when it has none). One query."""
     workflow_pk = workflow if isinstance(workflow, int) else workflow.pk
