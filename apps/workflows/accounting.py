@@ -224,27 +224,30 @@ class Dims(NamedTuple):
         )
 
 
-def count_finished(tally: Tally, run: Run, at: datetime, *, ended_by: str | None = None) -> list[Outcome]:
-    """Add a finished run's baseline, actual, avoided and other messages (and the skips) to ``tally``."""
+def count_finished(
+    tally: Tally, run: Run, at: datetime, *, ended_by: str | None = None, times: int = 1
+) -> list[Outcome]:
+    """Add a finished run's baseline, actual, avoided and other messages (and the skips) to ``tally``
+    (``times``: for that many runs in the same state, e.g. the members a digest merged)."""
     version = run.workflow_version
     workflow_key = version.workflow.key
     try:
         outcomes = run_outcomes(run, ended_by=ended_by)
     except Exception:  # a bug here must not stop the engine: the run goes uncounted, loudly
-        logger.exception("savings: could not count finished run %s", run.pk)
+        logger.exception("savings: could not count finished run %s (x%d)", run.pk, times)
         return []
     for outcome in outcomes:
         slot = outcome.slot
         dims = Dims(run.environment_id, at, workflow_key, version.category_key, slot.channel, slot.template_key)
-        dims.add(tally, BASELINE)
+        dims.add(tally, BASELINE, times)
         kind = outcome.kind
         if kind == ACTUAL:
-            dims.add(tally, ACTUAL)
+            dims.add(tally, ACTUAL, times)
         elif kind == "avoided":
-            dims.add(tally, avoided_metric(LEVER_OF_REASON[outcome.reason]))
-            dims.add(tally, skipped_metric(outcome.reason))
+            dims.add(tally, avoided_metric(LEVER_OF_REASON[outcome.reason]), times)
+            dims.add(tally, skipped_metric(outcome.reason), times)
         else:
-            dims.add(tally, other_metric(outcome.reason))
+            dims.add(tally, other_metric(outcome.reason), times)
     return outcomes
 
 

@@ -473,14 +473,15 @@ def digest_events(*, bucket_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
 MEMBERS_BATCH = 400  # buckets per INSERT … SELECT (two parameters each)
 
 
-class MergedMember(NamedTuple):
-    """A run completed because its digest was sent by another run of the bucket."""
+class MergedMembers(NamedTuple):
+    """Runs completed because their digest was sent by another run of the bucket: ``count`` runs that
+    share one environment, version, position and results (usually all the members of a bucket)."""
 
-    pk: int
     environment_id: int
     workflow_version_id: int
     step_index: int
     step_results: dict[str, Any]
+    runs: int
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -488,7 +489,7 @@ def _json(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str | bytes) else dict(value or {})
 
 
-def digest_members_complete(*, sent: dict[int, int], now: datetime) -> list[MergedMember]:
+def digest_members_complete(*, sent: dict[int, int], now: datetime) -> list[MergedMembers]:
     """The leaders (bucket pk → leader run pk) sent their digests: every other waiting run in those
     buckets is complete, with a ``digest_merged`` decision naming the bucket and the run that sent it.
 
@@ -519,25 +520,36 @@ def digest_members_complete(*, sent: dict[int, int], now: datetime) -> list[Merg
             params: list[Any] = [value for pair in batch for value in pair]
             params += ["digest", StepRun.Decision.EXECUTED, "digest_merged", created_at, Run.Status.WAITING]
             cursor.execute(sql, params)
-    # The members' new state in one UPDATE … RETURNING (PostgreSQL, SQLite ≥ 3.35): what the
-    # caller counts them by (their version and results), without reading them again.
+    # The members' new state in one UPDATE … RETURNING (PostgreSQL, SQLite ≥ 3.35): what the caller
+    # counts them by (version, position, results), without reading them again. On PostgreSQL the
+    # statement also groups them (a flush may complete a million members sharing a few states).
     buckets = sorted(sent)
     leaders = sorted(sent.values())
     run_table, entry_table = quote(Run._meta.db_table), quote(DigestEntry._meta.db_table)
-    sql = (
+    update = (
         f"UPDATE {run_table} SET status = %s, resume_at = NULL, completed_at = %s, updated_at = %s "
         f"WHERE status = %s AND id IN (SELECT run_id FROM {entry_table} "
         f"WHERE bucket_id IN ({', '.join(['%s'] * len(buckets))})) "
         f"AND id NOT IN ({', '.join(['%s'] * len(leaders))}) "
-        "RETURNING id, environment_id, workflow_version_id, step_index, step_results"
+        "RETURNING environment_id, workflow_version_id, step_index, step_results"
     )
+    if connection.vendor == "postgresql":
+        sql = (
+            f"WITH done AS ({update}) SELECT environment_id, workflow_version_id, step_index, step_results, "
+            "count(*) FROM done GROUP BY environment_id, workflow_version_id, step_index, step_results"
+        )
+    else:
+        sql = update
     with connection.cursor() as cursor:
         cursor.execute(sql, [Run.Status.COMPLETED, created_at, created_at, Run.Status.WAITING, *buckets, *leaders])
         rows = cursor.fetchall()
-    return [
-        MergedMember(pk, environment_id, version_id, step_index, _json(results))
-        for pk, environment_id, version_id, step_index, results in rows
-    ]
+    if connection.vendor == "postgresql":
+        return [MergedMembers(e, v, i, _json(results), n) for e, v, i, results, n in rows]
+    groups: dict[tuple[int, int, int, str], int] = defaultdict(int)
+    for environment_id, version_id, step_index, results in rows:
+        text = results if isinstance(results, str) else json.dumps(results, sort_keys=True)
+        groups[(environment_id, version_id, step_index, text)] += 1
+    return [MergedMembers(e, v, i, _json(text), n) for (e, v, i, text), n in groups.items()]
 
 
 def digests_flush(

@@ -122,23 +122,22 @@ class DigestStep(StepType):
         return wake
 
 
-def count_merged_members(members: list[digests.MergedMember], writes: ChunkWrites, now: datetime) -> None:
+def count_merged_members(members: list[digests.MergedMembers], writes: ChunkWrites, now: datetime) -> None:
     """Count the runs a sent digest completed as finished (their baseline messages after the digest
     step were merged into it), from the versions the chunk holds; a member pinned to another
     version of the workflow (republished while the bucket was open) costs one query for those."""
     missing = {m.workflow_version_id for m in members} - set(writes.versions)
     if missing:
         writes.versions.update(WorkflowVersion.objects.select_related("workflow").in_bulk(missing))
-    for member in members:
+    for group in members:
         run = Run(
-            pk=member.pk,
-            environment_id=member.environment_id,
-            workflow_version=writes.versions[member.workflow_version_id],
-            step_index=member.step_index,
-            step_results=member.step_results,
+            environment_id=group.environment_id,
+            workflow_version=writes.versions[group.workflow_version_id],
+            step_index=group.step_index,
+            step_results=group.step_results,
             status=Run.Status.COMPLETED,
         )
-        accounting.count_finished(writes.tally, run, now, ended_by="digest_merged")
+        accounting.count_finished(writes.tally, run, now, ended_by="digest_merged", times=group.runs)
 
 
 def digest_buckets(data: ChunkData) -> dict[tuple[int, str], int]:
