@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from apps.analytics import console
+from apps.analytics import console, home
 
 api_v1 = [
     path("", include("apps.events.urls")),
@@ -24,6 +24,8 @@ urlpatterns = [
     path(
         "admin/analytics/savings/runs/", admin.site.admin_view(console.savings_runs_page), name="analytics-savings-runs"
     ),
+    # The console's home: the admin's index with the system at a glance (apps.analytics.home)
+    path("admin/", admin.site.admin_view(home.home_page), name="console-home"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
