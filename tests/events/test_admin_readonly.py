@@ -24,7 +24,8 @@ def test_event_page_lists_its_runs_with_links(admin_client: Any, trace: Trace) -
     html = admin_client.get(reverse("admin:events_event_change", args=[trace.event.pk])).content.decode()
     run_url = reverse("admin:workflows_run_change", args=[trace.run.pk])
     assert f'<a href="{run_url}">run {trace.run.pk}</a>' in html
-    assert "<td>u1</td><td>waiting</td>" in html
+    subscriber_url = reverse("admin:subscribers_subscriber_change", args=[trace.run.subscriber_id])
+    assert f'subscriber <a href="{subscriber_url}">u1</a>\n      · waiting' in html
 
 
 def test_a_long_run_list_is_cut_with_a_link_to_all_runs(admin_client: Any, trace: Trace, monkeypatch: Any) -> None:
