@@ -252,9 +252,18 @@ EXPECTED: tuple[Row, ...] = (
     Row("delivery", "push, one worker, fake provider", None, "msg/s", key="delivery.push"),
     Row("digest", "ingest, 1M events into 10k digests", None, "entries/s", goal_min=10000, key="digest.ingest"),
     Row("digest", "flush of 10k digests", None, "s", goal_max=30, lower_is_better=True, key="digest.flush"),
+    Row(
+        "analytics",
+        "dashboard: 30 d by workflow, channel, daily",
+        None,
+        "ms",
+        goal_max=200,
+        lower_is_better=True,
+        key="analytics.dashboard",
+    ),
     Row("scaleout", "workers 1/2/4 x web 1/2", None, "events/s", key="scaleout"),
 )
-SECTION_ORDER = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "scaleout")
+SECTION_ORDER = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "analytics", "scaleout")
 
 
 def complete(rows: list[Row], skipped: dict[str, str] | None = None) -> list[Row]:

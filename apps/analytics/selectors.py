@@ -1,9 +1,10 @@
 """Analytics reads: engagement per period and dimension, from rollups plus unfolded deltas.
 
-One SQL statement per query, whatever the range or grouping: it sums ``Rollup`` and ``Counter`` rows
-together (one snapshot, so a concurrent fold changes nothing in the answer), grouped by the
-requested dimensions, the metric and the UTC hour or day. The rest (rates, the skipped reasons,
-medians from the latency histograms) is arithmetic on those sums.
+One SQL statement per query, whatever the range or grouping: it sums ``Rollup`` (the day rows for
+whole UTC days in the range, the hourly rows at its edges) and ``Counter`` rows together (one
+snapshot, so a concurrent fold changes nothing in the answer), grouped by the requested
+dimensions, the metric and the UTC hour or day. The rest (rates, the skipped reasons, medians from
+the latency histograms) is arithmetic on those sums.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.db import connection
 from apps.analytics import counters
 from apps.analytics.counters import hour_of
 from apps.analytics.models import Counter, Rollup
+from apps.analytics.services import DAY_PREFIX
 
 Interval = Literal["hour", "day"]
 GROUP_COLUMNS: dict[str, str] = {
@@ -47,6 +49,14 @@ COUNT_FIELDS = (
 SKIPPED_PREFIX = "skipped:"
 
 
+# (bucket name, lower bound, upper bound) of the latency histograms, in order
+_HISTOGRAM: list[tuple[str, float, float]] = [
+    (str(high), float(low), float(high))
+    for low, high in zip((0, *counters.LATENCY_BOUNDS[:-1]), counters.LATENCY_BOUNDS, strict=True)
+] + [("inf", float(counters.LATENCY_BOUNDS[-1]), math.inf)]
+_OPEN_PREFIX, _READ_PREFIX = f"{counters.LATENCY_OPEN}:", f"{counters.LATENCY_READ}:"
+
+
 def histogram_median(buckets: dict[str, int]) -> float | None:
     """The median of a latency histogram (``{"<le>" | "inf": count}``, see ``counters.LATENCY_BOUNDS``).
 
@@ -54,12 +64,9 @@ def histogram_median(buckets: dict[str, int]) -> float | None:
     interpolated geometrically between its bounds (the buckets are roughly logarithmic), so the
     estimate is within the bucket's bounds: a factor of 2 to 3. Past the last bound, the last bound
     is returned. ``None`` when the histogram is empty."""
-    counts: list[tuple[float, float, int]] = []  # (lower, upper, count)
-    lower = 0.0
-    for bound in counters.LATENCY_BOUNDS:
-        counts.append((lower, float(bound), max(0, buckets.get(str(bound), 0))))
-        lower = float(bound)
-    counts.append((lower, math.inf, max(0, buckets.get("inf", 0))))
+    if not buckets:
+        return None
+    counts = [(low, high, max(0, buckets.get(name, 0))) for name, low, high in _HISTOGRAM]
     total = sum(c for _, _, c in counts)
     if total <= 0:
         return None
@@ -82,23 +89,17 @@ def _rate(numerator: int, denominator: int) -> float | None:
 
 
 def _bucket_sql(interval: Interval | None) -> str:
+    """The bucket as the ISO 8601 text the API answers (UTC), formatted by the database: no
+    timestamp is parsed per row."""
+    if interval is None:
+        return "NULL"
+    if connection.vendor == "postgresql":
+        hour = '"T"HH24":00:00Z"' if interval == "hour" else '"T00:00:00Z"'
+        return f"to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD{hour}')"
+    # SQLite keeps UTC datetimes as text, "YYYY-MM-DD HH:MM:SS…"
     if interval == "hour":
-        return "bucket"
-    if interval == "day":
-        if connection.vendor == "postgresql":
-            return "date_trunc('day', bucket, 'UTC')"
-        return "substr(bucket, 1, 10)"
-    return "NULL"
-
-
-def _as_bucket(value: Any, interval: Interval | None) -> datetime | None:
-    if value is None or interval is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    text = str(value)
-    parsed = datetime.fromisoformat(text if len(text) > 10 else f"{text}T00:00:00")
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return "substr(bucket, 1, 10) || 'T' || substr(bucket, 12, 2) || ':00:00Z'"
+    return "substr(bucket, 1, 10) || 'T00:00:00Z'"
 
 
 def analytics_query(
@@ -127,14 +128,41 @@ def analytics_query(
     adapt = connection.ops.adapt_datetimefield_value
     select = ", ".join([f"{bucket} AS b", *columns, "metric"])
     group = ", ".join(["b", *columns, "metric"]) if interval else ", ".join([*columns, "metric"])
-    parts = []
+    parts: list[str] = []
     params: list[Any] = []
-    for model in (Rollup, Counter):
+
+    def part(model: type[Rollup | Counter], since: datetime, until: datetime, *, days: bool = False) -> None:
+        if since >= until:
+            return
+        metric = f"substr(metric, {len(DAY_PREFIX) + 1}) AS metric" if days else "metric"
+        if days:
+            # The day rows by their buckets (the index finds each day's start; a range would
+            # walk every hour between them).
+            starts = [since + timedelta(days=n) for n in range((until - since).days)]
+            where = f"environment_id = %s AND bucket IN ({', '.join(['%s'] * len(starts))})"
+            params.extend([environment_id, *(adapt(day) for day in starts)])
+        else:
+            where = "environment_id = %s AND bucket >= %s AND bucket < %s"
+            params.extend([environment_id, adapt(since), adapt(until)])
+        if model is Rollup:
+            where += f" AND metric {'' if days else 'NOT '}LIKE %s"
+            params.append(f"{DAY_PREFIX}%")
         parts.append(
-            f"SELECT bucket, {', '.join([*columns, 'metric', 'value'])} FROM {quote(model._meta.db_table)} "
-            "WHERE environment_id = %s AND bucket >= %s AND bucket < %s"
+            f"SELECT bucket, {', '.join([*columns, metric, 'value'])} FROM {quote(model._meta.db_table)} WHERE {where}"
         )
-        params += [environment_id, adapt(hour_of(start)), adapt(end)]
+
+    first = hour_of(start)
+    # Whole UTC days inside the range are read from the day rollups (24 times fewer rows), the
+    # hours at its edges from the hourly ones; deltas not folded yet are hourly.
+    first_day = first if first.hour == 0 else first.replace(hour=0) + timedelta(days=1)
+    last_day = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval != "hour" and first_day < last_day:
+        part(Rollup, first, first_day)
+        part(Rollup, first_day, last_day, days=True)
+        part(Rollup, last_day, end)
+    else:
+        part(Rollup, first, end)
+    part(Counter, first, end)
     sql = f"SELECT {select}, SUM(value) FROM ({' UNION ALL '.join(parts)}) AS deltas GROUP BY {group}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -143,30 +171,33 @@ def analytics_query(
     sums: dict[tuple[Any, ...], dict[str, int]] = defaultdict(dict)
     for b, *rest in rows:
         *dims, metric, value = rest
-        key = (_as_bucket(b, interval), *dims)
+        key = (b, *dims)
         sums[key][metric] = sums[key].get(metric, 0) + int(value or 0)
     names = list(dict.fromkeys(group_by))
     result = []
-    for key in sorted(sums, key=lambda k: (k[0] or start, *[str(d) for d in k[1:]])):
+    for key in sorted(sums, key=lambda k: tuple(str(d or "") for d in k)):
         metrics = sums[key]
-        row: dict[str, Any] = {"bucket": key[0].isoformat().replace("+00:00", "Z") if key[0] else None}
+        row: dict[str, Any] = {"bucket": key[0]}
         row.update(zip(names, key[1:], strict=True))
         for name in COUNT_FIELDS:
             row[name] = metrics.get(name, 0)
-        row["skipped"] = {
-            metric[len(SKIPPED_PREFIX) :]: value
-            for metric, value in sorted(metrics.items())
-            if metric.startswith(SKIPPED_PREFIX) and value
-        }
+        skipped: dict[str, int] = {}
+        opens: dict[str, int] = {}
+        reads: dict[str, int] = {}
+        for metric, value in metrics.items():  # one pass over the row's metrics
+            if metric.startswith(SKIPPED_PREFIX):
+                if value:
+                    skipped[metric[len(SKIPPED_PREFIX) :]] = value
+            elif metric.startswith(_OPEN_PREFIX):
+                opens[metric[len(_OPEN_PREFIX) :]] = value
+            elif metric.startswith(_READ_PREFIX):
+                reads[metric[len(_READ_PREFIX) :]] = value
+        row["skipped"] = dict(sorted(skipped.items()))
         row["delivery_rate"] = _rate(row[counters.DELIVERED], row[counters.SENT])
         row["open_rate"] = _rate(row[counters.OPENED], row[counters.DELIVERED])
         row["click_rate"] = _rate(row[counters.CLICKED], row[counters.DELIVERED])
         row["read_rate"] = _rate(row[counters.READ], row[counters.DELIVERED])
-        for field, kind in (
-            ("median_open_seconds", counters.LATENCY_OPEN),
-            ("median_read_seconds", counters.LATENCY_READ),
-        ):
-            prefix = f"{kind}:"
-            row[field] = histogram_median({m[len(prefix) :]: v for m, v in metrics.items() if m.startswith(prefix)})
+        row["median_open_seconds"] = histogram_median(opens)
+        row["median_read_seconds"] = histogram_median(reads)
         result.append(row)
     return result

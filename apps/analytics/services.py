@@ -3,7 +3,8 @@
 Counting itself is ``apps.analytics.counters`` (every app calls it in its own transactions). The
 fold moves ``Counter`` rows into ``Rollup`` sums: in one transaction it takes a batch of deltas
 (deleting them), sums them by bucket, dimensions and metric and adds the sums to the rollup rows
-(``INSERT … ON CONFLICT DO UPDATE SET value = rollup.value + excluded.value``). A crash in the
+(``INSERT … ON CONFLICT DO UPDATE SET value = rollup.value + excluded.value``), to the hour's row
+and to the UTC day's (``DAY_PREFIX``). A crash in the
 middle rolls the whole batch back; two folders at once take disjoint batches (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL; SQLite serialises writers), and add to the rollup rows in one order
 (no deadlock). Readers sum rollups and unfolded deltas in one statement, so a fold never changes
@@ -27,6 +28,10 @@ FOLD_BATCH = 5000  # deltas per transaction
 FOLD_EVERY_SECONDS = 5.0  # how often the worker's ticker folds
 _last_fold = 0.0
 _DIMS = "environment_id, bucket, workflow_key, category_key, channel, template_key, metric"
+_DAY_GROUP = "1, 2, 3, 4, 5, 6, 7"
+# Rollup rows whose metric starts with this hold a whole UTC day's sum (bucket: the day's start),
+# written by the same fold as the hourly ones: a query over whole days reads 24 times fewer rows.
+DAY_PREFIX = "day|"
 
 
 def counters_fold(*, limit: int = FOLD_BATCH, batches: int = 20) -> int:
@@ -58,10 +63,17 @@ def _fold_batch(limit: int) -> int:
             + upsert.format(
                 rows=f"SELECT {_DIMS}, sum(value) FROM taken GROUP BY {_DIMS} HAVING sum(value) <> 0 ORDER BY {_DIMS}"
             )
+            + " RETURNING 1), "
+            "added_days AS ("
+            + upsert.format(
+                rows=f"SELECT environment_id, date_trunc('day', bucket, 'UTC'), workflow_key, category_key, "
+                f"channel, template_key, %s::text || metric, sum(value) FROM taken GROUP BY {_DAY_GROUP} "
+                f"HAVING sum(value) <> 0 ORDER BY {_DAY_GROUP}"
+            )
             + " RETURNING 1) SELECT count(*) FROM taken"
         )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [limit])
+            cursor.execute(sql, [limit, DAY_PREFIX])
             row = cursor.fetchone()
         return int(row[0]) if row else 0
     with transaction.atomic(), connection.cursor() as cursor:
@@ -72,8 +84,10 @@ def _fold_batch(limit: int) -> int:
         )
         taken = cursor.fetchall()
         sums: Sums[tuple[Any, ...]] = Sums()
-        for *key, value in taken:
-            sums[tuple(key)] += value
+        for environment_id, bucket, workflow, category, channel, template, metric, value in taken:
+            sums[(environment_id, bucket, workflow, category, channel, template, metric)] += value
+            day = f"{str(bucket)[:10]} 00:00:00"  # SQLite keeps datetimes as text: the day's start
+            sums[(environment_id, day, workflow, category, channel, template, f"{DAY_PREFIX}{metric}")] += value
         rows = [(*key, value) for key, value in sorted(sums.items(), key=lambda kv: str(kv[0])) if value]
         for start in range(0, len(rows), 100):
             part = rows[start : start + 100]

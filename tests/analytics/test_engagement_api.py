@@ -15,7 +15,7 @@ from django.db.models import Sum
 from apps.analytics.counters import LATENCY_BOUNDS, Tally, latency_metric
 from apps.analytics.models import Counter, Rollup
 from apps.analytics.selectors import analytics_query, histogram_median
-from apps.analytics.services import counters_fold
+from apps.analytics.services import DAY_PREFIX, counters_fold
 from tests.assertions import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -99,6 +99,24 @@ def test_hourly_and_whole_range_queries(tenant, data):
         environment=tenant.environment, start=DAY, end=DAY + timedelta(days=2), group_by=[], interval=None
     )
     assert (whole["bucket"], whole["sent"], whole["triggered"]) == (None, 60, 10)
+
+
+def test_ranges_with_partial_days_read_day_and_hour_rollups_alike(tenant, data):
+    counters_fold()  # everything folded: whole days come from the day rows
+
+    def total(start: datetime, end: datetime, interval: Any) -> int:
+        rows = analytics_query(environment=tenant.environment, start=start, end=end, group_by=[], interval=interval)
+        return sum(r["sent"] for r in rows)
+
+    # No whole day: 15:30 on the first day (email 10 + sms 10), 09:30 on the second (10).
+    noon, next_noon = DAY + timedelta(hours=12), DAY + timedelta(days=1, hours=12)
+    assert [total(noon, next_noon, i) for i in ("hour", "day", None)] == [30, 30, 30]
+    # Half a day of hours, then a whole day from its day rows.
+    assert [total(noon, DAY + timedelta(days=2), i) for i in ("hour", "day", None)] == [50, 50, 50]
+    whole = analytics_query(
+        environment=tenant.environment, start=DAY, end=DAY + timedelta(days=2), group_by=["channel"], interval=None
+    )
+    assert {r["channel"]: r["sent"] for r in whole} == {"": 0, "email": 40, "sms": 20}
 
 
 def test_a_query_is_one_statement_whatever_the_range_or_grouping(tenant, data, django_assert_num_queries):
@@ -274,9 +292,15 @@ def test_two_folders_at_once_fold_everything_exactly_once(tenant):
 
     assert not errors
     assert sum(folded) == deltas and not Counter.objects.exists()
+    hourly = Rollup.objects.exclude(metric__startswith=DAY_PREFIX)
     got = {
         (row["bucket"].isoformat(), row["metric"], f"{row['channel']}/{row['workflow_key']}"): row["n"]
-        for row in Rollup.objects.values("bucket", "metric", "channel", "workflow_key").annotate(n=Sum("value"))
+        for row in hourly.values("bucket", "metric", "channel", "workflow_key").annotate(n=Sum("value"))
         if row["n"]
     }
     assert got == {k: v for k, v in expected.items() if v}
+    # The day rows the same folds wrote hold the same sums.
+    days = Rollup.objects.filter(metric__startswith=DAY_PREFIX).values("metric").annotate(n=Sum("value"))
+    assert {row["metric"][len(DAY_PREFIX) :]: row["n"] for row in days} == {
+        row["metric"]: row["n"] for row in hourly.values("metric").annotate(n=Sum("value"))
+    }
