@@ -437,7 +437,7 @@ def template_options(environment_id: int) -> list[TemplateOption]:
         version = template.published_version
         preview = ""
         if version is not None:
-            parts = [version.subject or version.title, version.body]
+            parts = [version.subject if template.channel == "email" else version.title, version.body]
             preview = shorten(" — ".join(part for part in parts if part), 160)
         options.append(
             TemplateOption(template.key, template.name, template.channel, version is not None, preview or "(empty)")
@@ -685,7 +685,7 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
             )
         except ApiError as exc:
             details = exc.details if isinstance(exc.details, dict) else {}
-            if exc.code == "invalid_templates":
+            if exc.error_code == "invalid_templates":
                 errors = template_error_paths(steps, details)
             else:
                 errors = {str(key): str(value) for key, value in details.items()}
