@@ -24,7 +24,7 @@ from apps.preferences.models import ALL_CHANNELS, Preference, QuietHours
 from apps.workflows import accounting, engine
 from apps.workflows.definitions import iter_steps
 from apps.workflows.models import FrequencyCap, Run, StepRun
-from tests.factories import CategoryFactory, IntegrationFactory, SubscriberFactory
+from tests.factories import CategoryFactory, IntegrationFactory, SubscriberFactory, TemplateFactory
 from tests.workflows.conftest import make_workflow, published_template
 
 pytestmark = pytest.mark.django_db
@@ -615,3 +615,20 @@ def test_a_counting_bug_never_stops_the_engine(env, fire, clock, monkeypatch, ca
     assert run.status == Run.Status.COMPLETED and Message.objects.filter(run=run).count() == 1
     assert "could not count finished run" in caplog.text
     assert report(env)["baseline"]["messages"] == 0 and report(env)["recipients"] == 1
+
+
+def test_cancelled_in_quiet_hours_and_failed_steps_are_other(env, api, fire, clock):
+    make_workflow(env, "news", [{"id": "e", "type": "email", "template": "mail"}])
+    TemplateFactory(environment=env, key="draft", channel="email")  # never published
+    make_workflow(env, "broken", [{"id": "e", "type": "email", "template": "draft"}])
+    subscriber = SubscriberFactory(environment=env, subscriber_id="u1", timezone="UTC")
+    QuietHours.objects.create(environment=env, subscriber=subscriber, start="09:00", end="12:00")
+    fire("news", ["u1"], transaction_id="quiet")
+    assert api.delete("/api/v1/events/quiet").status_code == 200
+    SubscriberFactory(environment=env, subscriber_id="u2")
+    fire("broken", ["u2"])
+    data = report(env)
+    assert others(data) == {"cancelled": 1, "template_not_published": 1}
+    assert counted(data) == {} and data["actual"]["messages"] == 0
+    assert [r["reason"] for r in drill(env, "other:template_not_published")] == ["template_not_published"]
+    assert_identity(data)
