@@ -26,6 +26,8 @@ from apps.inbox.services import (
 )
 from apps.preferences.models import Category
 from apps.workflows.models import Run
+from tests.delivery.conftest import Reply, fake_server  # noqa: F401 (the fixture)
+from tests.delivery.test_failover import sms_integration
 from tests.factories import IntegrationFactory, SubscriberFactory
 from tests.workflows.conftest import make_workflow, published_template
 
@@ -207,6 +209,44 @@ def test_a_suppressed_address_in_a_batch_counts_failed(tenant):
     ]
     messages_deliver(message_ids=ids)
     assert engagement(env) == {"sent": 1, "failed": 1}
+
+
+def test_a_retried_send_counts_sent_once_and_no_failure(tenant, settings, fake_server):  # noqa: F811
+    settings.CLARION_DELIVERY = {"BACKOFF_BASE": 0.01, "BACKOFF_MAX": 0.05, "INLINE_WAIT_MAX": 1.0}
+    env = tenant.environment
+    flaky = fake_server([Reply(status=503), Reply(body={"id": "second-try"})])
+    sms_integration(env, flaky, retries=2)
+    message = Message.objects.create(
+        environment=env, step_id="s", channel="sms", recipient="+15550001", body="x", data=dict(DIMS)
+    )
+
+    messages_deliver(message_ids=[message.pk])
+
+    message.refresh_from_db()
+    assert message.status == "sent" and len(flaky.requests) == 2
+    assert engagement(env) == {"sent": 1}
+
+
+def test_a_timed_out_send_in_doubt_then_settled_counts_once(tenant, settings, fake_server):  # noqa: F811
+    """The provider may have it (a timeout): in doubt, nothing counted; the resend (same idempotency
+    key) or the provider's callback settles it, and only the first of them counts."""
+    settings.CLARION_DELIVERY = {"BACKOFF_BASE": 0.01, "BACKOFF_MAX": 0.05, "INLINE_WAIT_MAX": 1.0}
+    env = tenant.environment
+    slow = fake_server([Reply(delay=1.5)])
+    integration = sms_integration(env, slow, timeout=0.3)
+    message = Message.objects.create(
+        environment=env, step_id="s", channel="sms", recipient="+15550001", body="x", data=dict(DIMS)
+    )
+    messages_deliver(message_ids=[message.pk])
+    message.refresh_from_db()
+    assert message.status in ("in_doubt", "queued") and message.in_doubt_count == 1
+    assert engagement(env) == {}
+
+    assert message_status_apply(message_id=message.pk, status="sent")  # the provider's callback
+    assert not message_status_apply(message_id=message.pk, status="sent")
+    assert message_status_apply(message_id=message.pk, status="delivered")
+    assert engagement(env) == {"sent": 1, "delivered": 1}
+    assert integration.pk == message.integration_id
 
 
 # --- in-app -----------------------------------------------------------------------------------
