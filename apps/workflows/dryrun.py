@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 # shown up to here; the rest is listed as not evaluated.
 MAX_WAITS = 20
 
-OUTCOMES = {
+OUTCOMES: dict[str, str] = {
     StepRun.Decision.EXECUTED: "would run",
     StepRun.Decision.SKIPPED: "skipped",
     StepRun.Decision.WAITING: "would wait",
@@ -63,9 +63,9 @@ OUTCOMES = {
 }
 
 # The reason in plain words, for decisions whose step gives none (``detail["message"]`` wins).
-REASON_WORDS = {
+REASON_WORDS: dict[str, str] = {
     "sent": "an in-app message would be put in the inbox",
-    "queued": "a {channel} message would be queued for sending",
+    "queued": "a message would be queued for sending on {channel}",
     "condition_false": "the condition {condition} is false",
     "condition_error": "the condition {condition} cannot be evaluated: {error}",
     "quiet_hours": "the subscriber's quiet hours: {channel} waits until {until}",

@@ -116,7 +116,7 @@ def test_critical_category_ignores_the_opt_out(tenant, django_capture_on_commit_
     result = workflow_dry_run(subscriber=subscriber, workflow=workflow, payload={})
     assert (result.steps[0].outcome, result.steps[0].words) == (
         "would run",
-        "a email message would be queued for sending",
+        "a message would be queued for sending on email",
     )
     assert result.ending == "The run would complete."
     assert agree(env, django_capture_on_commit_callbacks, workflow, subscriber, {}) == [("mail", "executed", "queued")]

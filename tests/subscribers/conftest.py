@@ -1,0 +1,1 @@
+from tests.workflows.conftest import comment_workflow  # noqa: F401
