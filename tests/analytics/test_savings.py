@@ -632,3 +632,21 @@ def test_cancelled_in_quiet_hours_and_failed_steps_are_other(env, api, fire, clo
     assert counted(data) == {} and data["actual"]["messages"] == 0
     assert [r["reason"] for r in drill(env, "other:template_not_published")] == ["template_not_published"]
     assert_identity(data)
+
+
+def test_a_member_on_a_newer_version_is_counted_against_its_own_version(env, fire, move, clock):
+    digest = {"id": "batch", "type": "digest", "key": "payload.post", "window": "1h"}
+    make_workflow(env, "comments", [digest, {"id": "mail", "type": "email", "template": "mail"}])
+    SubscriberFactory(environment=env, subscriber_id="u1", phone="+15550001")
+    fire("comments", ["u1"], {"post": "p1"})  # leads the bucket, on version 1 (one message)
+    make_workflow(
+        env,
+        "comments",
+        [digest, {"id": "mail", "type": "email", "template": "mail"}, {"id": "s", "type": "sms", "template": "text"}],
+    )
+    fire("comments", ["u1"], {"post": "p1"})  # a member, on version 2 (two messages)
+    move(START + timedelta(hours=1, seconds=1))
+    data = report(env)
+    assert (data["baseline"]["messages"], data["actual"]["messages"]) == (3, 1)
+    assert counted(data) == {"digest": 2}
+    assert_identity(data)
