@@ -66,7 +66,7 @@ def step_summary(step: dict[str, Any]) -> list[str]:
     elif kind == "throttle":
         lines.append(f"{step.get('limit', '?')} per {step.get('window', '?')}")
     elif kind == "escalate":
-        stages = step.get("channels") if isinstance(step.get("channels"), list) else []
+        stages = step["channels"] if isinstance(step.get("channels"), list) else []
         lines.append(" → ".join(str(stage.get("channel", "?")) for stage in stages if isinstance(stage, dict)))
         lines.append(f"stop on {step.get('stop_on', 'read')}")
     elif kind == "exit" and step.get("reason"):
@@ -154,7 +154,7 @@ class _Branch(_Block):
 
     def __init__(self, step: dict[str, Any], path: str, depth: int) -> None:
         self.head = _Box(step, path)
-        branches = step.get("branches") if isinstance(step.get("branches"), list) else []
+        branches = step["branches"] if isinstance(step.get("branches"), list) else []
         self.columns: list[tuple[str, _Sequence, bool]] = []
         for index, branch in enumerate(branches):
             branch = branch if isinstance(branch, dict) else {}

@@ -56,7 +56,9 @@ class FieldSpec:
 
 
 COMMON_SPECS = {
-    "id": FieldSpec("Step id", help="Letters, digits, '-' or '_', unique in the workflow; conditions use it (steps.<id>)."),
+    "id": FieldSpec(
+        "Step id", help="Letters, digits, '-' or '_', unique in the workflow; conditions use it (steps.<id>)."
+    ),
     "name": FieldSpec("Name", help="Optional: what the step is for, in words."),
     "if": FieldSpec(
         "Only if",
@@ -66,18 +68,30 @@ COMMON_SPECS = {
 }
 FIELD_SPECS: dict[str, FieldSpec] = {
     "template": FieldSpec("Template", "template", "The template this step renders (its published version)."),
-    "for": FieldSpec("Wait for", help="A duration: 30s, 10m, 1h, 2d (or ISO 8601). Fill one of the three.", placeholder="10m"),
+    "for": FieldSpec(
+        "Wait for", help="A duration: 30s, 10m, 1h, 2d (or ISO 8601). Fill one of the three.", placeholder="10m"
+    ),
     "until": FieldSpec("Wait until", help="A payload path holding a timestamp.", placeholder="payload.starts_at"),
-    "until_next": FieldSpec("Until the next", help="A schedule, e.g. 'weekdays 09:00-18:00'.", placeholder="daily 09:00"),
+    "until_next": FieldSpec(
+        "Until the next", help="A schedule, e.g. 'weekdays 09:00-18:00'.", placeholder="daily 09:00"
+    ),
     "window": FieldSpec("Window", help="A duration: 30s, 10m, 1h, 2d.", placeholder="1h"),
     "schedule": FieldSpec("Schedule", help="Instead of a window: e.g. 'daily 09:00'.", placeholder="daily 09:00"),
-    "key": FieldSpec("Per", help="Optional payload path to keep apart, e.g. payload.post_id.", placeholder="payload.post_id"),
-    "lookback": FieldSpec("Look back", help="Optional: send at once if nothing was sent this long ago.", placeholder="1h"),
+    "key": FieldSpec(
+        "Per", help="Optional payload path to keep apart, e.g. payload.post_id.", placeholder="payload.post_id"
+    ),
+    "lookback": FieldSpec(
+        "Look back", help="Optional: send at once if nothing was sent this long ago.", placeholder="1h"
+    ),
     "max_events": FieldSpec("At most events", "int", "Optional: close the digest early at this many events."),
     "limit": FieldSpec("Limit", "int", "How many runs may pass per window and subscriber."),
-    "timezone": FieldSpec("Time zone", help="Optional IANA zone used when the subscriber has none.", placeholder="Europe/Paris"),
+    "timezone": FieldSpec(
+        "Time zone", help="Optional IANA zone used when the subscriber has none.", placeholder="Europe/Paris"
+    ),
     "stop_on": FieldSpec("Stop when the subscriber has", "choice", "Engagement that ends the escalation.", STOP_ON),
-    "channels": FieldSpec("Channels", "channels", "One after another; 'after' counts from the start of the escalation."),
+    "channels": FieldSpec(
+        "Channels", "channels", "One after another; 'after' counts from the start of the escalation."
+    ),
     "reason": FieldSpec("Reason", help="Optional: recorded in the trace."),
     "branches": FieldSpec("Branches", "branches", "Checked in order; the first true condition is taken."),
     "else": FieldSpec("Else", "branches"),
@@ -405,12 +419,12 @@ def _walk(steps: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
 def template_error_paths(steps: list[dict[str, Any]], details: dict[str, Any]) -> dict[str, str]:
     """``invalid_templates`` details are keyed by template key: put each at every field using it."""
     errors: dict[str, str] = {}
-    for path, step in _walk(steps, "steps"):
+    for where, step in _walk(steps, "steps"):
         if step.get("template") in details:
-            errors[f"{path}.template"] = str(details[step["template"]])
+            errors[f"{where}.template"] = str(details[step["template"]])
         for index, stage in enumerate((step.get("channels") or []) if step.get("type") == "escalate" else []):
             if isinstance(stage, dict) and stage.get("template") in details:
-                errors[f"{path}.channels[{index}].template"] = str(details[stage["template"]])
+                errors[f"{where}.channels[{index}].template"] = str(details[stage["template"]])
     return errors
 
 
@@ -527,7 +541,9 @@ class _Cards:
             card["fields"].append(self.field(path, name, spec, step.get(name), channel=channel))
         if type_name == "branch":
             branches = step.get("branches") if isinstance(step.get("branches"), list) else []
-            card["branches"] = [self.branch(branch, f"{path}.branches[{number}]") for number, branch in enumerate(branches)]
+            card["branches"] = [
+                self.branch(branch, f"{path}.branches[{number}]") for number, branch in enumerate(branches)
+            ]
             card["branches_error"] = self.error(f"{path}.branches")
             card["else"] = self.step_list(step.get("else"), f"{path}.else")
         # errors of the step as a whole (a delay with two modes, unknown fields); after its fields,
@@ -550,7 +566,9 @@ class _Cards:
             "path": path,
             "error": self.error(path),
             "name": self.field(path, "name", FieldSpec("Branch name", help="Optional."), branch.get("name")),
-            "if": self.field(path, "if", FieldSpec("If", help="A condition, e.g. payload.amount > 100."), branch.get("if")),
+            "if": self.field(
+                path, "if", FieldSpec("If", help="A condition, e.g. payload.amount > 100."), branch.get("if")
+            ),
             "end": self.field(path, "end", FieldSpec("End the run after these steps", "bool"), branch.get("end")),
             "steps": self.step_list(branch.get("steps"), f"{path}.steps"),
         }
@@ -565,7 +583,10 @@ class _Cards:
                     "path": where,
                     "error": self.error(where),
                     "channel": self.field(
-                        where, "channel", FieldSpec("Channel", "choice", choices=ESCALATION_CHANNELS), stage.get("channel")
+                        where,
+                        "channel",
+                        FieldSpec("Channel", "choice", choices=ESCALATION_CHANNELS),
+                        stage.get("channel"),
                     ),
                     "template": self.field(where, "template", FIELD_SPECS["template"], stage.get("template")),
                     "after": self.field(
@@ -595,7 +616,7 @@ def error_step_paths(errors: dict[str, str]) -> set[str]:
 
 def diagram(steps: list[dict[str, Any]], errors: dict[str, str], title: str) -> SafeString:
     # steps_svg escapes every value it draws
-    return mark_safe(steps_svg(steps, error_paths=error_step_paths(errors), title=title))  # noqa: S308
+    return mark_safe(steps_svg(steps, error_paths=error_step_paths(errors), title=title))
 
 
 # --------------------------------------------------------------------------------------------
@@ -807,7 +828,7 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
             {
                 **row,
                 # HtmlDiff escapes the text it lays out
-                "table": mark_safe(  # noqa: S308
+                "table": mark_safe(
                     differ.make_table(
                         row["before"].splitlines() or [""],
                         row["after"].splitlines() or [""],
@@ -828,7 +849,9 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
             "rows": tables,
             "changed_count": sum(1 for row in rows if row["changed"]),
             "editor_url": self._editor_url(workflow),
-            "media": forms.Media(css={"all": ["clarion/admin/template-editor.css", "clarion/admin/workflow-editor.css"]}),
+            "media": forms.Media(
+                css={"all": ["clarion/admin/template-editor.css", "clarion/admin/workflow-editor.css"]}
+            ),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/workflows/workflow/diff.html", context)

@@ -171,7 +171,9 @@ def workflow_versions(*, workflow: Workflow) -> QuerySet[WorkflowVersion]:
 def workflow_version_diff(*, workflow: Workflow, a: int, b: int) -> list[dict[str, Any]]:
     """Two versions side by side: ``[{"field", "before", "after", "changed"}]`` for the steps (as
     indented JSON, one line per value), the category and the payload schema."""
-    found = {version.number: version for version in WorkflowVersion.objects.filter(workflow=workflow, number__in=[a, b])}
+    found = {
+        version.number: version for version in WorkflowVersion.objects.filter(workflow=workflow, number__in=[a, b])
+    }
     missing = [number for number in (a, b) if number not in found]
     if missing:
         raise NotFound(

@@ -87,7 +87,9 @@ def test_each_step_type_form_round_trips_to_what_the_api_stores(admin_client: An
     assert workflow.draft_steps == stored == steps
 
 
-def test_the_page_has_a_form_per_step_type_with_help_and_the_diagram(admin_client: Any, tenant: Any, templates: Any) -> None:
+def test_the_page_has_a_form_per_step_type_with_help_and_the_diagram(
+    admin_client: Any, tenant: Any, templates: Any
+) -> None:
     workflow = draft(tenant, [{"id": "inbox", "type": "in_app", "template": "comment-in-app"}, *ONE_OF_EACH[3]])
     page = admin_client.get(editor_url(workflow)).content.decode()
 
@@ -201,8 +203,13 @@ def test_a_step_level_error_and_a_duplicate_id(admin_client: Any, tenant: Any) -
     assert not workflow.versions.exists()
 
 
-def test_a_missing_template_at_publish_lands_on_its_template_field(admin_client: Any, tenant: Any, templates: Any) -> None:
-    steps = [{"id": "inbox", "type": "in_app", "template": "comment-in-app"}, {"id": "m", "type": "email", "template": "gone"}]
+def test_a_missing_template_at_publish_lands_on_its_template_field(
+    admin_client: Any, tenant: Any, templates: Any
+) -> None:
+    steps = [
+        {"id": "inbox", "type": "in_app", "template": "comment-in-app"},
+        {"id": "m", "type": "email", "template": "gone"},
+    ]
     workflow = draft(tenant, steps)
     pairs = {**form_pairs(admin_client.get(editor_url(workflow)).content.decode()), "_action": "publish"}
 
@@ -311,7 +318,16 @@ def test_diagram_endpoint_draws_the_posted_steps(admin_client: Any, tenant: Any)
     workflow = draft(tenant, [{"id": "a", "type": "delay", "for": "1m"}])
     url = reverse("admin:workflows_workflow_diagram", args=[workflow.pk])
 
-    response = admin_client.post(url, {"steps[0].id": "x", "steps[0].type": "sms", "steps[1].id": "y", "steps[1].type": "delay", "steps[1].for": "nope"})
+    response = admin_client.post(
+        url,
+        {
+            "steps[0].id": "x",
+            "steps[0].type": "sms",
+            "steps[1].id": "y",
+            "steps[1].type": "delay",
+            "steps[1].for": "nope",
+        },
+    )
 
     svg = response.content.decode()
     assert response.status_code == 200 and svg.startswith("<svg")
@@ -319,7 +335,9 @@ def test_diagram_endpoint_draws_the_posted_steps(admin_client: Any, tenant: Any)
     assert admin_client.get(url).status_code == 405
 
 
-def test_templates_offered_are_the_workflows_environment_only(admin_client: Any, tenant: Any, other_tenant: Any) -> None:
+def test_templates_offered_are_the_workflows_environment_only(
+    admin_client: Any, tenant: Any, other_tenant: Any
+) -> None:
     published_template(tenant.environment, "ours", "email", subject_en="Ours")
     published_template(other_tenant.environment, "theirs", "email", subject_en="Theirs")
     workflow = draft(tenant, [{"id": "m", "type": "email", "template": "ours"}])
@@ -339,8 +357,13 @@ def test_editor_page_queries_do_not_grow_with_steps(
         {
             "id": "route",
             "type": "branch",
-            "branches": [{"if": "payload.vip", "steps": [{"id": "vip", "type": "in_app", "template": "comment-in-app"}]}],
-            "else": [{"id": "later", "type": "delay", "for": "1h"}, {"id": "nudge", "type": "email", "template": "comment-email"}],
+            "branches": [
+                {"if": "payload.vip", "steps": [{"id": "vip", "type": "in_app", "template": "comment-in-app"}]}
+            ],
+            "else": [
+                {"id": "later", "type": "delay", "for": "1h"},
+                {"id": "nudge", "type": "email", "template": "comment-email"},
+            ],
         }
     )
     large = draft(tenant, many, key="large")
@@ -356,3 +379,24 @@ def test_editor_page_queries_do_not_grow_with_steps(
     assert len(counted.captured_queries) == len(baseline.captured_queries) <= 7
     assert response.status_code == 200
     assert len(re.findall(r'class="wf-card ', response.content.decode())) == 24
+
+
+def test_a_new_step_type_gets_a_form_from_the_registry(admin_client: Any, tenant: Any, monkeypatch: Any) -> None:
+    from apps.workflows.steps import base
+
+    class Pause(base.StepType):
+        types = ("pause",)
+        fields = frozenset({"minutes", "label"})
+
+    pause = Pause()
+    monkeypatch.setitem(base._REGISTRY, "pause", pause)
+    monkeypatch.setattr(base, "_ORDER", [*base._ORDER, pause])
+    steps = [{"id": "hold", "type": "pause", "minutes": 5, "label": "a moment"}]
+    workflow = draft(tenant, steps)
+
+    page = admin_client.get(editor_url(workflow)).content.decode()
+    assert 'name="steps[0].minutes"' in page and 'name="steps[0].label"' in page
+    assert '<option value="pause">pause</option>' in page  # offered in "add a step"
+    assert submit(admin_client, workflow, page, _action="save").status_code == 302
+    workflow.refresh_from_db()
+    assert workflow.draft_steps == steps
