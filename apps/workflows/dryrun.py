@@ -44,6 +44,7 @@ from apps.workflows.engine.chunks import load_chunk
 from apps.workflows.engine.walker import walk
 from apps.workflows.models import Run, StepRun, Workflow, WorkflowVersion
 from apps.workflows.payloads import payload_errors
+from apps.workflows.reasons import reason_in_words as trace_reason_in_words
 from apps.workflows.steps import ChunkWrites
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ OUTCOMES: dict[str, str] = {
     StepRun.Decision.CANCELLED: "cancelled",
 }
 
-# The reason in plain words, for decisions whose step gives none (``detail["message"]`` wins).
-REASON_WORDS: dict[str, str] = {
+# The reason in plain words as a prediction, filled from the decision's detail (the condition, the
+# time it waits until), for decisions whose step gives none (``detail["message"]`` wins). Codes not
+# here read as the trace pages say them (``apps.workflows.reasons``, which covers every code).
+DRY_RUN_WORDS: dict[str, str] = {
     "sent": "an in-app message would be put in the inbox",
     "queued": "a message would be queued for sending on {channel}",
     "condition_false": "the condition {condition} is false",
@@ -252,13 +255,14 @@ class _Blank(dict[str, Any]):
 
 
 def reason_in_words(reason: str, detail: dict[str, Any]) -> str:
-    """The step's own ``detail["message"]``, else the reason code's sentence filled from the detail."""
+    """The step's own ``detail["message"]``, else the reason code's sentence filled from the detail,
+    else the trace pages' words for the code."""
     message = detail.get("message")
     if message:
         return str(message)
-    words = REASON_WORDS.get(reason)
+    words = DRY_RUN_WORDS.get(reason)
     if words is None:
-        return reason.replace("_", " ")
+        return trace_reason_in_words(reason, detail)
     return words.format_map(_Blank({k: v for k, v in detail.items() if v is not None}))
 
 

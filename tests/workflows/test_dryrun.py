@@ -315,3 +315,17 @@ def test_query_count_does_not_grow_with_the_subscriber_history(tenant, comment_w
             InboxMessage.objects.create(environment=env, subscriber=subscriber, title=f"m{index}")
     assert counts[0] == counts[1]
     assert counts[0] <= 30
+
+
+def test_every_reason_code_reads_in_words():
+    """The dry run's own phrasing covers only codes the engine writes (apps.workflows.reasons lists
+    them all, checked against the engine's source), and every code reads as words, never raw."""
+    from apps.workflows.dryrun import DRY_RUN_WORDS, reason_in_words
+    from apps.workflows.reasons import REASON_WORDS
+
+    assert set(DRY_RUN_WORDS) <= set(REASON_WORDS)
+    for code in REASON_WORDS:
+        words = reason_in_words(code, {})
+        assert words and words != code and "{" not in words, code
+    assert reason_in_words("preference", {"message": "email is off"}) == "email is off"
+    assert reason_in_words("condition_false", {"condition": "payload.x"}) == "the condition payload.x is false"
