@@ -23,7 +23,9 @@ from bench.common import Installation, database_connections, log, machine_info
 from bench.report import Row, Skipped, coerce_row, complete, legacy_rows, render, row_from_dict
 
 # Order of the run (the table has its own order). recovery kills a worker: by name only.
-BENCHMARKS = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "analytics", "scaleout", "recovery")
+BENCHMARKS = (
+    "ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "analytics", "dashboard", "scaleout", "recovery",
+)  # fmt: skip
 DEFAULT_BENCHMARKS = tuple(n for n in BENCHMARKS if n != "recovery")
 # the config class of modules that predate the ``Config`` convention
 LEGACY_CONFIG = {

@@ -261,9 +261,28 @@ EXPECTED: tuple[Row, ...] = (
         lower_is_better=True,
         key="analytics.dashboard",
     ),
+    Row(
+        "dashboard",
+        "console home, 30 d, every chart",
+        None,
+        "ms",
+        goal_max=200,
+        lower_is_better=True,
+        key="dashboard.home",
+    ),
     Row("scaleout", "workers 1/2/4 x web 1/2", None, "events/s", key="scaleout"),
 )
-SECTION_ORDER = ("ingest", "pipeline", "websocket", "fanout", "delivery", "digest", "analytics", "scaleout")
+SECTION_ORDER = (
+    "ingest",
+    "pipeline",
+    "websocket",
+    "fanout",
+    "delivery",
+    "digest",
+    "analytics",
+    "dashboard",
+    "scaleout",
+)
 
 
 def complete(rows: list[Row], skipped: dict[str, str] | None = None) -> list[Row]:

@@ -50,7 +50,7 @@ VALUE_WIDTH = 110
 BAR_HEIGHT = 14
 ROW_HEIGHT = 20
 COLUMN_CHART_HEIGHT = 160
-AXIS_HEIGHT = 18
+AXIS_HEIGHT = 22
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,15 @@ class TriggeredChart:
     width: int = CHART_WIDTH
     height: int = COLUMN_CHART_HEIGHT + AXIS_HEIGHT
     plot_height: int = COLUMN_CHART_HEIGHT
+    axis_label_y: int = COLUMN_CHART_HEIGHT + AXIS_HEIGHT - 5
+
+    @property
+    def total_text(self) -> str:
+        return f"{self.total:,}"
+
+    @property
+    def peak_text(self) -> str:
+        return f"{self.peak:,}"
 
 
 @dataclass
@@ -121,6 +130,10 @@ class MessagesChart:
     def total_sent(self) -> int:
         return sum(c.counts[counters.SENT] for c in self.channels)
 
+    @property
+    def total_sent_text(self) -> str:
+        return f"{self.total_sent:,}"
+
 
 @dataclass
 class SkippedChart:
@@ -129,6 +142,10 @@ class SkippedChart:
     height: float
     width: int = CHART_WIDTH
     label_width: int = LABEL_WIDTH
+
+    @property
+    def total_text(self) -> str:
+        return f"{self.total:,}"
 
 
 @dataclass(frozen=True)
