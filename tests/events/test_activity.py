@@ -3,6 +3,7 @@ COUNT over the table, no SELECT DISTINCT of dates, indexes on PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,7 +32,7 @@ def make_event(
     transaction_id: str,
     *,
     status: str = Event.Status.PROCESSED,
-    runs: list[tuple[Subscriber, str, list[tuple[str, str]]]] = (),  # type: ignore[assignment]
+    runs: Sequence[tuple[Subscriber, str, list[tuple[str, str]]]] = (),
     age: timedelta = timedelta(0),
 ) -> Event:
     """An event as the engine leaves it: its runs (subscriber, status) and their messages (channel, status)."""
