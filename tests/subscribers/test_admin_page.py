@@ -129,7 +129,7 @@ def test_each_section_is_a_fixed_number_of_queries(
     with CaptureQueriesContext(connection) as many:
         assert admin_client.get(page_url(person)).status_code == 200
     assert len(few) == len(many)
-    assert len(many) <= 25, [q["sql"] for q in many]
+    assert len(many) <= 17, [q["sql"] for q in many]
 
 
 def test_the_preference_table_is_resolve_preferences(person: Subscriber) -> None:
