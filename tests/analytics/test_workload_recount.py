@@ -51,7 +51,9 @@ def recount(environment: Environment) -> dict[str, Any]:
 
     baseline: Counter[str] = Counter()
     actual: Counter[str] = Counter()
-    avoided: Counter[str] = Counter()
+    avoided: Counter[str] = Counter()  # net: counted - replaced
+    counted: Counter[str] = Counter()  # before category digests took some back
+    replaced: Counter[str] = Counter()
     by_workflow: dict[str, Counter[str]] = defaultdict(Counter)
     runs = Run.objects.filter(environment=environment).select_related("workflow_version__workflow")
     for run in runs:
@@ -90,6 +92,7 @@ def recount(environment: Environment) -> dict[str, Any]:
                 else:
                     raise AssertionError(f"run {run.pk}: no decision for {step['id']} {channel}: {entries}")
                 avoided[lever] += 1
+                counted[lever] += 1
                 by_workflow[workflow]["avoided"] += 1
 
     # Category digests: one message sent in place of what was held, taken back from its lever.
@@ -102,6 +105,7 @@ def recount(environment: Environment) -> dict[str, Any]:
         lever = "digest" if bucket.category_key == "comments" and chose_daily else "frequency_cap"
         actual[channel] += 1
         avoided[lever] -= 1
+        replaced[lever] += 1
         by_workflow[""]["actual"] += 1
         by_workflow[""]["avoided"] -= 1
     return {
@@ -109,6 +113,8 @@ def recount(environment: Environment) -> dict[str, Any]:
         "baseline": baseline,
         "actual": actual,
         "avoided": avoided,
+        "counted": counted,
+        "replaced": replaced,
         "by_workflow": by_workflow,
     }
 
@@ -136,6 +142,12 @@ def test_the_report_of_the_workload_is_exactly_what_the_trace_says():
     assert {item["lever"]: item["messages"] for item in report["avoided"] if item["messages"]} == {
         lever: n for lever, n in counted["avoided"].items() if n
     }
+    assert {item["lever"]: item["counted"] for item in report["avoided"] if item["counted"]} == {
+        lever: n for lever, n in counted["counted"].items() if n
+    }
+    assert {
+        item["lever"]: item["replaced_by_digests"] for item in report["avoided"] if item["replaced_by_digests"]
+    } == {lever: n for lever, n in counted["replaced"].items() if n}
     assert all(item["messages"] == 0 for item in report["other"])
     assert {part["channel"]: part["baseline"]["messages"] for part in report["by_channel"]} == dict(counted["baseline"])
     assert {part["channel"]: part["actual"]["messages"] for part in report["by_channel"]} == dict(counted["actual"])
@@ -150,6 +162,8 @@ def test_the_report_of_the_workload_is_exactly_what_the_trace_says():
         workflow: (numbers["baseline"], numbers["actual"], numbers["avoided"])
         for workflow, numbers in counted["by_workflow"].items()
     }
-    # The levers the workload is built to exercise all saved something.
-    for lever in ("preference", "unsubscribed", "digest", "escalation", "condition"):
-        assert counted["avoided"][lever] > 0, lever
+    # The levers the workload is built to exercise all avoided something, and category digests
+    # (daily comment digests, capped messages) were sent in place of held messages.
+    for lever in ("preference", "unsubscribed", "digest", "frequency_cap", "escalation", "no_address", "condition"):
+        assert counted["counted"][lever] > 0, lever
+    assert counted["replaced"]["digest"] > 0 and counted["replaced"]["frequency_cap"] > 0
