@@ -330,3 +330,28 @@ def test_the_page_costs_the_same_queries_with_data(staff: Client, tenant: Any) -
         IntegrationFactory(environment=tenant.environment, provider=provider)
 
     assert {period: queries(period) for period in ("24h", "7d", "30d")} == empty
+
+
+def test_a_broker_that_does_not_answer_shows_unavailable_not_a_500(staff: Client, tenant: Any, settings: Any) -> None:
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "redis": "redis://127.0.0.1:8599/0"}  # nothing listens there
+    settings.Q_CLUSTER.pop("orm", None)
+
+    response = staff.get("/admin/")
+
+    assert response.status_code == 200
+    assert response.context["dashboard"].backlog.queue_depth is None
+    assert '<dd class="cl-big">unavailable</dd>' in response.content.decode()
+
+
+def test_the_charts_text_alternatives_carry_the_numbers(staff: Client, tenant: Any) -> None:
+    _traffic(tenant.environment.pk, timezone.now())
+
+    html = staff.get("/admin/", {"period": "7d"}).content.decode()
+
+    assert (
+        '<desc id="cl-messages-desc">email: sent 16, delivered 14, opened 4, clicked 2, bounced 1, failed 2. '
+        "sms: sent 5, delivered 0, opened 0, clicked 0, bounced 0, failed 5. </desc>"
+    ) in html
+    assert "preference: 3. no_address: 2. frequency_cap: 0. throttled: 1. digest_merged: 4." in html
+    assert "email: 2 failed of 18. sms: 5 failed of 10." in html
+    assert "<title>sms: 50.0% (5 failed)</title>" in html
