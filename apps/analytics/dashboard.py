@@ -20,9 +20,9 @@ period reads one index entry per attempt (a million for a busy month). See docs/
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from apps.analytics import counters
 from apps.analytics.selectors import Interval, analytics_query
@@ -32,13 +32,12 @@ from apps.workflows.gauges import run_backlog
 
 logger = logging.getLogger(__name__)
 
-Period = Literal["24h", "7d", "30d"]
 PERIODS: dict[str, tuple[str, Interval]] = {  # name -> (label, bucket of the time chart)
     "24h": ("24 h", "hour"),
     "7d": ("7 d", "day"),
     "30d": ("30 d", "day"),
 }
-DEFAULT_PERIOD: Period = "24h"
+DEFAULT_PERIOD = "24h"
 STATUSES = (counters.SENT, counters.DELIVERED, counters.OPENED, counters.CLICKED, counters.BOUNCED, counters.FAILED)
 # Skip reasons always shown (0 when none), then any other reason the period counted.
 MAIN_SKIP_REASONS = ("preference", "no_address", "frequency_cap", "throttled")
@@ -221,7 +220,6 @@ class Dashboard:
     skipped: SkippedChart
     health: HealthChart
     backlog: Backlog
-    notes: list[str] = field(default_factory=list)
 
 
 def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
