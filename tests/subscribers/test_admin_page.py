@@ -299,6 +299,9 @@ def test_why_not_needs_the_csrf_token(person: Subscriber, comment_workflow: Work
     assert response.status_code == 200 and response.context["result"] is not None
 
 
-def test_an_unknown_subscriber_is_a_404(admin_client: Any, tenant: Any) -> None:
+def test_an_unknown_subscriber_is_a_404_and_the_add_page_has_no_sections(admin_client: Any, tenant: Any) -> None:
     assert admin_client.get(reverse("admin:subscribers_subscriber_why_not", args=[987654])).status_code == 404
+    assert admin_client.get(reverse("admin:subscribers_subscriber_why_not", args=["not-a-pk"])).status_code == 404
+    add = admin_client.get(reverse("admin:subscribers_subscriber_add"))
+    assert add.status_code == 200 and "subscriber-page" not in add.content.decode()
     assert set(SUBSCRIBER_CHANNELS) <= set(CHANNELS)
