@@ -1,8 +1,8 @@
 """The admin workflow editor in a real Chromium against a real Clarion (uvicorn + qcluster): build a
 workflow with an in-app step, a delay, a branch holding an email step, watch the diagram follow,
-hit a validation error at its field, publish with a note, see the version and the diagram, and
-check that the API serves exactly what was built. ``CLARION_E2E_SCREENSHOTS=docs/img`` (re)writes
-the screenshot for docs/console.md.
+hit a validation error at its field, publish with a note, see the version and the diagram, check
+that the API serves exactly what was built; then publish a change, compare, and roll back.
+``CLARION_E2E_SCREENSHOTS=docs/img`` (re)writes the screenshot for docs/console.md.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def add_step(page: Page, list_path: str, type_name: str) -> None:
     page.click(f'button[name="_op"][value="add:{list_path}"]')
 
 
-def test_build_publish_and_see_the_diagram(clarion_demo: DemoSystem, page: Page, tmp_path: Path) -> None:
+def test_build_publish_see_the_diagram_and_roll_back(clarion_demo: DemoSystem, page: Page, tmp_path: Path) -> None:
     demo = clarion_demo
     created = demo.system.api("PUT", f"/api/v1/workflows/{WORKFLOW}", {"name": "Editor flow", "steps": []})
     assert created.status_code in (200, 201), created.text
@@ -128,4 +128,20 @@ def test_build_publish_and_see_the_diagram(clarion_demo: DemoSystem, page: Page,
             ],
         },
     ]
+
+    # A second version without the delay, then roll back to the first: a third version equal to it.
+    page.click('button[name="_op"][value="remove:steps[1]"]')
+    expect(page.locator('[data-path="steps[1]"] > .wf-card-head .wf-card-type')).to_have_text("branch")
+    expect(diagram.locator('[data-step="steps[2]"]')).to_have_count(0)
+    page.fill("#id_note", "No wait")
+    page.click("#wf-publish")
+    expect(page.locator(".messagelist")).to_contain_text(f"Published: {WORKFLOW} version 2")
+    page.click('#wf-diff-form button[type="submit"]:has-text("Compare")')
+    expect(page.locator(".ce-diff")).to_contain_text("1 field changed between version 1 and version 2")
+    page.go_back()
+    page.click('button[form="wf-rollback-1"]')
+    expect(page.locator(".messagelist")).to_contain_text("version 3 (a copy of version 1) is now published")
+    expect(page.locator(".wf-history tr.wf-published")).to_contain_text("Rollback to version 1")
+    rolled_back = demo.system.api("GET", f"/api/v1/workflows/{WORKFLOW}").json()["published_version"]
+    assert rolled_back["number"] == 3 and rolled_back["steps"] == published["steps"]
     assert not [line for line in demo.console if line.startswith("[pageerror]")]

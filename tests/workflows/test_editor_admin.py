@@ -400,3 +400,15 @@ def test_a_new_step_type_gets_a_form_from_the_registry(admin_client: Any, tenant
     assert submit(admin_client, workflow, page, _action="save").status_code == 302
     workflow.refresh_from_db()
     assert workflow.draft_steps == steps
+
+
+def test_an_old_version_loads_into_the_form(admin_client: Any, tenant: Any, templates: Any) -> None:
+    workflow = publish_versions(tenant, templates)
+
+    page = admin_client.get(editor_url(workflow), {"from_version": "1"}).content.decode()
+
+    assert "editing a copy of version 1" in page
+    pairs = form_pairs(page)
+    assert pairs["steps[0].id"] == "inbox" and "steps[1].id" not in pairs
+    workflow.refresh_from_db()
+    assert len(workflow.draft_steps) == 2  # loading saves nothing
