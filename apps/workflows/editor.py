@@ -151,6 +151,9 @@ def type_fields(type_name: str) -> list[str]:
 
 TOKEN = re.compile(r"^([A-Za-z_]+)(?:\[(\d{1,3})\])?$")
 MAX_INDEX = 200
+# Deeper than any valid definition (branches nest 5 deep, three parts a level): ignored, so a
+# crafted name cannot make the parser recurse without end
+MAX_TOKENS = 32
 
 
 class _Indexed(dict[int, Any]):
@@ -159,7 +162,10 @@ class _Indexed(dict[int, Any]):
 
 def _tokens(path: str) -> list[tuple[str, int | None]] | None:
     tokens: list[tuple[str, int | None]] = []
-    for part in path.split("."):
+    parts = path.split(".")
+    if len(parts) > MAX_TOKENS:
+        return None
+    for part in parts:
         match = TOKEN.match(part)
         if match is None:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -412,3 +413,50 @@ def test_an_old_version_loads_into_the_form(admin_client: Any, tenant: Any, temp
     assert pairs["steps[0].id"] == "inbox" and "steps[1].id" not in pairs
     workflow.refresh_from_db()
     assert len(workflow.draft_steps) == 2  # loading saves nothing
+
+
+def test_crafted_input_names_are_refused_quietly(admin_client: Any, tenant: Any) -> None:
+    workflow = draft(tenant, [{"id": "a", "type": "delay", "for": "1m"}])
+    deep = "steps[0]" + ".branches[0].steps[0]" * 400 + ".id"
+    data = {
+        "steps[0].id": "a",
+        "steps[0].type": "delay",
+        "steps[0].for": "2m",
+        deep: "x",
+        "steps[99999].id": "far",
+        "steps[0]..for": "1s",
+        "steps[0].for.x": "nested",
+        "_action": "save",
+    }
+
+    body, form = urlencode(data), "application/x-www-form-urlencoded"
+
+    response = admin_client.post(editor_url(workflow), body, content_type=form)
+
+    assert response.status_code == 302
+    workflow.refresh_from_db()
+    assert workflow.draft_steps == [{"id": "a", "type": "delay", "for": "2m"}]
+    svg = admin_client.post(reverse("admin:workflows_workflow_diagram", args=[workflow.pk]), body, content_type=form)
+    assert svg.status_code == 200
+
+
+def test_rollback_to_a_version_whose_template_is_gone_is_refused(admin_client: Any, tenant: Any) -> None:
+    published_template(tenant.environment, "comment-in-app", "in_app")
+    old_mail = published_template(tenant.environment, "old-mail", "email")
+    workflow = draft(tenant, [{"id": "m", "type": "email", "template": "old-mail"}])
+    workflow_publish(workflow=workflow)
+    workflow_upsert(
+        environment=tenant.environment,
+        key=workflow.key,
+        steps=[{"id": "i", "type": "in_app", "template": "comment-in-app"}],
+    )
+    workflow.refresh_from_db()
+    workflow_publish(workflow=workflow)
+    old_mail.delete()  # no longer used by the published version
+
+    response = admin_client.post(reverse("admin:workflows_workflow_rollback", args=[workflow.pk, 1]), follow=True)
+
+    assert "Could not roll back: Some steps use templates that do not fit." in response.content.decode()
+    workflow.refresh_from_db()
+    assert workflow.versions.count() == 2 and workflow.published_version.number == 2
+    assert workflow.draft_steps[0]["id"] == "i"  # the draft is untouched too
