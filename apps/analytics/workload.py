@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 import time_machine
 from django.db import transaction
@@ -543,6 +543,16 @@ def world_build(spec: WorkloadSpec, people: list[Person], fake_url: str) -> Worl
 # --------------------------------------------------------------------------------------------
 
 
+class _Sent(NamedTuple):
+    """An outbound message the provider accepted, as its callbacks need it."""
+
+    pk: int
+    channel: str
+    integration_id: int
+    provider_message_id: str
+    recipient: str
+
+
 @dataclass(frozen=True)
 class _SubscriberRef:
     pk: int
@@ -619,32 +629,41 @@ class _Simulation:
             Message.objects.filter(environment_id=environment_id, pk__gt=self.last_message)
             .exclude(channel="in_app")
             .order_by("pk")
-            .values_list("pk", "channel", "status", "subscriber_id", "step_id", "data", "integration_id")
+            .values_list(
+                "pk",
+                "channel",
+                "status",
+                "subscriber_id",
+                "step_id",
+                "data",
+                "integration_id",
+                "provider_message_id",
+                "recipient",
+            )
         )
-        for pk, channel, status, subscriber_pk, step_id, data, integration_id in message_rows:
+        for pk, channel, status, subscriber_pk, step_id, data, integration_id, provider_id, recipient in message_rows:
             self.last_message = pk
             if status != Message.Status.SENT or integration_id is None:
                 self.result.engagement[f"{channel} not sent ({status})"] += 1
                 continue
+            sent = _Sent(pk, channel, integration_id, provider_id, recipient)
             person = self.world.by_pk[subscriber_pk]
             data = data or {}
             kind = data.get("workflow") or "digest"
             name = data.get("transaction_id") or f"{step_id}:{now.isoformat()}"
             rng = _rng(seed, "callbacks", person.subscriber_id, kind, name, step_id, channel)
             delivered_at = now + timedelta(seconds=rng.randint(5, 90))
-            self.later(delivered_at, "status", integration_id, pk, "delivered")
+            self.later(delivered_at, "status", sent, "delivered")
             if channel != "email":
                 continue
             probability, median, click = OPEN_EMAIL.get(kind, (0.3, 120, 0.1))
             if rng.random() < min(0.95, probability * person.activity):
                 opened_at = delivered_at + _delay(rng, median)
-                self.later(opened_at, "status", integration_id, pk, "opened")
+                self.later(opened_at, "status", sent, "opened")
                 if rng.random() < click:
-                    self.later(
-                        opened_at + timedelta(seconds=rng.randint(3, 120)), "status", integration_id, pk, "clicked"
-                    )
+                    self.later(opened_at + timedelta(seconds=rng.randint(3, 120)), "status", sent, "clicked")
             if kind == "weekly-newsletter" and rng.random() < COMPLAINT_RATE:
-                self.later(delivered_at + _delay(rng, 60), "complaint", integration_id, pk)
+                self.later(delivered_at + _delay(rng, 60), "status", sent, "")
 
     def act(self, until: datetime, clock: Any) -> None:
         """Play every action due by ``until``, each at its own moment."""
@@ -657,28 +676,27 @@ class _Simulation:
                 inbox_message_mark(subscriber=ref, message_id=inbox_pk, action="read")
                 self.result.engagement["in_app read"] += 1
             else:
-                integration_id, message_pk = args[0], args[1]
-                status = args[2] if kind == "status" else ""
-                self._callback(integration_id, message_pk, status, at)
+                sent, status = args
+                self._callback(sent, status, at)
 
-    def _callback(self, integration_id: int, message_pk: int, status: str, at: datetime) -> None:
-        integration = self.world.integrations[integration_id]
-        message = Message.objects.only("pk", "provider_message_id", "recipient", "channel").get(pk=message_pk)
+    def _callback(self, sent: _Sent, status: str, at: datetime) -> None:
+        """A provider callback about ``sent``: ``status`` (delivered, opened, clicked), or a spam complaint."""
+        integration = self.world.integrations[sent.integration_id]
         complaint = not status
         event = StatusEvent(
             provider=integration.provider,
-            provider_message_id=message.provider_message_id,
+            provider_message_id=sent.provider_message_id,
             event_type="spam_complaint" if complaint else status,
             status=status,
-            dedupe_key=f"sim:{message_pk}:{status or 'complaint'}",
+            dedupe_key=f"sim:{sent.pk}:{status or 'complaint'}",
             payload={"simulated": True},
-            recipient=message.recipient,
+            recipient=sent.recipient,
             occurred_at=at,
             suppress_reason="complained" if complaint else "",
-            clarion_message_id=str(message_pk),
+            clarion_message_id=str(sent.pk),
         )
         message_events_record(integration=integration, events=[event])
-        self.result.engagement[f"{message.channel} {status or 'complaint'}"] += 1
+        self.result.engagement[f"{sent.channel} {status or 'complaint'}"] += 1
 
 
 def _delay(rng: random.Random, median_minutes: float) -> timedelta:
