@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-import logging
 import random
 import threading
 import time
@@ -65,10 +64,9 @@ from apps.workflows.engine import sweep
 from apps.workflows.models import Run, StepRun
 from apps.workflows.services import frequency_cap_upsert, workflow_upsert
 
-logger = logging.getLogger(__name__)
-
-# A Monday in January: no daylight-saving change in any of the subscribers' time zones during
-# the simulated weeks, so a seed gives the same counts whenever the workload is run.
+# The default first day, a fixed date so that a seed gives the same counts whenever the workload
+# is run: a Monday in January, when none of the subscribers' time zones changes to or from
+# daylight saving time.
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 TIMEZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "America/Sao_Paulo")
 LOCALES = (("en", 0.7), ("fr", 0.15), ("de", 0.15))
