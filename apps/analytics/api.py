@@ -63,7 +63,7 @@ def _moment(name: str, raw: str | None, *, end: bool) -> datetime:
         raise ApiError(
             f"'{name}' is not a date (YYYY-MM-DD) or an ISO 8601 date-time.",
             code="validation_error",
-            details={name: raw[:100]},
+            details={name: [f"Not a date or a date-time: {raw[:100]!r}."]},
         )
     if parsed is not None:
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -72,7 +72,13 @@ def _moment(name: str, raw: str | None, *, end: bool) -> datetime:
         moment = datetime.combine(day, time.min, tzinfo=UTC)
         return moment + timedelta(days=1) if end else moment
     except OverflowError:
-        raise ApiError(f"'{name}' is out of range.", code="validation_error", details={name: raw[:100]}) from None
+        raise ApiError(
+            f"'{name}' is out of range.", code="validation_error", details={name: ["Out of range."]}
+        ) from None
+
+
+# What the schema says of `from` and `to`: a date, or a date-time with an optional offset.
+MOMENT_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 
 
 class AnalyticsView(APIView):
@@ -84,12 +90,14 @@ class AnalyticsView(APIView):
                 "from",
                 OpenApiTypes.STR,
                 required=True,
+                pattern=MOMENT_PATTERN,
                 description="Start (inclusive): YYYY-MM-DD (UTC midnight) or an ISO 8601 date-time.",
             ),
             OpenApiParameter(
                 "to",
                 OpenApiTypes.STR,
                 required=True,
+                pattern=MOMENT_PATTERN,
                 description="End: YYYY-MM-DD (that whole UTC day included) or an ISO 8601 date-time (exclusive).",
             ),
             OpenApiParameter(

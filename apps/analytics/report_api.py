@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.analytics.api import MOMENT_PATTERN
 from apps.analytics.savings import (
     decode_cursor,
     drill_down_names,
@@ -92,12 +93,14 @@ PERIOD_PARAMETERS = [
         "from",
         OpenApiTypes.STR,
         required=True,
+        pattern=MOMENT_PATTERN,
         description="Start (inclusive): YYYY-MM-DD (UTC midnight) or an ISO 8601 date-time on a whole hour.",
     ),
     OpenApiParameter(
         "to",
         OpenApiTypes.STR,
         required=True,
+        pattern=MOMENT_PATTERN,
         description="End: YYYY-MM-DD (that whole UTC day included) or an ISO 8601 date-time on a whole hour "
         "(exclusive).",
     ),

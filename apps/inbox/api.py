@@ -244,8 +244,9 @@ class _ThreeState(serializers.ChoiceField):
 
 
 class InboxFilterSerializer(serializers.Serializer):
-    read = serializers.BooleanField(required=False, allow_null=True, default=None, help_text="Only read / unread.")
-    seen = serializers.BooleanField(required=False, allow_null=True, default=None, help_text="Only seen / unseen.")
+    # Absent: both. A present value must be a boolean ("read=" or "read=null" is a 400, as the schema says).
+    read = serializers.BooleanField(required=False, default=None, help_text="Only read / unread.")
+    seen = serializers.BooleanField(required=False, default=None, help_text="Only seen / unseen.")
     archived = _ThreeState(
         required=False, default=False, help_text="false: the inbox (default); true: the archive; all: both."
     )

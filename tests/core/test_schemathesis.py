@@ -55,6 +55,8 @@ REFUSALS_THE_SCHEMA_CANNOT_STATE: dict[str, str] = {
     "idempotency_key_reused": "depends on earlier calls: the same Idempotency-Key with another body",
     "invalid_workflow": "workflow steps follow the step registry (docs/workflows.md): a grammar, checked whole",
     "template_incomplete": "what a template must hold depends on its channel",
+    "invalid_range": "'from' before 'to' (a cross-field rule)",
+    "range_too_long": "the span between two parameters (a cross-field rule)",
 }
 # Validation messages (on any field) for rules of the same kind: values from lists the schema does
 # not carry, small grammars and cross-field rules. A refusal passes only if all its messages do.
@@ -71,6 +73,9 @@ MESSAGES_THE_SCHEMA_CANNOT_STATE: dict[str, str] = {
     "token is a URL": "what a device token looks like depends on its provider (a cross-field rule)",
     "must differ from start": "quiet hours end at another time than they start (a cross-field rule)",
     "longer than any duration": "a duration's upper bound depends on its unit (Python's timedelta)",
+    "Not a date or a date-time": "a calendar: a pattern cannot exclude month 13 or February 30",
+    "Out of range.": "a date whose day arithmetic leaves years 1-9999",
+    "Not on a whole hour.": "the savings report counts whole UTC hours; the pattern also admits dates",
 }
 
 
