@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import PAGE_VAR
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
@@ -39,17 +40,26 @@ from apps.workflows.models import Run
 
 # An event may have a million runs (a broadcast): its page shows the first ones and links to the rest.
 RUNS_SHOWN = 50
-# The list counts at most this many matching events (COUNT over a LIMIT subquery), never the table.
-COUNT_CAP = 10_000
+# The list counts matching events only this many pages past the one shown (COUNT over a LIMIT
+# subquery), never the whole table: a rare filter then reads a bounded number of rows.
+COUNT_PAGES_AHEAD = 10
 
 
 class CappedCountPaginator(Paginator):
-    """Counts up to ``COUNT_CAP`` rows: ``SELECT COUNT(*) FROM (SELECT … LIMIT cap)``, cheap on any
-    table size. Past the cap the list pages through the first ``COUNT_CAP`` and says so."""
+    """Counts at most ``limit`` rows: ``SELECT COUNT(*) FROM (SELECT … LIMIT limit)``, cheap on any
+    table size. ``capped``: there may be more (the page says so; later pages count further)."""
+
+    def __init__(self, object_list: Any, per_page: int, *args: Any, limit: int, **kwargs: Any) -> None:
+        super().__init__(object_list, per_page, *args, **kwargs)
+        self.limit = limit
 
     @cached_property
     def count(self) -> int:
-        return int(self.object_list.order_by()[:COUNT_CAP].count())  # type: ignore[attr-defined]
+        return int(self.object_list.order_by()[: self.limit].count())
+
+    @property
+    def capped(self) -> bool:
+        return self.count >= self.limit
 
 
 class CreatedFilter(admin.SimpleListFilter):
@@ -116,7 +126,6 @@ class EventAdmin(ReadOnlyAdmin):
     search_help_text = "An exact transaction id or subscriber id."
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a count per filter choice would read every matching row
-    paginator = CappedCountPaginator
     change_list_template = "admin/events/event/change_list.html"
     change_form_template = "admin/events/event/change_form.html"
     fields = readonly_fields = (
@@ -164,8 +173,20 @@ class EventAdmin(ReadOnlyAdmin):
             return queryset.filter(of_subscribers), False
         return queryset.filter(pk__in=by_transaction), False
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        return super().changelist_view(request, {**(extra_context or {}), "count_cap": COUNT_CAP})
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Event],
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> CappedCountPaginator:
+        try:
+            page = max(int(request.GET.get(PAGE_VAR, 1)), 1)
+        except ValueError:
+            page = 1
+        limit = (page + COUNT_PAGES_AHEAD) * per_page
+        return CappedCountPaginator(queryset, per_page, orphans, allow_empty_first_page, limit=limit)
 
     @admin.display(description="payload")
     def payload_display(self, obj: Event) -> SafeString:

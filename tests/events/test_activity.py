@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.delivery.models import Message
+from apps.events.admin import EventAdmin
 from apps.events.models import Event
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
@@ -213,11 +214,15 @@ def test_the_list_costs_the_same_for_3_and_30_events(admin_client: Any, world: W
     assert not any("DISTINCT" in sql.upper() for sql in many)
 
 
-def test_the_count_stops_at_the_cap_and_says_so(admin_client: Any, world: World, monkeypatch: Any) -> None:
-    monkeypatch.setattr("apps.events.admin.COUNT_CAP", 4)
-    response = admin_client.get(CHANGELIST)
-    assert response.context["cl"].result_count == 4
-    assert "At least 4 events match" in response.content.decode()
+def test_the_count_stops_a_few_pages_ahead_and_says_so(admin_client: Any, world: World, monkeypatch: Any) -> None:
+    monkeypatch.setattr(EventAdmin, "list_per_page", 2)
+    monkeypatch.setattr("apps.events.admin.COUNT_PAGES_AHEAD", 1)
+    first = admin_client.get(CHANGELIST)
+    assert first.context["cl"].result_count == 4  # (page 1 + 1 ahead) × 2 per page, of 6
+    assert "At least 4 events match" in first.content.decode()
+    third = admin_client.get(CHANGELIST, {"p": 3})  # further on, it counts further: all 6
+    assert third.context["cl"].result_count == 6 and "At least" not in third.content.decode()
+    assert len(third.context["cl"].result_list) == 2
     assert "At least" not in admin_client.get(CHANGELIST, {"outcome": "waiting"}).content.decode()
 
 
