@@ -55,7 +55,7 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return int(self.object_list.order_by()[: self.limit].count())
+        return int(self.object_list.order_by()[: self.limit].count())  # type: ignore[attr-defined]  # a QuerySet
 
     @property
     def capped(self) -> bool:
