@@ -282,6 +282,15 @@ def test_cancel_waiting_runs_goes_through_the_service_and_is_recorded(admin_clie
     assert "Cancel waiting runs" not in response.content.decode()  # nothing left waiting
 
 
+def test_an_event_still_fanning_out_can_be_cancelled_before_it_has_runs(admin_client: Any, crafted: Trace) -> None:
+    Run.objects.filter(event=crafted.event).update(status=Run.Status.COMPLETED)
+    assert "Cancel waiting runs" not in admin_client.get(page_url(crafted.event)).content.decode()
+    Event.objects.filter(pk=crafted.event.pk).update(status=Event.Status.PENDING)
+    assert "Cancel waiting runs" in admin_client.get(page_url(crafted.event)).content.decode()
+    admin_client.post(cancel_url(crafted.event))
+    assert Event.objects.get(pk=crafted.event.pk).status == Event.Status.CANCELLED
+
+
 def test_a_failed_event_cannot_be_cancelled_and_nothing_is_recorded(admin_client: Any, crafted: Trace) -> None:
     Event.objects.filter(pk=crafted.event.pk).update(status=Event.Status.FAILED)
     response = admin_client.post(cancel_url(crafted.event), follow=True)
