@@ -106,11 +106,6 @@ def counters_fold_if_due(*, every: float = FOLD_EVERY_SECONDS) -> int:
     return counters_fold()
 
 
-def counters_fold_task() -> int:
-    """The django-q2 entry point (the worker's ticker calls ``counters_fold`` directly)."""
-    return counters_fold()
-
-
 def counters_fold_before_prune(policy: Any, run: Any) -> None:
     """``apps.core.retention.ROLLUP_HOOKS``: fold every delta before an environment is pruned.
 
