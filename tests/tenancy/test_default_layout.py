@@ -65,7 +65,9 @@ def test_an_environment_added_in_the_admin_gets_a_layout_with_its_branding(admin
             "slug": "globex-staging",
             "allowed_origins": "[]",
             **API_KEYS_INLINE,
-            "branding": '{"product_name": "Globex Mail", "primary_color": "#ff6600", "logo_url": "https://globex.test/l.png"}',
+            "brand_product_name": "Globex Mail",
+            "brand_primary_color": "#ff6600",
+            "brand_logo_url": "https://globex.test/l.png",
         },
     )
 
