@@ -21,6 +21,7 @@ from apps.workflows.models import (
     Workflow,
     WorkflowVersion,
 )
+from apps.workflows.reasons import reason_in_words
 from apps.workflows.services import workflow_publish
 
 
@@ -88,8 +89,7 @@ class StepRunInline(ReadOnlyInline):
 
     @admin.display(description="in plain words")
     def reason_in_words(self, obj: StepRun) -> str:
-        message = (obj.detail or {}).get("message") if isinstance(obj.detail, dict) else None
-        return str(message) if message else "—"
+        return reason_in_words(obj.reason, obj.detail)
 
     @admin.display(description="detail")
     def detail_display(self, obj: StepRun) -> SafeString | str:

@@ -10,8 +10,10 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
+from django.utils.html import escape
 
 from apps.workflows.models import DigestBucket, StepRun
+from apps.workflows.reasons import REASON_WORDS
 from tests.admin_trace import Trace, trace_fixture  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -41,8 +43,8 @@ def test_run_page_shows_decisions_in_plain_words_and_links_messages(admin_client
         if "decision" in row
     ]
     assert decisions == [
-        ("inbox", "Executed", "sent", "—"),
-        ("wait", "Waiting", "delay", "—"),
+        ("inbox", "Executed", "sent", escape(REASON_WORDS["sent"])),  # no message from the step: the code's words
+        ("wait", "Waiting", "delay", escape(REASON_WORDS["delay"])),
         ("mail", "Skipped", "no_address", "the subscriber has no email address"),
     ]
     assert "&quot;channel&quot;: &quot;email&quot;" in html  # the detail, indented and escaped
