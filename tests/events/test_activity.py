@@ -19,6 +19,7 @@ from apps.events.models import Event
 from apps.subscribers.models import Subscriber
 from apps.tenancy.models import Environment
 from apps.workflows.models import Run, StepRun, Workflow
+from tests.core.test_csp import assert_safe_page
 from tests.factories import SubscriberFactory
 from tests.workflows.conftest import comment_workflow, make_workflow  # noqa: F401
 
@@ -102,6 +103,7 @@ ALL = {"tx-delivered", "tx-failed", "tx-skipped", "tx-waiting", "tx-old", "tx-ol
 
 def test_without_filters_every_event_is_listed(admin_client: Any, world: World) -> None:
     assert listed(admin_client) == ALL
+    assert_safe_page(admin_client.get(CHANGELIST, {"q": "<script>alert(1)</script>"}))  # CSP; the term escaped
 
 
 def test_status_and_workflow_filters(admin_client: Any, world: World) -> None:
