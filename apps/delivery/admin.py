@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
 from apps.core.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json, record_action
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
@@ -27,6 +30,7 @@ from apps.delivery.webhooks.urls import webhook_urls
 from apps.subscribers.models import Subscriber
 
 MASK = "••••"
+logger = logging.getLogger(__name__)
 
 
 def mask_value(value: Any) -> Any:
@@ -78,8 +82,9 @@ class IntegrationAdminForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.initial["credentials"] = masked(self.instance.credentials)
-        known = "; ".join(f"{channel}: {', '.join(names)}" for channel, names in providers_by_channel().items())
-        self.fields["provider"].help_text = f"Known providers — {known}."
+        if "provider" in self.fields:  # a view-only page has no form fields
+            known = "; ".join(f"{channel}: {', '.join(names)}" for channel, names in providers_by_channel().items())
+            self.fields["provider"].help_text = f"Known providers — {known}."
 
     def clean_credentials(self) -> dict[str, Any]:
         value = self.cleaned_data.get("credentials") or {}
@@ -135,6 +140,57 @@ class IntegrationAdmin(admin.ModelAdmin):
     search_fields = ["name", "provider"]
     readonly_fields = ["webhook_urls_display", "circuit_state", "created_at", "updated_at"]
     actions = ["send_test_message", "reset_circuit"]
+    change_form_template = "admin/delivery/integration/settings_change_form.html"
+
+    class Media:
+        js = ("clarion/admin/settings-forms.js",)
+        css = {"all": ("clarion/admin/settings-forms.css",)}
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<path:object_id>/send-test/",
+                self.admin_site.admin_view(self.send_test_view),
+                name=f"{self.opts.app_label}_{self.opts.model_name}_send_test",
+            ),
+            *super().get_urls(),
+        ]
+
+    def send_test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's "Send a test message": one integration, to what the operator types."""
+        integration = self.get_object(request, object_id)
+        if integration is None:
+            raise Http404("No such integration.")
+        if not self.has_change_permission(request, integration):
+            raise PermissionDenied
+        change_url = reverse("admin:delivery_integration_change", args=[integration.pk])
+        form = SendTestForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            self._send_test(request, integration, form.cleaned_data["recipient"].strip())
+            return HttpResponseRedirect(change_url)
+        return TemplateResponse(
+            request,
+            "admin/delivery/integration/send_test_one.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Send a test message through {integration}",
+                "form": form,
+                "integration": integration,
+                "opts": self.opts,
+                "change_url": change_url,
+            },
+        )
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            # a view-only page shows fields as stored: credentials only masked, as the form does
+            fields = ["credentials_masked" if name == "credentials" else name for name in fields]
+        return fields
+
+    @admin.display(description="credentials")
+    def credentials_masked(self, obj: Integration) -> SafeString:
+        return pretty_json(masked(obj.credentials))
 
     @admin.display(description="circuit")
     def circuit_state(self, obj: Integration) -> str:
@@ -147,9 +203,15 @@ class IntegrationAdmin(admin.ModelAdmin):
         urls = webhook_urls(obj) if obj.pk else {}
         if not urls:
             return "—"
-        return format_html_join(mark_safe("<br>"), "{}: <code>{}</code>", urls.items())
+        return format_html_join(
+            "",
+            '<span class="clarion-webhook-url">{}: <code>{}</code> '
+            '<button type="button" class="button clarion-copy" data-copy="{}" aria-label="Copy the {} URL">'
+            "Copy</button></span>",
+            ((name, url, url, name.replace("_", " ")) for name, url in urls.items()),
+        )
 
-    @admin.action(description="Send a test message")
+    @admin.action(description="Send a test message", permissions=["change"])
     def send_test_message(self, request: HttpRequest, queryset: QuerySet[Integration]) -> HttpResponse | None:
         form = SendTestForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
@@ -184,7 +246,15 @@ class IntegrationAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{integration}: no subscriber '{recipient}'.", messages.ERROR)
                 return
             subscriber_pk = subscriber.pk
-        message = integration_send_test(integration=integration, recipient=recipient, subscriber_id=subscriber_pk)
+        try:
+            message = integration_send_test(integration=integration, recipient=recipient, subscriber_id=subscriber_pk)
+        except Exception as error:  # an operator's test: say what went wrong, never a 500
+            logger.exception("Test send through integration %s failed", integration.pk)
+            record_action(self, request, [integration], f"Test send failed ({type(error).__name__}).")
+            self.message_user(
+                request, f"{integration}: the test send failed ({type(error).__name__}); see the logs.", messages.ERROR
+            )
+            return
         record_action(self, request, [integration], f"Sent test message {message.pk} ({message.status}).")
         if message.status == Message.Status.SENT:
             self.message_user(request, f"{integration}: test message {message.pk} sent.", messages.SUCCESS)
@@ -193,7 +263,7 @@ class IntegrationAdmin(admin.ModelAdmin):
                 request, f"{integration}: test message {message.pk} {message.status}: {message.error}", messages.ERROR
             )
 
-    @admin.action(description="Close the circuit breaker (try the provider again now)")
+    @admin.action(description="Close the circuit breaker (try the provider again now)", permissions=["change"])
     def reset_circuit(self, request: HttpRequest, queryset: QuerySet[Integration]) -> None:
         chosen = list(queryset)
         count = integrations_circuit_close(integration_ids=[integration.pk for integration in chosen])
