@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
@@ -200,7 +201,10 @@ class IntegrationAdmin(admin.ModelAdmin):
 
     @admin.display(description="webhook URLs to register with the provider")
     def webhook_urls_display(self, obj: Integration) -> str:
-        urls = webhook_urls(obj) if obj.pk else {}
+        urls = dict(webhook_urls(obj)) if obj.pk else {}
+        if obj.pk and obj.provider == "twilio":  # replies (STOP / START) go to the number's own webhook
+            path = reverse("delivery-webhook-twilio-inbound", kwargs={"key": obj.webhook_key})
+            urls["inbound_messages"] = f"{settings.PUBLIC_URL}{path}"
         if not urls:
             return "—"
         return format_html_join(

@@ -145,6 +145,7 @@ def test_push_test_needs_a_subscriber_of_the_same_environment(admin_client: Any,
         ("email", "sendgrid", "tracking", "delivery-webhook-email-tracking"),
         ("email", "postmark", "tracking", "delivery-webhook-email-tracking"),
         ("sms", "twilio", "status_callback", "delivery-webhook-twilio-status"),
+        ("sms", "twilio", "inbound_messages", "delivery-webhook-twilio-inbound"),
     ],
 )
 def test_webhook_urls_are_listed_with_a_copy_button(
