@@ -75,7 +75,6 @@
       }
     }
     input.addEventListener("input", update);
-    img.addEventListener("error", function () { img.hidden = true; });
   }
 
   function enhanceCopy(button) {

@@ -1,0 +1,119 @@
+"""The settings forms in a real Chromium: allowed origins edited as rows (add, remove, an error
+beside the bad row, saved as the JSON list), the logo preview following the URL, an API key shown
+once with a Copy button, an integration's webhook URL copied to the clipboard; no CSP violation.
+
+Runs against pytest-django's ``live_server``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apps.delivery.models import Integration
+from apps.tenancy.models import ApiKey, Environment
+from apps.tenancy.services import environment_create, hash_key
+from tests.e2e.conftest import under_ci
+from tests.factories import IntegrationFactory
+
+try:
+    from playwright.sync_api import Page, expect
+except ImportError:  # a dev dependency; without it `make test` must still collect this folder
+    if under_ci():
+        raise
+    pytest.skip("the playwright package is not installed", allow_module_level=True)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+WATCH = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__csp.push(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"}`);
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def _orm_beside_playwright() -> Iterator[None]:
+    """Playwright's sync API keeps an event loop in this thread: allow plain ORM calls here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+@pytest.fixture
+def console(_orm_beside_playwright: None, live_server: Any, django_user_model: Any) -> dict[str, Any]:
+    django_user_model.objects.create_superuser("e2e-admin", "admin@example.com", "e2e-password")
+    environment = environment_create(name="production", project_name="Acme").environment
+    integration = IntegrationFactory(environment=environment, channel="sms", provider="twilio")
+    return {"base": str(live_server.url), "environment": environment, "integration": integration}
+
+
+def _log_in(page: Page, base: str, next_url: str) -> None:
+    page.add_init_script(WATCH)
+    page.goto(f"{base}/admin/login/?next={next_url}")
+    page.fill("#id_username", "e2e-admin")
+    page.fill("#id_password", "e2e-password")
+    page.click("input[type=submit]")
+
+
+def test_allowed_origins_branding_and_a_new_key(console: dict[str, Any], page: Page) -> None:
+    environment: Environment = console["environment"]
+    _log_in(page, console["base"], f"/admin/tenancy/environment/{environment.pk}/change/")
+    rows = page.locator(".clarion-origin-list input[type=text]")
+    expect(rows).to_have_count(1)
+
+    rows.nth(0).fill("https://App.Example.com/")
+    page.get_by_role("button", name="Add an origin").click()
+    rows.nth(1).fill("https://drop.example.com")
+    page.get_by_role("button", name="Add an origin").click()
+    rows.nth(2).fill("https://x.example.com/path")
+    page.locator(".clarion-origin-row").nth(1).get_by_role("button", name="Remove").click()
+    expect(rows).to_have_count(2)
+
+    page.get_by_label("Logo URL").fill("https://cdn.acme.test/logo.png")
+    expect(page.locator("img.clarion-logo-preview")).to_have_attribute("src", "https://cdn.acme.test/logo.png")
+    expect(page.locator("img.clarion-logo-preview")).to_have_attribute("referrerpolicy", "no-referrer")
+    page.get_by_label("No brand colour").uncheck()
+    page.locator("input[type=color]").fill("#0f766e")
+    page.get_by_role("button", name="Save and continue editing").click()
+
+    bad = page.get_by_role("textbox", name="Allowed origin 2")
+    expect(bad).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".clarion-origin-error")).to_contain_text("Not an origin")
+    environment.refresh_from_db()
+    assert environment.allowed_origins == []
+
+    bad.fill("https://*.example.org")
+    page.get_by_role("button", name="Save and continue editing").click()
+    expect(page.locator(".messagelist")).to_contain_text("was changed successfully")
+    environment.refresh_from_db()
+    assert environment.allowed_origins == ["https://app.example.com", "https://*.example.org"]
+    assert environment.branding == {"primary_color": "#0f766e", "logo_url": "https://cdn.acme.test/logo.png"}
+
+    page.get_by_role("link", name="Create an API key").click()
+    page.get_by_label("Publishable (inbox)").check()
+    page.get_by_label("Name").fill("web app")
+    page.get_by_role("button", name="Create the key").click()
+    raw = page.get_by_label("Key").input_value()
+    assert raw.startswith("pk_")
+    assert ApiKey.objects.get(name="web app").key_hash == hash_key(raw)
+    page.go_back()  # not kept anywhere the browser can bring back from the server
+    page.goto(f"{console['base']}/admin/tenancy/environment/{environment.pk}/change/")
+    assert raw not in page.content()
+    assert page.evaluate("window.__csp") == []
+
+
+def test_copy_a_webhook_url(console: dict[str, Any], page: Page) -> None:
+    integration: Integration = console["integration"]
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    _log_in(page, console["base"], f"/admin/delivery/integration/{integration.pk}/change/")
+    button = page.get_by_role("button", name="Copy the status callback URL")
+    url = button.get_attribute("data-copy")
+    assert url and integration.webhook_key in url
+    expect(page.locator(".clarion-webhook-url").first).to_contain_text(url)
+    button.click()
+    expect(button).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == url
+    assert page.evaluate("window.__csp") == []
