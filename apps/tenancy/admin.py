@@ -184,12 +184,12 @@ class EnvironmentAdmin(admin.ModelAdmin):
     change_form_template = "admin/tenancy/environment/settings_change_form.html"
     list_display = ["name", "project", "slug", "currency", "track_opens", "track_clicks", "created_at"]
     list_filter = ["project"]
-    readonly_fields = ["inbox_hmac_secret", "branding_other_keys", "created_at"]
+    readonly_fields = ["inbox_hmac_secret_masked", "branding_other_keys", "created_at"]
     inlines = [ApiKeyInline]
     actions = ["rotate_inbox_secret"]
     fieldsets = [
         (None, {"fields": ["project", "name", "slug", "currency", "created_at"]}),
-        ("Inbox", {"fields": ["allowed_origins", "inbox_hmac_secret"]}),
+        ("Inbox", {"fields": ["allowed_origins", "inbox_hmac_secret_masked"]}),
         (
             "Branding",
             {
@@ -207,6 +207,13 @@ class EnvironmentAdmin(admin.ModelAdmin):
     class Media:
         js = ("clarion/admin/settings-forms.js",)
         css = {"all": ("clarion/admin/settings-forms.css",)}
+
+    @admin.display(description="inbox HMAC secret")
+    def inbox_hmac_secret_masked(self, obj: Environment) -> str:
+        if not obj.pk:
+            return "—"
+        # A secret stays out of the page: shown in full only once, when rotated from this page.
+        return f"••••{obj.inbox_hmac_secret[-4:]} (shown in full once, when rotated from this page)"
 
     @admin.display(description="other branding keys (kept as they are)")
     def branding_other_keys(self, obj: Environment) -> SafeString | str:
@@ -226,6 +233,11 @@ class EnvironmentAdmin(admin.ModelAdmin):
                 "<path:object_id>/keys/new/",
                 self.admin_site.admin_view(self.api_key_create_view),
                 name="{}_{}_key_create".format(*info),
+            ),
+            path(
+                "<path:object_id>/inbox-secret/rotate/",
+                self.admin_site.admin_view(self.inbox_secret_rotate_view),
+                name="{}_{}_inbox_secret_rotate".format(*info),
             ),
             path(
                 "<path:object_id>/keys/<int:key_id>/revoke/",
@@ -295,6 +307,26 @@ class EnvironmentAdmin(admin.ModelAdmin):
             {**self._key_context(request, environment, f"Revoke {key}?"), "key": key, "change_url": change_url},
         )
 
+    def inbox_secret_rotate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A new inbox HMAC secret, shown in this response only (as a new API key is)."""
+        environment = self.get_object(request, object_id)
+        if environment is None:
+            raise Http404("No such environment.")
+        if not self.has_change_permission(request, environment):
+            raise PermissionDenied
+        context = self._key_context(request, environment, "Rotate the inbox HMAC secret")
+        if request.method != "POST":
+            return TemplateResponse(request, "admin/tenancy/environment/inbox_secret_rotate.html", context)
+        environment_inbox_secret_rotate(environment=environment)
+        record_action(self, request, [environment], "Rotated the inbox HMAC secret from the admin.")
+        response = TemplateResponse(
+            request,
+            "admin/tenancy/environment/inbox_secret_rotated.html",
+            {**context, "title": "Inbox HMAC secret rotated", "secret": environment.inbox_hmac_secret},
+        )
+        add_never_cache_headers(response)
+        return response
+
     @admin.action(description="Rotate the inbox HMAC secret (ends open inbox sessions)", permissions=["change"])
     def rotate_inbox_secret(self, request: HttpRequest, queryset: QuerySet[Environment]) -> None:
         rotated = 0
@@ -304,7 +336,8 @@ class EnvironmentAdmin(admin.ModelAdmin):
             rotated += 1
         self.message_user(
             request,
-            f"Rotated the inbox HMAC secret of {rotated} environment(s): sign subscriber ids with the new one.",
+            f"Rotated the inbox HMAC secret of {rotated} environment(s). The new secrets are not shown: "
+            "to see one, rotate it from its environment's page.",
             messages.SUCCESS,
         )
 

@@ -352,3 +352,43 @@ def test_key_forms_need_the_csrf_token(tenant: Any, admin_user: Any) -> None:
     assert client.post(reverse("admin:tenancy_environment_key_revoke", args=[env.pk, key.pk])).status_code == 403
     key.refresh_from_db()
     assert key.revoked_at is None and ApiKey.objects.filter(environment=env).count() == 2
+
+
+# --- the inbox HMAC secret -------------------------------------------------------------------------------
+
+
+def test_the_inbox_secret_is_masked_and_shown_once_when_rotated(admin_client: Any, tenant: Any) -> None:
+    env = tenant.environment
+    old = env.inbox_hmac_secret
+    page = admin_client.get(change_url(env)).content.decode()
+    assert old not in page and f"••••{old[-4:]}" in page
+
+    url = reverse("admin:tenancy_environment_inbox_secret_rotate", args=[env.pk])
+    assert url in page
+    assert "Yes, rotate it" in admin_client.get(url).content.decode()
+    env.refresh_from_db()
+    assert env.inbox_hmac_secret == old  # a GET changes nothing
+
+    response = admin_client.post(url)
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    env.refresh_from_db()
+    assert env.inbox_hmac_secret != old
+    [shown] = re.findall(r'id="clarion-raw-key"[^>]*value="([^"]+)"', response.content.decode())
+    assert shown == env.inbox_hmac_secret
+    assert shown not in admin_client.get(change_url(env)).content.decode()
+    [entry] = LogEntry.objects.filter(object_id=str(env.pk), content_type__model="environment")
+    assert entry.get_change_message() == "Rotated the inbox HMAC secret from the admin." and shown not in str(
+        entry.object_repr
+    )
+
+
+def test_rotating_from_the_page_needs_the_change_permission(tenant: Any) -> None:
+    env = tenant.environment
+    old = env.inbox_hmac_secret
+    viewer = staff("view_environment")
+    page = viewer.get(change_url(env)).content.decode()
+    url = reverse("admin:tenancy_environment_inbox_secret_rotate", args=[env.pk])
+    assert old not in page and url not in page
+    assert viewer.post(url).status_code == 403
+    env.refresh_from_db()
+    assert env.inbox_hmac_secret == old

@@ -94,10 +94,18 @@
     });
   }
 
+  // Picking a colour means using it: untick "No brand colour".
+  function enhanceColor(picker) {
+    var none = document.getElementById("id_brand_color_default");
+    if (!none) return;
+    picker.addEventListener("input", function () { none.checked = false; });
+  }
+
   function init() {
     document.querySelectorAll(".clarion-origin-list").forEach(enhanceOrigins);
     document.querySelectorAll(".clarion-logo-preview").forEach(enhanceLogo);
     document.querySelectorAll(".clarion-copy").forEach(enhanceCopy);
+    document.querySelectorAll("input[type=color][name=brand_primary_color]").forEach(enhanceColor);
   }
 
   if (document.readyState === "loading") {
