@@ -74,7 +74,7 @@ def console(_orm_beside_playwright: None, live_server: Any, django_user_model: A
     category_upsert(environment=environment, key="comments", name="Comments", default_channels={"email": True})
     preferences_update(subscriber=subscriber, channels={"sms": False}, categories={"comments": {"email": False}})
     quiet_hours_set(subscriber=subscriber, start=time(22, 0), end=time(7, 0), timezone="Europe/Paris")
-    email_template = Template.objects.get(environment=environment, key="comment-email")
+    templates = {t.channel: t.pk for t in Template.objects.filter(environment=environment)}
     return {
         "base": str(live_server.url),
         "home": reverse("admin:index"),
@@ -82,7 +82,9 @@ def console(_orm_beside_playwright: None, live_server: Any, django_user_model: A
         "event": reverse("admin:events_event_change", args=[trace.event.pk]),
         "subscriber": reverse("admin:subscribers_subscriber_change", args=[subscriber.pk]),
         "workflow editor": reverse("admin:workflows_workflow_editor", args=[trace.event.workflow_id]),
-        "template editor": reverse("admin:notification_templates_template_change", args=[email_template.pk]),
+        "template editor": reverse("admin:notification_templates_template_change", args=[templates["email"]]),
+        "in-app template editor": reverse("admin:notification_templates_template_change", args=[templates["in_app"]]),
+        "message": reverse("admin:delivery_message_change", args=[trace.email.pk]),
         "savings report": reverse("analytics-savings"),
     }
 
@@ -104,14 +106,24 @@ def _describe(violations: list[dict[str, Any]]) -> str:
 
 @pytest.mark.parametrize(
     "name",
-    ["home", "activity", "event", "subscriber", "workflow editor", "template editor", "savings report"],
+    [
+        "home",
+        "activity",
+        "event",
+        "message",
+        "subscriber",
+        "workflow editor",
+        "template editor",
+        "in-app template editor",
+        "savings report",
+    ],
 )
 def test_no_critical_or_serious_violation(console: dict[str, str], page: Page, name: str) -> None:
     _log_in(page, console["base"])
     response = page.goto(console["base"] + console[name])
     assert response is not None and response.status == 200, f"{name}: {response and response.status}"
     page.wait_for_load_state("networkidle")
-    if name == "template editor":  # the live preview dims itself while it renders: check the settled page
+    if name.endswith("template editor"):  # the live preview dims itself while it renders: check the settled page
         expect(page.locator("#ce-preview")).to_have_attribute("data-state", "ok")
 
     page.evaluate(AXE.read_text(encoding="utf-8"))
