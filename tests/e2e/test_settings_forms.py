@@ -7,6 +7,7 @@ Runs against pytest-django's ``live_server``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,18 @@ except ImportError:  # a dev dependency; without it `make test` must still colle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
+AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
+RUN_AXE = """
+async () => {
+  const result = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}});
+  return {
+    passes: result.passes.length,
+    violations: result.violations.filter((v) => ["critical", "serious"].includes(v.impact)).map((v) => ({
+      id: v.id, impact: v.impact, help: v.help, targets: v.nodes.slice(0, 5).map((n) => n.html.slice(0, 160)),
+    })),
+  };
+}
+"""
 WATCH = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", (e) => {
@@ -117,3 +130,37 @@ def test_copy_a_webhook_url(console: dict[str, Any], page: Page) -> None:
     expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == url
     assert page.evaluate("window.__csp") == []
+
+
+def test_no_critical_or_serious_accessibility_violation(console: dict[str, Any], page: Page) -> None:
+    environment: Environment = console["environment"]
+    integration: Integration = console["integration"]
+    base = console["base"]
+    _log_in(page, base, f"/admin/tenancy/environment/{environment.pk}/change/")
+    page.locator(".clarion-origin-list input[type=text]").nth(0).fill("ftp://bad.example.com")
+    page.get_by_role("button", name="Save and continue editing").click()  # a page with a row error
+    expect(page.locator(".clarion-origin-error")).to_be_visible()
+    pages = {"environment (with an error)": page.url}
+    for name, path in {
+        "create a key": f"/admin/tenancy/environment/{environment.pk}/keys/new/",
+        "rotate the inbox secret": f"/admin/tenancy/environment/{environment.pk}/inbox-secret/rotate/",
+        "integration": f"/admin/delivery/integration/{integration.pk}/change/",
+        "send a test": f"/admin/delivery/integration/{integration.pk}/send-test/",
+    }.items():
+        pages[name] = base + path
+    found = {}
+    for name, url in pages.items():
+        if page.url != url:
+            page.goto(url)
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+        report = page.evaluate(RUN_AXE)
+        assert report["passes"] > 0
+        if report["violations"]:
+            found[name] = report["violations"]
+    page.goto(f"{base}/admin/tenancy/environment/{environment.pk}/keys/new/")
+    page.get_by_role("button", name="Create the key").click()
+    page.evaluate(AXE.read_text(encoding="utf-8"))
+    report = page.evaluate(RUN_AXE)
+    if report["violations"]:
+        found["the new key"] = report["violations"]
+    assert not found, found

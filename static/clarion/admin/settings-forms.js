@@ -43,7 +43,7 @@
       }
       renumber(list);
     });
-    item.appendChild(button);
+    item.insertBefore(button, item.querySelector(".clarion-origin-error"));  // beside the input
   }
 
   function enhanceOrigins(editor) {
