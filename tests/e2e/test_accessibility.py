@@ -1,9 +1,10 @@
 """Accessibility of the operator console in a real Chromium: axe-core (vendored, ``vendor/axe.min.js``)
 runs the WCAG 2 A and AA rules on each console page, built on a realistic trace (an event walked by
 the engine with its run, an in-app and a failed email message, a failed delivery attempt and a bounce
-callback; a subscriber with preferences and quiet hours; the workflow and its templates). A page
-passes with no violation of impact ``critical`` or ``serious``; a failure lists each one (rule id,
-impact, the elements it found and axe's help text).
+callback; a subscriber with preferences and quiet hours; the workflow and its templates), in the
+light and the dark theme (the admin follows the system's). A page passes with no violation of
+impact ``critical`` or ``serious``; a failure lists each one (rule id, impact, the elements it
+found and axe's help text).
 
 axe is evaluated through the DevTools protocol (``page.evaluate``), which the pages' Content-Security-
 Policy does not govern: nothing is added to the page's own scripts, and the app never serves the file.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from django.urls import reverse
@@ -118,7 +119,11 @@ def _describe(violations: list[dict[str, Any]]) -> str:
         "savings report",
     ],
 )
-def test_no_critical_or_serious_violation(console: dict[str, str], page: Page, name: str) -> None:
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_critical_or_serious_violation(
+    console: dict[str, str], page: Page, name: str, scheme: Literal["light", "dark"]
+) -> None:
+    page.emulate_media(color_scheme=scheme)  # the admin follows the system's light or dark theme
     _log_in(page, console["base"])
     response = page.goto(console["base"] + console[name])
     assert response is not None and response.status == 200, f"{name}: {response and response.status}"
@@ -133,5 +138,5 @@ def test_no_critical_or_serious_violation(console: dict[str, str], page: Page, n
     assert report["passes"] > 0  # axe really ran its rules on this page
     blocking = [v for v in report["violations"] if v["impact"] in BLOCKING]
     others = [v for v in report["violations"] if v["impact"] not in BLOCKING]
-    print(f"{name}: {report['passes']} rules pass; minor/moderate left:\n{_describe(others) or '  none'}")
-    assert not blocking, f"{name} ({console[name]}): axe finds\n{_describe(blocking)}"
+    print(f"{name} ({scheme}): {report['passes']} rules pass; minor/moderate left:\n{_describe(others) or '  none'}")
+    assert not blocking, f"{name} ({console[name]}, {scheme}): axe finds\n{_describe(blocking)}"
