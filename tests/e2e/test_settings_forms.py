@@ -132,7 +132,9 @@ def test_copy_a_webhook_url(console: dict[str, Any], page: Page) -> None:
     assert page.evaluate("window.__csp") == []
 
 
-def test_no_critical_or_serious_accessibility_violation(console: dict[str, Any], page: Page) -> None:
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_critical_or_serious_accessibility_violation(console: dict[str, Any], page: Page, scheme: str) -> None:
+    page.emulate_media(color_scheme=scheme)  # the admin follows prefers-color-scheme
     environment: Environment = console["environment"]
     integration: Integration = console["integration"]
     base = console["base"]
