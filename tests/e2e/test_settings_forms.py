@@ -6,6 +6,7 @@ Runs against pytest-django's ``live_server``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,22 @@ def _log_in(page: Page, base: str, next_url: str) -> None:
     page.click("input[type=submit]")
 
 
-def test_allowed_origins_branding_and_a_new_key(console: dict[str, Any], page: Page) -> None:
+def _screenshot(page: Page, tmp_path: Path, name: str, *headings: str) -> None:
+    """The fieldsets with these headings (the viewport without any): docs/img for the docs."""
+    folder = Path(os.environ.get("CLARION_E2E_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not headings:
+        page.screenshot(path=str(folder / name), full_page=False)
+        return
+    page.evaluate("window.scrollTo(0, 0)")
+    boxes = [page.locator("fieldset", has=page.locator("h2", has_text=h)).bounding_box() for h in headings]
+    top, bottom = min(b["y"] for b in boxes if b), max(b["y"] + b["height"] for b in boxes if b)
+    left, width = min(b["x"] for b in boxes if b), max(b["width"] for b in boxes if b)
+    clip = {"x": left - 8, "y": top - 8, "width": width + 16, "height": bottom - top + 16}
+    page.screenshot(path=str(folder / name), full_page=True, clip=clip)
+
+
+def test_allowed_origins_branding_and_a_new_key(console: dict[str, Any], page: Page, tmp_path: Path) -> None:
     environment: Environment = console["environment"]
     _log_in(page, console["base"], f"/admin/tenancy/environment/{environment.pk}/change/")
     rows = page.locator(".clarion-origin-list input[type=text]")
@@ -97,6 +113,7 @@ def test_allowed_origins_branding_and_a_new_key(console: dict[str, Any], page: P
     expect(page.locator(".clarion-origin-error")).to_contain_text("Not an origin")
     environment.refresh_from_db()
     assert environment.allowed_origins == []
+    _screenshot(page, tmp_path, "console-settings-environment.png", "Inbox", "Branding")
 
     bad.fill("https://*.example.org")
     page.get_by_role("button", name="Save and continue editing").click()
@@ -118,7 +135,7 @@ def test_allowed_origins_branding_and_a_new_key(console: dict[str, Any], page: P
     assert page.evaluate("window.__csp") == []
 
 
-def test_copy_a_webhook_url(console: dict[str, Any], page: Page) -> None:
+def test_copy_a_webhook_url(console: dict[str, Any], page: Page, tmp_path: Path) -> None:
     integration: Integration = console["integration"]
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     _log_in(page, console["base"], f"/admin/delivery/integration/{integration.pk}/change/")
@@ -129,6 +146,8 @@ def test_copy_a_webhook_url(console: dict[str, Any], page: Page) -> None:
     button.click()
     expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == url
+    button.scroll_into_view_if_needed()
+    _screenshot(page, tmp_path, "console-settings-integration.png")
     assert page.evaluate("window.__csp") == []
 
 
