@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -164,7 +165,11 @@ class BulkTriggerSerializer(serializers.Serializer):
             # Levels 1 and 2 are the body and the events list (StrictJSONParser left the items to us).
             problem = json_problem(item, path=f"events[{index}]", max_depth=MAX_DEPTH - 2)
             if problem:
-                requests.append(services.BulkItemResult(None, "error", problem.as_dict()))
+                violations = _schema_violations(item)
+                if violations is not None:  # refused with the request, as it would be without its NUL
+                    errors[str(index)] = violations
+                else:
+                    requests.append(services.BulkItemResult(None, "error", problem.as_dict()))
                 continue
             try:
                 requests.append(validate_trigger(item))
@@ -175,6 +180,36 @@ class BulkTriggerSerializer(serializers.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         return requests
+
+
+# What DRF says of text no database can store: not a schema violation (the item's own error says it).
+_UNSTORABLE_TEXT_CODES = {"null_characters_not_allowed", "surrogate_characters_not_allowed"}
+
+
+def _codes(detail: Any) -> Iterator[str]:
+    if isinstance(detail, dict):
+        for value in detail.values():
+            yield from _codes(value)
+    elif isinstance(detail, list):
+        for value in detail:
+            yield from _codes(value)
+    else:
+        yield str(getattr(detail, "code", ""))
+
+
+def _schema_violations(item: dict[str, Any]) -> Any | None:
+    """The validation errors of a bulk item that holds unstorable text, if it also breaks the schema
+    otherwise (a bad workflow key, a missing `to`); None when its text is its only problem."""
+    if json_problem(item, max_depth=MAX_DEPTH - 2, strings=False):
+        return None  # nested too deep: not walked again
+    try:
+        validate_trigger(item)
+    except serializers.ValidationError as exc:
+        if any(code not in _UNSTORABLE_TEXT_CODES for code in _codes(exc.detail)):
+            return exc.detail
+    except Unprocessable:
+        pass
+    return None
 
 
 class BulkItemSerializer(serializers.Serializer):

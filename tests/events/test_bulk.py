@@ -256,3 +256,23 @@ def test_invalid_items_are_reported_by_index_with_the_serializers_messages(api, 
     assert "workflow" in details["1"]
     assert set(details["2"]) == {"to", "transaction_id"}
     assert Event.objects.count() == 0
+
+
+def test_an_item_with_unstorable_text_that_also_breaks_the_schema_is_refused_with_the_request(api, comment_workflow):
+    # Alone, text no database can store is the item's own error (the others are accepted) ...
+    alone = api.post(
+        "/api/v1/events/bulk",
+        {"events": [{"workflow": "comment-created", "to": ["u1"], "payload": {"k\u0000": 1}}]},
+        format="json",
+    )
+    assert alone.status_code == 202
+    assert alone.json()["data"][0]["error"]["code"] == "invalid_json"
+
+    # ... but an item that is schema-invalid besides is refused as it would be without its NUL.
+    both = api.post(
+        "/api/v1/events/bulk",
+        {"events": [{"workflow": "80*", "to": ["u1"], "payload": {"k\u0000": 1}}]},
+        format="json",
+    )
+    assert both.status_code == 400
+    assert "workflow" in both.json()["error"]["details"]["events"]["0"]
