@@ -86,6 +86,8 @@ def console(_orm_beside_playwright: None, live_server: Any, django_user_model: A
         "template editor": reverse("admin:notification_templates_template_change", args=[templates["email"]]),
         "in-app template editor": reverse("admin:notification_templates_template_change", args=[templates["in_app"]]),
         "message": reverse("admin:delivery_message_change", args=[trace.email.pk]),
+        "run": reverse("admin:workflows_run_change", args=[trace.run.pk]),
+        "why not": reverse("admin:subscribers_subscriber_why_not", args=[subscriber.pk]),
         "savings report": reverse("analytics-savings"),
     }
 
@@ -112,6 +114,8 @@ def _describe(violations: list[dict[str, Any]]) -> str:
         "activity",
         "event",
         "message",
+        "run",
+        "why not",
         "subscriber",
         "workflow editor",
         "template editor",
@@ -128,6 +132,12 @@ def test_no_critical_or_serious_violation(
     response = page.goto(console["base"] + console[name])
     assert response is not None and response.status == 200, f"{name}: {response and response.status}"
     page.wait_for_load_state("networkidle")
+    if name == "why not":  # the page with a dry run's answer on it
+        workflow = page.locator("#id_workflow option", has_text="comment-created").inner_text()
+        page.select_option("#id_workflow", label=workflow)
+        page.fill("#id_payload", '{"post_title": "Hello", "comment": "First!"}')
+        page.click("input[type=submit][value='Dry run']")
+        expect(page.locator("#why-not-result")).to_be_visible()
     if name.endswith("template editor"):  # the live preview dims itself while it renders: check the settled page
         expect(page.locator("#ce-preview")).to_have_attribute("data-state", "ok")
 
