@@ -32,6 +32,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from apps.core.channels import CHANNELS
 from apps.core.errors import ApiError
+from apps.events.models import Event
 from apps.templates.models import Template
 from apps.workflows.definitions import CHANNEL_STEP_TYPES, DefinitionError, validate_steps
 from apps.workflows.diagram import shorten, steps_svg
@@ -40,6 +41,8 @@ from apps.workflows.selectors import workflow_version_diff, workflow_versions
 from apps.workflows.services import workflow_rollback, workflow_upsert
 from apps.workflows.steps import all_step_types
 from apps.workflows.steps.escalate import STOP_ON
+from apps.workflows.trial import RUNS_SHOWN as TRIAL_RUNS_SHOWN
+from apps.workflows.trial import TrialForm, TrialRefused, trial_event, trial_form, trial_timeline, trial_trigger
 
 # --------------------------------------------------------------------------------------------
 # What each field is: how it is edited and explained
@@ -645,6 +648,12 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
             view(self.editor_view, "editor"),
             view(self.diagram_view, "diagram"),
             view(self.diff_view, "diff"),
+            view(self.test_run_view, "test"),
+            path(
+                "<path:object_id>/test/<int:event_id>/timeline/",
+                self.admin_site.admin_view(self.test_timeline_view),
+                name="workflows_workflow_test_timeline",
+            ),
             path(
                 "<path:object_id>/rollback/<int:number>/",
                 self.admin_site.admin_view(self.rollback_view),
@@ -747,6 +756,7 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
         errors: dict[str, str],
         loaded: int | None = None,
         status: str = "",
+        trial: TrialForm | None = None,
     ) -> HttpResponse:
         templates = template_options(workflow.environment_id)
         root, other_errors = editor_steps(steps, errors, templates)
@@ -755,6 +765,7 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
         can_change = self.has_change_permission(request, workflow)
         context = {
             **self.admin_site.each_context(request),
+            **self._trial_context(request, workflow, trial or trial_form(workflow, published)),
             "opts": self.model._meta,
             "title": f"Edit the steps of “{workflow.name}”",
             "subtitle": workflow.key,
@@ -861,3 +872,106 @@ class WorkflowEditorAdmin(admin.ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/workflows/workflow/diff.html", context)
+
+    # --- "Test this workflow": trigger the published version for one subscriber, watch the timeline
+
+    def _can_test(self, request: HttpRequest, workflow: Workflow) -> bool:
+        """Triggering is changing what the workflow does to people; watching it is reading events."""
+        return self.has_change_permission(request, workflow) and request.user.has_perm("events.view_event")
+
+    def _trial_context(self, request: HttpRequest, workflow: Workflow, trial: TrialForm) -> dict[str, Any]:
+        return {
+            "trial": trial,
+            "can_test": self._can_test(request, workflow),
+            "test_url": reverse("admin:workflows_workflow_test", args=[workflow.pk]),
+        }
+
+    def _trial_timeline_context(self, workflow: Workflow, event: Event) -> dict[str, Any]:
+        timeline, live = trial_timeline(event)
+        return {
+            "timeline": timeline,
+            "live": live,
+            "original": event,
+            "event_environment": workflow.environment,
+            "runs_shown": TRIAL_RUNS_SHOWN,
+            "all_runs_url": reverse("admin:workflows_run_changelist") + f"?event__id__exact={event.pk}",
+            "event_url": reverse("admin:events_event_change", args=[event.pk]),
+            "poll_url": reverse("admin:workflows_workflow_test_timeline", args=[workflow.pk, event.pk]),
+            "can_cancel": False,  # the event page has the buttons
+            "can_resend": False,
+        }
+
+    def test_run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: trigger for real. With ``_fragment`` (the page's script) the answer is the test
+        panel (its form and the event's timeline); without, the event's page (or the editor with
+        the form's error)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        workflow = self._workflow_or_404(request, object_id)
+        if not self._can_test(request, workflow):
+            raise PermissionDenied
+        published = workflow.published_version
+        subscriber_id = request.POST.get("subscriber_id", "").strip()[:200]
+        payload_text = request.POST.get("payload", "")
+        fragment = bool(request.POST.get("_fragment"))
+        try:
+            event = trial_trigger(workflow=workflow, subscriber_id=subscriber_id, payload_text=payload_text)
+        except TrialRefused as exc:
+            trial = trial_form(
+                workflow,
+                published,
+                subscriber_id=subscriber_id,
+                payload=payload_text,
+                errors=[exc.message],
+                details=exc.details,
+            )
+            if fragment:
+                return self._trial_panel(request, workflow, trial, status=422)
+            self.message_user(request, f"Not triggered: {exc.message}", messages.ERROR)
+            steps = workflow.draft_steps if isinstance(workflow.draft_steps, list) else []
+            return self._editor_response(request, workflow, steps=steps, errors={}, trial=trial)
+        self.log_change(
+            request, workflow, f"Test run: triggered event {event.transaction_id} for subscriber {subscriber_id}."
+        )
+        if not fragment:
+            self.message_user(
+                request,
+                f"Triggered {workflow.key} for {subscriber_id}: event {event.transaction_id}.",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:events_event_change", args=[event.pk]))
+        trial = trial_form(workflow, published, subscriber_id=subscriber_id, payload=payload_text)
+        fresh = trial_event(workflow=workflow, event_id=event.pk)  # processed meanwhile, maybe
+        return self._trial_panel(request, workflow, trial, event=fresh)
+
+    def _trial_panel(
+        self,
+        request: HttpRequest,
+        workflow: Workflow,
+        trial: TrialForm,
+        *,
+        event: Event | None = None,
+        status: int = 200,
+    ) -> HttpResponse:
+        context = {**self._trial_context(request, workflow, trial), "workflow": workflow}
+        if event is not None:
+            context.update(trial_event=event, **self._trial_timeline_context(workflow, event))
+        html = render_to_string("admin/workflows/workflow/test_panel.html", context, request=request)
+        return HttpResponse(html, status=status)
+
+    def test_timeline_view(self, request: HttpRequest, object_id: str, event_id: int) -> HttpResponse:
+        """GET: the test run's timeline (the event page's partial), for the panel to refresh."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        workflow = self._workflow_or_404(request, object_id)
+        if not request.user.has_perm("events.view_event"):
+            raise PermissionDenied
+        event = trial_event(workflow=workflow, event_id=event_id)
+        if event is None:
+            raise Http404("No such event of this workflow.")
+        html = render_to_string(
+            "admin/workflows/workflow/test_timeline.html",
+            self._trial_timeline_context(workflow, event),
+            request=request,
+        )
+        return HttpResponse(html)
