@@ -263,3 +263,23 @@ def test_user_strings_are_escaped(admin_client: Any, comment_workflow: Workflow,
     html = response.content.decode()
     assert response.status_code == 200 and Event.objects.count() == 1
     assert "<script>alert" not in html and "&lt;script&gt;" in html
+
+
+def test_the_refreshed_fragment_costs_a_fixed_number_of_queries(
+    admin_client: Any,
+    comment_workflow: Workflow,
+    ada: Any,
+    django_capture_on_commit_callbacks: Any,
+    django_assert_max_num_queries: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        trigger(admin_client, comment_workflow)
+    event = Event.objects.get()
+    url = timeline_url(comment_workflow, event)
+    admin_client.get(url)  # warm the session and content types
+
+    # polled every 1.5 s: session, user, the workflow, the event, the timeline's six reads
+    # (activity.event_timeline), the environment and its project (for its name)
+    with django_assert_max_num_queries(12):
+        response = admin_client.get(url)
+    assert response.status_code == 200 and "<td>inbox</td>" in response.content.decode()
