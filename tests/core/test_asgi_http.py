@@ -11,8 +11,8 @@ from concurrent.futures import wait
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
+from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator
 from django.conf import settings
 from django.core.signals import request_started
@@ -81,7 +81,7 @@ async def test_a_trigger_through_the_asgi_entry_point_is_accepted_and_stored(ten
     )
     assert response["status"] == 202, response["body"][:500]
     transaction_id = json.loads(response["body"])["transaction_id"]
-    stored = await sync_to_async(Event.objects.get)(transaction_id=transaction_id)
+    stored = await database_sync_to_async(Event.objects.get)(transaction_id=transaction_id)
     assert stored.payload == {"post_title": "é"}
     assert stored.environment_id == tenant.environment.pk
 
@@ -121,7 +121,7 @@ async def test_a_chunked_body_without_content_length_reaches_the_view(tenant: Te
     start_message = await communicator.receive_output(10)
     assert start_message["status"] == 202
     await communicator.wait(10)
-    assert await sync_to_async(Event.objects.filter(payload__post_title="chunked").count)() == 1
+    assert await database_sync_to_async(Event.objects.filter(payload__post_title="chunked").count)() == 1
 
 
 async def test_an_oversized_chunked_body_is_refused_with_413_in_the_envelope(settings: Any) -> None:
