@@ -119,8 +119,9 @@
       })
       .then(function (html) {
         panel().outerHTML = html;  // rendered (and escaped) by the server's templates
-        var errors = document.getElementById("wf-test-errors");
-        if (errors) errors.focus();
+        // the button was replaced: keep the keyboard in the panel (on the errors, else its heading)
+        var target = document.getElementById("wf-test-errors") || document.getElementById("wf-test-title");
+        if (target) target.focus();
         polls = 0;
         schedule();
       })
