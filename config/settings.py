@@ -189,9 +189,10 @@ USING_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresq
 
 REDIS_URL = env.str("REDIS_URL", default="")
 
-# Threads of a web process that run HTTP requests (config.asgi); each holds at most one database
-# connection at a time, so keep it at or below DB_POOL_MAX_SIZE.
-WEB_THREADS = env.int("WEB_THREADS", default=10)
+# 0: HTTP through Django's ASGI handler (a thread per request). N > 0: through its WSGI handler on
+# N long-lived threads, for web processes that serve the API only, not websockets (config.asgi).
+# Each thread holds at most one database connection at a time: keep N <= DB_POOL_MAX_SIZE.
+WEB_HTTP_THREADS = env.int("WEB_HTTP_THREADS", default=0)
 
 # --- Cache (rate-limit counters, apps.core.throttling) ------------------------------------------
 if REDIS_URL:

@@ -27,11 +27,16 @@ _TOO_LARGE = json.dumps(
 ).encode()
 
 
-def with_content_length(app: ASGIApp) -> ASGIApp:
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+class WithContentLength:
+    """Wraps ``app`` (kept as ``.app``) so that a chunked body reaches it with its length."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope.get("headers") or []
         if scope["type"] != "http" or any(name.lower() == b"content-length" for name, _ in headers):
-            await app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         limit = (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) + _MARGIN
         chunks: list[bytes] = []
@@ -62,6 +67,4 @@ def with_content_length(app: ASGIApp) -> ASGIApp:
             return await receive()
 
         scope = dict(scope, headers=[*headers, (b"content-length", str(len(body)).encode())])
-        await app(scope, replay, send)
-
-    return wrapped
+        await self.app(scope, replay, send)
