@@ -21,13 +21,12 @@ from __future__ import annotations
 import io
 import math
 import random
-import statistics
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.analytics import CHANNELS_OF, MEAN_LOAD, RATIOS
+from bench.analytics import CHANNELS_OF, MEAN_LOAD, RATIOS, _median_ms
 from bench.common import Installation, log
 from bench.report import Row, Skipped
 
@@ -89,16 +88,6 @@ def _copy(table: str, rows: list[tuple[Any, ...]]) -> None:
         buffer.write("\n")
     with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
         copy.write(buffer.getvalue())
-
-
-def _median_ms(call: Any, rounds: int) -> tuple[float, list[float]]:
-    call()  # warm-up: plans, caches
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), [round(t, 1) for t in times]
 
 
 def run(installation: Installation, config: Config | None = None) -> dict[str, Any]:
