@@ -5,6 +5,9 @@
 always on the embedded default (SQLite + ORM broker + channels-lite, whatever ``DATABASE_URL``
 says), runs ``manage.py seed_demo`` and turns the demo page on (``CLARION_DEMO_PAGE=1``).
 
+``CLARION_E2E_PORTS=20200-20299`` keeps its web server in that range (a shared machine's
+engineers each have one); otherwise any free port.
+
 ``browser`` is Debian's Chromium at ``/usr/bin/chromium`` (``CLARION_CHROMIUM`` overrides it):
 Playwright never downloads a browser here. Without it the e2e tests are skipped on a developer's
 machine, and FAIL under CI (``CI`` set), where ``.ci/run`` installs it.
@@ -19,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import sqlite3
 import textwrap
 import time
@@ -139,6 +143,21 @@ class DemoSystem:
             time.sleep(0.2)
         raise AssertionError(f"no inbox message {title!r} after {timeout:.0f} s\n{self.system.worker.output()}")
 
+    def log_in(self, page: Page, next_path: str = "/admin/") -> None:
+        """Log in to the console as the demo's superuser, landing on ``next_path``. Django's own
+        field ids and the button's name: the same whatever the admin's theme."""
+        page.goto(self.url(f"/admin/login/?next={next_path}"))
+        page.fill("#id_username", self.demo["admin_username"])
+        page.fill("#id_password", self.demo["admin_password"])
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(lambda url: "/admin/login/" not in url)
+
+    def sqlite(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the installation's SQLite file (works while the web is down)."""
+        database = self.system.var_dir / "clarion.sqlite3"
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
     def subscriber_hash(self) -> str:
         secret = self.demo["inbox_hmac_secret"].encode()
         return hmac.new(secret, self.subscriber_id.encode(), hashlib.sha256).hexdigest()
@@ -204,11 +223,27 @@ def chromium_executable() -> str:
     return CHROMIUM
 
 
+def e2e_port() -> int:
+    """A free port, in ``CLARION_E2E_PORTS`` (``low-high``) when that is set."""
+    wanted = os.environ.get("CLARION_E2E_PORTS", "").strip()
+    if not wanted:
+        return _free_port()
+    low, _, high = wanted.partition("-")
+    for port in range(int(low), int(high or low) + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port in CLARION_E2E_PORTS={wanted}")
+
+
 @pytest.fixture(scope="session")
 def clarion_demo(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSystem]:
     """uvicorn + qcluster on a seeded throwaway installation, demo page on."""
     var_dir = tmp_path_factory.mktemp("clarion-e2e")
-    port = _free_port()
+    port = e2e_port()
     env = _process_env(var_dir, port)  # drops DATABASE_URL / REDIS_URL: always the embedded default
     env["CLARION_DEMO_PAGE"] = "1"
     _manage(env, "migrate", "--noinput")
@@ -236,6 +271,16 @@ def demo_inbox(clarion_demo: DemoSystem) -> Iterator[DemoSystem]:
     clarion_demo.archive_all()
     clarion_demo.console.clear()
     yield clarion_demo
+
+
+@pytest.fixture(scope="module")
+def orm_beside_playwright() -> Iterator[None]:
+    """For tests against pytest-django's ``live_server``: Playwright's sync API keeps an event loop in
+    this thread, so Django refuses ORM calls here; the set-up and the database flush after a test are
+    plain synchronous code. Module scope: set before the database fixtures, undone after them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
 
 
 # --- The browser -------------------------------------------------------------------------------
