@@ -116,3 +116,57 @@ def rows_insert(
                     + fixed_dumped
                 )
     return pks
+
+
+def rows_insert_keyed(
+    model: type[models.Model],
+    fixed: dict[str, Any],
+    *,
+    column: str,
+    keys: Sequence[int],
+    ignore_conflicts: bool = False,
+    where: tuple[str, Sequence[Any]] | None = None,
+    using: str = "default",
+) -> list[int] | None:
+    """PostgreSQL: one row per key in ``keys`` (``column``), every other field the same (``fixed``,
+    else its default), in one ``INSERT … SELECT … FROM unnest(%s::bigint[])`` (one parameter for
+    the keys: no SQL compiled per row); with ``ignore_conflicts`` rows that break a unique
+    constraint are skipped (``ON CONFLICT DO NOTHING``); ``where`` (SQL, params) guards the whole
+    insert (e.g. "the parent row is still live"). Returns the new rows' primary keys (in no
+    particular order). ``None`` on other databases: the caller falls back to ``bulk_create``."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return None
+    if not keys:
+        return []
+    now = timezone.now()
+    quote = connection.ops.quote_name
+    names: list[str] = []
+    values: list[str] = []
+    params: list[Any] = []
+    for c in _columns(model):
+        names.append(quote(c.column))
+        if c.attname == column:
+            values.append("k")
+            continue
+        if c.attname in fixed:
+            value = fixed[c.attname]
+        elif c.default is _NOW:
+            value = now
+        elif callable(c.default):
+            value = c.default()
+        else:
+            value = c.default
+        # typed: an untyped parameter in a SELECT list would be taken as text
+        values.append(f"%s::{model._meta.get_field(c.attname).db_type(connection)}")
+        params.append(c.dump(value) if c.dump is not None else value)
+    meta = model._meta
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(names)}) "
+        f"SELECT {', '.join(values)} FROM unnest(%s::bigint[]) AS k"
+        f"{f' WHERE {where[0]}' if where else ''}"
+        f"{' ON CONFLICT DO NOTHING' if ignore_conflicts else ''} RETURNING {quote(str(meta.pk.column))}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, list(keys), *(where[1] if where else [])])
+        return [pk for (pk,) in cursor.fetchall()]

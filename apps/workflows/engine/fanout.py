@@ -9,6 +9,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 
+from apps.core.bulk import rows_insert_keyed
 from apps.core.tasks import enqueue
 from apps.events.fanout import event_fanout_finish, event_fanout_renew
 from apps.events.models import Event
@@ -84,33 +85,56 @@ def fan_out_event(event: Event, lease: timedelta) -> None:
     for pks in _recipient_pk_chunks(event):
         if not pks:
             continue
-        with transaction.atomic():
-            if Event.objects.filter(pk=event.pk, status=Event.Status.CANCELLED).exists():
-                return
-            Run.objects.bulk_create(
-                [
-                    Run(
-                        environment_id=event.environment_id,
-                        event_id=event.pk,
-                        workflow_version_id=event.workflow_version_id,
-                        subscriber_id=pk,
-                    )
-                    for pk in pks
-                ],
-                ignore_conflicts=True,
-                batch_size=500,
-            )
-        run_ids = list(
-            Run.objects.filter(event=event, subscriber_id__in=pks, status=Run.Status.PENDING).values_list(
-                "pk", flat=True
-            )
-        )
+        run_ids = _runs_create(event, pks)
+        if run_ids is None:  # cancelled
+            return
         runs_created += len(pks)
         if run_ids:
             enqueue(ADVANCE_TASK, run_ids)
         event_fanout_renew(event=event, lease=lease)
     event_fanout_finish(event=event, recipient_count=Run.objects.filter(event=event).count())
     logger.info("event %s fanned out to %d recipients", event.transaction_id, runs_created)
+
+
+def _runs_create(event: Event, pks: list[int]) -> list[int] | None:
+    """A pending run for each of these subscribers that has none yet for the event; returns the
+    ids of the chunk's pending runs (``None``: the event was cancelled, nothing written).
+
+    PostgreSQL: one ``INSERT … SELECT … FROM unnest(…) ON CONFLICT DO NOTHING RETURNING id``
+    that inserts only while the event is not cancelled — the event row read ``FOR SHARE``, so a
+    cancellation either waits for these runs and stops them, or commits first and nothing is
+    inserted — with no model instance and no SQL compiled per row. When it returns a run for every
+    pk (the usual case) that is the chunk; otherwise (a resumed fan-out found runs it had created,
+    or the event was cancelled) the chunk's pending runs are read back, as on other databases.
+    """
+    fixed = {
+        "environment_id": event.environment_id,
+        "event_id": event.pk,
+        "workflow_version_id": event.workflow_version_id,
+    }
+    created = rows_insert_keyed(
+        Run,
+        fixed,
+        column="subscriber_id",
+        keys=pks,
+        ignore_conflicts=True,
+        where=(
+            f"EXISTS (SELECT 1 FROM {Event._meta.db_table} WHERE id = %s AND status <> %s FOR SHARE)",
+            [event.pk, Event.Status.CANCELLED],
+        ),
+    )
+    if created is not None and len(created) == len(pks):
+        return created
+    with transaction.atomic():
+        if Event.objects.filter(pk=event.pk, status=Event.Status.CANCELLED).exists():
+            return None
+        if created is None:
+            Run.objects.bulk_create(
+                [Run(subscriber_id=pk, **fixed) for pk in pks], ignore_conflicts=True, batch_size=500
+            )
+    return list(
+        Run.objects.filter(event=event, subscriber_id__in=pks, status=Run.Status.PENDING).values_list("pk", flat=True)
+    )
 
 
 def _template_pins(event: Event) -> dict[str, int]:
