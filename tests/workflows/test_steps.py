@@ -461,6 +461,61 @@ def test_digest_joins_and_sends_cost_queries_per_chunk_not_per_recipient(
     assert StepRun.objects.filter(run__in=runs, reason="digest_merged").count() == 5 * 2 + 35
 
 
+def test_runs_joining_a_digest_load_nothing_for_the_steps_behind_it(digest_flow, env, fire, move, clock, monkeypatch):
+    """A chunk of runs that join their digests loads nothing for the email step behind it (no
+    template, preference, address, quiet hours or cap): they wait in their buckets whatever those
+    say. The leaders that carry the digests out load them, and send."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.workflows.engine import chunks
+
+    digest_flow()
+    ids = [f"j{n:02d}" for n in range(20)]
+    for subscriber_id in ids:
+        SubscriberFactory(environment=env, subscriber_id=subscriber_id)
+    loads: list[tuple[int, int]] = []  # (statements, template versions loaded)
+    original = chunks.load_chunk
+
+    def counted(runs: list[Run], now: datetime) -> Any:
+        with CaptureQueriesContext(connection) as captured:
+            data = original(runs, now)
+        loads.append((len(captured.captured_queries), len(data.templates) + len(data.pinned)))
+        return data
+
+    monkeypatch.setattr(chunks, "load_chunk", counted)
+    fire("comments", ids, {"post": "p1", "comment": "first"})  # opens 20 buckets
+    fire("comments", ids, {"post": "p1", "comment": "second"})
+    assert loads == [(0, 0), (0, 0)]
+
+    move(START + timedelta(hours=1, seconds=1))
+    statements, templates = loads[2]
+    assert statements > 0 and templates == 1  # the email step's pinned version
+    assert sorted(m.subject for m in mail.outbox) == ["2 new comments on p1"] * 20
+
+
+def test_the_steps_ahead_stop_at_a_digest_joined_now_only_on_the_straight_path():
+    from apps.workflows.definitions import compile_steps
+    from apps.workflows.steps.base import steps_ahead
+
+    digest = {"id": "d", "type": "digest", "window": "1h"}
+    mail = {"id": "m", "type": "email", "template": "t"}
+    late = {"id": "late", "type": "sms", "template": "t"}
+    run = Run(step_index=0, step_results={})
+
+    def ahead(steps: list[dict[str, Any]]) -> list[str]:
+        return [step["id"] for step in steps_ahead(run, compile_steps(steps))]
+
+    assert ahead([mail, digest, late]) == ["m", "d"]
+    assert ahead([{**digest, "if": "payload.x"}, late]) == ["d", "late"]  # it may be skipped
+    branch = {"id": "b", "type": "branch", "branches": [{"if": "payload.x", "steps": [digest]}], "else": [mail]}
+    assert ahead([branch, late]) == ["b", "d", "m", "late"]  # the other arm and what follows may run
+    run.step_index = 1  # inside the arm: the digest comes first on its path
+    assert ahead([branch, late]) == ["d"]
+    run.step_index, run.step_results = 0, {"d": {"type": "digest", "in_progress": True, "role": "leader"}}
+    assert ahead([digest, late]) == ["d", "late"]  # a leader woken to carry its digest on goes on
+
+
 def test_digest_max_events_closes_early(digest_flow, env, fire, move, clock):
     digest_flow(max_events=2)
     SubscriberFactory(environment=env, subscriber_id="u1")

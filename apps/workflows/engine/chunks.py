@@ -41,7 +41,7 @@ from apps.workflows.engine.walker import walk
 from apps.workflows.leases import LeaseHeartbeat, lease_seconds
 from apps.workflows.models import Run, StepRun, WorkflowVersion
 from apps.workflows.steps import ChunkData, ChunkPlan, ChunkWrites, all_step_types, known_step_types, step_type
-from apps.workflows.steps.base import TraceEntry
+from apps.workflows.steps.base import TraceEntry, steps_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,8 @@ def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
 
 
 def remaining_steps(run: Run) -> Iterator[dict[str, Any]]:
-    for instruction in program_for(run.workflow_version)[run.step_index :]:
-        if "step" in instruction:
-            yield instruction["step"]
+    """The steps the run may still reach in this walk (none behind a digest it joins now)."""
+    return steps_ahead(run, program_for(run.workflow_version))
 
 
 def load_chunk(runs: list[Run], now: datetime) -> ChunkData:

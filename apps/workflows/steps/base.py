@@ -17,7 +17,7 @@ Adding a step type is one module under ``apps/workflows/steps/`` decorated with 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
@@ -309,6 +309,11 @@ class StepType:
         """
         return []
 
+    def stops_walk(self, run: Run, step: dict[str, Any]) -> bool:
+        """Whether a run that reaches this step now surely waits there, so that no step behind it
+        runs in this walk (the chunk then loads nothing for those: see ``steps_ahead``)."""
+        return False
+
 
 _REGISTRY: dict[str, StepType] = {}
 _ORDER: list[StepType] = []
@@ -334,3 +339,26 @@ def known_step_types() -> set[str]:
 
 def all_step_types() -> Iterable[StepType]:
     return tuple(_ORDER)
+
+
+def steps_ahead(run: Run, program: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The steps a run may still reach in this walk, in program order: every step from its position
+    on, up to and including the first unconditional step on its straight path (no branch, jump or
+    end before it) that surely makes it wait (``StepType.stops_walk``, e.g. a digest it joins now).
+
+    What the chunk loads (templates, preferences, addresses…) follows from these steps, so runs
+    that only join their digest load nothing for the channel steps behind it.
+    """
+    straight = True
+    for instruction in program[run.step_index :]:
+        step = instruction.get("step")
+        if step is None:  # a jump: what follows is not on the straight path
+            straight = False
+            continue
+        yield step
+        if instruction["op"] != "step":
+            straight = False
+            continue
+        kind = _REGISTRY.get(step.get("type", ""))
+        if straight and not step.get("if") and kind is not None and kind.stops_walk(run, step):
+            return

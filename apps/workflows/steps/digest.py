@@ -110,6 +110,11 @@ class DigestStep(StepType):
         if digest(walk.run, step, walk.context, walk.data, walk.writes, walk.now):
             walk.context["digest"] = digest_context(walk.run, walk.data)
 
+    def stops_walk(self, run: Run, step: dict[str, Any]) -> bool:
+        # A run that joins now waits in its bucket (as its leader, a member, or passed through under
+        # a look-back and woken by a new task): the walk never goes past the step.
+        return not (run.step_results.get(step["id"]) or {}).get("in_progress")
+
     def commit(self, writes: ChunkWrites, held_runs: set[int], now: datetime) -> list[int]:
         wake: list[int] = []
         joins = [j for j in writes.digest_joins if j.run.pk in held_runs]
