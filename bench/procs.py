@@ -412,15 +412,21 @@ class Stack:
     installation: Installation
     web_processes: int = 1
     worker_processes: int = 1
+    # API-only uvicorn processes on a port of their own (WEB_HTTP_THREADS=api_threads), beside the
+    # ``web`` processes, which then serve the websockets: the split deployment (docs/deployment.md)
+    api_processes: int = 0
+    api_threads: int = 10
     cluster_workers: int | None = None  # CLARION_WORKERS per worker process; None: the settings' default
     esp: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     settings_module: str = "bench.settings"
     procs: list[Proc] = field(default_factory=list)
     web: Proc | None = None
+    api: Proc | None = None
     workers: list[Proc] = field(default_factory=list)
     esp_proc: Proc | None = None
     web_port: int = 0
+    api_port: int = 0
     esp_port: int = 0
     loadgens: list[int] = field(default_factory=list)
     _meters: list[CpuMeter] = field(default_factory=list)
@@ -429,6 +435,15 @@ class Stack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def api_url(self) -> str:
+        """Where API requests go: the API-only processes when there are any, else ``base_url``."""
+        return f"http://127.0.0.1:{self.api_port}" if self.api_port else self.base_url
+
+    @property
+    def web_pids(self) -> list[int]:
+        return [proc.pid for proc in (self.web, self.api) if proc is not None]
 
     @property
     def esp_url(self) -> str:
@@ -473,15 +488,23 @@ class Stack:
             )
         if web:
             self.web_port = free_port()  # first: the workers' CLARION_PUBLIC_URL names it
+            if self.api_processes:
+                self.api_port = free_port()
         if self.esp:
             self._spawn_esp()
         if web:
             self._spawn_web()
+            if self.api_processes:
+                self.api = self._spawn_uvicorn(
+                    "web-api", self.api_port, self.api_processes, WEB_HTTP_THREADS=str(self.api_threads)
+                )
         started = self._spawn_workers(self.worker_processes) if workers else []
         if self.esp:
             self._wait_esp()
         if web:
             self._wait_web()
+            if self.api is not None:
+                self._wait_uvicorn(self.api, self.api_port, self.api_processes)
         self._wait_workers(started)
         if creating is not None and environment is not None:
             out, err = creating.communicate(timeout=300)
@@ -525,6 +548,9 @@ class Stack:
         self._wait_web()
 
     def _spawn_web(self) -> None:
+        self.web = self._spawn_uvicorn("web", self.web_port, self.web_processes)
+
+    def _spawn_uvicorn(self, name: str, port: int, processes: int, **env: str) -> Proc:
         argv = [
             sys.executable,
             "-m",
@@ -533,30 +559,33 @@ class Stack:
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.web_port),
+            str(port),
             "--workers",
-            str(self.web_processes),
+            str(processes),
             "--no-access-log",
             "--log-level",
             "warning",
         ]
-        self.web = self._spawn("web", argv, self.env())
+        return self._spawn(name, argv, self.env(**env))
 
     def _wait_web(self) -> None:
         assert self.web is not None
+        self._wait_uvicorn(self.web, self.web_port, self.web_processes)
+
+    def _wait_uvicorn(self, proc: Proc, port: int, processes: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            if not self.web.alive():
-                raise RuntimeError(f"uvicorn exited during start-up\n{self.web.tail()}")
-            if wait_port(self.web_port, 0.5):
+            if not proc.alive():
+                raise RuntimeError(f"uvicorn exited during start-up\n{proc.tail()}")
+            if wait_port(port, 0.5):
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{self.base_url}/api/v1/events/trigger", timeout=10).status_code < 500:
+                    if httpx.get(f"http://127.0.0.1:{port}/api/v1/events/trigger", timeout=10).status_code < 500:
                         break
         else:
-            raise RuntimeError(f"uvicorn not ready after {READY_TIMEOUT:.0f} s\n{self.web.tail()}")
-        if self.web_processes > 1:  # every server process has imported Django before the load starts
-            want = self.web_processes + 1
-            while time.monotonic() < deadline and len(descendants(self.web.pid, all_procs())) < want:
+            raise RuntimeError(f"uvicorn not ready after {READY_TIMEOUT:.0f} s\n{proc.tail()}")
+        if processes > 1:  # every server process has imported Django before the load starts
+            want = processes + 1
+            while time.monotonic() < deadline and len(descendants(proc.pid, all_procs())) < want:
                 time.sleep(0.2)
             time.sleep(2.0)
 
@@ -655,8 +684,8 @@ class Stack:
     def meter(self, interval: float = 0.25) -> CpuMeter:
         """A CPU meter over every process of this run (not started: use it as a context manager)."""
         roots: dict[str, list[int]] = {"loadgen": self.loadgens}
-        if self.web is not None:
-            roots["web"] = [self.web.pid]
+        if self.web_pids:
+            roots["web"] = self.web_pids
         roots["worker"] = [w.pid for w in self.workers]
         if self.esp_proc is not None:
             roots["esp"] = [self.esp_proc.pid]

@@ -33,6 +33,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -53,10 +54,14 @@ class WebsocketConfig:
     seconds: float = 30.0  # measured
     warmup_seconds: float = 5.0
     trigger_connections: int = 64
+    # "single": one uvicorn process serves the API and the websockets (Django's ASGI handler, as
+    # `make run`); "split": the triggers go to an API-only process (WEB_HTTP_THREADS=10) and the
+    # websockets to their own process, as docs/deployment.md lays out for load
+    layouts: tuple[str, ...] = ("single", "split")
 
     @classmethod
     def quick(cls) -> WebsocketConfig:
-        return cls(clients=100, rate=20.0, seconds=5.0, warmup_seconds=1.0)
+        return cls(clients=100, rate=20.0, seconds=5.0, warmup_seconds=1.0, layouts=("single",))
 
 
 def _stats(values_ms: list[float]) -> dict[str, float]:
@@ -84,7 +89,8 @@ class Socket:
         self.token = token
         self.ws: Any = None
         self.reader: asyncio.Task[None] | None = None
-        self.waiting: dict[str, asyncio.Future[float]] = {}
+        # title -> future of (arrival on the monotonic clock, arrival wall clock, the message's created_at)
+        self.waiting: dict[str, asyncio.Future[tuple[float, float, str]]] = {}
 
     async def connect(self, ws_base: str) -> None:
         from websockets.asyncio.client import connect
@@ -100,15 +106,15 @@ class Socket:
     async def _read(self) -> None:
         with contextlib.suppress(Exception):
             async for raw in self.ws:
-                arrived = time.monotonic()
+                arrived, arrived_wall = time.monotonic(), time.time()
                 frame = json.loads(raw)
                 if "bench_pushed_at" in frame:
                     PUSH_LATENCIES.append((time.time() - frame["bench_pushed_at"]) * 1000)
                     continue
-                title = (frame.get("message") or {}).get("title", "")
-                future = self.waiting.pop(title, None)
+                message = frame.get("message") or {}
+                future = self.waiting.pop(message.get("title", ""), None)
                 if future is not None and not future.done():
-                    future.set_result(arrived)
+                    future.set_result((arrived, arrived_wall, message.get("created_at") or ""))
 
     async def drop(self) -> None:
         if self.reader is not None:
@@ -154,6 +160,11 @@ async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, A
     url = f"{plan['http_base']}/api/v1/events/trigger"
     headers = {"Authorization": f"Bearer {plan['secret_key']}", "Content-Type": "application/json"}
     latencies: list[float] = []
+    # where each frame's time went: due -> 202 (web), 202 -> the message row's created_at (queue and
+    # worker), created_at -> frame (commit, push, the websocket process); same machine, same clock
+    accepted_ms: list[float] = []
+    to_created_ms: list[float] = []
+    to_frame_ms: list[float] = []
     missing = 0
     statuses: dict[str, int] = {}
     lag: list[float] = []
@@ -164,13 +175,14 @@ async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, A
             nonlocal missing
             sock = sockets[i % len(sockets)]
             title = f"ws {run_id} {i}"
-            future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[tuple[float, float, str]] = asyncio.get_running_loop().create_future()
             sock.waiting[title] = future
             body = json.dumps({"workflow": WORKFLOW_KEY, "to": [sock.subscriber_id], "payload": {"title": title}})
             try:
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
                     status = str(response.status)
+                responded, responded_wall = time.monotonic(), time.time()
             except Exception as exc:
                 status = type(exc).__name__
             statuses[status] = statuses.get(status, 0) + 1
@@ -180,7 +192,7 @@ async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, A
                     missing += 1
                 return
             try:
-                arrived = await asyncio.wait_for(
+                arrived, arrived_wall, created_at = await asyncio.wait_for(
                     future, timeout=max(1.0, end_of_schedule + FRAME_GRACE - time.monotonic())
                 )
             except TimeoutError:
@@ -190,6 +202,11 @@ async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, A
                 return
             if i >= warm:
                 latencies.append((arrived - due) * 1000)
+                accepted_ms.append((responded - due) * 1000)
+                with contextlib.suppress(ValueError):
+                    created = datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
+                    to_created_ms.append(max(0.0, created - responded_wall) * 1000)
+                    to_frame_ms.append(max(0.0, arrived_wall - created) * 1000)
 
         t0 = time.monotonic() + 0.2
         end_of_schedule = t0 + total / rate
@@ -211,6 +228,11 @@ async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, A
         "missing": missing,
         "statuses": statuses,
         "latency": _stats(latencies),
+        "stages": {
+            "due_to_202": _stats(accepted_ms),
+            "202_to_created": _stats(to_created_ms),
+            "created_to_frame": _stats(to_frame_ms),
+        },
         "generator_lag_ms_max": round(max(lag, default=0.0) * 1000, 1),
         "wall_seconds": round(measured_seconds, 1),
     }
@@ -218,7 +240,7 @@ async def _open_loop(sockets: list[Socket], plan: dict[str, Any]) -> dict[str, A
 
 async def _client_main(plan: dict[str, Any]) -> dict[str, Any]:
     sockets = [Socket(subscriber_id, token) for subscriber_id, token in plan["tokens"].items()]
-    ws_base = plan["http_base"].replace("http://", "ws://")
+    ws_base = plan["ws_base"]
     first = await _storm(sockets, ws_base)
     log(f"websocket: storm 1: {first['errors']} errors, all ready in {first['all_ready_seconds']} s")
     Path(plan["connected_marker"]).write_text(json.dumps(first))
@@ -358,79 +380,113 @@ def _rss_mb(pid: int) -> float:
 
 
 def run(installation: Installation, config: WebsocketConfig) -> dict[str, Any]:
+    """Each layout in turn on its own processes and environment; the first layout's result at the
+    top, every layout's under ``layouts`` (each with the same keys)."""
     if not installation.redis_url:
         raise Skipped("needs REDIS_URL (channels-redis and the Redis broker)")
-    from bench.procs import Proc, Stack
-
     fresh = installation.fresh()  # its own database and a flushed Redis db, dropped/flushed below
     try:
-        with Stack(fresh, web_processes=1, worker_processes=1, esp=False) as stack:
-            stack.start()
-            keys = stack.environment(f"ws-bench-{uuid.uuid4().hex[:6]}")
-            subscriber_ids = _setup(stack, keys["secret_key"], config)
-            tokens = _tokens(fresh, keys["environment"]["slug"], subscriber_ids)
-            assert stack.web is not None
-            rss_before = _rss_mb(stack.web.pid)
-            plan_path, out_path = fresh.var_dir / "ws-plan.json", fresh.var_dir / "ws-result.json"
-            marker = fresh.var_dir / "ws-connected.json"
-            push_marker, push_done = fresh.var_dir / "ws-push-ready", fresh.var_dir / "ws-push-done"
-            groups = _groups(keys["environment"]["slug"], subscriber_ids)
-            plan_path.write_text(
-                json.dumps(
-                    {
-                        **config.__dict__,
-                        "http_base": stack.base_url,
-                        "secret_key": keys["secret_key"],
-                        "tokens": tokens,
-                        "connected_marker": str(marker),
-                        "push_marker": str(push_marker),
-                        "push_done_marker": str(push_done),
-                    }
-                )
-            )
-            log(f"websocket: {config.clients} clients, uvicorn pid {stack.web.pid}, worker pid {stack.workers[0].pid}")
-            argv = [sys.executable, "-m", "bench.websocket", "--client", str(plan_path), str(out_path)]
-            clients = Proc("ws-clients", argv, stack.env(), fresh.var_dir / "ws-clients.log")
-            rss_connected = 0.0
-            with stack.meter() as cpu:
-                clients.start()
-                stack.loadgens.append(clients.pid)
-                try:
-                    deadline = time.monotonic() + 600 + config.seconds + config.warmup_seconds
-                    while clients.alive():
-                        if not rss_connected and marker.exists():
-                            rss_connected = _rss_mb(stack.web.pid)
-                        if push_marker.exists() and not push_done.exists():
-                            push_done.write_text(str(_push(groups, config)))
-                        if time.monotonic() > deadline:
-                            raise RuntimeError(f"the websocket clients did not finish\n{clients.tail()}")
-                        time.sleep(0.2)
-                finally:
-                    clients.stop()
-            if not out_path.exists():
-                raise RuntimeError(f"the websocket clients failed\n{clients.tail()}\nweb:\n{stack.web.tail()}")
-            result: dict[str, Any] = json.loads(out_path.read_text())
-            if (result.get("open_loop") or {}).get("missing"):  # say why, before the logs are removed
-                result["log_tails"] = {"web": stack.web.tail(2000), "worker": stack.workers[0].tail(4000)}
-                log(f"websocket: frames missing; worker log:\n{stack.workers[0].tail(4000)}")
-            result["cpu_seconds"] = cpu.result()
-            result["server_rss_mb"] = {"before": rss_before, "connected": rss_connected}
-            if rss_connected:
-                result["memory_per_connection_kb"] = round((rss_connected - rss_before) * 1024 / config.clients, 1)
+        results = {layout: _run_layout(fresh, config, layout) for layout in config.layouts}
     finally:
         fresh.cleanup()
+    first = dict(results[config.layouts[0]])
+    first["layouts"] = results
+    return first
+
+
+def _run_layout(fresh: Installation, config: WebsocketConfig, layout: str) -> dict[str, Any]:
+    from bench.procs import Proc, Stack
+
+    api_processes = 1 if layout == "split" else 0
+    with Stack(fresh, web_processes=1, api_processes=api_processes, worker_processes=1, esp=False) as stack:
+        stack.start()
+        keys = stack.environment(f"ws-bench-{uuid.uuid4().hex[:6]}")
+        subscriber_ids = _setup(stack, keys["secret_key"], config)
+        tokens = _tokens(fresh, keys["environment"]["slug"], subscriber_ids)
+        assert stack.web is not None
+        rss_before = _rss_mb(stack.web.pid)
+        plan_path, out_path = fresh.var_dir / "ws-plan.json", fresh.var_dir / "ws-result.json"
+        marker = fresh.var_dir / "ws-connected.json"
+        push_marker, push_done = fresh.var_dir / "ws-push-ready", fresh.var_dir / "ws-push-done"
+        groups = _groups(keys["environment"]["slug"], subscriber_ids)
+        plan_path.write_text(
+            json.dumps(
+                {
+                    **config.__dict__,
+                    "http_base": stack.api_url,
+                    "ws_base": stack.base_url.replace("http://", "ws://"),
+                    "secret_key": keys["secret_key"],
+                    "tokens": tokens,
+                    "connected_marker": str(marker),
+                    "push_marker": str(push_marker),
+                    "push_done_marker": str(push_done),
+                }
+            )
+        )
+        log(
+            f"websocket ({layout}): {config.clients} clients, uvicorn pids {stack.web_pids}, "
+            f"worker pid {stack.workers[0].pid}"
+        )
+        argv = [sys.executable, "-m", "bench.websocket", "--client", str(plan_path), str(out_path)]
+        clients = Proc("ws-clients", argv, stack.env(), fresh.var_dir / "ws-clients.log")
+        rss_connected = 0.0
+        with stack.meter() as cpu:
+            clients.start()
+            stack.loadgens.append(clients.pid)
+            try:
+                deadline = time.monotonic() + 600 + config.seconds + config.warmup_seconds
+                while clients.alive():
+                    if not rss_connected and marker.exists():
+                        rss_connected = _rss_mb(stack.web.pid)
+                    if push_marker.exists() and not push_done.exists():
+                        push_done.write_text(str(_push(groups, config)))
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the websocket clients did not finish\n{clients.tail()}")
+                    time.sleep(0.2)
+            finally:
+                clients.stop()
+        if not out_path.exists():
+            raise RuntimeError(f"the websocket clients failed\n{clients.tail()}\nweb:\n{stack.web.tail()}")
+        result: dict[str, Any] = json.loads(out_path.read_text())
+        if (result.get("open_loop") or {}).get("missing"):  # say why, before the logs are removed
+            result["log_tails"] = {"web": stack.web.tail(2000), "worker": stack.workers[0].tail(4000)}
+            log(f"websocket: frames missing; worker log:\n{stack.workers[0].tail(4000)}")
+        result["cpu_seconds"] = cpu.result()
+        result["server_rss_mb"] = {"before": rss_before, "connected": rss_connected}
+        if rss_connected:
+            result["memory_per_connection_kb"] = round((rss_connected - rss_before) * 1024 / config.clients, 1)
+    result["layout"] = layout
+    server = (
+        "uvicorn config.asgi:application ×1 (API and websockets)"
+        if layout == "single"
+        else "uvicorn ×1 for the websockets + uvicorn ×1 with WEB_HTTP_THREADS=10 for the API"
+    )
     result["config"] = {
         **config.__dict__,
-        "server": "uvicorn config.asgi:application ×1, DEBUG=0; apps.inbox.layers (channels-redis); "
+        "server": f"{server}, DEBUG=0; apps.inbox.layers (channels-redis); "
         "manage.py clarion_worker ×1 on the Redis broker",
         "client": "its own process: websockets + aiohttp, open loop",
     }
     return result
 
 
-def rows(result: dict[str, Any]) -> list[Row]:
-    loop, storm, reconnect = result.get("open_loop") or {}, result["storm"], result["reconnect"]
-    push = result.get("push") or {}
+def _stage_note(loop: dict[str, Any]) -> str:
+    stages = loop.get("stages") or {}
+    parts = [
+        f"{label} p50 {stages[key]['p50_ms']} / p99 {stages[key]['p99_ms']} ms"
+        for key, label in (
+            ("due_to_202", "due -> 202"),
+            ("202_to_created", "202 -> message created"),
+            ("created_to_frame", "created -> frame"),
+        )
+        if (stages.get(key) or {}).get("count")
+    ]
+    return "; ".join(parts)
+
+
+def _latency_rows(result: dict[str, Any], *, first: bool) -> list[Row]:
+    loop = result.get("open_loop") or {}
+    layout = result.get("layout", "single")
     rate = loop.get("rate", result["config"]["rate"])
     clients = result["config"]["clients"]
     latency = loop.get("latency") or {}
@@ -443,27 +499,41 @@ def rows(result: dict[str, Any]) -> list[Row]:
         f"{loop.get('frames', 0)} frames, {missing} missing, generator lag max {loop.get('generator_lag_ms_max')} ms; "
         f"statuses {loop.get('statuses')}"
     )
+    where = "one process" if layout == "single" else "API and websockets in separate processes"
+    suffix = "" if first else f".{layout}"
     return [
         Row(
             "websocket",
-            f"trigger -> frame p50, {clients:,} clients, {rate:g} triggers/s",
+            f"trigger -> frame p50, {clients:,} clients, {rate:g} triggers/s, {where}",
             latency.get("p50_ms"),
             "ms",
             goal_max=50,
             unmet=bool(missing),
             note=note,
-            key="websocket.p50",
+            key=f"websocket.p50{suffix}",
         ),
         Row(
             "websocket",
-            f"trigger -> frame p99, {clients:,} clients, {rate:g} triggers/s",
+            f"trigger -> frame p99, {clients:,} clients, {rate:g} triggers/s, {where}",
             latency.get("p99_ms"),
             "ms",
             goal_max=250,
             unmet=bool(missing),
-            note=f"max {latency.get('max_ms')} ms",
-            key="websocket.p99",
+            note=f"max {latency.get('max_ms')} ms; {_stage_note(loop)}",
+            key=f"websocket.p99{suffix}",
         ),
+    ]
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    storm, reconnect = result["storm"], result["reconnect"]
+    push = result.get("push") or {}
+    rate = (result.get("open_loop") or {}).get("rate", result["config"]["rate"])
+    clients = result["config"]["clients"]
+    layouts = result.get("layouts") or {result.get("layout", "single"): result}
+    latency_rows = [row for i, layout in enumerate(layouts.values()) for row in _latency_rows(layout, first=i == 0)]
+    return [
+        *latency_rows,
         Row(
             "websocket",
             f"push -> frame p50 (the push path alone), {clients:,} clients, {rate:g}/s",
