@@ -20,6 +20,15 @@ def _eager_tasks(settings: Any, tmp_path: Any) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_workflow_cache() -> None:
+    """Each test starts with no workflow remembered by single triggers (a flushed database may
+    hand out the same primary keys again)."""
+    from apps.events.services import published_cache_clear
+
+    published_cache_clear()
+
+
 @dataclass
 class Tenant:
     environment: Environment

@@ -5,8 +5,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models.constants import OnConflict
+from django.db.models.expressions import RawSQL
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
@@ -66,6 +67,49 @@ def _resolve_workflow(environment: Environment, key: str) -> Workflow:
     # (environment, key) is unique: no ORDER BY, which ``first()`` would add and compile per request.
     found = Workflow.objects.select_related("published_version").filter(environment=environment, key=key)[:1]
     return _checked_workflow(key, next(iter(found), None))
+
+
+# The published workflows single triggers resolved in this process, by (environment pk, key):
+# read-only instances (with their published version), never handed out on an event. A cached entry
+# is only a guess: the trigger's one INSERT statement checks it (``_version_check``), so a publish,
+# a rollback, a deactivation or a rename by any process is seen by the very next trigger, and a
+# trigger never writes an event against a version that is no longer the published one.
+_PUBLISHED_MAX = 1024
+_published: dict[tuple[int, str], Workflow] = {}
+
+
+def published_cache_clear() -> None:
+    """Forget every cached workflow (tests; never needed for correctness)."""
+    _published.clear()
+
+
+def _remember(environment: Environment, workflow: Workflow) -> None:
+    if len(_published) >= _PUBLISHED_MAX:
+        _published.clear()
+    _published[(environment.pk, workflow.key)] = workflow
+
+
+class _StaleWorkflow(Exception):
+    """The cached workflow is no longer active and published as cached: nothing was written."""
+
+
+def _version_check(environment: Environment, workflow: Workflow) -> RawSQL:
+    """The event's ``workflow_version_id``, as a subquery that is the cached version's id while the
+    workflow is still active, keyed and published as cached, and NULL otherwise: the NOT NULL
+    column then refuses the row, and the whole statement (event and count) writes nothing."""
+    table = Workflow._meta.db_table
+    return RawSQL(
+        f'SELECT "published_version_id" FROM "{table}" WHERE "id" = %s AND "environment_id" = %s '
+        'AND "key" = %s AND "active" AND "published_version_id" = %s',
+        (workflow.pk, environment.pk, workflow.key, workflow.published_version_id),
+    )
+
+
+def _is_stale(exc: IntegrityError) -> bool:
+    cause = exc.__cause__
+    diag = getattr(cause, "diag", None)
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)  # psycopg 3 / 2
+    return sqlstate == "23502" and getattr(diag, "column_name", None) == "workflow_version_id"
 
 
 def _checked_workflow(key: str, workflow: Workflow | None) -> Workflow:
@@ -197,17 +241,22 @@ def _actor_contexts(environment: Environment, candidates: list[_Candidate]) -> N
 _EVENT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
-def _event_of(environment: Environment, c: _Candidate) -> Event:
-    return Event(
+def _event_of(environment: Environment, c: _Candidate, *, workflow_id: int | None = None) -> Event:
+    """The candidate's event row; ``workflow_id``: name the workflow by id only (not its instance)."""
+    event = Event(
         environment=environment,
         transaction_id=c.transaction_id,
-        workflow=c.workflow,
         workflow_version_id=c.version_id,
         payload=c.request.payload,
         actor=c.actor,
         recipients=c.recipients,
         cancellation_key=c.request.cancellation_key,
     )
+    if workflow_id is None:
+        event.workflow = c.workflow
+    else:
+        event.workflow_id = workflow_id
+    return event
 
 
 def _insert_events(environment: Environment, candidates: list[_Candidate]) -> dict[str, Event]:
@@ -262,20 +311,46 @@ def event_trigger(*, environment: Environment, request: TriggerRequest) -> Event
     the count: in one statement in autocommit on PostgreSQL when the event row is the only write (no
     subscriber object to upsert, a broker outside the database: no BEGIN and COMMIT round trips,
     and the task is sent right after it), else in one transaction."""
+    topics = _known_topics(environment, [request])
+    one_statement = connection.vendor == "postgresql" and not enqueue_is_transactional()
+    # In autocommit, a workflow resolved earlier in this process is used without a query: the
+    # INSERT checks it (``_version_check``). Inside a caller's transaction a refused statement
+    # would abort that transaction, so there the workflow is read as before.
+    cached = _published.get((environment.pk, request.workflow)) if one_statement else None
+    if cached is not None and not connection.in_atomic_block:
+        try:
+            candidate = _candidate(request, cached, topics)
+        except ApiError:
+            candidate = None  # answered from the workflow as it is now, below (it may have changed)
+        if candidate is not None and not candidate.upserts:
+            try:
+                return _trigger_one_statement(environment, candidate, checked=True)
+            except _StaleWorkflow:
+                _published.pop((environment.pk, request.workflow), None)
     workflow = _resolve_workflow(environment, request.workflow)
-    candidate = _candidate(request, workflow, _known_topics(environment, [request]))
-    if candidate.upserts or enqueue_is_transactional() or connection.vendor != "postgresql":
+    if one_statement and not connection.in_atomic_block:  # read in autocommit: committed, worth remembering
+        _remember(environment, workflow)
+    candidate = _candidate(request, workflow, topics)
+    if candidate.upserts or not one_statement:
         with transaction.atomic():  # the event, its analytics count (and the queue row, the upserts)
             return _trigger_one(environment, candidate)
     return _trigger_one_statement(environment, candidate)
 
 
-def _trigger_one_statement(environment: Environment, candidate: _Candidate) -> Event:
+def _trigger_one_statement(environment: Environment, candidate: _Candidate, *, checked: bool = False) -> Event:
     """PostgreSQL, when the event row is the only write: the event and its analytics count in one
     statement (``WITH e AS (INSERT … ON CONFLICT DO NOTHING RETURNING id) INSERT INTO counter …``),
-    in autocommit: no BEGIN and COMMIT round trips, and the task is sent right after it."""
+    in autocommit: no BEGIN and COMMIT round trips, and the task is sent right after it.
+
+    ``checked``: the candidate's workflow came from this process's cache; the statement writes
+    nothing unless it is still the active, published one (else ``_StaleWorkflow``), and the event
+    names it by id only (the cached instance is shared by the process's threads)."""
     _actor_contexts(environment, [candidate])
-    event = _event_of(environment, candidate)
+    if checked:
+        event = _event_of(environment, candidate, workflow_id=candidate.workflow.pk)
+        event.workflow_version_id = _version_check(environment, candidate.workflow)
+    else:
+        event = _event_of(environment, candidate)
     pk_field = Event._meta.pk
     assert pk_field is not None
     query = InsertQuery(Event, on_conflict=OnConflict.IGNORE)
@@ -294,12 +369,18 @@ def _trigger_one_statement(environment: Environment, candidate: _Candidate) -> E
             category_key=version.category_key if version is not None else "",
         ),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH e AS ({insert_sql}), counted AS ({counted} RETURNING 1) SELECT id FROM e",
-            [*insert_params, *counted_params],
-        )
-        row = cursor.fetchone()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH e AS ({insert_sql}), counted AS ({counted} RETURNING 1) SELECT id FROM e",
+                [*insert_params, *counted_params],
+            )
+            row = cursor.fetchone()
+    except IntegrityError as exc:
+        if checked and _is_stale(exc):
+            raise _StaleWorkflow from exc
+        raise
+    event.workflow_version_id = candidate.version_id
     if row is None:
         raise _duplicate(candidate.transaction_id)
     event.pk = row[0]
