@@ -132,6 +132,27 @@ class InboxChannelLayer(RedisChannelLayer):
             by_host[self.consistent_hash(group)].append(self._group_key(group))
         return by_host
 
+    def groups_listening(self, groups: Sequence[str]) -> set[str]:
+        """The groups that have a member now (one not past ``group_expiry``): one pipelined
+        ``ZCOUNT`` per group, one round trip per Redis host, nothing written. A push can skip
+        building the frames of the others: ``group_send_many`` would drop them anyway."""
+        if not groups:
+            return set()
+        low = int(time.time()) - self.group_expiry
+        by_host: dict[int, list[str]] = defaultdict(list)
+        for group in groups:
+            assert self.require_valid_group_name(group), "Group name not valid"
+            by_host[self.consistent_hash(group)].append(group)
+        live: set[str] = set()
+        for index, names in by_host.items():
+            pipe = self.sync_connection(index).pipeline(transaction=False)
+            for name in names:
+                pipe.zcount(self._group_key(name), f"({low}", "+inf")
+            for name, count in zip(names, pipe.execute(), strict=True):
+                if count:
+                    live.add(name)
+        return live
+
     def group_send_many(self, sends: Sequence[tuple[str, dict[str, Any]]]) -> int:
         """Send each ``(group, message)`` to its group's members, synchronously, in order.
 

@@ -55,7 +55,27 @@ def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
         logger.exception("inbox push failed for %d frame(s)", len(frames))
 
 
+def _listening(messages: Sequence[InboxMessage]) -> list[InboxMessage]:
+    """The messages whose subscriber has an open inbox socket now, when the layer can tell
+    (``InboxChannelLayer.groups_listening``, one round trip); all of them otherwise. A fan-out
+    to 100k subscribers, few of them online, then neither counts nor serialises the others'
+    frames. A socket that joins a moment later catches up like any reconnecting client: it
+    replays ``/changes`` from its cursor."""
+    layer = get_channel_layer()
+    check = getattr(layer, "groups_listening", None)
+    if check is None or not messages:
+        return list(messages)
+    groups = [subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id) for m in messages]
+    try:
+        live = check(sorted(set(groups)))
+    except Exception:  # like a failed push: the inbox re-syncs over REST
+        logger.exception("inbox push: could not look up open sockets for %d message(s)", len(messages))
+        return []
+    return [m for m, group in zip(messages, groups, strict=True) if group in live]
+
+
 def _publish_messages(messages: Sequence[InboxMessage], event: str) -> None:
+    messages = _listening(messages)
     if not messages:
         return
     counts = inbox_counts(subscriber_ids={m.subscriber_id for m in messages})

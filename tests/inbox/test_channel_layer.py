@@ -132,3 +132,48 @@ async def test_the_stock_group_send_reaches_channels_added_in_batches():
     await layer.group_add_many(["g.stock"], channel)
     await layer.group_send("g.stock", {"type": "t", "n": 1})
     assert (await asyncio.wait_for(layer.receive(channel), TIMEOUT))["n"] == 1
+
+
+async def test_groups_listening_names_only_groups_with_a_live_member(settings):
+    layer = _layer(group_expiry=60)
+    channel = await layer.new_channel()
+    await layer.group_add_many(["g.live", "g.stale"], channel)
+    # a member past group_expiry no longer counts (group_send_many would drop it too)
+    await layer.connection(0).zadd(layer._group_key("g.stale"), {channel: 1})
+    found = await sync_to_async(layer.groups_listening)(["g.live", "g.stale", "g.nobody"])
+    assert found == {"g.live"}
+    assert await sync_to_async(layer.groups_listening)([]) == set()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_push_builds_frames_only_for_subscribers_with_an_open_socket(settings, monkeypatch):
+    """publish_messages_created to two subscribers, one online: one frame, and the counts query
+    asks only for the online one."""
+    from apps.inbox import realtime
+    from apps.inbox.models import InboxMessage
+
+    settings.CHANNEL_LAYERS = _layers_config()
+    online, offline = [await sync_to_async(SubscriberFactory)() for _ in range(2)]
+    asked: list[set[int]] = []
+    original_counts = realtime.inbox_counts
+
+    def counting(*, subscriber_ids: Any) -> Any:
+        asked.append(set(subscriber_ids))
+        return original_counts(subscriber_ids=subscriber_ids)
+
+    monkeypatch.setattr(realtime, "inbox_counts", counting)
+    ws = WebsocketCommunicator(application, f"/ws/inbox/?token={quote(await sync_to_async(token_for)(online))}")
+    try:
+        assert (await ws.connect(timeout=TIMEOUT))[0]
+        assert (await ws.receive_json_from(timeout=TIMEOUT))["event"] == "ready"
+        messages = [
+            InboxMessage(pk=100 + n, environment_id=s.environment_id, subscriber_id=s.pk, title=f"t{n}", seq=5 + n)
+            for n, s in enumerate([offline, online])
+        ]
+        await sync_to_async(realtime.publish_messages_created)(messages)
+        frame = await ws.receive_json_from(timeout=TIMEOUT)
+        assert (frame["event"], frame["message"]["id"], frame["cursor"]) == ("message.created", 101, 6)
+        assert await ws.receive_nothing(timeout=0.2)
+        assert asked == [{online.pk}]
+    finally:
+        await ws.disconnect()
