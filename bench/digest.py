@@ -20,13 +20,22 @@ environment holds ``subscribers`` subscribers in one topic and a published workf
   render the in-app message with ``digest.count``, complete the other runs (``digest_merged``).
   Reported: seconds, digests/s and entries/s. Checked afterwards: one message per subscriber
   with the full count, every run completed.
+
+Everything runs in this one process, so the wall time of a trigger includes PostgreSQL's work
+(the process waits for each statement); it is also the wall time of a machine other work may be
+using. So each trigger, baseline repetition and the flush is also metered in CPU seconds of
+*every* process involved: this process and the PostgreSQL backends of the run's database
+(``bench.procs.CpuMeter``), reported per entry: the steadier figure on a shared machine.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from unittest import mock
 
@@ -37,6 +46,10 @@ TOPIC_KEY = "bench-digest-topic"
 WORKFLOW_KEY = "bench-digest"
 TEMPLATE_KEY = "bench-digest-in-app"
 TITLE = "{{ digest.count }} new replies in {{ payload.thread }}"
+RUN_COLUMNS = (
+    *("id", "environment_id", "event_id", "workflow_version_id", "subscriber_id", "status", "step_index"),
+    *("step_results", "attempts", "created_at", "updated_at"),
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,24 @@ def _event(environment: Any, workflow: Any, label: str) -> Any:
     )
 
 
-def _baseline_once(environment: Any, workflow: Any, pks: list[int], buckets: list[int], label: str) -> float:
+def _meter(installation: Installation) -> Any:
+    """A CPU meter (not started) over this process and the PostgreSQL backends of the run's database."""
+    from bench.procs import CpuMeter
+
+    return CpuMeter(
+        roots={"worker": [os.getpid()]},
+        postmaster=installation.postmaster(),
+        database_name=installation.database_name,
+    )
+
+
+def _cpu(usage: dict[str, float]) -> dict[str, float]:
+    return {"process": usage["worker"], "postgres": usage["postgres"], "total": usage["system"]}
+
+
+def _baseline_once(
+    installation: Installation, environment: Any, workflow: Any, pks: list[int], buckets: list[int], label: str
+) -> tuple[float, dict[str, float]]:
     """Run + DigestEntry rows for every recipient, into existing buckets, in one transaction."""
     from django.db import transaction
 
@@ -114,6 +144,7 @@ def _baseline_once(environment: Any, workflow: Any, pks: list[int], buckets: lis
 
     event = _event(environment, workflow, f"baseline-{label}")
     gc.collect()
+    meter = _meter(installation).start()
     started = time.perf_counter()
     with transaction.atomic():
         runs = Run.objects.bulk_create(
@@ -138,7 +169,87 @@ def _baseline_once(environment: Any, workflow: Any, pks: list[int], buckets: lis
             ],
             batch_size=1000,
         )
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return seconds, _cpu(meter.stop())
+
+
+def _copy_baseline_once(
+    installation: Installation, environment: Any, workflow: Any, pks: list[int], buckets: list[int], label: str
+) -> tuple[float, dict[str, float]] | None:
+    """The rows Clarion's design writes per entry, by ``COPY`` (PostgreSQL only), in one transaction:
+    a Run in its waiting state, its DigestEntry and its ``digest_joined`` trace row, then the
+    buckets' counts by one UPDATE. Ids and rows are built before the clock starts."""
+    from django.db import connection, transaction
+    from django.db.models import F
+    from django.utils import timezone
+
+    from apps.workflows.models import DigestBucket, DigestEntry, Run, StepRun
+
+    if connection.vendor != "postgresql":
+        return None
+    event = _event(environment, workflow, f"baseline-copy-{label}")
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [Run._meta.db_table, len(pks)],
+        )
+        run_ids = [row[0] for row in cursor.fetchall()]
+    state = json.dumps({"batch": {"type": "digest", "in_progress": True, "key": "t-1", "role": "member"}})
+    closes_at = (event.created_at + timedelta(hours=1)).isoformat()
+    copies: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = [
+        (
+            Run._meta.db_table,
+            RUN_COLUMNS,
+            [
+                (run_id, environment.pk, event.pk, workflow.published_version_id, pk, "waiting", 0, state, 1, now, now)
+                for run_id, pk in zip(run_ids, pks, strict=True)
+            ],
+        ),
+        (
+            DigestEntry._meta.db_table,
+            ("bucket_id", "run_id", "step_id", "content", "created_at"),
+            [(bucket, run_id, "batch", "{}", now) for bucket, run_id in zip(buckets, run_ids, strict=True)],
+        ),
+        (
+            StepRun._meta.db_table,
+            ("run_id", "step_id", "step_type", "decision", "reason", "detail", "created_at"),
+            [
+                (
+                    run_id,
+                    "batch",
+                    "digest",
+                    "waiting",
+                    "digest_joined",
+                    json.dumps({"key": "t-1", "role": "member", "bucket": bucket, "closes_at": closes_at}),
+                    now,
+                )
+                for bucket, run_id in zip(buckets, run_ids, strict=True)
+            ],
+        ),
+    ]
+    gc.collect()
+    meter = _meter(installation).start()
+    started = time.perf_counter()
+    with transaction.atomic():
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            for table, columns, rows in copies:
+                with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            cursor.execute(
+                f"UPDATE {DigestBucket._meta.db_table} SET entry_count = entry_count + 1, last_event_at = %s "
+                "WHERE id = ANY(%s)",
+                [now, buckets],
+            )
+    seconds = time.perf_counter() - started
+    usage = _cpu(meter.stop())
+    # out of the flush again: the entries and the counts they added (the runs stay, excluded by name)
+    with transaction.atomic():
+        DigestEntry.objects.filter(run__event=event).delete()
+        DigestBucket.objects.filter(pk__in=buckets).update(entry_count=F("entry_count") - 1)
+    return seconds, usage
 
 
 def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
@@ -159,14 +270,20 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
 
     clarion: list[float] = []
     baseline: list[float] = []
+    clarion_cpu: list[dict[str, float]] = []
+    baseline_cpu: list[dict[str, float]] = []
+    copy_baseline: list[float] = []  # PostgreSQL: COPY of the rows the design writes
+    copy_cpu: list[dict[str, float]] = []
     buckets: list[int] = []
     with override_settings(CLARION_TASKS_EAGER=True), no_push:
         for index in range(config.events):
             event = _event(environment, workflow, f"{tag}-{index}")
             gc.collect()
+            meter = _meter(installation).start()
             started = time.perf_counter()
             process_event(event.pk)
             clarion.append(time.perf_counter() - started)
+            clarion_cpu.append(_cpu(meter.stop()))
             if index == 0:
                 buckets = list(
                     DigestBucket.objects.filter(environment=environment)
@@ -174,7 +291,13 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
                     .values_list("pk", flat=True)
                 )
             if index % 10 == 0:
-                baseline.append(_baseline_once(environment, workflow, pks, buckets, f"{tag}-{index}"))
+                seconds, usage = _baseline_once(installation, environment, workflow, pks, buckets, f"{tag}-{index}")
+                baseline.append(seconds)
+                baseline_cpu.append(usage)
+                copied = _copy_baseline_once(installation, environment, workflow, pks, buckets, f"{tag}-{index}")
+                if copied is not None:
+                    copy_baseline.append(copied[0])
+                    copy_cpu.append(copied[1])
                 # the baseline's rows must not take part in the flush
                 DigestEntry.objects.filter(run__event__transaction_id=f"digest-baseline-{tag}-{index}").delete()
             if (index + 1) % 10 == 0 or index + 1 == config.events:
@@ -190,11 +313,13 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
             )
 
         gc.collect()
+        meter = _meter(installation).start()
         started = time.perf_counter()
         with transaction.atomic():
             leaders = digests.digests_flush(environment_id=environment.pk, workflow_id=workflow.pk)
         advance_runs(sorted(leaders))
         flush_seconds = time.perf_counter() - started
+        flush_cpu = _cpu(meter.stop())
 
     messages = InboxMessage.objects.filter(environment=environment)
     titles = set(messages.values_list("title", flat=True))
@@ -207,6 +332,26 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
 
     per_event = median(clarion)
     per_baseline = median(baseline)
+
+    def per_entry(usages: list[dict[str, float]], entries: int) -> dict[str, float]:
+        """Median CPU ms per entry of each part, over the rounds (the first trigger, which opens
+        the buckets, is left out of the median when there are others, like the wall-time median)."""
+        rounds = usages[1:] or usages
+        return {part: round(1000 * median([u[part] for u in rounds]) / entries, 4) for part in rounds[0]}
+
+    cpu_ingest = per_entry(clarion_cpu, n)
+    cpu_baseline = {part: round(1000 * median([u[part] for u in baseline_cpu]) / n, 4) for part in baseline_cpu[0]}
+    copy: dict[str, Any] = {}
+    if copy_baseline:
+        copy = {
+            "rows": "a Run (waiting), a DigestEntry and a digest_joined StepRun per entry; one UPDATE of the counts",
+            "median_seconds": round(median(copy_baseline), 3),
+            "entries_per_s": round(n / median(copy_baseline), 1),
+            "repetitions": len(copy_baseline),
+            "cpu_ms_per_entry": {
+                part: round(1000 * median([u[part] for u in copy_cpu]) / n, 4) for part in copy_cpu[0]
+            },
+        }
     return {
         "config": {
             "subscribers": n,
@@ -221,17 +366,22 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
             "seconds": round(sum(clarion), 2),
             "entries_per_s": round(expected / sum(clarion), 1),
             "median_trigger_seconds": round(per_event, 3),
+            "cpu_ms_per_entry": cpu_ingest,
         },
         "baseline": {
             "median_seconds": round(per_baseline, 3),
             "entries_per_s": round(n / per_baseline, 1),
             "repetitions": len(baseline),
+            "cpu_ms_per_entry": cpu_baseline,
         },
+        "copy_baseline": copy,
         "ratio_clarion_over_baseline": round((n / per_event) / (n / per_baseline), 3),
         "flush": {
             "seconds": round(flush_seconds, 2),
             "digests_per_s": round(n / flush_seconds, 1),
             "entries_per_s": round(expected / flush_seconds, 1),
+            "cpu_seconds": flush_cpu,
+            "cpu_ms_per_digest": round(1000 * flush_cpu["total"] / n, 3),
         },
     }
 
@@ -240,7 +390,8 @@ def rows(result: dict[str, Any]) -> list[Row]:
     """The table's digest rows: ingest entries/s (against the bulk_create baseline) and the flush."""
     cfg, ingest, flush = result["config"], result["ingest"], result["flush"]
     scale = f"{cfg['entries']:,} events into {cfg['digests']:,} digests"
-    return [
+    copy = result.get("copy_baseline") or {}
+    rows = [
         Row(
             "digest",
             f"ingest, {scale}",
@@ -250,7 +401,11 @@ def rows(result: dict[str, Any]) -> list[Row]:
             baseline_name="Run + DigestEntry bulk_create",
             goal_min=10000,
             key="digest.ingest",
-            note=f"median trigger of {cfg['subscribers']:,} recipients {ingest['median_trigger_seconds']} s",
+            note=(
+                f"median trigger of {cfg['subscribers']:,} recipients {ingest['median_trigger_seconds']} s; "
+                f"CPU {ingest['cpu_ms_per_entry']['total']} ms/entry (this process + PostgreSQL), "
+                f"baseline {result['baseline']['cpu_ms_per_entry']['total']}"
+            ),
         ),
         Row(
             "digest",
@@ -260,6 +415,24 @@ def rows(result: dict[str, Any]) -> list[Row]:
             goal_max=30,
             lower_is_better=True,
             key="digest.flush",
-            note=f"{flush['digests_per_s']:,} digests/s, {flush['entries_per_s']:,} entries/s; every message checked",
+            note=(
+                f"{flush['digests_per_s']:,} digests/s, {flush['entries_per_s']:,} entries/s, "
+                f"CPU {flush['cpu_ms_per_digest']} ms/digest; every message checked"
+            ),
         ),
     ]
+    if copy:
+        rows.insert(
+            1,
+            Row(
+                "digest",
+                f"ingest, {scale}, vs COPY",
+                ingest["entries_per_s"],
+                "entries/s",
+                baseline=copy["entries_per_s"],
+                baseline_name="COPY of the rows the design writes",
+                key="digest.ingest_copy",
+                note=f"COPY: {copy['rows']}; CPU {copy['cpu_ms_per_entry']['total']} ms/entry",
+            ),
+        )
+    return rows

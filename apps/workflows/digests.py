@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, OuterRef, Subquery
+from django.db.models import Case, Count, F, JSONField, Max, OuterRef, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -447,10 +447,14 @@ def digest_events(*, bucket_pks: list[int]) -> dict[int, list[dict[str, Any]]]:
     """
     from apps.events.models import Event
 
+    # An entry's own content (a held message) is decoded only where there is one: a workflow
+    # digest's entries have none, and a flush of a million entries would otherwise decode a
+    # million empty JSON objects.
+    held = Case(When(content={}, then=Value(None)), default=F("content"), output_field=JSONField())
     entries = list(
         DigestEntry.objects.filter(bucket_id__in=bucket_pks)
         .order_by("pk")
-        .values_list("bucket_id", "content", "run__event_id")
+        .values_list("bucket_id", held, "run__event_id")
     )
     items: dict[int, dict[str, Any]] = {
         pk: {
