@@ -90,6 +90,9 @@ SECURE_PROXY_SSL_HEADER = (
 
 INSTALLED_APPS = [
     "modeltranslation",  # must precede django.contrib.admin
+    # The console's theme (django-unfold); its templates must win over the admin's own. It runs
+    # under the strict CSP below with Alpine's CSP build (templates/unfold/layouts/skeleton.html).
+    "unfold",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -496,6 +499,27 @@ if SENTRY_DSN:
         environment=env.str("SENTRY_ENVIRONMENT", default="production"),
         traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
     )
+
+# --- The console's theme (django-unfold; docs/console.md) -----------------------------------------
+# The sidebar groups pages by what people do, not by app (apps/core/console_navigation.py); a link
+# shows only to staff who may view its page. The home is the dashboard (templates/admin/index.html).
+UNFOLD = {
+    "SITE_TITLE": "Clarion console",
+    "SITE_HEADER": "Clarion",
+    "SITE_SUBHEADER": "Notification console",
+    "SITE_URL": "/",
+    "SITE_SYMBOL": "campaign",
+    "SHOW_HISTORY": True,
+    "SHOW_VIEW_ON_SITE": False,
+    "BORDER_RADIUS": "6px",
+    "STYLES": ["apps.core.console_navigation.console_styles"],
+    "SIDEBAR": {
+        "show_search": False,
+        "command_search": False,
+        "show_all_applications": False,
+        "navigation": "apps.core.console_navigation.sidebar",
+    },
+}
 
 # --- Admin login lockout (django-axes) ---------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

@@ -13,10 +13,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group, User
 from django.db.models import Model
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from unfold.admin import ModelAdmin, TabularInline
+from unfold.forms import AdminPasswordChangeForm, UserChangeForm, UserCreationForm
 
 from apps.core.models import DeferredTask
 
@@ -27,7 +32,7 @@ def pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="clarion-json">{}</pre>', text)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ModelAdmin):
     """A record, not a form: viewable, never added, edited or deleted from the admin.
 
     The change page renders every field read-only with no save button, and a POST to it is
@@ -48,7 +53,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return bool(request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}"))
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(TabularInline):
     """Rows shown beside their parent: no add row, no edit, no delete box."""
 
     extra = 0
@@ -81,3 +86,21 @@ class DeferredTaskAdmin(ReadOnlyAdmin):
     @admin.display(description="args")
     def args_display(self, obj: DeferredTask) -> SafeString:
         return pretty_json(obj.args)
+
+
+# The console's theme (django-unfold) styles the forms of the admin pages Django itself registers:
+# users and groups get unfold's ModelAdmin and its user forms (password change included).
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin, ModelAdmin):
+    form = UserChangeForm
+    add_form = UserCreationForm
+    change_password_form = AdminPasswordChangeForm
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin, ModelAdmin):
+    pass

@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from unfold.admin import ModelAdmin
 
 from apps.core.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json, record_action
 from apps.delivery.models import DeliveryAttempt, Integration, Message, MessageEvent, Suppression
@@ -123,7 +124,7 @@ class SendTestForm(forms.Form):
 
 
 @admin.register(Integration)
-class IntegrationAdmin(admin.ModelAdmin):
+class IntegrationAdmin(ModelAdmin):
     form = IntegrationAdminForm
     list_display = [
         "__str__",
@@ -456,7 +457,7 @@ class MessageAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(ModelAdmin):
     list_display = ["address", "channel", "reason", "environment", "created_at"]
     list_filter = ["channel", "reason", "environment"]
     search_fields = ["address"]

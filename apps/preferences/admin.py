@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.safestring import SafeString
+from unfold.admin import ModelAdmin
 
 from apps.core.admin import ReadOnlyAdmin, pretty_json
 from apps.core.schedule import ScheduleError, parse_schedule
@@ -84,7 +85,7 @@ class CategoryAdminForm(forms.ModelForm):
 
 
 @admin.register(Category)
-class CategoryAdmin(admin.ModelAdmin):
+class CategoryAdmin(ModelAdmin):
     form = CategoryAdminForm
     list_display = ["key", "name", "critical", "order", "digest_schedule", "environment"]
     list_filter = ["environment", "critical"]
@@ -95,7 +96,7 @@ class CategoryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Preference)
-class PreferenceAdmin(admin.ModelAdmin):
+class PreferenceAdmin(ModelAdmin):
     """Subscribers own their preferences: the admin shows them and may delete one, not forge new ones."""
 
     list_display = ["subscriber", "category", "channel", "enabled", "updated_at"]
@@ -114,7 +115,7 @@ class PreferenceAdmin(admin.ModelAdmin):
 
 
 @admin.register(QuietHours)
-class QuietHoursAdmin(admin.ModelAdmin):
+class QuietHoursAdmin(ModelAdmin):
     list_display = ["subscriber", "start", "end", "timezone", "days", "channels", "updated_at"]
     list_filter = ["environment"]
     search_fields = ["subscriber__subscriber_id"]
@@ -128,7 +129,7 @@ class QuietHoursAdmin(admin.ModelAdmin):
         return False
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
+class _ReadOnlyAdmin(ModelAdmin):
     """Subscribers' own choices: visible to staff, never forged by them."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -196,7 +197,7 @@ class WorkflowPreferenceForm(forms.ModelForm):
 
 
 @admin.register(WorkflowPreference)
-class WorkflowPreferenceAdmin(admin.ModelAdmin):
+class WorkflowPreferenceAdmin(ModelAdmin):
     form = WorkflowPreferenceForm
     list_display = ["workflow", "default_channels", "environment", "updated_at"]
     list_filter = ["environment"]

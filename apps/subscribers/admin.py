@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+from unfold.admin import ModelAdmin, TabularInline
 
 from apps.core.admin import pretty_json
 from apps.subscribers.models import Device, Subscriber, Topic, TopicSubscription
@@ -68,7 +69,7 @@ class WhyNotForm(forms.Form):
 
 
 @admin.register(Subscriber)
-class SubscriberAdmin(admin.ModelAdmin):
+class SubscriberAdmin(ModelAdmin):
     """The subscriber page: the editable profile, then (read-only) recent runs and messages, effective
     preferences, suppressions, devices, quiet hours and the inbox; and "Why not?" (a dry run)."""
 
@@ -146,7 +147,7 @@ class SubscriberAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/subscribers/subscriber/why_not.html", context)
 
 
-class TopicSubscriptionInline(admin.TabularInline):
+class TopicSubscriptionInline(TabularInline):
     model = TopicSubscription
     extra = 0
     raw_id_fields = ["subscriber"]
@@ -154,7 +155,7 @@ class TopicSubscriptionInline(admin.TabularInline):
 
 
 @admin.register(Topic)
-class TopicAdmin(admin.ModelAdmin):
+class TopicAdmin(ModelAdmin):
     list_display = ["key", "name", "environment", "created_at"]
     list_filter = ["environment"]
     search_fields = ["key", "name"]
@@ -163,7 +164,7 @@ class TopicAdmin(admin.ModelAdmin):
 
 
 @admin.register(Device)
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(ModelAdmin):
     list_display = ["__str__", "provider", "name", "environment", "created_at"]
     list_filter = ["provider", "environment"]
     search_fields = ["subscriber__subscriber_id", "name"]

@@ -27,6 +27,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from modeltranslation.admin import TranslationAdmin
+from unfold.admin import ModelAdmin, TabularInline
 
 from apps.core.admin import record_action
 from apps.core.errors import ApiError
@@ -134,7 +135,7 @@ class TemplateVersionAddForm(forms.ModelForm):
 
 
 @admin.register(TemplateVersion)
-class TemplateVersionAdmin(TranslationAdmin):
+class TemplateVersionAdmin(ModelAdmin, TranslationAdmin):
     form = TemplateVersionAddForm
     list_display = ["__str__", "template_link", "number", "is_published", "note", "created_by", "created_at"]
     list_filter = ["template__channel", "template__environment"]
@@ -293,7 +294,7 @@ def _publish(model_admin: admin.ModelAdmin, request: HttpRequest, template: Temp
 # --- templates -----------------------------------------------------------------------------------
 
 
-class TemplateVersionInline(admin.TabularInline):
+class TemplateVersionInline(TabularInline):
     model = TemplateVersion
     fields = readonly_fields = ("number", "note", "created_by", "created_at")
     extra = 0
@@ -497,7 +498,7 @@ class EmailLayoutForm(forms.ModelForm):
 
 
 @admin.register(EmailLayout)
-class EmailLayoutAdmin(TranslationAdmin):
+class EmailLayoutAdmin(ModelAdmin, TranslationAdmin):
     form = EmailLayoutForm
     list_display = ["key", "name", "environment", "brand_color", "is_default", "updated_at"]
     list_filter = ["environment", "is_default"]

@@ -13,12 +13,13 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.safestring import mark_safe
+from unfold.admin import ModelAdmin
 
 from apps.core.errors import ApiError
 from apps.subscribers.models import Subscriber
@@ -37,7 +38,7 @@ def allow_email_preview_styles(response: HttpResponse) -> HttpResponse:
     return response
 
 
-class TemplateEditorAdmin(admin.ModelAdmin):
+class TemplateEditorAdmin(ModelAdmin):
     """The editor views of ``TemplateAdmin`` (URL names ``notification_templates_template_*``)."""
 
     def get_urls(self) -> list[URLPattern]:

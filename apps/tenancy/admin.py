@@ -14,6 +14,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from unfold.admin import ModelAdmin, TabularInline
 
 from apps.core.admin import pretty_json, record_action
 from apps.tenancy.models import ApiKey, Environment, Project
@@ -38,12 +39,12 @@ from apps.tenancy.settings_forms import (
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(ModelAdmin):
     list_display = ["name", "slug", "created_at"]
     prepopulated_fields = {"slug": ["name"]}
 
 
-class ApiKeyInline(admin.TabularInline):
+class ApiKeyInline(TabularInline):
     model = ApiKey
     extra = 0
     can_delete = False
@@ -179,7 +180,7 @@ class EnvironmentForm(forms.ModelForm):
 
 
 @admin.register(Environment)
-class EnvironmentAdmin(admin.ModelAdmin):
+class EnvironmentAdmin(ModelAdmin):
     form = EnvironmentForm
     change_form_template = "admin/tenancy/environment/settings_change_form.html"
     list_display = ["name", "project", "slug", "currency", "track_opens", "track_clicks", "created_at"]
@@ -343,7 +344,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ModelAdmin):
     list_display = ["__str__", "name", "kind", "environment", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["kind", "environment"]
     readonly_fields = [

@@ -7,6 +7,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from unfold.admin import ModelAdmin, TabularInline
 
 from apps.core.admin import ReadOnlyAdmin, ReadOnlyInline, pretty_json, record_action
 from apps.core.errors import ApiError
@@ -25,7 +26,7 @@ from apps.workflows.reasons import reason_in_words
 from apps.workflows.services import workflow_publish
 
 
-class WorkflowVersionInline(admin.TabularInline):
+class WorkflowVersionInline(TabularInline):
     model = WorkflowVersion
     extra = 0
     can_delete = False
@@ -59,7 +60,7 @@ class WorkflowAdmin(WorkflowEditorAdmin):  # the steps editor, its diagram, diff
 
 
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(admin.ModelAdmin):
+class WorkflowVersionAdmin(ModelAdmin):
     list_display = ["workflow", "number", "created_at"]
     readonly_fields = ["workflow", "number", "steps", "category_key", "payload_schema", "created_at"]
 
@@ -187,7 +188,7 @@ class DigestBucketAdmin(ReadOnlyAdmin):
 
 
 @admin.register(FrequencyCap)
-class FrequencyCapAdmin(admin.ModelAdmin):
+class FrequencyCapAdmin(ModelAdmin):
     list_display = ["environment", "channel", "category", "limit", "window", "active"]
     list_filter = ["environment", "channel", "active"]
     raw_id_fields = ["category"]

@@ -29,6 +29,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from unfold.admin import ModelAdmin
 
 from apps.core.channels import CHANNELS
 from apps.core.errors import ApiError
@@ -633,7 +634,7 @@ def diagram(steps: list[dict[str, Any]], errors: dict[str, str], title: str) -> 
 # --------------------------------------------------------------------------------------------
 
 
-class WorkflowEditorAdmin(admin.ModelAdmin):
+class WorkflowEditorAdmin(ModelAdmin):
     """The editor views of ``WorkflowAdmin`` (URL names ``workflows_workflow_editor`` and friends)."""
 
     def get_urls(self) -> list[URLPattern]:

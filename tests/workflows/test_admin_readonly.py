@@ -18,7 +18,9 @@ from tests.admin_trace import Trace, trace_fixture  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
-CELL = re.compile(r'<td class="field-(\w+)">(.*?)</td>', re.DOTALL)
+# A cell's classes: Django's "field-<name>" among the admin theme's (django-unfold: utility classes
+# and "field-tabular").
+CELL = re.compile(r'<td class="[^"]*?(?<![\w-])field-(?!tabular\b)(\w+)[^"]*"[^>]*>(.*?)</td>', re.DOTALL)
 
 
 def inline_rows(html: str) -> list[dict[str, str]]:
