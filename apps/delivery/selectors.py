@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from django.db.models import Count, QuerySet, Subquery
 
@@ -14,7 +14,9 @@ from apps.subscribers.models import Device, Subscriber
 from apps.tenancy.models import Environment
 
 
-def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[str]]:
+def reachable_channels(
+    *, subscribers: Sequence[Subscriber], channels: Collection[str] | None = None
+) -> dict[int, set[str]]:
     """Subscriber pk → the channels that subscriber has a usable address for.
 
     The engine calls this once per chunk of runs and skips (with reason ``no_address``) a channel
@@ -23,13 +25,19 @@ def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[st
     invalid number); push needs a registered push device; chat needs a chat webhook of the
     subscriber's or an active chat integration with a channel webhook of its own.
     At most three queries, whatever the number of subscribers.
+
+    ``channels``: only these are looked up (the engine passes the channels a chunk's runs can still
+    send on); the answer then holds no other channel but in-app and webhook. An in-app-only chunk
+    makes no query.
     """
     if not subscribers:
         return {}
+    wanted = set(channels) if channels is not None else None
+    suppressible = [c for c in SUPPRESSIBLE_CHANNELS if wanted is None or c in wanted]
     env_ids = {s.environment_id for s in subscribers}
     own: dict[int, dict[str, str]] = {}
     for subscriber in subscribers:
-        for channel in SUPPRESSIBLE_CHANNELS:
+        for channel in suppressible:
             address = channel_address(subscriber=subscriber, channel=channel)
             if address:
                 own.setdefault(subscriber.pk, {})[channel] = address_normalize(channel=channel, address=address)
@@ -42,19 +50,24 @@ def reachable_channels(*, subscribers: Sequence[Subscriber]) -> dict[int, set[st
             ).values_list("environment_id", "channel", "address")
         )
     device_channels: dict[int, set[str]] = {}
-    for subscriber_pk, provider in (
-        Device.objects.filter(subscriber_id__in=[s.pk for s in subscribers])
-        .values_list("subscriber_id", "provider")
-        .distinct()
-    ):
-        device_channels.setdefault(subscriber_pk, set()).add("push" if provider in Device.PUSH_PROVIDERS else "chat")
-    envs_with_chat_channel = {
-        env_id
-        for env_id, credentials in Integration.objects.filter(
-            environment_id__in=env_ids, channel="chat", active=True
-        ).values_list("environment_id", "credentials")
-        if isinstance(credentials, dict) and credentials.get("webhook_url")
-    }
+    if wanted is None or wanted & {"push", "chat"}:
+        for subscriber_pk, provider in (
+            Device.objects.filter(subscriber_id__in=[s.pk for s in subscribers])
+            .values_list("subscriber_id", "provider")
+            .distinct()
+        ):
+            device_channel = "push" if provider in Device.PUSH_PROVIDERS else "chat"
+            if wanted is None or device_channel in wanted:
+                device_channels.setdefault(subscriber_pk, set()).add(device_channel)
+    envs_with_chat_channel: set[int] = set()
+    if wanted is None or "chat" in wanted:
+        envs_with_chat_channel = {
+            env_id
+            for env_id, credentials in Integration.objects.filter(
+                environment_id__in=env_ids, channel="chat", active=True
+            ).values_list("environment_id", "credentials")
+            if isinstance(credentials, dict) and credentials.get("webhook_url")
+        }
 
     reachable: dict[int, set[str]] = {}
     for subscriber in subscribers:

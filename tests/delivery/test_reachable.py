@@ -62,3 +62,29 @@ def test_push_step_without_device_skips_with_no_address(tenant: Any, django_capt
         event_trigger(environment=env, request=TriggerRequest("ping", ["no-device"], {}))
     assert not Message.objects.exists()
     assert StepRun.objects.get(step_id="push").reason == "no_address"
+
+
+@pytest.mark.parametrize(
+    ("channels", "queries", "expected"),
+    [
+        (["in_app"], 0, {"in_app", "webhook"}),
+        (["email"], 1, {"in_app", "webhook", "email"}),
+        (["sms", "push"], 2, {"in_app", "webhook", "sms", "push"}),
+        (["chat"], 2, {"in_app", "webhook", "chat"}),
+    ],
+)
+def test_only_the_channels_asked_for_are_looked_up(
+    tenant: Any, django_assert_num_queries: Any, channels: list[str], queries: int, expected: set[str]
+) -> None:
+    """The engine asks only for the channels a chunk can still send on: an in-app fan-out makes no
+    query; a channel asked for is answered exactly as without the restriction."""
+    env = tenant.environment
+    full = SubscriberFactory(environment=env, email="a@example.com", phone="+1555")
+    bounced = SubscriberFactory(environment=env, email="gone@example.com", phone="+1666")
+    Device.objects.create(environment=env, subscriber=full, provider="fcm", token="t")
+    Device.objects.create(environment=env, subscriber=full, provider="discord", token="https://discord.test/w")
+    Suppression.objects.create(environment=env, channel="email", address="gone@example.com", reason="bounced")
+    with django_assert_num_queries(queries):
+        reach = reachable_channels(subscribers=[full, bounced], channels=channels)
+    assert reach[full.pk] == expected
+    assert reach[bounced.pk] == expected - {"email", "push", "chat"}

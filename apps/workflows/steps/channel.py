@@ -159,7 +159,9 @@ def prepare_channels(plan: ChunkPlan, data: ChunkData, now: datetime) -> None:
     ).select_related("category"):
         caps[cap.environment_id].append(cap)
     data.caps = caps
-    data.reachable = reachable_channels(subscribers=list({run.subscriber_id: run.subscriber for run in runs}.values()))
+    data.reachable = reachable_channels(
+        subscribers=list({run.subscriber_id: run.subscriber for run in runs}.values()), channels=channels
+    )
 
 
 def _load_engagement(resumed: list[int], data: ChunkData) -> None:
