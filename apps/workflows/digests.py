@@ -571,6 +571,8 @@ def digests_flush(
     if key is not None:
         buckets = buckets.filter(digest_key=key)
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            return _flush_in_one_statement(buckets, now)
         rows = list(buckets.select_for_update().values_list("pk", "leader_run_id"))
         pks = [pk for pk, _ in rows]
         leaders = [leader for _, leader in rows if leader]
@@ -582,6 +584,32 @@ def digests_flush(
         )
         Run.objects.filter(pk__in=leaders, status=Run.Status.WAITING).update(resume_at=now)
     return leaders
+
+
+def _flush_in_one_statement(buckets: Any, now: datetime) -> list[int]:
+    """``digests_flush`` on PostgreSQL, in one statement: lock the matching buckets, close them
+    (``closing`` with a leader, ``empty`` without) and wake their leaders, returning the leaders.
+
+    The same three steps as elsewhere, without sending every bucket and leader pk back as a
+    parameter list three times (a flush of 10,000 digests spent seconds binding them).
+    """
+    target, params = buckets.select_for_update().values_list("pk", "leader_run_id").query.sql_with_params()
+    quote = connection.ops.quote_name
+    bucket_table, run_table = quote(DigestBucket._meta.db_table), quote(Run._meta.db_table)
+    sql = (
+        f"WITH target (id, leader) AS ({target}), "
+        f"closed AS (UPDATE {bucket_table} AS b SET "
+        "status = CASE WHEN target.leader IS NULL THEN %s ELSE %s END, closes_at = %s, "
+        "closed_at = CASE WHEN target.leader IS NULL THEN %s ELSE b.closed_at END "
+        "FROM target WHERE b.id = target.id RETURNING target.leader), "
+        f"woken AS (UPDATE {run_table} SET resume_at = %s "
+        "WHERE id IN (SELECT leader FROM closed) AND status = %s) "
+        "SELECT leader FROM closed WHERE leader IS NOT NULL ORDER BY leader"
+    )
+    statuses = [DigestBucket.Status.EMPTY, DigestBucket.Status.CLOSING]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *statuses, now, now, now, Run.Status.WAITING])
+        return [leader for (leader,) in cursor.fetchall()]
 
 
 def digests_release_cancelled(*, run_pks: list[int], now: datetime) -> list[int]:

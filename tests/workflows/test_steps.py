@@ -574,6 +574,52 @@ def test_flush_closes_matching_digests_now(digest_flow, env, api, fire, clock, d
     assert api.post("/api/v1/digests/flush", {"workflow": "nope"}, format="json").status_code == 404
 
 
+def test_flush_closes_digests_in_the_same_statements_for_2_or_8(digest_flow, env, fire, clock):
+    """The flush locks, closes and wakes in a fixed number of statements (one on PostgreSQL): a
+    bucket with a leader closes (its leader is woken now), one without is empty; only the buckets
+    that match."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.workflows import digests
+
+    flow = digest_flow()
+    ids = [f"f{n}" for n in range(10)]
+    for subscriber_id in ids:
+        SubscriberFactory(environment=env, subscriber_id=subscriber_id)
+    fire("comments", ids[:2], {"post": "small", "comment": "c"})
+    fire("comments", ids[2:], {"post": "large", "comment": "c"})
+    leaderless = DigestBucket.objects.create(
+        environment=env,
+        subscriber=env.subscribers.get(subscriber_id="f0"),
+        workflow=flow,
+        scope="wf:leaderless",
+        step_id="batch",
+        digest_key="large",
+        opened_at=START,
+        closes_at=START + timedelta(hours=1),
+        last_event_at=START,
+    )
+    now = START + timedelta(minutes=5)
+    clock.move_to(now)
+    counts = []
+    for key in ("small", "large"):
+        with CaptureQueriesContext(connection) as captured, transaction.atomic():
+            leaders = digests.digests_flush(environment_id=env.pk, key=key)
+        counts.append(len(captured.captured_queries))
+        buckets = DigestBucket.objects.filter(digest_key=key).exclude(pk=leaderless.pk)
+        assert leaders == sorted(buckets.values_list("leader_run_id", flat=True))
+        assert set(buckets.values_list("status", flat=True)) == {"closing"}
+        assert set(Run.objects.filter(pk__in=leaders).values_list("resume_at", flat=True)) == {now}
+        statements = [q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
+        if connection.vendor == "postgresql":
+            assert len(statements) == 1
+    assert counts[0] == counts[1]
+    leaderless.refresh_from_db()
+    assert (leaderless.status, leaderless.closed_at) == ("empty", now)
+    assert digests.digests_flush(environment_id=env.pk) == []  # nothing open is left
+
+
 def test_cancelling_the_leader_hands_the_digest_to_the_next_event(digest_flow, env, api, fire, move, clock):
     digest_flow()
     SubscriberFactory(environment=env, subscriber_id="u1")
