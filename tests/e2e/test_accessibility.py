@@ -96,7 +96,7 @@ def _log_in(page: Page, base: str) -> None:
     page.goto(f"{base}/admin/login/?next=/admin/")
     page.fill("#id_username", USERNAME)
     page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     expect(page.locator("#site-name")).to_be_visible()
 
 

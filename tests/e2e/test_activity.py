@@ -23,7 +23,7 @@ def test_find_an_event_read_its_timeline_and_cancel_it(clarion_demo: DemoSystem,
     page.goto(demo.url("/admin/login/?next=/admin/events/event/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.fill("#searchbar", transaction_id)
     page.press("#searchbar", "Enter")
     page.click(f"text={transaction_id}")

@@ -68,7 +68,7 @@ def _log_in(page: Page, base: str) -> None:
     page.goto(f"{base}/admin/login/?next=/admin/")
     page.fill("#id_username", "e2e-admin")
     page.fill("#id_password", "e2e-password")
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("link", name="24 h")).to_have_attribute("aria-current", "page")
 
 
@@ -84,7 +84,7 @@ def test_the_home_page_in_a_browser(console: str, page: Page) -> None:
         expect(page.get_by_role("img", name=re.compile(f"^{re.escape(name)}"))).to_be_visible()
     expect(page.get_by_text(HOSTILE)).to_be_visible()  # shown as text, never parsed
     assert page.title() != "1"
-    expect(page.locator("#content-main .app-delivery")).to_be_visible()  # the app list, below
+    expect(page.locator("#content .app-delivery")).to_be_visible()  # the app list, below
 
     page.get_by_role("link", name="30 d").click()
     expect(page.get_by_role("link", name="30 d")).to_have_attribute("aria-current", "page")

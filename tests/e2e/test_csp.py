@@ -85,7 +85,7 @@ def test_clarion_pages_work_under_their_own_policy(clarion_demo: DemoSystem, pag
     page.goto(clarion_demo.url("/admin/login/"))
     page.fill("#id_username", clarion_demo.demo["admin_username"])
     page.fill("#id_password", clarion_demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.goto(clarion_demo.url("/admin/notification_templates/template/"))
     page.locator("#result_list tbody tr th a").first.click()
     expect(page.locator("#ce-form")).to_be_visible()

@@ -297,7 +297,7 @@ def test_the_editor_opens_the_language_a_refused_publish_is_about(clarion_demo: 
     page.goto(demo.url("/admin/login/?next=/admin/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.goto(demo.url("/admin/notification_templates/template/"))
     page.get_by_role("link", name=key, exact=True).click()
     expect(page.locator(".ce-editor")).to_be_visible()

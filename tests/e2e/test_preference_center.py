@@ -285,7 +285,7 @@ def test_email_link_to_preferences_then_both_workflows(clarion_demo: DemoSystem,
     page.goto(demo.url("/admin/login/?next=/admin/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.goto(demo.url(f"/admin/workflows/digestbucket/?q={c['subscriber']}"))
     rows = page.locator("#result_list tbody tr")
     expect(rows).to_have_count(1)

@@ -69,7 +69,7 @@ def _log_in(page: Page, base: str, next_url: str) -> None:
     page.goto(f"{base}/admin/login/?next={next_url}")
     page.fill("#id_username", "e2e-admin")
     page.fill("#id_password", "e2e-password")
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
 
 
 def _screenshot(page: Page, tmp_path: Path, name: str, *headings: str) -> None:

@@ -21,7 +21,7 @@ def test_subscriber_page_and_why_not(clarion_demo: DemoSystem, page: Page) -> No
     page.goto(demo.url("/admin/login/?next=/admin/subscribers/subscriber/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.fill("#searchbar", demo.subscriber_id)
     page.press("#searchbar", "Enter")
     page.click(f"#result_list a:text-is('{demo.subscriber_id}')")

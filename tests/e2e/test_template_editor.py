@@ -41,7 +41,7 @@ def login(page: Page, demo: DemoSystem) -> None:
     page.goto(demo.url("/admin/login/?next=/admin/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     expect(page.locator("#site-name")).to_be_visible()
     page.goto(demo.url("/admin/notification_templates/template/"))
     toggle = page.locator("#toggle-nav-sidebar")

@@ -76,7 +76,7 @@ def test_build_publish_see_the_diagram_and_roll_back(clarion_demo: DemoSystem, p
     page.goto(demo.url("/admin/login/?next=/admin/workflows/workflow/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.click(f"text={WORKFLOW}")
     page.click("text=Open the workflow editor")
     expect(page.locator("#wf-diagram svg")).to_have_attribute("aria-label", f"Workflow {WORKFLOW}: 0 steps")

@@ -80,7 +80,7 @@ def test_trigger_from_the_editor_and_watch_the_run_complete(clarion_demo: DemoSy
     page.goto(demo.url("/admin/login/?next=/admin/workflows/workflow/"))
     page.fill("#id_username", demo.demo["admin_username"])
     page.fill("#id_password", demo.demo["admin_password"])
-    page.click("input[type=submit]")
+    page.get_by_role("button", name="Log in").click()
     page.click(f"text={WORKFLOW}")
     page.click("text=Open the workflow editor")
 
