@@ -250,4 +250,6 @@ def test_read_only_trace_row(tour: Tour, page: Page) -> None:
     expect(page.locator("iframe[sandbox]")).to_be_visible()
     expect(page.locator("#attempts_log-group")).to_contain_text("Success")
     expect(page.locator("[name=_save], [name=_continue]")).to_have_count(0)
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.locator("iframe[sandbox]").evaluate("(frame) => frame.scrollIntoView({block: 'center'})")
     shot(page, tour, "console-trace-readonly.png")

@@ -79,6 +79,9 @@ def _screenshot(page: Page, tmp_path: Path, name: str, *headings: str) -> None:
     if not headings:
         page.screenshot(path=str(folder / name), full_page=False)
         return
+    # A window as tall as the page: the theme's sticky Save bar then sits below the fieldsets
+    # instead of being drawn across them in a clip beyond the window.
+    page.set_viewport_size({"width": 1280, "height": int(page.evaluate("document.documentElement.scrollHeight"))})
     page.evaluate("window.scrollTo(0, 0)")
     boxes = [page.locator("fieldset", has=page.locator("h2", has_text=h)).bounding_box() for h in headings]
     top, bottom = min(b["y"] for b in boxes if b), max(b["y"] + b["height"] for b in boxes if b)
