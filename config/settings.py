@@ -521,6 +521,10 @@ UNFOLD = {
     },
 }
 
+# Unfold's login form has no hidden "next" field (Django's has): a login straight from /admin/login/
+# lands on the console's home instead of Django's default /accounts/profile/ (no such page).
+LOGIN_REDIRECT_URL = "/admin/"
+
 # --- Admin login lockout (django-axes) ---------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",

@@ -43,9 +43,10 @@
     if (typeof window.searchCommand === "function") {
       Alpine.data("searchCommand", function (...args) {
         var component = window.searchCommand(...args);
-        // The command palette's Enter: a statement in unfold's template, a method here.
+        // The command palette's Enter: a statement in unfold's template, a method here (and only
+        // once a result is highlighted: unfold's selectItem throws on none).
         component.enterUnlessModified = function (event, showHistory) {
-          if (!event.metaKey && !event.ctrlKey) {
+          if (!event.metaKey && !event.ctrlKey && this.currentIndex > 0) {
             this.selectItem(showHistory, false);
           }
         };
