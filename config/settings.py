@@ -425,6 +425,9 @@ CLARION = {
     # tasks, a Redis that restarted empty): the ticker enqueues it again, at most once per period.
     "STALL_SECONDS": env.int("CLARION_STALL_SECONDS", default=20),
     "INBOX_TOKEN_MAX_AGE": 60 * 60 * 12,
+    # A web process remembers a secret key it authenticated for this long (apps/tenancy/keycache.py):
+    # a key revoked by another process is refused by this one within it (docs/security.md). 0: off.
+    "API_KEY_CACHE_SECONDS": env.float("CLARION_API_KEY_CACHE_SECONDS", default=10.0),
     # The savings report's default price of one message per channel (one segment for SMS), in each
     # environment's currency, when the channel's first integration has no price of its own
     # (apps/analytics/pricing.py, docs/analytics.md). Decimal strings.

@@ -29,6 +29,13 @@ def _fresh_workflow_cache() -> None:
     published_cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_api_key_cache(settings: Any) -> None:
+    """Secret keys are looked up on every request, so that query-count tests count the same
+    statements in any order (the cache has its own tests: tests/tenancy/test_api_key_cache.py)."""
+    settings.CLARION = {**settings.CLARION, "API_KEY_CACHE_SECONDS": 0}
+
+
 @dataclass
 class Tenant:
     environment: Environment

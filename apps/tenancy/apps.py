@@ -7,4 +7,4 @@ class TenancyConfig(AppConfig):
     verbose_name = "Projects and environments"
 
     def ready(self) -> None:
-        from apps.tenancy import schema  # noqa: F401  (registers the OpenAPI auth scheme)
+        from apps.tenancy import keycache, schema  # noqa: F401  (forgets keys on change; the OpenAPI auth scheme)

@@ -9,8 +9,8 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from apps.tenancy import keycache
 from apps.tenancy.models import ApiKey, Environment
-from apps.tenancy.selectors import api_key_for_raw
 from apps.tenancy.services import api_key_mark_used
 
 
@@ -50,10 +50,12 @@ class SecretKeyAuthentication(authentication.BaseAuthentication):
         raw = parts[1]
         if not raw.startswith("sk_"):
             raise exceptions.AuthenticationFailed("The server API takes a secret key (sk_...).")
-        api_key = api_key_for_raw(raw_key=raw, kind=ApiKey.Kind.SECRET)
+        api_key = keycache.secret_key_for_raw(raw)  # remembered for a few seconds (keycache's docstring)
         if api_key is None:
             raise exceptions.AuthenticationFailed("The API key is invalid or has been revoked.")
-        api_key_mark_used(api_key=api_key, now=self.now())
+        now = self.now()
+        api_key_mark_used(api_key=api_key, now=now)
+        keycache.note_used(api_key, now)
         return EnvironmentPrincipal(environment=api_key.environment, api_key_id=api_key.pk), api_key
 
     def authenticate_header(self, request: Request) -> str:
