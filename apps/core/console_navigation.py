@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.contrib import admin
 from django.http import HttpRequest
 from django.templatetags.static import static
 from django.urls import reverse
@@ -121,9 +122,12 @@ def sidebar(request: HttpRequest) -> list[dict[str, Any]]:
             ],
         }
     ]
+    registered = {model._meta.label_lower for model in admin.site._registry}
     for title, links in GROUPS:
         items = []
         for link_title, icon, model in links:
+            if model not in registered:  # django_q's queue page exists only on its ORM broker (not with Redis)
+                continue
             app_label, model_name = model.split(".")
             items.append(
                 {

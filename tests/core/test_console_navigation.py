@@ -71,3 +71,22 @@ def test_a_user_who_is_not_staff_sees_no_link(rf: RequestFactory) -> None:
     request = rf.get("/admin/")
     request.user = user
     assert not any(item["permission"](request) for group in sidebar(request) for item in group["items"])
+
+
+def test_a_page_the_admin_does_not_register_is_left_out(admin_user: Any) -> None:
+    """django_q registers its queue's page only on its ORM broker: with Redis (production) the
+    sidebar leaves it out instead of failing every admin page (NoReverseMatch)."""
+    from django.contrib import admin
+    from django_q.models import OrmQ
+
+    registered = admin.site.is_registered(OrmQ)
+    model_admin = admin.site._registry.pop(OrmQ, None)
+    try:
+        request = RequestFactory().get("/admin/")
+        request.user = admin_user
+        links = [item["link"] for group in sidebar(request) for item in group["items"]]
+        assert "/admin/django_q/ormq/" not in links and "/admin/django_q/failure/" in links
+    finally:
+        if model_admin is not None:
+            admin.site._registry[OrmQ] = model_admin
+    assert admin.site.is_registered(OrmQ) == registered
