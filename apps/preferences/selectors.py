@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
+from apps.core.bulk import in_array
 from apps.core.errors import NotFound
 from apps.core.schedule import ScheduleError, parse_schedule
 from apps.preferences.models import (
@@ -71,7 +72,7 @@ def resolve_preferences(
     if not critical:
         wanted_channels = [*channels, ALL_CHANNELS]
         rows = Preference.objects.filter(
-            environment=environment, subscriber_id__in=subscriber_ids, channel__in=wanted_channels
+            in_array("subscriber_id", subscriber_ids), environment=environment, channel__in=wanted_channels
         ).values_list("subscriber_id", "category_id", "channel", "enabled")
         if category is None:
             rows = rows.filter(category__isnull=True)
@@ -171,7 +172,7 @@ def category_frequencies(
     if category is None or category.critical or not subscriber_ids:
         return result
     rows = CategoryFrequency.objects.filter(
-        environment=environment, category=category, subscriber_id__in=subscriber_ids
+        in_array("subscriber_id", subscriber_ids), environment=environment, category=category
     ).values_list("subscriber_id", "frequency")
     for subscriber_pk, frequency in rows:
         result[subscriber_pk] = frequency

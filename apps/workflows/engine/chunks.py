@@ -24,7 +24,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.analytics.counters import Tally
-from apps.core.bulk import rows_insert
+from apps.core.bulk import in_array, rows_insert
 from apps.core.tasks import enqueue, enqueue_on_commit
 from apps.delivery.services import DELIVER_TASK, messages_deliver
 from apps.delivery.services.rows import messages_insert
@@ -56,7 +56,7 @@ def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
         | Q(status=Run.Status.WAITING, resume_at__lte=now)
         | Q(status=Run.Status.RUNNING, lease_until__lt=now)
     )
-    Run.objects.filter(ready, pk__in=list(run_ids)).update(
+    Run.objects.filter(in_array("pk", run_ids), ready).update(
         status=Run.Status.RUNNING,
         claim_token=token,
         lease_until=now + timedelta(seconds=lease_seconds()),
@@ -231,7 +231,7 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         # Only write for runs this worker still holds (a lease may have expired meanwhile).
         still_held = set(
             Run.objects.select_for_update()
-            .filter(pk__in=[r.pk for r in runs], claim_token=token)
+            .filter(in_array("pk", [r.pk for r in runs]), claim_token=token)
             .values_list("pk", flat=True)
         )
         if len(still_held) != len(runs):
@@ -330,4 +330,6 @@ def _save_runs(runs: list[Run]) -> None:
             "step_results": run.step_results,
         }
     for key, pks in groups.items():
-        Run.objects.filter(pk__in=pks).update(claim_token=None, lease_until=None, updated_at=now, **states[key])
+        Run.objects.filter(in_array("pk", pks)).update(
+            claim_token=None, lease_until=None, updated_at=now, **states[key]
+        )

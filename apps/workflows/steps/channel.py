@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db.models import F
 
+from apps.core.bulk import in_array
 from apps.core.channels import CHANNELS
 from apps.core.durations import parse_duration
 from apps.core.sandbox import SandboxError
@@ -152,7 +153,9 @@ def prepare_channels(plan: ChunkPlan, data: ChunkData, now: datetime) -> None:
         )
 
     run_subscriber_pks = list({run.subscriber_id for run in runs})
-    data.quiet_hours = {q.subscriber_id: q for q in QuietHours.objects.filter(subscriber_id__in=run_subscriber_pks)}
+    data.quiet_hours = {
+        q.subscriber_id: q for q in QuietHours.objects.filter(in_array("subscriber_id", run_subscriber_pks))
+    }
     caps: dict[int, list[FrequencyCap]] = defaultdict(list)
     for cap in FrequencyCap.objects.filter(
         environment_id__in={run.environment_id for run in runs}, active=True
