@@ -55,27 +55,34 @@ def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
         logger.exception("inbox push failed for %d frame(s)", len(frames))
 
 
-def _listening(messages: Sequence[InboxMessage]) -> list[InboxMessage]:
-    """The messages whose subscriber has an open inbox socket now, when the layer can tell
-    (``InboxChannelLayer.groups_listening``, one round trip); all of them otherwise. A fan-out
-    to 100k subscribers, few of them online, then neither counts nor serialises the others'
-    frames. A socket that joins a moment later catches up like any reconnecting client: it
-    replays ``/changes`` from its cursor."""
+def _listening_at(recipients: Sequence[tuple[int, int]]) -> list[int]:
+    """The positions of the ``(environment_id, subscriber_pk)`` recipients with an open inbox
+    socket now, when the layer can tell (``InboxChannelLayer.groups_listening``, one round trip);
+    all of them otherwise. A fan-out to 100k subscribers, few of them online, then neither counts
+    nor serialises the others' frames. A socket that joins a moment later catches up like any
+    reconnecting client: it replays ``/changes`` from its cursor."""
     layer = get_channel_layer()
     check = getattr(layer, "groups_listening", None)
-    if check is None or not messages:
-        return list(messages)
-    groups = [subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id) for m in messages]
+    if check is None or not recipients:
+        return list(range(len(recipients)))
+    groups = [subscriber_group(environment_id=env, subscriber_pk=pk) for env, pk in recipients]
     try:
         live = check(sorted(set(groups)))
     except Exception:  # like a failed push: the inbox re-syncs over REST
-        logger.exception("inbox push: could not look up open sockets for %d message(s)", len(messages))
+        logger.exception("inbox push: could not look up open sockets for %d message(s)", len(recipients))
         return []
-    return [m for m, group in zip(messages, groups, strict=True) if group in live]
+    return [i for i, group in enumerate(groups) if group in live]
 
 
-def _publish_messages(messages: Sequence[InboxMessage], event: str) -> None:
-    messages = _listening(messages)
+def _listening(messages: Sequence[InboxMessage]) -> list[InboxMessage]:
+    """The messages whose subscriber has an open inbox socket now (see ``_listening_at``)."""
+    return [messages[i] for i in _listening_at([(m.environment_id, m.subscriber_id) for m in messages])]
+
+
+def _publish_messages(messages: Sequence[InboxMessage], event: str, *, listening: bool = False) -> None:
+    """``listening``: the messages were already narrowed to the subscribers with an open socket."""
+    if not listening:
+        messages = _listening(messages)
     if not messages:
         return
     counts = inbox_counts(subscriber_ids={m.subscriber_id for m in messages})
@@ -93,6 +100,14 @@ def _publish_messages(messages: Sequence[InboxMessage], event: str) -> None:
 def publish_messages_created(messages: Sequence[InboxMessage]) -> None:
     """One ``message.created`` frame per message, carrying the subscriber's fresh counts."""
     _publish_messages(messages, "message.created")
+
+
+def publish_rows_created(rows: Sequence[dict[str, Any]], pks: Sequence[int]) -> None:
+    """``publish_messages_created`` for rows just inserted without model instances (``{attname:
+    value}`` dicts and their primary keys): an instance is built only for a row whose subscriber
+    has an open socket, the only ones that get a frame."""
+    at = _listening_at([(row["environment_id"], row["subscriber_id"]) for row in rows])
+    _publish_messages([InboxMessage(pk=pks[i], **rows[i]) for i in at], "message.created", listening=True)
 
 
 def publish_messages_updated(messages: Sequence[InboxMessage]) -> None:

@@ -151,13 +151,9 @@ def inbox_messages_create(*, items: Sequence[tuple[InboxItem, Any]]) -> list[int
                 template_key=template_key,
             )
     tally.write()
-    # The frames need model instances; build them only once the rows are committed.
-    transaction.on_commit(lambda: realtime.publish_messages_created(_instances(rows, pks)))
+    # Frames only once the rows are committed, and model instances only for those that get one.
+    transaction.on_commit(lambda: realtime.publish_rows_created(rows, pks))
     return pks
-
-
-def _instances(rows: list[dict[str, Any]], pks: list[int]) -> list[InboxMessage]:
-    return [InboxMessage(pk=pk, **row) for row, pk in zip(rows, pks, strict=True)]
 
 
 def inbox_subscriber_hash(*, environment: Environment, subscriber_id: str) -> str:

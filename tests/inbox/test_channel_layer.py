@@ -177,3 +177,36 @@ async def test_a_push_builds_frames_only_for_subscribers_with_an_open_socket(set
         assert asked == [{online.pk}]
     finally:
         await ws.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_push_of_inserted_rows_builds_model_instances_only_for_subscribers_online(settings, monkeypatch):
+    """publish_rows_created (inbox_messages_create's push after commit) to two subscribers, one
+    online: one frame, and one InboxMessage instance built, the online subscriber's."""
+    from apps.inbox import realtime
+    from apps.inbox.models import InboxMessage
+
+    settings.CHANNEL_LAYERS = _layers_config()
+    online, offline = [await sync_to_async(SubscriberFactory)() for _ in range(2)]
+    built: list[int] = []
+
+    def building(**fields: Any) -> InboxMessage:
+        built.append(fields["subscriber_id"])
+        return InboxMessage(**fields)
+
+    monkeypatch.setattr(realtime, "InboxMessage", building)
+    ws = WebsocketCommunicator(application, f"/ws/inbox/?token={quote(await sync_to_async(token_for)(online))}")
+    try:
+        assert (await ws.connect(timeout=TIMEOUT))[0]
+        assert (await ws.receive_json_from(timeout=TIMEOUT))["event"] == "ready"
+        rows = [
+            {"environment_id": s.environment_id, "subscriber_id": s.pk, "title": f"t{n}", "seq": 5 + n}
+            for n, s in enumerate([offline, online])
+        ]
+        await sync_to_async(realtime.publish_rows_created)(rows, [100, 101])
+        frame = await ws.receive_json_from(timeout=TIMEOUT)
+        assert (frame["event"], frame["message"]["id"], frame["message"]["title"]) == ("message.created", 101, "t1")
+        assert await ws.receive_nothing(timeout=0.2)
+        assert built == [online.pk]
+    finally:
+        await ws.disconnect()
