@@ -6,12 +6,11 @@ subscriber, whose timeline fills in on the page (the worker walks the run) until
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import DemoSystem, under_ci
+from tests.e2e.conftest import DemoSystem, e2e_port, under_ci
 from tests.system.conftest import _manage, _process_env, running_system
 
 try:
@@ -24,7 +23,6 @@ except ImportError:  # a dev dependency; without it `make test` must still colle
 pytestmark = pytest.mark.e2e
 
 WORKFLOW = "e2e-test-run"
-PORTS = range(8600, 8700)  # this suite's own server stays in a fixed range on a shared machine
 STEPS = [
     {"id": "inbox", "type": "in_app", "template": "comment-in-app"},
     {
@@ -37,22 +35,11 @@ STEPS = [
 ]
 
 
-def _port_in_range() -> int:
-    for port in PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip("no free port in 8600-8699")
-
-
 @pytest.fixture(scope="module")
 def clarion_demo(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSystem]:
-    """As the shared fixture, on a port of a fixed range."""
+    """As the shared fixture, on a port of its own (in CLARION_E2E_PORTS when set)."""
     var_dir = tmp_path_factory.mktemp("clarion-e2e-workflow-test-run")
-    port = _port_in_range()
+    port = e2e_port()  # CLARION_E2E_PORTS=low-high keeps it in a range on a shared machine
     env = _process_env(var_dir, port)
     _manage(env, "migrate", "--noinput")
     _manage(env, "migrate", "--database", "channels", "--noinput")
