@@ -88,6 +88,9 @@ class DeferredTaskAdmin(ReadOnlyAdmin):
         return pretty_json(obj.args)
 
 
+# The home is the console's overview (templates/admin/index.html), not Django's model index.
+admin.site.index_title = "Overview"
+
 # The console's theme (django-unfold) styles the forms of the admin pages Django itself registers:
 # users and groups get unfold's ModelAdmin and its user forms (password change included).
 admin.site.unregister(User)

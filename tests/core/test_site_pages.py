@@ -75,3 +75,8 @@ def test_guide_images_are_served() -> None:
 )
 def test_unknown_guides_and_files_are_404(path: str) -> None:
     assert Client().get(path).status_code == 404
+
+
+def test_the_console_home_is_titled_as_the_overview(admin_client: Any) -> None:
+    html = admin_client.get("/admin/").content.decode()
+    assert "Overview" in html and "Site administration" not in html
