@@ -36,6 +36,15 @@ def _no_api_key_cache(settings: Any) -> None:
     settings.CLARION = {**settings.CLARION, "API_KEY_CACHE_SECONDS": 0}
 
 
+@pytest.fixture
+def empty_task_queue() -> None:
+    """The broker's queue emptied first, for tests that read its depth: a Redis queue outlives the
+    test databases (and the run), so tasks another test or an earlier run enqueued may wait there."""
+    from django_q.brokers import get_broker
+
+    get_broker().purge_queue()
+
+
 @dataclass
 class Tenant:
     environment: Environment

@@ -175,7 +175,7 @@ def _trigger(tenant: Any, capture: Any, count: int) -> None:
 
 
 def test_runs_waiting_and_the_oldest_due_run(
-    tenant: Any, delayed_workflow: Any, django_capture_on_commit_callbacks: Any
+    tenant: Any, delayed_workflow: Any, django_capture_on_commit_callbacks: Any, empty_task_queue: None
 ) -> None:
     now = timezone.now()
     assert dashboard(environment=tenant.environment, period="24h", now=now).backlog.due_oldest_text == "none is late"

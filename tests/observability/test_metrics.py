@@ -148,7 +148,7 @@ def _trigger(tenant: Any, capture: Any, count: int) -> None:
 
 
 def test_scrape_time_gauges_read_the_database(
-    tenant: Any, delayed_workflow: Any, django_capture_on_commit_callbacks: Any
+    tenant: Any, delayed_workflow: Any, django_capture_on_commit_callbacks: Any, empty_task_queue: None
 ) -> None:
     _trigger(tenant, django_capture_on_commit_callbacks, 3)
     assert Run.objects.filter(status=Run.Status.WAITING).count() == 3
