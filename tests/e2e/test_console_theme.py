@@ -13,6 +13,7 @@ import re
 import pytest
 
 from tests.e2e.conftest import DemoSystem, under_ci
+from tests.e2e.test_csp import WATCH  # the page's CSP violations, collected in window.__csp
 
 try:
     from playwright.sync_api import Page, expect
@@ -23,12 +24,6 @@ except ImportError:  # a dev dependency; without it `make test` must still colle
 
 pytestmark = pytest.mark.e2e
 
-WATCH = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`);
-});
-"""
 
 DARK = re.compile(r"(^|\s)dark(\s|$)")
 GROUPS = ["Activity", "Workflows", "Content", "Audience", "Delivery", "Settings"]
