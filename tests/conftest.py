@@ -36,6 +36,20 @@ def _no_api_key_cache(settings: Any) -> None:
     settings.CLARION = {**settings.CLARION, "API_KEY_CACHE_SECONDS": 0}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _leave_no_task_in_redis() -> Any:
+    """Tests that check what a request enqueues turn eager tasks off, and on Redis those tasks
+    stay in the real broker's queue after the run: a worker started later on the same Redis
+    would run them against a database that no longer exists. Empty it when the run ends."""
+    yield
+    from django.conf import settings
+
+    if "redis" in settings.Q_CLUSTER:
+        from django_q.brokers import get_broker
+
+        get_broker().purge_queue()
+
+
 @pytest.fixture
 def empty_task_queue() -> None:
     """The broker's queue emptied first, for tests that read its depth: a Redis queue outlives the

@@ -9,11 +9,13 @@ reads the workflow every time; the behaviour asserted is the same."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.db.models import Sum
+from django_q.brokers import get_broker
 
 from apps.analytics import counters
 from apps.analytics.models import Counter
@@ -36,11 +38,14 @@ cached_path = pytest.mark.skipif(
 
 
 @pytest.fixture
-def workflow(tenant: Any, settings: Any) -> Workflow:
+def workflow(tenant: Any, settings: Any) -> Iterator[Workflow]:
     settings.CLARION_TASKS_EAGER = False  # accepted events only queue their fan-out (as in the API)
     published_template(tenant.environment, "cache-in-app", "in_app", title_en="Hi", body_en="")
     created, _ = workflow_upsert(environment=tenant.environment, key="orders", name="Orders", steps=STEPS, publish=True)
-    return created
+    yield created
+    # These tests commit, so the wake-ups reach the real broker: on Redis they would outlive the
+    # test database and wait for the next worker started on that Redis.
+    get_broker().purge_queue()
 
 
 def _trigger(tenant: Any, payload: dict[str, Any], **extra: Any) -> Any:
