@@ -41,6 +41,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -281,8 +284,63 @@ def _copy_baseline_once(
     return seconds, usage
 
 
+FLUSH_TIMEOUT = 900.0
+
+
+def _profile(pid: int, phase: str) -> subprocess.Popen[bytes] | None:
+    """``BENCH_DIGEST_PYSPY=/path/to/py-spy``: record ``pid`` and its children (raw, folded stacks)
+    into ``$TMPDIR/digest-<phase>-<pid>.txt`` while the phase runs."""
+    py_spy = os.environ.get("BENCH_DIGEST_PYSPY")
+    if not py_spy:
+        return None
+    out = os.path.join(tempfile.gettempdir(), f"digest-{phase}-{pid}.txt")
+    argv = [py_spy, "record", "--subprocesses", "--format", "raw", "--rate", "50", "--pid", str(pid), "-o", out]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _flush_through_workers(
+    installation: Installation, environment: Any, workflow: Any, n: int
+) -> tuple[float, dict[str, float]]:
+    """The flush on ``BENCH_DIGEST_WORKERS`` real ``clarion_worker`` processes (django-q2 cluster +
+    ticker each, ``CLARION_WORKERS`` cluster processes; started before the clock, untimed): close
+    every bucket (``digests_flush``: the leaders are due now), and the workers' tickers take the
+    due leaders and hand them to the cluster in chunks, as when 10,000 windows end together.
+    Timed until no run of the flush waits any more; metered over the workers and PostgreSQL."""
+    from django.db import close_old_connections, transaction
+
+    from apps.workflows import digests
+    from apps.workflows.models import Run
+    from bench.procs import Stack
+
+    processes = int(os.environ.get("BENCH_DIGEST_WORKERS", "1"))
+    waiting = Run.objects.filter(
+        environment=environment, status__in=[Run.Status.WAITING, Run.Status.PENDING, Run.Status.RUNNING]
+    ).exclude(event__transaction_id__startswith="digest-baseline-")
+    with Stack(installation, web_processes=0, worker_processes=processes, esp=False) as stack:
+        stack.start(web=False, workers=True)
+        close_old_connections()
+        gc.collect()
+        profiler = _profile(stack.workers[0].pid, "flush")
+        with stack.meter() as cpu:
+            started = time.perf_counter()
+            with transaction.atomic():
+                leaders = digests.digests_flush(environment_id=environment.pk, workflow_id=workflow.pk)
+            while waiting.exists():
+                if time.perf_counter() - started > FLUSH_TIMEOUT:
+                    raise RuntimeError(f"digest flush: {waiting.count()} runs still open after {FLUSH_TIMEOUT:.0f} s")
+                time.sleep(0.25)
+            seconds = time.perf_counter() - started
+        usage = cpu.result()
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
+    log(f"digest: {len(leaders)} leaders flushed by {processes} clarion_worker process(es)")
+    return seconds, {"process": usage["worker"], "postgres": usage["postgres"], "total": usage["system"]}
+
+
 def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
     installation.setup_django()
+    flush_mode = os.environ.get("BENCH_DIGEST_FLUSH", "workers")
     from django.db import transaction
     from django.test import override_settings
 
@@ -343,14 +401,17 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
             )
 
         _analyze()  # a window's hour later, autovacuum would have
-        gc.collect()
-        meter = _meter(installation).start()
-        started = time.perf_counter()
-        with transaction.atomic():
-            leaders = digests.digests_flush(environment_id=environment.pk, workflow_id=workflow.pk)
-        advance_runs(sorted(leaders))
-        flush_seconds = time.perf_counter() - started
-        flush_cpu = _cpu(meter.stop())
+        if flush_mode == "eager":
+            gc.collect()
+            meter = _meter(installation).start()
+            started = time.perf_counter()
+            with transaction.atomic():
+                leaders = digests.digests_flush(environment_id=environment.pk, workflow_id=workflow.pk)
+            advance_runs(sorted(leaders))
+            flush_seconds = time.perf_counter() - started
+            flush_cpu = _cpu(meter.stop())
+    if flush_mode != "eager":
+        flush_seconds, flush_cpu = _flush_through_workers(installation, environment, workflow, n)
 
     messages = InboxMessage.objects.filter(environment=environment)
     titles = set(messages.values_list("title", flat=True))
@@ -413,6 +474,8 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
             "entries_per_s": round(expected / flush_seconds, 1),
             "cpu_seconds": flush_cpu,
             "cpu_ms_per_digest": round(1000 * flush_cpu["total"] / n, 3),
+            "mode": flush_mode,
+            "worker_processes": None if flush_mode == "eager" else int(os.environ.get("BENCH_DIGEST_WORKERS", "1")),
         },
     }
 
