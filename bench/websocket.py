@@ -28,11 +28,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ class WebsocketConfig:
     # "single": one uvicorn process serves the API and the websockets (Django's ASGI handler, as
     # `make run`); "split": the triggers go to an API-only process (WEB_HTTP_THREADS=10) and the
     # websockets to their own process, as docs/deployment.md lays out for load
-    layouts: tuple[str, ...] = ("single", "split")
+    # BENCH_WEBSOCKET_LAYOUTS=split (comma-separated) runs only those, e.g. for shorter A/B rounds
+    layouts: tuple[str, ...] = field(
+        default_factory=lambda: tuple(os.environ.get("BENCH_WEBSOCKET_LAYOUTS", "single,split").split(","))
+    )
 
     @classmethod
     def quick(cls) -> WebsocketConfig:

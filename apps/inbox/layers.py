@@ -19,13 +19,23 @@ running the stock layer interoperate) and changes how it talks to Redis:
   frames costs two round trips whatever its size (the groups' members, then one Lua call that
   queues every message), on a process-wide synchronous pool, so no event loop and no new
   connection is made per push.
+* receiving on the process's channel (every socket of a websocket process shares one Redis sorted
+  set): ``ZPOPMIN`` of up to ``receive_batch`` messages in one round trip, ``BZPOPMIN`` only when
+  it is empty. channels-redis spends four round trips on *each* message (restore the backup
+  queue, ``BZPOPMIN``, ``ZADD`` to the backup queue, ``ZPOPMIN`` it off again), one message after
+  the other, so a micro-batch's frames reached their sockets one 4-round-trip step apart. Popped
+  messages are kept by the layer, not by the coroutine that popped them, and a pop is shielded
+  from that coroutine's cancellation (a socket closing while it holds the receive lock): what
+  the backup queue protected against cannot lose them either.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,14 +66,32 @@ return over_capacity
 """
 
 
+# channels-redis's restore of a channel's backup queue (messages a stock receive popped and did
+# not finish): run once per channel key before this layer first pops from it.
+_RESTORE_BACKUP_LUA = """
+local backed_up = redis.call('ZRANGE', ARGV[2], 0, -1, 'WITHSCORES')
+for i = #backed_up, 1, -2 do
+    redis.call('ZADD', ARGV[1], backed_up[i], backed_up[i - 1])
+end
+redis.call('DEL', ARGV[2])
+"""
+
+
 class InboxChannelLayer(RedisChannelLayer):
-    def __init__(self, *, max_connections: int = 50, pool_timeout: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, max_connections: int = 50, pool_timeout: float = 30.0, receive_batch: int = 100, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.max_connections = max_connections
         self.pool_timeout = pool_timeout
+        self.receive_batch = receive_batch
         self._sync_clients: dict[int, redis.Redis] = {}
         self._sync_lock = threading.Lock()
         self._send_scripts: dict[int, Any] = {}
+        # per process-local channel key: messages popped and not yet handed out, the pop in flight
+        self._popped: dict[bytes | str, deque[bytes]] = defaultdict(deque)
+        self._pops: dict[bytes | str, asyncio.Task[None]] = {}
+        self._restored: set[bytes | str] = set()
 
     # --- connections --------------------------------------------------------------------------
 
@@ -213,7 +241,53 @@ class InboxChannelLayer(RedisChannelLayer):
             )
         return dropped
 
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def receive_single(self, channel: str) -> tuple[Any, dict[str, Any]]:
+        """The next message of ``channel``; for the process's own channel (``...!``, every socket
+        of this process) from a batch popped at once (see the module's docstring)."""
+        if "!" not in channel:
+            return await super().receive_single(channel)
+        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
+        channel_key = self.prefix + channel
+        while not self._popped[channel_key]:
+            task = self._pops.get(channel_key)
+            if task is None or task.get_loop() is not asyncio.get_running_loop():
+                task = asyncio.ensure_future(self._pop(channel_key, self.consistent_hash(channel)))
+                self._pops[channel_key] = task
+                task.add_done_callback(functools.partial(self._pop_done, channel_key))
+            # Shielded: if the caller is cancelled the pop still lands in ``_popped`` for the next one.
+            await asyncio.shield(task)
+        message = self.deserialize(self._popped[channel_key].popleft())
+        if "__asgi_channel__" in message:
+            channel = message.pop("__asgi_channel__")
+        return channel, message
+
+    async def _pop(self, channel_key: bytes | str, index: int) -> None:
+        connection = self.connection(index)
+        if channel_key not in self._restored:
+            await connection.eval(_RESTORE_BACKUP_LUA, 0, channel_key, self._backup_channel_name(channel_key))
+            self._restored.add(channel_key)
+        batch = await connection.zpopmin(channel_key, self.receive_batch)
+        if batch:
+            self._popped[channel_key].extend(member for member, _score in batch)
+            return
+        result = await connection.bzpopmin(channel_key, timeout=self.brpop_timeout)
+        if result is not None:
+            self._popped[channel_key].append(result[1])
+
+    def _pop_done(self, channel_key: bytes | str, task: asyncio.Task[None]) -> None:
+        if self._pops.get(channel_key) is task:
+            del self._pops[channel_key]
+        if not task.cancelled():
+            task.exception()  # retrieved here; the awaiting receive raises it
+
     async def flush(self) -> None:
+        for task in list(self._pops.values()):
+            task.cancel()
+        self._pops.clear()
+        self._popped.clear()
+        self._restored.clear()
         await super().flush()
         with self._sync_lock:
             clients, self._sync_clients = self._sync_clients, {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -114,6 +115,60 @@ async def test_group_send_many_delivers_each_group_in_order():
     assert await drain(first, 2) == [1, 3]
     assert await drain(second, 3) == [1, 2, 3]
     assert await drain(third, 50) == [10 + n for n in range(50)]
+
+
+async def test_a_burst_to_the_process_channel_is_popped_in_one_round_trip():
+    """50 frames queued at once for 50 sockets of one process: every socket gets its frame, in
+    send order, from one ZPOPMIN (channels-redis: four round trips per frame, one after the other)."""
+    layer = _layer()
+    channels = [await layer.new_channel() for _ in range(50)]
+    for n, channel in enumerate(channels):
+        await layer.group_add_many([f"g.s{n}"], channel)
+    assert await sync_to_async(layer.group_send_many)([(f"g.s{n}", {"type": "t", "n": n}) for n in range(50)]) == 0
+    connection = layer.connection(0)
+    calls: list[str] = []
+    for name in ("zpopmin", "bzpopmin", "eval", "zadd"):
+        original = getattr(connection, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(connection, name, counting)
+    received = await asyncio.wait_for(asyncio.gather(*(layer.receive(c) for c in channels)), TIMEOUT)
+    assert [message["n"] for message in received] == list(range(50))
+    assert calls.count("zpopmin") == 1
+    assert "bzpopmin" not in calls and "zadd" not in calls
+
+
+async def test_a_receiver_cancelled_while_it_pops_loses_no_message():
+    """The socket holding the receive lock closes while the pop is on its way: the frames it
+    popped for the others still reach them (the pop is the layer's, not the closing socket's)."""
+    layer = _layer()
+    leaving, staying = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add_many(["g.leaving"], leaving)
+    await layer.group_add_many(["g.staying"], staying)
+    leaving_receive = asyncio.ensure_future(layer.receive(leaving))
+    await asyncio.sleep(0.2)  # it holds the lock and waits in BZPOPMIN
+    assert layer._pops
+    await sync_to_async(layer.group_send_many)([("g.staying", {"type": "t", "n": 1})])
+    leaving_receive.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving_receive
+    assert (await asyncio.wait_for(layer.receive(staying), TIMEOUT))["n"] == 1
+
+
+async def test_the_backup_queue_a_stock_receive_left_is_delivered_first():
+    """Messages channels-redis's own receive popped into its backup queue and never handed out
+    are put back before this layer first pops from the channel."""
+    layer = _layer()
+    channel = await layer.new_channel()
+    key = layer.prefix + layer.non_local_name(channel)
+    connection = layer.connection(0)
+    message = layer.serialize({"type": "t", "n": 0, "__asgi_channel__": [channel]})
+    await connection.zadd(layer._backup_channel_name(key), {message: time.time()})
+    assert (await asyncio.wait_for(layer.receive(channel), TIMEOUT))["n"] == 0
+    assert await connection.exists(layer._backup_channel_name(key)) == 0
 
 
 async def test_group_send_many_drops_past_capacity_and_says_so():
