@@ -36,7 +36,7 @@ import functools
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -181,21 +181,51 @@ class InboxChannelLayer(RedisChannelLayer):
                     live.add(name)
         return live
 
-    def group_send_many(self, sends: Sequence[tuple[str, dict[str, Any]]]) -> int:
+    def groups_members(self, groups: Sequence[str]) -> dict[str, list[str]]:
+        """The groups that have a member now, each with its members not past ``group_expiry``: one
+        pipelined ``ZRANGEBYSCORE`` per group, one round trip per Redis host, nothing written.
+        ``groups_listening`` that also hands ``group_send_many`` the members, so a push skips the
+        round trip that looks them up again."""
+        if not groups:
+            return {}
+        low = int(time.time()) - self.group_expiry
+        by_host: dict[int, list[str]] = defaultdict(list)
+        for group in groups:
+            assert self.require_valid_group_name(group), "Group name not valid"
+            by_host[self.consistent_hash(group)].append(group)
+        live: dict[str, list[str]] = {}
+        for index, names in by_host.items():
+            pipe = self.sync_connection(index).pipeline(transaction=False)
+            for name in names:
+                pipe.zrangebyscore(self._group_key(name), f"({low}", "+inf")
+            for name, found in zip(names, pipe.execute(), strict=True):
+                if found:
+                    live[name] = [member.decode("utf8") for member in found]
+        return live
+
+    def group_send_many(
+        self, sends: Sequence[tuple[str, dict[str, Any]]], *, members: Mapping[str, Sequence[str]] | None = None
+    ) -> int:
         """Send each ``(group, message)`` to its group's members, synchronously, in order.
 
         Two round trips per Redis host for the whole batch: the members of every group (dropping
         those past ``group_expiry``), then one Lua call queueing every message. Returns how many
         messages were dropped because a channel was over capacity (channels-redis logs the same).
+        ``members``: the groups' members as ``groups_members`` just found them; the groups it
+        names are not looked up again (with all of them: one round trip for the batch).
         """
         if not sends:
             return 0
         now = time.time()
+        known = members or {}
+        found: dict[int, list[str]] = {}
         by_host: dict[int, list[int]] = defaultdict(list)
         for position, (group, _message) in enumerate(sends):
             assert self.require_valid_group_name(group), "Group name not valid"
-            by_host[self.consistent_hash(group)].append(position)
-        found: dict[int, list[str]] = {}
+            if group in known:
+                found[position] = list(known[group])
+            else:
+                by_host[self.consistent_hash(group)].append(position)
         for index, positions in by_host.items():
             pipe = self.sync_connection(index).pipeline(transaction=False)
             for position in positions:
@@ -205,7 +235,7 @@ class InboxChannelLayer(RedisChannelLayer):
             replies = pipe.execute()
             for offset, position in enumerate(positions):
                 found[position] = [name.decode("utf8") for name in replies[2 * offset + 1]]
-        members = [found[position] for position in range(len(sends))]
+        receivers = [found[position] for position in range(len(sends))]
 
         # Per channel key (one per receiving process for process-local channels), in send order.
         keys: dict[int, list[bytes]] = defaultdict(list)
@@ -213,7 +243,7 @@ class InboxChannelLayer(RedisChannelLayer):
         capacities: dict[int, list[int]] = defaultdict(list)
         scores: dict[int, list[str]] = defaultdict(list)
         sequence = 0
-        for (_group, message), names in zip(sends, members, strict=True):
+        for (_group, message), names in zip(sends, receivers, strict=True):
             per_key: dict[str, list[str]] = {}
             for name in names:
                 non_local = self.non_local_name(name) if "!" in name else name

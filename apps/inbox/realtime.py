@@ -33,7 +33,8 @@ def environment_group(*, environment_id: int) -> str:
     return f"inbox.{environment_id}"
 
 
-def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
+def _send_all(frames: list[tuple[str, dict[str, Any]]], members: dict[str, list[str]] | None = None) -> None:
+    """``members``: the groups' members as ``_listening_at`` found them (the Redis layer)."""
     layer = get_channel_layer()
     if layer is None or not frames:
         return
@@ -41,9 +42,13 @@ def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
     try:
         send_many = getattr(layer, "group_send_many", None)
         if send_many is not None:
-            # The Redis layer (apps.inbox.layers): synchronous, two round trips for the whole batch,
-            # on a process-wide pool: no event loop and no connection made per push.
-            send_many(messages)
+            # The Redis layer (apps.inbox.layers): synchronous, two round trips for the whole batch
+            # (one when the members are known), on a process-wide pool: no event loop and no
+            # connection made per push.
+            if members is not None:
+                send_many(messages, members=members)
+            else:
+                send_many(messages)
             return
 
         async def send() -> None:
@@ -55,34 +60,41 @@ def _send_all(frames: list[tuple[str, dict[str, Any]]]) -> None:
         logger.exception("inbox push failed for %d frame(s)", len(frames))
 
 
-def _listening_at(recipients: Sequence[tuple[int, int]]) -> list[int]:
+def _listening_at(recipients: Sequence[tuple[int, int]]) -> tuple[list[int], dict[str, list[str]] | None]:
     """The positions of the ``(environment_id, subscriber_pk)`` recipients with an open inbox
-    socket now, when the layer can tell (``InboxChannelLayer.groups_listening``, one round trip);
+    socket now, when the layer can tell (``InboxChannelLayer.groups_members``, one round trip);
     all of them otherwise. A fan-out to 100k subscribers, few of them online, then neither counts
     nor serialises the others' frames. A socket that joins a moment later catches up like any
-    reconnecting client: it replays ``/changes`` from its cursor."""
+    reconnecting client: it replays ``/changes`` from its cursor.
+
+    Also the live groups' members when the layer found them, for ``_send_all``: the push then
+    does not look them up a second time."""
     layer = get_channel_layer()
-    check = getattr(layer, "groups_listening", None)
-    if check is None or not recipients:
-        return list(range(len(recipients)))
+    lookup = getattr(layer, "groups_members", None)
+    if lookup is None or not recipients:
+        return list(range(len(recipients))), None
     groups = [subscriber_group(environment_id=env, subscriber_pk=pk) for env, pk in recipients]
     try:
-        live = check(sorted(set(groups)))
+        live: dict[str, list[str]] = lookup(sorted(set(groups)))
     except Exception:  # like a failed push: the inbox re-syncs over REST
         logger.exception("inbox push: could not look up open sockets for %d message(s)", len(recipients))
-        return []
-    return [i for i, group in enumerate(groups) if group in live]
+        return [], None
+    return [i for i, group in enumerate(groups) if group in live], live
 
 
-def _listening(messages: Sequence[InboxMessage]) -> list[InboxMessage]:
+def _listening(messages: Sequence[InboxMessage]) -> tuple[list[InboxMessage], dict[str, list[str]] | None]:
     """The messages whose subscriber has an open inbox socket now (see ``_listening_at``)."""
-    return [messages[i] for i in _listening_at([(m.environment_id, m.subscriber_id) for m in messages])]
+    at, members = _listening_at([(m.environment_id, m.subscriber_id) for m in messages])
+    return [messages[i] for i in at], members
 
 
-def _publish_messages(messages: Sequence[InboxMessage], event: str, *, listening: bool = False) -> None:
-    """``listening``: the messages were already narrowed to the subscribers with an open socket."""
-    if not listening:
-        messages = _listening(messages)
+def _publish_messages(
+    messages: Sequence[InboxMessage], event: str, *, members: dict[str, list[str]] | None = None
+) -> None:
+    """``members``: the messages were already narrowed to the subscribers with an open socket,
+    whose groups' members these are (``_listening_at``)."""
+    if members is None:
+        messages, members = _listening(messages)
     if not messages:
         return
     counts = inbox_counts(subscriber_ids={m.subscriber_id for m in messages})
@@ -93,7 +105,8 @@ def _publish_messages(messages: Sequence[InboxMessage], event: str, *, listening
                 {"event": event, "cursor": m.seq, "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
             )
             for m in sorted(messages, key=lambda m: m.seq)
-        ]
+        ],
+        members,
     )
 
 
@@ -106,8 +119,10 @@ def publish_rows_created(rows: Sequence[dict[str, Any]], pks: Sequence[int]) -> 
     """``publish_messages_created`` for rows just inserted without model instances (``{attname:
     value}`` dicts and their primary keys): an instance is built only for a row whose subscriber
     has an open socket, the only ones that get a frame."""
-    at = _listening_at([(row["environment_id"], row["subscriber_id"]) for row in rows])
-    _publish_messages([InboxMessage(pk=pks[i], **rows[i]) for i in at], "message.created", listening=True)
+    at, members = _listening_at([(row["environment_id"], row["subscriber_id"]) for row in rows])
+    if not at:
+        return
+    _publish_messages([InboxMessage(pk=pks[i], **rows[i]) for i in at], "message.created", members=members or {})
 
 
 def publish_messages_updated(messages: Sequence[InboxMessage]) -> None:

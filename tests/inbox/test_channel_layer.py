@@ -200,6 +200,33 @@ async def test_groups_listening_names_only_groups_with_a_live_member(settings):
     assert await sync_to_async(layer.groups_listening)([]) == set()
 
 
+async def test_groups_members_hands_group_send_many_the_members_it_found():
+    """The push's open-socket check returns the members, and the send given them is one round
+    trip (the Lua call), not two; a group it does not name is still looked up."""
+    layer = _layer(group_expiry=60)
+    first, second = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add_many(["g.m1"], first)
+    await layer.group_add_many(["g.m2"], second)
+    await layer.connection(0).zadd(layer._group_key("g.m1"), {"specific.stale!x": 1})  # past group_expiry
+    members = await sync_to_async(layer.groups_members)(["g.m1", "g.m2", "g.nobody"])
+    assert members == {"g.m1": [first], "g.m2": [second]}
+    pipelines: list[str] = []
+    client = layer.sync_connection(0)
+    original_pipeline = client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipelines.append("pipeline")
+        return original_pipeline(*args, **kwargs)
+
+    client.pipeline = counting_pipeline  # type: ignore[method-assign]
+    sends = [("g.m1", {"type": "t", "n": 1}), ("g.m2", {"type": "t", "n": 2})]
+    assert await sync_to_async(layer.group_send_many)(sends, members=members) == 0
+    assert pipelines == []
+    assert await sync_to_async(layer.group_send_many)(sends[:1], members={"g.m2": [second]}) == 0
+    assert pipelines == ["pipeline"]
+    assert [(await asyncio.wait_for(layer.receive(c), TIMEOUT))["n"] for c in (first, second, first)] == [1, 2, 1]
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_push_builds_frames_only_for_subscribers_with_an_open_socket(settings, monkeypatch):
     """publish_messages_created to two subscribers, one online: one frame, and the counts query

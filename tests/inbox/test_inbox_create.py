@@ -20,9 +20,9 @@ pytestmark = pytest.mark.django_db
 def published(monkeypatch: pytest.MonkeyPatch) -> list[list[InboxMessage]]:
     """The messages each push after commit was given (every subscriber taken as online)."""
     calls: list[list[InboxMessage]] = []
-    monkeypatch.setattr("apps.inbox.realtime._listening_at", lambda recipients: list(range(len(recipients))))
+    monkeypatch.setattr("apps.inbox.realtime._listening_at", lambda recipients: (list(range(len(recipients))), None))
     monkeypatch.setattr(
-        "apps.inbox.realtime._publish_messages", lambda messages, event, listening: calls.append(list(messages))
+        "apps.inbox.realtime._publish_messages", lambda messages, event, members: calls.append(list(messages))
     )
     return calls
 
