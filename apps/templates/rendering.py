@@ -249,6 +249,7 @@ def render_version(
                 language=language,
                 context=context,
                 strict=strict,
+                memo=memo,
             )
 
     actions = []
@@ -461,6 +462,45 @@ def html_to_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in text.splitlines())).strip()
 
 
+def _memoized(memo: dict[tuple[str, str], str] | None, kind: str, source: str, convert: Callable[[str], str]) -> str:
+    """``convert(source)``, kept in ``memo`` (when given) under ``(kind, source)``: a pure function of
+    its input, so a recipient whose input came out the same reuses another's result."""
+    if memo is None:
+        return convert(source)
+    key = (kind, source)
+    if key not in memo:
+        memo[key] = convert(source)
+    return memo[key]
+
+
+@lru_cache(maxsize=1024)
+def reads_nothing(source: str) -> bool:
+    """Whether a template reads no variable (and calls no global): its output depends on its source alone."""
+    try:
+        return not template_variables(source)
+    except SandboxError:
+        return False
+
+
+@lru_cache(maxsize=128)
+def _constant_part(source: str, strict: bool) -> str:
+    return render_string(source, {}, autoescape=True, strict=strict)
+
+
+def _layout_part(source: str, context: dict[str, Any], strict: bool) -> str:
+    """A layout's header or footer. Most read nothing (the default layout's are plain text with the
+    product's name): rendered once per process, not once per email. A failed render is not kept."""
+    if source and reads_nothing(source):
+        return _constant_part(source, strict)
+    return render_string(source, context, autoescape=True, strict=strict)
+
+
+@lru_cache(maxsize=256)
+def _layout_text(html: str) -> str:
+    """The plain text of a layout's header or footer: the same few inputs over and over (_layout_part)."""
+    return html_to_text(html)
+
+
 def render_email(
     *,
     body: str,
@@ -471,15 +511,23 @@ def render_email(
     language: str,
     context: dict[str, Any],
     strict: bool = False,
+    memo: dict[tuple[str, str], str] | None = None,
 ) -> tuple[str, str]:
-    """``body`` is the rendered (autoescaped) body source → (final HTML, plain text)."""
+    """``body`` is the rendered (autoescaped) body source → (final HTML, plain text).
+
+    ``memo`` (one event's step, see ``render_version``): the Markdown and the plain text of a body
+    that came out the same for another recipient are taken from there instead of converted again."""
     try:
-        content = markdown_to_html(body) if body_format == TemplateVersion.BodyFormat.MARKDOWN else body
+        content = (
+            _memoized(memo, "markdown", body, markdown_to_html)
+            if body_format == TemplateVersion.BodyFormat.MARKDOWN
+            else body
+        )
     except SandboxError as exc:
         raise FieldErrors({"body": f"the Markdown could not be converted: {exc}"}) from exc
     if len(content) > MAX_EMAIL_HTML_CHARS:
         raise FieldErrors({"body": f"the email's HTML is larger than {MAX_EMAIL_HTML_CHARS} characters"})
-    text = html_to_text(content)
+    text = _memoized(memo, "text", content, html_to_text)
     if layout is None:
         if preheader:
             hidden = '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">{}</div>'
@@ -491,7 +539,7 @@ def render_email(
     for name in LAYOUT_TRANSLATED_FIELDS:
         source, _used = translated_source(layout, name, language)
         try:
-            parts[name] = render_string(source, context, autoescape=True, strict=strict)
+            parts[name] = _layout_part(source, context, strict)
         except SandboxError as exc:
             errors[f"layout.{name}"] = str(exc)
     if errors:
@@ -519,13 +567,13 @@ def render_email(
         html = _INLINER.inline(html)
     except (css_inline.InlineError, ValueError) as exc:
         raise FieldErrors({"layout.css": f"the CSS could not be inlined: {exc}"}) from exc
-    footer_text = html_to_text(parts["footer"])
+    footer_text = _layout_text(parts["footer"])
     links = []
     if preferences_url:
         links.append(f"{FOOTER_LABELS.get(language, FOOTER_LABELS['en'])[0]}: {preferences_url}")
     if unsubscribe_url:
         links.append(f"{FOOTER_LABELS.get(language, FOOTER_LABELS['en'])[1]}: {unsubscribe_url}")
-    text_parts = [html_to_text(parts["header"]), text, "-- ", footer_text, "\n".join(links)]
+    text_parts = [_layout_text(parts["header"]), text, "-- ", footer_text, "\n".join(links)]
     if not (footer_text or links):
         text_parts = text_parts[:2]
     return html, "\n\n".join(part for part in text_parts if part).strip()

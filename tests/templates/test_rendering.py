@@ -193,3 +193,56 @@ def test_published_versions_for_keys_accepts_environment_id_and_empty_keys(tenan
     assert published_versions_for_keys(environment=tenant.environment.pk, keys=["inbox"])["inbox"].pk == version.pk
     with django_assert_num_queries(0):
         assert published_versions_for_keys(environment=tenant.environment, keys=[]) == {}
+
+
+def test_a_layout_part_that_reads_nothing_is_rendered_once_and_one_that_reads_renders_per_email(tenant, monkeypatch):
+    """The default layout's header and footer are plain text: rendered once per process, not per email;
+    a footer that reads the subscriber still renders for each one."""
+    from apps.templates import rendering
+
+    layout_upsert(
+        environment=tenant.environment,
+        key="brand",
+        header={"en": "<strong>Acme {{ '&' }} Co</strong>"},
+        footer={"en": "Sent to {{ subscriber.first_name }}"},
+        is_default=True,
+    )
+    _, mail = make_template(tenant.environment, "mail", channel="email", content={"en": {"subject": "S", "body": "B"}})
+    calls: list[str] = []
+    real = rendering.render_string
+    monkeypatch.setattr(
+        rendering, "render_string", lambda source, *a, **k: calls.append(source) or real(source, *a, **k)
+    )
+    rendering._constant_part.cache_clear()
+
+    bodies = [
+        render_version(version=mail, locale="en", context={**CONTEXT, "subscriber": {"first_name": name}}).body
+        for name in ("Ada", "Bo", "Cy")
+    ]
+
+    assert all("Acme &amp; Co" in body for body in bodies)
+    assert [name in body for name, body in zip(("Ada", "Bo", "Cy"), bodies, strict=True)] == [True] * 3
+    assert calls.count("<strong>Acme {{ '&' }} Co</strong>") == 1
+    assert calls.count("Sent to {{ subscriber.first_name }}") == 3
+
+
+def test_a_memo_converts_the_same_markdown_body_once(tenant, monkeypatch):
+    """One event's step renders each recipient with the same memo: a body that comes out the same is
+    converted from Markdown (and to plain text) once; without a memo, every time."""
+    from apps.templates import rendering
+
+    _, mail = make_template(
+        tenant.environment, "mail", channel="email", content={"en": {"subject": "S", "body": "**{{ payload.n }}**"}}
+    )
+    conversions: list[str] = []
+    real = rendering.markdown_to_html
+    monkeypatch.setattr(rendering, "markdown_to_html", lambda source: conversions.append(source) or real(source))
+    context = {**CONTEXT, "payload": {"n": 7}}
+    memo: dict[tuple[str, str], str] = {}
+
+    first = render_version(version=mail, locale="en", context=context, memo=memo)
+    second = render_version(version=mail, locale="en", context=context, memo=memo)
+    render_version(version=mail, locale="en", context=context)
+
+    assert first.body == second.body and "<strong>7</strong>" in first.body and first.text == second.text
+    assert len(conversions) == 2
