@@ -6,6 +6,10 @@ the new primary keys in row order. On PostgreSQL the keys are taken from the tab
 one query and the rows go in with one ``COPY`` (no SQL compiled per value, no quoting of tens of
 thousands of parameters); elsewhere (SQLite) it is one ``bulk_create``. Either way it runs in the
 caller's transaction, and both statements show in Django's query log like any other query.
+
+``pks_reserve(model, n)`` hands out ``n`` primary keys before the rows exist (a walk that needs
+its runs' ids before it writes them), and ``rows_insert_new(model, rows)`` inserts rows that carry
+their keys, skipping those that break a unique constraint, and says which went in.
 """
 
 from __future__ import annotations
@@ -173,6 +177,109 @@ def rows_insert_keyed(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, list(keys), *(where[1] if where else [])])
         return [pk for (pk,) in cursor.fetchall()]
+
+
+def pks_reserve(model: type[models.Model], count: int, *, using: str = "default") -> list[int]:
+    """``count`` new primary keys for rows of ``model``, in increasing order, that no insert will
+    ever be given (a transaction that uses them and rolls back leaves a gap, as any insert does).
+
+    PostgreSQL: from the table's sequence, one query. SQLite: Django declares auto primary keys
+    ``AUTOINCREMENT``, so the table's counter in ``sqlite_sequence`` is moved past them, two
+    statements whatever came before (the counter's row made if the table never had one, then moved;
+    each statement is atomic, SQLite serialises writers, and an AUTOINCREMENT insert never goes
+    below the counter).
+    """
+    if count <= 0:
+        return []
+    connection = connections[using]
+    meta = model._meta
+    table, pk_column = meta.db_table, str(meta.pk.column)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                [table, pk_column, count],
+            )
+            return [pk for (pk,) in cursor.fetchall()]
+        if connection.vendor != "sqlite":
+            raise NotImplementedError(f"pks_reserve: no key reservation on {connection.vendor}")
+        quote = connection.ops.quote_name
+        cursor.execute(
+            f"INSERT INTO sqlite_sequence (name, seq) SELECT %s, (SELECT COALESCE(MAX({quote(pk_column)}), 0) "
+            f"FROM {quote(table)}) WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = %s)",
+            [table, table],
+        )
+        cursor.execute("UPDATE sqlite_sequence SET seq = seq + %s WHERE name = %s RETURNING seq", [count, table])
+        (last,) = cursor.fetchone()
+    return list(range(int(last) - count + 1, int(last) + 1))
+
+
+def rows_insert_new(model: type[models.Model], rows: Sequence[dict[str, Any]], *, using: str = "default") -> set[int]:
+    """Insert ``rows`` (dicts of attname → value, the same keys in every row, the primary key
+    among them: from :func:`pks_reserve`) with ``ON CONFLICT DO NOTHING``; returns the primary
+    keys of the rows inserted, so that a caller writes what depends on those only. A field left
+    out takes its default (``auto_now``/``auto_now_add``: the call's "now").
+
+    PostgreSQL: one ``INSERT … SELECT * FROM unnest(%s::type[], …) … RETURNING`` whatever the
+    number of rows (one array per column, no SQL compiled per row). SQLite: ``INSERT … VALUES …
+    ON CONFLICT DO NOTHING RETURNING``, one statement per batch its variable limit allows.
+    """
+    if not rows:
+        return set()
+    connection = connections[using]
+    meta = model._meta
+    now = timezone.now()
+    pk_attname = str(meta.pk.attname)
+    fields: list[models.Field[Any, Any]] = [
+        *(f for f in meta.concrete_fields if f.primary_key),
+        *(f for f in meta.concrete_fields if not f.primary_key),
+    ]
+    defaults = {c.attname: c for c in _columns(model)}
+    absent = [f for f in fields if f.attname not in rows[0]]
+    if pk_attname not in rows[0]:
+        raise ValueError("rows_insert_new: every row carries its primary key (pks_reserve)")
+
+    def default(attname: str) -> Any:
+        value = defaults[attname].default
+        if value is _NOW:
+            return now
+        return value() if callable(value) else value
+
+    filled = [{**row, **{f.attname: default(f.attname) for f in absent}} for row in rows] if absent else rows
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(str(f.column)) for f in fields)
+    returning = f"ON CONFLICT DO NOTHING RETURNING {quote(str(meta.pk.column))}"
+    inserted: set[int] = set()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            arrays: list[list[Any]] = []
+            types: list[str] = []
+            for f in fields:
+                if isinstance(f, models.JSONField):
+                    encoder = f.encoder
+                    arrays.append(
+                        [None if r[f.attname] is None else json.dumps(r[f.attname], cls=encoder) for r in filled]
+                    )
+                else:
+                    arrays.append([f.get_db_prep_save(r[f.attname], connection) for r in filled])
+                types.append(f"%s::{f.db_type(connection)}[]")
+            cursor.execute(
+                f"INSERT INTO {quote(meta.db_table)} ({names}) SELECT * FROM unnest({', '.join(types)}) {returning}",
+                arrays,
+            )
+            inserted.update(pk for (pk,) in cursor.fetchall())
+            return inserted
+        per_statement = max(1, (connection.features.max_query_params or 999) // len(fields))
+        row_sql = f"({', '.join(['%s'] * len(fields))})"
+        for start in range(0, len(filled), per_statement):
+            batch = filled[start : start + per_statement]
+            params = [f.get_db_prep_save(r[f.attname], connection) for r in batch for f in fields]
+            cursor.execute(
+                f"INSERT INTO {quote(meta.db_table)} ({names}) VALUES {', '.join([row_sql] * len(batch))} {returning}",
+                params,
+            )
+            inserted.update(pk for (pk,) in cursor.fetchall())
+    return inserted
 
 
 class InArray(In):

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def flow(tenant: Any, monkeypatch: Any) -> Any:
     """An in-app step then an email step (sent through the default email backend)."""
-    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda frames: None)
+    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda *args: None)
     env = tenant.environment
     published_template(env, "ping-in-app", "in_app", title_en="Ping {{ payload.n }}", body_en="")
     published_template(env, "ping-mail", "email", subject_en="Ping {{ payload.n }}", body_en="<p>Hi</p>")

@@ -169,7 +169,7 @@ def test_worker_dying_mid_run_is_recovered_by_sweeper_without_duplicates(
     SubscriberFactory(environment=env, subscriber_id="u1")
     SubscriberFactory(environment=env, subscriber_id="u2")
 
-    original_commit = engine.chunks.commit_chunk
+    original_commit = engine.batch.commit_writes
     calls = {"n": 0}
 
     def dying_commit(*args: Any, **kwargs: Any) -> None:
@@ -178,15 +178,18 @@ def test_worker_dying_mid_run_is_recovered_by_sweeper_without_duplicates(
             raise WorkerKilled()
         original_commit(*args, **kwargs)
 
-    monkeypatch.setattr(engine.chunks, "commit_chunk", dying_commit)
+    # The micro-batch writes its runs with their walk, in one transaction: killed inside it, it
+    # leaves nothing but the event, pending under the dead worker's fan-out lease.
+    monkeypatch.setattr(engine.batch, "commit_writes", dying_commit)
     with pytest.raises(WorkerKilled):
         trigger(env, django_capture_on_commit_callbacks, to=["u1", "u2"])
 
     event = Event.objects.get()
-    assert set(Run.objects.filter(event=event).values_list("status", flat=True)) == {Run.Status.RUNNING}
+    assert event.status == Event.Status.PENDING and event.fanout_lease_until is not None
+    assert not Run.objects.exists()
     assert not InboxMessage.objects.exists()
 
-    # Before the lease runs out the sweeper leaves the runs to their (presumed live) worker.
+    # Before the lease runs out the sweeper leaves the event to its (presumed live) worker.
     with django_capture_on_commit_callbacks(execute=True):
         engine.sweep()
     assert not InboxMessage.objects.exists()
@@ -237,7 +240,7 @@ def test_chunk_queries_do_not_grow_with_recipients(
 ):
     """One chunk of 50 runs costs a fixed number of queries (batched preferences, quiet hours, caps,
     addresses, templates, writes)."""
-    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda frames: None)
+    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda *args: None)
     env = tenant.environment
     CategoryFactory(environment=env, key="news")
     published_template(env, "ping", "in_app", title_en="Ping {{ subscriber.first_name }}", body_en="")

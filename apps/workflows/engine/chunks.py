@@ -12,11 +12,11 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import OperationalError, transaction
@@ -44,6 +44,8 @@ from apps.workflows.steps import ChunkData, ChunkPlan, ChunkWrites, all_step_typ
 from apps.workflows.steps.base import TraceEntry, steps_ahead
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def claim_runs(run_ids: Sequence[int]) -> tuple[Any, list[Run]]:
@@ -191,8 +193,14 @@ def runs_renew_lease(*, token: Any) -> int:
 
 
 def walk_and_commit(token: Any, runs: list[Run]) -> None:
-    bind_chunk_log_context(runs)  # every line logged for this chunk carries its transaction id(s)
     now = timezone.now()
+    writes = walk_chunk(runs, now)
+    commit_retrying(lambda: commit_chunk(token, runs, writes, now), writes)
+
+
+def walk_chunk(runs: list[Run], now: datetime) -> ChunkWrites:
+    """Load what the runs need and walk each as far as it goes now; returns what the chunk will write."""
+    bind_chunk_log_context(runs)  # every line logged for this chunk carries its transaction id(s)
     data = load_chunk(runs, now)
     writes = ChunkWrites()
     # Runs walked for the first time: counted as recipients when the chunk commits.
@@ -214,23 +222,30 @@ def walk_and_commit(token: Any, runs: list[Run]) -> None:
                     {"error": f"{type(exc).__name__}: {exc}"},
                 )
             )
+    return writes
+
+
+def commit_retrying(commit: Callable[[], T], writes: ChunkWrites) -> T:
+    """Call ``commit`` (one transaction writing ``writes``), again up to twice if it hits a lock
+    conflict; an attempt that rolled back leaves no trace entry or message key behind for the next."""
+    walked_trace = len(writes.step_runs)  # the commit hooks add entries of their own (digest joins)
     for attempt in range(3):
         try:
-            commit_chunk(token, runs, writes, now)
+            result = commit()
             step_decisions_of(writes.step_runs)  # clarion_step_decisions_total, counted in memory
-            return
+            return result
         except OperationalError:  # a deadlock or lock timeout between concurrent chunks: try again
             if attempt == 2:
                 raise
             logger.warning("chunk commit hit a lock conflict; retrying", exc_info=True)
             for message in writes.messages:
                 message.pk = None
+            del writes.step_runs[walked_trace:]
             time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime) -> None:
-    writes.tally = Tally()  # a new one per attempt: a rolled-back attempt's counts are dropped with it
-    writes.versions = {run.workflow_version_id: run.workflow_version for run in runs}
     with transaction.atomic():
         # Only write for runs this worker still holds (a lease may have expired meanwhile).
         still_held = set(
@@ -241,26 +256,38 @@ def commit_chunk(token: Any, runs: list[Run], writes: ChunkWrites, now: datetime
         if len(still_held) != len(runs):
             logger.warning("lost the claim on %d run(s); skipping their writes", len(runs) - len(still_held))
         held_runs = [r for r in runs if r.pk in still_held]
-        wake: list[int] = []
-        for kind in sorted(all_step_types(), key=lambda kind: kind.commit_order):
-            wake.extend(kind.commit(writes, still_held, now))
-        messages = [m for m in writes.messages if m.run_id in still_held]
-        messages_insert(messages=messages)
-        inbox_messages_create(
-            items=[
-                (item, writes.messages[message_index])
-                for item, message_index, run, _step_id in writes.inbox
-                if run.pk in still_held
-            ]
-        )
-        _insert_trace(writes.step_runs, still_held, now)
-        _save_runs(held_runs)
-        _count(held_runs, messages, writes, now)
-        outbound_ids = [m.pk for m in messages if m.channel != "in_app" and m.pk is not None]
-        if outbound_ids:
-            delivery_hand_off(outbound_ids)
-        if wake:
-            enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
+        commit_writes(held_runs, runs, writes, now)
+        save_runs(held_runs)
+
+
+def commit_writes(held_runs: list[Run], runs: list[Run], writes: ChunkWrites, now: datetime) -> None:
+    """Inside the caller's transaction, everything the walk of ``held_runs`` decided except the runs'
+    own state: the step types' commit hooks (digest joins, held messages — they may still change a
+    run's state), messages, inbox rows, trace, analytics counts; then the outbound messages are
+    handed to delivery and the runs to wake are enqueued on commit. ``runs``: the whole chunk
+    (what finished runs are counted against)."""
+    writes.tally = Tally()  # a new one per attempt: a rolled-back attempt's counts are dropped with it
+    writes.versions = {run.workflow_version_id: run.workflow_version for run in runs}
+    still_held = {run.pk for run in held_runs}
+    wake: list[int] = []
+    for kind in sorted(all_step_types(), key=lambda kind: kind.commit_order):
+        wake.extend(kind.commit(writes, still_held, now))
+    messages = [m for m in writes.messages if m.run_id in still_held]
+    messages_insert(messages=messages)
+    inbox_messages_create(
+        items=[
+            (item, writes.messages[message_index])
+            for item, message_index, run, _step_id in writes.inbox
+            if run.pk in still_held
+        ]
+    )
+    _insert_trace(writes.step_runs, still_held, now)
+    _count(held_runs, messages, writes, now)
+    outbound_ids = [m.pk for m in messages if m.channel != "in_app" and m.pk is not None]
+    if outbound_ids:
+        delivery_hand_off(outbound_ids)
+    if wake:
+        enqueue_on_commit(ADVANCE_TASK, sorted(set(wake)))
 
 
 FINISHED = (Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED)
@@ -312,7 +339,24 @@ def _insert_trace(entries: list[TraceEntry | StepRun], held: set[int], now: date
     rows_insert(StepRun, rows, returning=False)
 
 
-def _save_runs(runs: list[Run]) -> None:
+def stored_status(run: Run) -> str:
+    """The status a walked run is written with: one still running (never started a wait or an
+    end) goes back to pending, for the ticker to re-drive."""
+    return Run.Status.PENDING if run.status == Run.Status.RUNNING else str(run.status)
+
+
+def run_state(run: Run) -> tuple[Any, ...]:
+    """What of a walked run is written (and what tells two runs' states apart)."""
+    return (
+        stored_status(run),
+        run.step_index,
+        run.resume_at,
+        run.completed_at,
+        json.dumps(run.step_results, sort_keys=True),
+    )
+
+
+def save_runs(runs: list[Run]) -> None:
     """Write the runs' new state with one UPDATE per distinct state.
 
     Runs of one chunk usually went through the same steps and stopped at the same place with the
@@ -323,11 +367,10 @@ def _save_runs(runs: list[Run]) -> None:
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     states: dict[tuple[Any, ...], dict[str, Any]] = {}
     for run in runs:
-        status = Run.Status.PENDING if run.status == Run.Status.RUNNING else run.status
-        key = (status, run.step_index, run.resume_at, run.completed_at, json.dumps(run.step_results, sort_keys=True))
+        key = run_state(run)
         groups[key].append(run.pk)
         states[key] = {
-            "status": status,
+            "status": key[0],
             "step_index": run.step_index,
             "resume_at": run.resume_at,
             "completed_at": run.completed_at,
