@@ -4,13 +4,22 @@ PostgreSQL cannot store, or even compare against, text holding NUL (U+0000), so 
 path key (``/subscribers/a%00b``), a query filter (``?email=%00``) or a form field would reach the
 database and fail there. JSON bodies are checked by apps.core.parsers. Unpaired surrogates cannot
 arrive this way: Django and uvicorn decode paths and query strings with replacement characters.
+
+Also the ``Page*`` middleware: Django's session, CSRF, auth and messages middleware, skipped on the
+server API's paths (``/api/v1/``), which need none of them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.deprecation import MiddlewareMixin
 
 from apps.core.errors import database_input_error, envelope
@@ -62,3 +71,37 @@ class HostileInputMiddleware(MiddlewareMixin):
             return None
         logger.warning("The database refused a value from the request: %s", exception, exc_info=exception)
         return _bad_request(request, *refused, {})
+
+
+API_PREFIX = "/api/v1/"
+
+
+class _PagesOnly:
+    """For a ``MiddlewareMixin`` class: requests to the server API (``API_PREFIX``) pass through
+    untouched. The API authenticates with keys and tokens in headers (DRF), never with the session
+    cookie, so it has no use for sessions, CSRF cookies (DRF's views are csrf_exempt; CSRF's
+    ``process_view`` still runs), ``request.user`` before DRF sets it, or flash messages: about
+    5% of an API request's web CPU (py-spy, docs/benchmarks.md)."""
+
+    get_response: Callable[[HttpRequest], Any]
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.path_info.startswith(API_PREFIX):
+            return self.get_response(request)  # a coroutine when the chain is async: the handler awaits it
+        return super().__call__(request)  # type: ignore[misc]
+
+
+class PageSessionMiddleware(_PagesOnly, SessionMiddleware):
+    pass
+
+
+class PageCsrfViewMiddleware(_PagesOnly, CsrfViewMiddleware):
+    pass
+
+
+class PageAuthenticationMiddleware(_PagesOnly, AuthenticationMiddleware):
+    pass
+
+
+class PageMessageMiddleware(_PagesOnly, MessageMiddleware):
+    pass
