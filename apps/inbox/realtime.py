@@ -89,25 +89,30 @@ def _listening(messages: Sequence[InboxMessage]) -> tuple[list[InboxMessage], di
 
 
 def _publish_messages(
-    messages: Sequence[InboxMessage], event: str, *, members: dict[str, list[str]] | None = None
+    messages: Sequence[InboxMessage],
+    event: str,
+    *,
+    listening: bool = False,
+    members: dict[str, list[str]] | None = None,
 ) -> None:
-    """``members``: the messages were already narrowed to the subscribers with an open socket,
-    whose groups' members these are (``_listening_at``)."""
-    if members is None:
+    """``listening``: the messages were already narrowed to the subscribers with an open socket;
+    ``members``: then their groups' members, when the layer found them (``_listening_at``)."""
+    if not listening:
         messages, members = _listening(messages)
     if not messages:
         return
     counts = inbox_counts(subscriber_ids={m.subscriber_id for m in messages})
-    _send_all(
-        [
-            (
-                subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id),
-                {"event": event, "cursor": m.seq, "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
-            )
-            for m in sorted(messages, key=lambda m: m.seq)
-        ],
-        members,
-    )
+    frames = [
+        (
+            subscriber_group(environment_id=m.environment_id, subscriber_pk=m.subscriber_id),
+            {"event": event, "cursor": m.seq, "message": inbox_message_data(m), "counts": counts[m.subscriber_id]},
+        )
+        for m in sorted(messages, key=lambda m: m.seq)
+    ]
+    if members is None:
+        _send_all(frames)
+    else:
+        _send_all(frames, members)
 
 
 def publish_messages_created(messages: Sequence[InboxMessage]) -> None:
@@ -120,9 +125,9 @@ def publish_rows_created(rows: Sequence[dict[str, Any]], pks: Sequence[int]) -> 
     value}`` dicts and their primary keys): an instance is built only for a row whose subscriber
     has an open socket, the only ones that get a frame."""
     at, members = _listening_at([(row["environment_id"], row["subscriber_id"]) for row in rows])
-    if not at:
-        return
-    _publish_messages([InboxMessage(pk=pks[i], **rows[i]) for i in at], "message.created", members=members or {})
+    _publish_messages(
+        [InboxMessage(pk=pks[i], **rows[i]) for i in at], "message.created", listening=True, members=members
+    )
 
 
 def publish_messages_updated(messages: Sequence[InboxMessage]) -> None:

@@ -22,7 +22,7 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[list[InboxMessage]]:
     calls: list[list[InboxMessage]] = []
     monkeypatch.setattr("apps.inbox.realtime._listening_at", lambda recipients: (list(range(len(recipients))), None))
     monkeypatch.setattr(
-        "apps.inbox.realtime._publish_messages", lambda messages, event, members: calls.append(list(messages))
+        "apps.inbox.realtime._publish_messages", lambda messages, event, **options: calls.append(list(messages))
     )
     return calls
 
