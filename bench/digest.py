@@ -284,7 +284,7 @@ def _copy_baseline_once(
     return seconds, usage
 
 
-FLUSH_TIMEOUT = 900.0
+FLUSH_TIMEOUT = float(os.environ.get("BENCH_DIGEST_FLUSH_TIMEOUT", "900"))
 
 
 def _profile(pid: int, phase: str) -> subprocess.Popen[bytes] | None:
@@ -363,6 +363,7 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
     copy_baseline: list[float] = []  # PostgreSQL: COPY of the rows the design writes
     copy_cpu: list[dict[str, float]] = []
     buckets: list[int] = []
+    profiler = _profile(os.getpid(), "ingest")
     with override_settings(CLARION_TASKS_EAGER=True), no_push:
         for index in range(config.events):
             event = _event(environment, workflow, f"{tag}-{index}")
@@ -392,6 +393,9 @@ def run(installation: Installation, config: DigestConfig) -> dict[str, Any]:
                 done = (index + 1) * n
                 log(f"digest: {done:,} entries in {sum(clarion):7.1f} s ({done / sum(clarion):9.1f} entries/s)")
 
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
         entries = DigestEntry.objects.filter(bucket__environment=environment).count()
         open_buckets = DigestBucket.objects.filter(environment=environment, status="open").count()
         expected = n * config.events

@@ -44,8 +44,9 @@ def take_run_ids(*, assignments: dict[str, Any], where: str, params: list[Any], 
     again for every row of the outer scan when its statistics say few rows match — as they do the
     moment 10,000 digest windows end together (ANALYZE saw them all waiting, none due or pending):
     a nested loop taking up to n row locks per row, n² in all (a tick of 9,000 pending runs ran for
-    minutes, holding locks the workers' chunk commits waited on). ``= ANY(ARRAY(subquery))`` is an
-    InitPlan, evaluated once whatever the estimates; the outer UPDATE is then a primary-key lookup.
+    minutes, holding locks the workers' chunk commits waited on). ``ARRAY(subquery)`` is an
+    InitPlan, evaluated once whatever the estimates, and the UPDATE joins its ids (a hash join, not
+    ``id = ANY(array)`` tested against every row the outer scan finds).
     """
     if connection.vendor != "postgresql":
         return update_returning_ids(
@@ -64,9 +65,9 @@ def take_run_ids(*, assignments: dict[str, Any], where: str, params: list[Any], 
         if cursor.fetchone() is None:
             return []
         cursor.execute(
-            f"UPDATE {table} SET {set_sql} WHERE id = ANY(ARRAY("
+            f"UPDATE {table} AS r SET {set_sql} FROM unnest(ARRAY("
             f"SELECT id FROM {table} WHERE {where} ORDER BY {order_by} LIMIT %s FOR UPDATE SKIP LOCKED"
-            f")) AND ({where}) RETURNING id",
+            f")) AS picked (id) WHERE r.id = picked.id AND ({where}) RETURNING r.id",
             [*assignments.values(), *params, limit, *params],
         )
         return [int(row[0]) for row in cursor.fetchall()]
