@@ -19,13 +19,16 @@ environment holds ``subscribers`` subscribers in one topic and a published workf
   Clarion's design writes per entry (a waiting Run, its DigestEntry, its ``digest_joined`` trace
   row) and one UPDATE of the buckets' counts, in one transaction: the floor for these rows, as
   the fan-out section's COPY baseline (the bulk_create baseline writes less and flatters the ratio).
-* **flush**: ``POST /api/v1/digests/flush``'s service for the whole environment, then the
-  leaders' runs through the engine (eager, chunks of 500): close each bucket, load its events,
-  render the in-app message with ``digest.count``, complete the other runs (``digest_merged``).
-  Reported: seconds, digests/s and entries/s. Checked afterwards: one message per subscriber
-  with the full count, every run completed.
+* **flush**: ``digests_flush`` for the whole environment (every bucket closes, its leader is due
+  now), then the leaders' runs through the engine in chunks of 500: close each bucket, load its
+  events, render the in-app message with ``digest.count``, complete the other runs
+  (``digest_merged``). By default on real ``clarion_worker`` processes (``BENCH_DIGEST_WORKERS``,
+  1; each a django-q2 cluster + ticker, started untimed): their tickers take the due leaders and
+  hand them to the cluster, as when windows end; ``BENCH_DIGEST_FLUSH=eager`` walks them in this
+  process instead, one chunk after another. Reported: seconds, digests/s and entries/s. Checked
+  afterwards: one message per subscriber with the full count, every run completed.
 
-Everything runs in this one process with eager tasks: no broker hop between a fan-out chunk and
+The ingest runs in this one process with eager tasks: no broker hop between a fan-out chunk and
 its walk, and nothing in parallel with it (a deployment's workers would walk chunks while the
 fan-out goes on). The wall time of a trigger includes PostgreSQL's work (the process waits for
 each statement); it is also the wall time of a machine other work may be using. So each trigger,
