@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.utils import timezone
 
 from apps.analytics.services import counters_fold_if_due
@@ -38,39 +38,15 @@ WAKE_LIMIT = 5000
 
 
 def take_run_ids(*, assignments: dict[str, Any], where: str, params: list[Any], order_by: str, limit: int) -> list[int]:
-    """``update_returning_ids`` on the runs, with the batch picked once on PostgreSQL.
-
-    ``id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` lets the planner run the locking subquery
-    again for every row of the outer scan when its statistics say few rows match — as they do the
-    moment 10,000 digest windows end together (ANALYZE saw them all waiting, none due or pending):
-    a nested loop taking up to n row locks per row, n² in all (a tick of 9,000 pending runs ran for
-    minutes, holding locks the workers' chunk commits waited on). ``ARRAY(subquery)`` is an
-    InitPlan, evaluated once whatever the estimates, and the UPDATE joins its ids (a hash join, not
-    ``id = ANY(array)`` tested against every row the outer scan finds).
-    """
-    if connection.vendor != "postgresql":
-        return update_returning_ids(
-            table=Run._meta.db_table,
-            assignments=assignments,
-            where=where,
-            params=params,
-            order_by=order_by,
-            limit=limit,
-        )
-    table = connection.ops.quote_name(Run._meta.db_table)
-    set_sql = ", ".join(f"{column} = %s" for column in assignments)
-    with connection.cursor() as cursor:
-        # Nothing due is the common case: answer it with a read, not a write lock.
-        cursor.execute(f"SELECT 1 FROM {table} WHERE {where} LIMIT 1", params)
-        if cursor.fetchone() is None:
-            return []
-        cursor.execute(
-            f"UPDATE {table} AS r SET {set_sql} FROM unnest(ARRAY("
-            f"SELECT id FROM {table} WHERE {where} ORDER BY {order_by} LIMIT %s FOR UPDATE SKIP LOCKED"
-            f")) AS picked (id) WHERE r.id = picked.id AND ({where}) RETURNING r.id",
-            [*assignments.values(), *params, limit, *params],
-        )
-        return [int(row[0]) for row in cursor.fetchall()]
+    """``update_returning_ids`` on the runs (the batch picked once on PostgreSQL, see there)."""
+    return update_returning_ids(
+        table=Run._meta.db_table,
+        assignments=assignments,
+        where=where,
+        params=params,
+        order_by=order_by,
+        limit=limit,
+    )
 
 
 def runs_take_due(*, now: datetime, limit: int = WAKE_LIMIT) -> tuple[list[int], list[int], list[int]]:
