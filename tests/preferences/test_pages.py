@@ -298,3 +298,24 @@ def test_tampered_unsubscribe_token(client: Client, setup: dict[str, Any]) -> No
         assert response.status_code == 400, bad
         assert "This link is not valid" in response.content.decode()
     assert not Preference.objects.exists()
+
+
+def test_links_are_what_reverse_gives_under_any_script_prefix(tenant):
+    """The links' paths are resolved once per process (``links._token_path``): the same as
+    ``reverse`` for every token, and under a script prefix (a deployment below a sub-path)."""
+    from django.urls import reverse, set_script_prefix
+
+    from apps.preferences import links, tokens
+
+    subscriber = SubscriberFactory(environment=tenant.environment)
+    for prefix in ("/", "/clarion/", "/"):
+        set_script_prefix(prefix)
+        page = tokens.preference_token(subscriber=subscriber)
+        off = tokens.unsubscribe_token(subscriber=subscriber, category_key="digest", channel="email")
+        assert links.preferences_url(subscriber=subscriber, base_url="https://n.example") == (
+            "https://n.example" + reverse("preference-center", kwargs={"token": page})
+        )
+        assert links.unsubscribe_url(subscriber=subscriber, category_key="digest", base_url="https://n.example") == (
+            "https://n.example" + reverse("one-click-unsubscribe", kwargs={"token": off})
+        )
+        assert links._token_path("preference-center", "a b%") == reverse("preference-center", kwargs={"token": "a b%"})
