@@ -45,7 +45,7 @@ def run_in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
 
 @pytest.fixture
 def ping_flow(tenant: Any, monkeypatch: Any) -> Any:
-    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda frames: None)
+    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda *args: None)
     env = tenant.environment
     published_template(env, "ping", "in_app", title_en="Ping", body_en="")
     make_workflow(env, "ping", [{"id": "inbox", "type": "in_app", "template": "ping"}])

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _no_push(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda frames: None)
+    monkeypatch.setattr("apps.inbox.realtime._send_all", lambda *args: None)
 
 
 def _event(env: Any, subscribers: list[Any], transaction_id: str, payload: dict[str, Any] | None = None) -> Event:
