@@ -7,8 +7,9 @@ template versions published now — what a trigger now would pin) and hands them
 ``resolve_preferences``, addresses, suppressions, quiet hours, caps) and ``engine.walker.walk``
 (control flow, ``if`` conditions, every step type's ``execute``) that ``advance_runs`` calls.
 The decisions are the trace entries those functions append to ``ChunkWrites``, read back as they
-are. What it never calls is ``commit_chunk``, the only place the engine writes: messages, inbox
-rows, StepRuns, digest joins, run state, counters, and the hand-off to delivery and the task queue
+are. What it never calls is ``chunks.commit_writes``, through which the engine writes (a claimed
+chunk's ``commit_chunk`` and a micro-batch's runs born walked alike): messages, inbox rows,
+StepRuns, digest joins, run state, counters, and the hand-off to delivery and the task queue
 (``delivery_hand_off``, ``enqueue_on_commit``) all live there. So nothing is queued and no
 provider is called.
 
